@@ -1,0 +1,73 @@
+"""physscale: the dataset intensity scale and scaled Poisson likelihood for ptychography.
+
+The public API, re-exported; see the README and docs/ for the physics.
+"""
+
+from physscale._version import __version__
+from physscale.accumulator import IntensityAccumulator
+from physscale.errors import (
+    AxisError,
+    BroadcastError,
+    DataFileError,
+    DtypeError,
+    EmptyInputError,
+    IntegrityError,
+    MaskError,
+    NegativeValueError,
+    NonFiniteError,
+    NphotonsError,
+    OptionError,
+    PhysscaleError,
+    RecordError,
+    StateError,
+    UnitsWarning,
+    UnsafeFileError,
+    ZeroIntensityError,
+)
+from physscale.nphotons import NphotonsResolution, resolve_nphotons
+from physscale.record import (
+    SCHEMA_VERSION,
+    ScaleRecord,
+    closed_form_scale_record,
+    derive_scale_record,
+)
+from physscale.scale import (
+    amplitude_normalization_factor,
+    closed_form_intensity_scale,
+    derive_intensity_scale,
+    normalization_target,
+    normalize_amplitudes,
+)
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "AxisError",
+    "BroadcastError",
+    "DataFileError",
+    "DtypeError",
+    "EmptyInputError",
+    "IntegrityError",
+    "IntensityAccumulator",
+    "MaskError",
+    "NegativeValueError",
+    "NonFiniteError",
+    "NphotonsError",
+    "NphotonsResolution",
+    "OptionError",
+    "PhysscaleError",
+    "RecordError",
+    "ScaleRecord",
+    "StateError",
+    "UnitsWarning",
+    "UnsafeFileError",
+    "ZeroIntensityError",
+    "__version__",
+    "amplitude_normalization_factor",
+    "closed_form_intensity_scale",
+    "closed_form_scale_record",
+    "derive_intensity_scale",
+    "derive_scale_record",
+    "normalization_target",
+    "normalize_amplitudes",
+    "resolve_nphotons",
+]

@@ -1,0 +1,164 @@
+"""The one kernel: per-dataset float64 sums of pattern intensity.
+
+Everything that derives a scale (``derive_intensity_scale``, the streaming
+``IntensityAccumulator``, amplitude normalization) goes through
+:func:`intensity_sum`. It reads the data once, in blocks of at most
+``BLOCK_NUMEL`` elements converted to float64 into one reused buffer, so the
+extra memory is bounded (8 MiB) whatever the input size and every square is
+exact (a float32 squared fits a float64 exactly).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from physscale.errors import EmptyInputError, NegativeValueError, NonFiniteError
+
+Domain = Literal["amplitude", "intensity"]
+
+#: Elements per block: 8 MiB of float64, large enough to amortize dispatch
+#: overhead and small enough to stay in a last-level cache.
+BLOCK_NUMEL = 1 << 20
+
+#: Elements of the first block inspected by the units guard.
+_UNITS_SAMPLE = 4096
+
+Index = tuple[int | slice, ...]
+
+
+@dataclass(frozen=True)
+class IntensitySum:
+    """What one pass over a batch yields.
+
+    Attributes:
+        total: float64 sum over every (unmasked) pixel of ``x**2``
+            (amplitude domain) or ``x`` (intensity domain), in normalized
+            intensity units.
+        n_patterns: number of patterns (product of the non-spatial sizes).
+        pattern_shape: sizes of the spatial axes, in axis order.
+        integer_like: True when a sample of the data has integer-valued
+            intensities (a sign of raw counts), False otherwise.
+    """
+
+    total: float
+    n_patterns: int
+    pattern_shape: tuple[int, ...]
+    integer_like: bool
+
+
+def _accumulation_device(device: torch.device) -> torch.device:
+    # Apple's MPS backend has no float64: accumulate on the CPU there.
+    return torch.device("cpu") if device.type == "mps" else device
+
+
+def _blocks(shape: tuple[int, ...], limit: int, prefix: Index = ()) -> Iterator[Index]:
+    """Index tuples cutting an array of ``shape`` into pieces of <= ``limit`` elements.
+
+    Pieces are cut along the leading axis (recursing when one leading slice is
+    itself too large), so they are views of any strided tensor.
+    """
+    numel = math.prod(shape)
+    if numel <= limit or not shape:
+        yield prefix
+        return
+    inner = numel // shape[0]
+    if inner <= limit:
+        step = limit // inner
+        for start in range(0, shape[0], step):
+            yield (*prefix, slice(start, min(start + step, shape[0])))
+    else:
+        for i in range(shape[0]):
+            yield from _blocks(shape[1:], limit, (*prefix, i))
+
+
+def _integer_like(values: torch.Tensor) -> bool:
+    """Whether a float64 sample of intensities looks like whole photon counts."""
+    v = values[:_UNITS_SAMPLE]
+    # Too little signal to judge (tiny or mostly dark samples, all-ones toys).
+    if int((v >= 1.0).sum()) < 16 or float(v.amax()) < 2.0:
+        return False
+    tol = 1e-4 + 1e-5 * v
+    return bool(((v - v.round()).abs() <= tol).all())
+
+
+def intensity_sum(
+    x: torch.Tensor,
+    axes: tuple[int, ...],
+    domain: Domain,
+    mask: torch.Tensor | None = None,
+    *,
+    name: str = "x",
+) -> IntensitySum:
+    """Sum the intensity of every pattern of ``x`` in float64.
+
+    Args:
+        x: real floating tensor, any shape and strides, any device.
+        axes: the spatial axes, already normalized (sorted, non-negative).
+        domain: ``"amplitude"`` sums ``x**2``; ``"intensity"`` sums ``x``.
+        mask: optional boolean tensor already expanded to ``x.shape``;
+            False pixels contribute nothing.
+        name: how error messages refer to ``x``.
+
+    Raises:
+        EmptyInputError, NonFiniteError, NegativeValueError.
+    """
+    if x.numel() == 0:
+        raise EmptyInputError(f"{name} is empty (shape {tuple(x.shape)}); there is nothing to sum")
+    pattern_shape = tuple(int(x.shape[a]) for a in axes)
+    n_patterns = x.numel() // math.prod(pattern_shape)
+    device = _accumulation_device(x.device)
+    buffer = torch.empty(min(BLOCK_NUMEL, x.numel()), dtype=torch.float64, device=device)
+
+    totals: list[torch.Tensor] = []
+    minima: list[torch.Tensor] = []
+    integer_like = False
+    for i, index in enumerate(_blocks(tuple(x.shape), BLOCK_NUMEL)):
+        block = x[index]
+        view = buffer[: block.numel()].view(block.shape)
+        view.copy_(block)
+        if mask is not None:
+            # masked_fill, not a multiply: a NaN in a dead pixel must not leak.
+            view.masked_fill_(mask[index].logical_not(), 0.0)
+        flat = view.view(-1)
+        minima.append(flat.amin())
+        totals.append(torch.dot(flat, flat) if domain == "amplitude" else flat.sum())
+        if i == 0:
+            sample = flat[:_UNITS_SAMPLE]
+            integer_like = _integer_like(sample * sample if domain == "amplitude" else sample)
+
+    # One device-to-host transfer for the whole pass.
+    stats = torch.stack([torch.stack(minima).amin(), *totals]).tolist()
+    lowest, block_totals = stats[0], stats[1:]
+    if math.isnan(lowest) or not all(math.isfinite(t) for t in block_totals):
+        _raise_nonfinite(x, name)
+    if lowest < 0.0:
+        kind = "amplitudes" if domain == "amplitude" else "intensities"
+        raise NegativeValueError(
+            f"{name} holds negative {kind} (minimum {lowest!r}); {kind} must be >= 0. "
+            f"Clip detector noise (x.clamp(min=0)) before deriving a scale"
+        )
+    return IntensitySum(
+        total=math.fsum(block_totals),
+        n_patterns=n_patterns,
+        pattern_shape=pattern_shape,
+        integer_like=integer_like,
+    )
+
+
+def _raise_nonfinite(x: torch.Tensor, name: str) -> None:
+    # Only reached on bad data, so an extra pass to name the problem is fine.
+    n_nan = int(torch.isnan(x).sum())
+    n_inf = int(torch.isinf(x).sum())
+    if n_nan == 0 and n_inf == 0:
+        raise NonFiniteError(
+            f"the sum of squares of {name} overflows float64 (values up to "
+            f"{float(x.abs().amax())!r}); these are not normalized amplitudes"
+        )
+    raise NonFiniteError(
+        f"{name} holds {n_nan} NaN and {n_inf} infinite value(s); every value must be finite"
+    )

@@ -1,0 +1,100 @@
+"""The exceptions and warnings physscale raises.
+
+Every error is a :class:`PhysscaleError`; each concrete class is also a
+``ValueError`` or ``TypeError`` so code written against the built-ins keeps
+working. One class per kind of mistake, so callers can catch precisely.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AxisError",
+    "BroadcastError",
+    "DataFileError",
+    "DtypeError",
+    "EmptyInputError",
+    "IntegrityError",
+    "MaskError",
+    "NegativeValueError",
+    "NonFiniteError",
+    "NphotonsError",
+    "OptionError",
+    "PhysscaleError",
+    "RecordError",
+    "StateError",
+    "UnitsWarning",
+    "UnsafeFileError",
+    "ZeroIntensityError",
+]
+
+
+class PhysscaleError(Exception):
+    """Base class of every error physscale raises on purpose."""
+
+
+class DtypeError(PhysscaleError, TypeError):
+    """Input of a type or dtype physscale cannot use (complex, integer, bool, object...)."""
+
+
+class EmptyInputError(PhysscaleError, ValueError):
+    """Input with no patterns or no pixels."""
+
+
+class NonFiniteError(PhysscaleError, ValueError):
+    """Input holding NaN or infinity."""
+
+
+class NegativeValueError(PhysscaleError, ValueError):
+    """Negative amplitudes or intensities, which have no physical meaning."""
+
+
+class ZeroIntensityError(PhysscaleError, ValueError):
+    """Data whose total intensity is zero, so no scale exists."""
+
+
+class AxisError(PhysscaleError, ValueError):
+    """Spatial axes or layout that do not fit the input."""
+
+
+class MaskError(PhysscaleError, ValueError):
+    """A pixel mask of the wrong dtype or a shape that does not broadcast."""
+
+
+class BroadcastError(PhysscaleError, ValueError):
+    """Tensors whose shapes would broadcast silently to the wrong result."""
+
+
+class NphotonsError(PhysscaleError, ValueError):
+    """An nphotons value that is missing or not a positive finite real number."""
+
+
+class OptionError(PhysscaleError, ValueError):
+    """An unknown string option (domain, form, reduction, layout...)."""
+
+
+class RecordError(PhysscaleError, ValueError):
+    """A ScaleRecord that is missing, malformed or internally inconsistent."""
+
+
+class StateError(PhysscaleError, ValueError):
+    """Accumulator state that cannot be combined or restored."""
+
+
+class DataFileError(PhysscaleError, ValueError):
+    """A data, record or bundle file that is missing, truncated or malformed."""
+
+
+class UnsafeFileError(DataFileError):
+    """A file that would need code execution (pickle) or escapes its folder."""
+
+
+class IntegrityError(DataFileError):
+    """A bundle member whose checksum does not match its manifest."""
+
+
+class UnitsWarning(UserWarning):
+    """Data that looks like raw photon counts where normalized values are expected.
+
+    Silence with ``warnings.simplefilter("ignore", physscale.UnitsWarning)`` or
+    escalate with ``warnings.simplefilter("error", physscale.UnitsWarning)``.
+    """

@@ -1,0 +1,154 @@
+"""Resolving nphotons from its possible sources (SPEC §4).
+
+Order: an explicit argument, then the dataset's metadata
+(``metadata["physics_parameters"]["nphotons"]``, PtychoPINN's schema), then
+the configuration, then a caller-supplied default; with none of them, an
+error. The source label always names where the value actually came from: a
+metadata dict without ``nphotons`` does not make a default "metadata".
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from physscale._checks import positive_finite
+from physscale.errors import NphotonsError
+
+__all__ = ["NphotonsResolution", "NphotonsSource", "resolve_nphotons"]
+
+NphotonsSource = Literal["explicit", "metadata", "config", "default"]
+
+_METADATA_PATH = 'metadata["physics_parameters"]["nphotons"]'
+
+#: Relative difference above which metadata and config are said to disagree.
+DISAGREEMENT_RTOL = 1e-9
+
+
+class NphotonsResolution(BaseModel):
+    """Which nphotons to use, where it came from, and what else was on offer.
+
+    Attributes:
+        value: photons per pattern, positive finite.
+        source: where ``value`` came from.
+        candidates: every source that offered a value, with its value.
+        disagreement: a sentence when metadata and config both offered values
+            that differ (metadata wins, as in the reference), else None.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    value: float = Field(gt=0, allow_inf_nan=False)
+    source: NphotonsSource
+    candidates: dict[NphotonsSource, float] = Field(default_factory=dict)
+    disagreement: str | None = None
+
+    @property
+    def disagrees(self) -> bool:
+        """Whether metadata and config offered different values."""
+        return self.disagreement is not None
+
+
+def _metadata_mapping(metadata: Any) -> Mapping[str, Any] | None:
+    """Unwrap the accepted metadata forms to a mapping (or None)."""
+    if metadata is None:
+        return None
+    if isinstance(metadata, str | bytes):
+        try:
+            metadata = json.loads(metadata)
+        except json.JSONDecodeError as exc:
+            raise NphotonsError(f"metadata is a string but not valid JSON: {exc}") from None
+    elif not isinstance(metadata, Mapping) and hasattr(metadata, "metadata"):
+        return _metadata_mapping(metadata.metadata)
+    if not isinstance(metadata, Mapping):
+        raise NphotonsError(
+            f"metadata must be a mapping like {{'physics_parameters': {{'nphotons': 1e9}}}}, "
+            f"a JSON string, or an object with a .metadata attribute; got {type(metadata).__name__}"
+        )
+    return metadata
+
+
+def _from_metadata(metadata: Any) -> float | None:
+    mapping = _metadata_mapping(metadata)
+    if mapping is None or "physics_parameters" not in mapping:
+        return None
+    physics = mapping["physics_parameters"]
+    if physics is None:
+        return None
+    if not isinstance(physics, Mapping):
+        raise NphotonsError(
+            f'metadata["physics_parameters"] must be a mapping, got {type(physics).__name__} '
+            f"{physics!r}"
+        )
+    value = physics.get("nphotons")
+    return None if value is None else positive_finite(value, f"nphotons from {_METADATA_PATH}")
+
+
+def _from_config(config: Any) -> float | None:
+    if config is None:
+        return None
+    if isinstance(config, Mapping):
+        value = config.get("nphotons")
+        where = 'config["nphotons"]'
+    else:
+        value = getattr(config, "nphotons", None)
+        where = f"{type(config).__name__}.nphotons"
+    return None if value is None else positive_finite(value, f"nphotons from {where}")
+
+
+def resolve_nphotons(
+    metadata: Any = None,
+    config: Any = None,
+    *,
+    explicit: Any = None,
+    default: Any = None,
+) -> NphotonsResolution:
+    """Pick nphotons: ``explicit`` > metadata > config > ``default``.
+
+    Args:
+        metadata: PtychoPINN-style mapping ``{"physics_parameters":
+            {"nphotons": ...}}``, its JSON string, or an object with a
+            ``.metadata`` attribute holding one. A mapping without the key
+            simply offers nothing.
+        config: a mapping with an ``"nphotons"`` key or any object with an
+            ``nphotons`` attribute (None means "not set").
+        explicit: a value that overrides everything.
+        default: the value of last resort.
+
+    Every value offered is validated (positive, finite, real, not bool) even
+    when a higher-priority source wins, and errors name the source.
+
+    Raises:
+        NphotonsError: an invalid value anywhere, or no value at all.
+    """
+    offered: dict[NphotonsSource, float | None] = {
+        "explicit": None if explicit is None else positive_finite(explicit, "explicit nphotons"),
+        "metadata": _from_metadata(metadata),
+        "config": _from_config(config),
+        "default": None if default is None else positive_finite(default, "default nphotons"),
+    }
+    candidates: dict[NphotonsSource, float] = {k: v for k, v in offered.items() if v is not None}
+    if not candidates:
+        raise NphotonsError(
+            "nphotons was not given: pass it explicitly, or provide metadata with "
+            f"{_METADATA_PATH}, a config with nphotons, or a default"
+        )
+    source: NphotonsSource = next(iter(candidates))  # dict order is the priority order
+    disagreement = None
+    meta, conf = candidates.get("metadata"), candidates.get("config")
+    if (
+        meta is not None
+        and conf is not None
+        and not math.isclose(meta, conf, rel_tol=DISAGREEMENT_RTOL)
+    ):
+        disagreement = (
+            f"metadata says nphotons={meta:g} but the config says {conf:g}; "
+            f"{'the explicit value' if source == 'explicit' else 'metadata'} wins"
+        )
+    return NphotonsResolution(
+        value=candidates[source], source=source, candidates=candidates, disagreement=disagreement
+    )

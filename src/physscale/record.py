@@ -1,0 +1,247 @@
+"""ScaleRecord: the provenance of one intensity scale, and how to make one.
+
+A record is a frozen pydantic model with a versioned schema. It says what the
+scale is, which nphotons it was derived for and where that came from, how it
+was obtained, and the data statistics behind it, including the dose the scale
+actually implies for that data (``intensity_scale**2 * mean_intensity``), so a
+record never claims a dose the data does not have.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from physscale._checks import DEFAULT_SPATIAL_DIMS, positive_finite
+from physscale._intensity_sum import Domain
+from physscale._version import __version__
+from physscale.accumulator import IntensityAccumulator
+from physscale.errors import RecordError
+from physscale.nphotons import NphotonsSource, resolve_nphotons
+from physscale.scale import closed_form_intensity_scale, normalization_target
+
+__all__ = ["SCHEMA_VERSION", "ScaleMethod", "ScaleRecord", "closed_form_scale_record",
+           "derive_scale_record"]  # fmt: skip
+
+#: The record schema this physscale writes and reads.
+SCHEMA_VERSION: Literal[1] = 1
+
+#: Relative tolerance of the record's internal consistency checks.
+CONSISTENCY_RTOL = 1e-9
+
+ScaleMethod = Literal["derived", "closed_form", "trained", "explicit"]
+PositiveFinite = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class ScaleRecord(BaseModel):
+    """The provenance of one intensity scale (JSON round-trips exactly).
+
+    Attributes:
+        schema_version: version of this schema (1).
+        physscale_version: the physscale that wrote the record.
+        created_utc: when the record was made, timezone-aware UTC.
+        intensity_scale: the amplitude factor ``s``; counts are ``(s * x)**2``.
+        nphotons: expected photons per pattern the scale was derived for.
+        nphotons_source: where ``nphotons`` came from.
+        nphotons_candidates: every value offered for nphotons, by source.
+        method: ``"derived"`` from data, ``"closed_form"`` ``sqrt(nphotons)/(N/2)``,
+            ``"trained"`` (a learned log-scale), or ``"explicit"``.
+        initial_intensity_scale: for ``"trained"``, the value training started from.
+        domain: whether the data were amplitudes or intensities.
+        n_patterns: patterns the statistics were taken over.
+        pattern_shape: sizes of one pattern's spatial axes.
+        spatial_dims: the axes used as spatial axes.
+        masked: whether a valid-pixel mask excluded pixels.
+        mean_intensity: mean per-pattern ``sum(x**2)`` (or ``sum(x)``), normalized units.
+        implied_nphotons: mean photon counts per pattern this scale gives
+            this data, ``intensity_scale**2 * mean_intensity``; equals
+            ``nphotons`` for a derived scale, differs after training.
+        data_source: free text naming the data (a path, a dataset name).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    physscale_version: str = __version__
+    created_utc: AwareDatetime = Field(default_factory=_utc_now)
+    intensity_scale: PositiveFinite
+    nphotons: PositiveFinite
+    nphotons_source: NphotonsSource
+    nphotons_candidates: dict[NphotonsSource, PositiveFinite] = Field(default_factory=dict)
+    method: ScaleMethod
+    initial_intensity_scale: PositiveFinite | None = None
+    domain: Domain = "amplitude"
+    n_patterns: Annotated[int, Field(ge=1)] | None = None
+    pattern_shape: tuple[Annotated[int, Field(ge=1)], ...] | None = None
+    spatial_dims: tuple[int, ...] | None = None
+    masked: bool = False
+    mean_intensity: PositiveFinite | None = None
+    implied_nphotons: PositiveFinite | None = None
+    data_source: str | None = None
+
+    @field_validator("created_utc")
+    @classmethod
+    def _in_utc(cls, value: datetime) -> datetime:
+        if value.utcoffset() != UTC.utcoffset(None):
+            raise ValueError(f"created_utc must be in UTC, got offset {value.utcoffset()}")
+        return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fill_implied(cls, data: Any) -> Any:
+        # The implied dose is derivable: fill it in when the caller leaves it out.
+        if isinstance(data, dict) and data.get("implied_nphotons") is None:
+            s, mean = data.get("intensity_scale"), data.get("mean_intensity")
+            if isinstance(s, int | float) and isinstance(mean, int | float):
+                data = {**data, "implied_nphotons": float(s) ** 2 * float(mean)}
+        return data
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ScaleRecord:
+        s = self.intensity_scale
+
+        def close(a: float, b: float) -> bool:
+            return math.isclose(a, b, rel_tol=CONSISTENCY_RTOL)
+
+        if self.method == "derived":
+            missing = [f for f in ("n_patterns", "pattern_shape", "mean_intensity")
+                       if getattr(self, f) is None]  # fmt: skip
+            if missing:
+                raise ValueError(f"a derived record needs {', '.join(missing)}")
+            assert self.mean_intensity is not None
+            expected = math.sqrt(self.nphotons / self.mean_intensity)
+            if not close(s, expected):
+                raise ValueError(
+                    f"intensity_scale {s!r} is not sqrt(nphotons / mean_intensity) = {expected!r}"
+                )
+        if self.method == "closed_form":
+            if self.pattern_shape is None:
+                raise ValueError("a closed_form record needs pattern_shape")
+            expected = math.sqrt(self.nphotons / normalization_target(self.pattern_shape))
+            if not close(s, expected):
+                raise ValueError(
+                    f"intensity_scale {s!r} is not sqrt(nphotons)/(N/2) = {expected!r}"
+                )
+        if (self.method == "trained") != (self.initial_intensity_scale is not None):
+            raise ValueError(
+                "initial_intensity_scale is required for method='trained' and only for it"
+            )
+        if self.mean_intensity is None and self.implied_nphotons is not None:
+            raise ValueError("implied_nphotons needs mean_intensity")
+        if self.mean_intensity is not None:
+            implied = s * s * self.mean_intensity
+            if self.implied_nphotons is None or not close(self.implied_nphotons, implied):
+                raise ValueError(
+                    f"implied_nphotons {self.implied_nphotons!r} is not "
+                    f"intensity_scale**2 * mean_intensity = {implied!r}"
+                )
+        offered = self.nphotons_candidates.get(self.nphotons_source)
+        if offered is not None and not close(offered, self.nphotons):
+            raise ValueError(
+                f"nphotons {self.nphotons!r} differs from the {self.nphotons_source} "
+                f"candidate {offered!r}"
+            )
+        return self
+
+    def trained(self, intensity_scale: Any) -> ScaleRecord:
+        """A new record for a scale learned from this one (``method="trained"``).
+
+        Keeps the data statistics and nphotons; ``initial_intensity_scale`` is
+        this record's initial value if it was already trained, else its scale.
+        """
+        value = positive_finite(intensity_scale, "trained intensity_scale", RecordError)
+        data = self.model_dump(exclude={"created_utc", "implied_nphotons", "physscale_version"})
+        data.update(
+            method="trained",
+            intensity_scale=value,
+            initial_intensity_scale=self.initial_intensity_scale or self.intensity_scale,
+        )
+        return ScaleRecord(**data)
+
+
+def derive_scale_record(
+    x_or_accumulator: Any,
+    *,
+    nphotons: Any = None,
+    metadata: Any = None,
+    config: Any = None,
+    default: Any = None,
+    data_source: str | None = None,
+    spatial_dims: Sequence[int] = DEFAULT_SPATIAL_DIMS,
+    layout: str | None = None,
+    domain: Domain = "amplitude",
+    mask: Any = None,
+) -> ScaleRecord:
+    """Resolve nphotons, derive the scale, and return its :class:`ScaleRecord`.
+
+    Args:
+        x_or_accumulator: normalized data (as for
+            :func:`physscale.derive_intensity_scale`) or an
+            :class:`IntensityAccumulator` that has seen the data.
+        nphotons, metadata, config, default: as for
+            :func:`physscale.resolve_nphotons` (``nphotons`` is the explicit value).
+        data_source: free text recorded with the scale (a path, a name).
+        spatial_dims, layout, domain, mask: as for
+            :func:`physscale.derive_intensity_scale`; not allowed with an
+            accumulator, which fixed them already.
+    """
+    resolution = resolve_nphotons(metadata, config, explicit=nphotons, default=default)
+    if isinstance(x_or_accumulator, IntensityAccumulator):
+        acc = x_or_accumulator
+        if mask is not None or layout is not None or tuple(spatial_dims) != DEFAULT_SPATIAL_DIMS \
+                or domain != "amplitude":  # fmt: skip
+            raise RecordError(
+                "spatial_dims, layout, domain and mask belong to the accumulator; "
+                "do not pass them with one"
+            )
+        masked = acc.masked
+    else:
+        acc = IntensityAccumulator(spatial_dims, domain, layout=layout).update(
+            x_or_accumulator, mask=mask
+        )
+        masked = acc.masked
+    scale = float(acc.intensity_scale(resolution.value))
+    return ScaleRecord(
+        intensity_scale=scale,
+        nphotons=resolution.value,
+        nphotons_source=resolution.source,
+        nphotons_candidates=resolution.candidates,
+        method="derived",
+        domain=acc.domain,
+        n_patterns=acc.n_patterns,
+        pattern_shape=acc.pattern_shape,
+        spatial_dims=acc.spatial_dims,
+        masked=masked,
+        mean_intensity=acc.mean_intensity,
+        data_source=data_source,
+    )
+
+
+def closed_form_scale_record(
+    nphotons: Any,
+    pattern_shape: int | Sequence[int],
+    *,
+    nphotons_source: NphotonsSource = "explicit",
+    data_source: str | None = None,
+) -> ScaleRecord:
+    """The record of the closed-form scale ``sqrt(nphotons) / (N/2)`` (TF training)."""
+    shape = (
+        (pattern_shape, pattern_shape) if isinstance(pattern_shape, int) else tuple(pattern_shape)
+    )
+    n = positive_finite(nphotons, "nphotons")
+    return ScaleRecord(
+        intensity_scale=closed_form_intensity_scale(n, shape),
+        nphotons=n,
+        nphotons_source=nphotons_source,
+        method="closed_form",
+        pattern_shape=shape,
+        data_source=data_source,
+    )
