@@ -1,0 +1,21 @@
+"""Files in and out: safe metadata, streaming readers, checkpoints and bundles.
+
+Nothing here executes code from a file: no unrestricted pickle, and
+``torch.load`` only with ``weights_only=True``.
+"""
+
+from physscale.io.bundle import Bundle, load_bundle, save_bundle
+from physscale.io.checkpoint import record_from_checkpoint, record_to_checkpoint
+from physscale.io.metadata import read_metadata, write_metadata
+from physscale.io.readers import iter_patterns
+
+__all__ = [
+    "Bundle",
+    "iter_patterns",
+    "load_bundle",
+    "read_metadata",
+    "record_from_checkpoint",
+    "record_to_checkpoint",
+    "save_bundle",
+    "write_metadata",
+]
