@@ -1,0 +1,210 @@
+"""The ``torch.nn`` side of physscale: the scale as a module parameter.
+
+:class:`IntensityScaler` holds the physics scale as a registered log-scale
+parameter, with TF PtychoPINN's convention (SPEC §2): ``normalize`` divides by
+``exp(log_scale)`` and ``denormalize`` multiplies by it.
+
+Named ``nn`` after ``torch.nn``; a submodule named ``torch`` would shadow
+``import torch`` inside the package.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from physscale._checks import positive_finite
+from physscale.errors import RecordError
+from physscale.likelihood import scalar_scale
+from physscale.record import ScaleRecord
+
+__all__ = ["IntensityScaler"]
+
+#: Tag of the extra state an IntensityScaler saves in its ``state_dict``.
+_EXTRA_STATE_FORMAT = "physscale.IntensityScaler/1"
+
+
+class IntensityScaler(nn.Module):
+    """The physics intensity scale as a (optionally trainable) log-scale parameter.
+
+    TF convention (SPEC §2): the model input is divided by ``exp(log_scale)``
+    (:meth:`normalize`) and the output amplitude multiplied by it
+    (:meth:`denormalize`). ``log_scale`` is a registered ``nn.Parameter``, so
+    it is in ``parameters()`` and ``state_dict()``, reaches an optimizer, and
+    moves with ``.to(device)``; it has ``requires_grad=False`` when frozen.
+
+    The :class:`~physscale.ScaleRecord` the scaler was built from (or its
+    initial value and nphotons) is saved with the weights as a JSON string
+    (``get_extra_state``), so ``torch.load(..., weights_only=True)`` can read a
+    saved ``state_dict`` and :meth:`to_record` still knows the provenance.
+
+    Args:
+        scale_or_record: the intensity scale ``s`` (amplitude factor; counts
+            are ``(s * x)**2``): a positive finite float, a 0-d tensor, or a
+            ``ScaleRecord``.
+        trainable: whether ``log_scale`` learns (TF
+            ``intensity_scale.trainable``).
+        nphotons: photons per pattern the scale stands for. Only for a bare
+            scale, and only needed by :meth:`to_record` (a record requires
+            nphotons); a ``ScaleRecord`` carries its own.
+        dtype: floating dtype of ``log_scale`` (default ``torch.float32``,
+            like TF's variable); it follows ``module.to(dtype)`` afterwards.
+    """
+
+    log_scale: nn.Parameter
+
+    def __init__(
+        self,
+        scale_or_record: ScaleRecord | float | torch.Tensor,
+        trainable: bool = False,
+        *,
+        nphotons: float | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        if not isinstance(trainable, bool):
+            raise TypeError(f"trainable must be True or False, got {trainable!r}")
+        record = scale_or_record if isinstance(scale_or_record, ScaleRecord) else None
+        if record is not None and nphotons is not None:
+            raise RecordError(
+                "nphotons comes from the ScaleRecord; do not pass nphotons with a record "
+                f"(the record says {record.nphotons!r})"
+            )
+        initial = scalar_scale(scale_or_record, "IntensityScaler scale")
+        self._record: ScaleRecord | None = record
+        self._initial_scale: float = initial
+        self._nphotons: float | None = (
+            None if nphotons is None else positive_finite(nphotons, "IntensityScaler nphotons")
+        )
+        value = torch.tensor(math.log(initial), dtype=dtype or torch.float32)
+        self.log_scale = nn.Parameter(value, requires_grad=trainable)
+
+    @classmethod
+    def from_record(cls, record: ScaleRecord, trainable: bool = False) -> IntensityScaler:
+        """A scaler starting at ``record.intensity_scale`` that remembers the record."""
+        if not isinstance(record, ScaleRecord):
+            raise RecordError(
+                f"from_record needs a physscale.ScaleRecord, got {type(record).__name__}"
+            )
+        return cls(record, trainable=trainable)
+
+    @property
+    def trainable(self) -> bool:
+        """Whether ``log_scale`` currently requires grad."""
+        return bool(self.log_scale.requires_grad)
+
+    @property
+    def scale(self) -> torch.Tensor:
+        """The current scale ``exp(log_scale)``, a 0-d tensor (differentiable if trainable)."""
+        return torch.exp(self.log_scale)
+
+    @property
+    def initial_scale(self) -> float:
+        """The scale this scaler started from (the record's, or the bare value)."""
+        return self._initial_scale
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """``x / exp(log_scale)``: physical amplitudes to normalized (TF IntensityScaler)."""
+        return x / torch.exp(self.log_scale)
+
+    def denormalize(self, y: torch.Tensor) -> torch.Tensor:
+        """``y * exp(log_scale)``: normalized amplitudes to physical (TF IntensityScaler_inv)."""
+        return y * torch.exp(self.log_scale)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Same as :meth:`normalize` (the TF layer's call)."""
+        return self.normalize(x)
+
+    def _moved(self, current: float) -> bool:
+        # Whether log_scale differs from its initial value by more than the
+        # parameter dtype's rounding of log(initial).
+        initial_log = math.log(self._initial_scale)
+        tol = 4.0 * torch.finfo(self.log_scale.dtype).eps * max(1.0, abs(initial_log))
+        return abs(math.log(current) - initial_log) > tol
+
+    def to_record(self, nphotons: float | None = None) -> ScaleRecord:
+        """The :class:`~physscale.ScaleRecord` of the *current* scale.
+
+        - Built from a record: ``record.trained(current)`` (``method="trained"``,
+          ``initial_intensity_scale`` kept) when trainable or when the value
+          has moved (e.g. a trained ``state_dict`` was loaded); otherwise the
+          original record, unchanged.
+        - Built from a bare scale: a ``method="explicit"`` record of the
+          initial value, then ``.trained(current)`` as above. This needs
+          ``nphotons`` (a record requires it): given here or to the
+          constructor, else :class:`~physscale.RecordError`.
+
+        Raises:
+            RecordError: no nphotons for a bare scale, or an ``nphotons`` that
+                contradicts the record's.
+        """
+        current = math.exp(float(self.log_scale.detach().to(torch.float64)))
+        record = self._record
+        if record is None:
+            n = self._nphotons if nphotons is None else positive_finite(nphotons, "nphotons")
+            if self._nphotons is not None and n != self._nphotons:
+                raise RecordError(
+                    f"to_record(nphotons={n!r}) contradicts the nphotons={self._nphotons!r} "
+                    f"this IntensityScaler was built with"
+                )
+            if n is None:
+                raise RecordError(
+                    "this IntensityScaler was built from a bare scale, so its record has no "
+                    "nphotons; pass to_record(nphotons=...) or IntensityScaler(..., nphotons=...), "
+                    "or build it from a ScaleRecord"
+                )
+            record = ScaleRecord(
+                intensity_scale=self._initial_scale,
+                nphotons=n,
+                nphotons_source="explicit",
+                method="explicit",
+            )
+        elif nphotons is not None and positive_finite(nphotons, "nphotons") != record.nphotons:
+            raise RecordError(
+                f"to_record(nphotons={nphotons!r}) contradicts the record's "
+                f"nphotons={record.nphotons!r}"
+            )
+        if self.trainable or self._moved(current):
+            return record.trained(current)
+        return record
+
+    def get_extra_state(self) -> str:
+        """The provenance as a JSON string (loads under ``weights_only=True``)."""
+        return json.dumps(
+            {
+                "format": _EXTRA_STATE_FORMAT,
+                "record": None if self._record is None else self._record.model_dump_json(),
+                "initial_intensity_scale": self._initial_scale,
+                "nphotons": self._nphotons,
+            }
+        )
+
+    def set_extra_state(self, state: Any) -> None:
+        """Restore the provenance saved by :meth:`get_extra_state`."""
+        try:
+            if not isinstance(state, str):
+                raise TypeError(f"expected a JSON string, got {type(state).__name__}")
+            data = json.loads(state)
+            if not isinstance(data, dict) or data.get("format") != _EXTRA_STATE_FORMAT:
+                raise ValueError(f"format tag is not {_EXTRA_STATE_FORMAT!r}")
+            raw_record = data["record"]
+            record = None if raw_record is None else ScaleRecord.model_validate_json(raw_record)
+            initial = positive_finite(
+                data["initial_intensity_scale"], "initial_intensity_scale", RecordError
+            )
+            raw_n = data["nphotons"]
+            n = None if raw_n is None else positive_finite(raw_n, "nphotons", RecordError)
+        except (TypeError, ValueError, KeyError) as exc:
+            raise RecordError(
+                f"IntensityScaler extra state in this state_dict is malformed ({exc}); "
+                "it must be the JSON string IntensityScaler.get_extra_state() writes"
+            ) from None
+        self._record, self._initial_scale, self._nphotons = record, initial, n
+
+    def extra_repr(self) -> str:
+        scale = math.exp(float(self.log_scale.detach().to(torch.float64)))
+        return f"scale={scale:.6g}, trainable={self.trainable}"
