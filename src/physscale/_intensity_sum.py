@@ -104,13 +104,19 @@ def intensity_sum(
             False pixels contribute nothing.
         name: how error messages refer to ``x``.
 
+    A batch with no patterns returns a zero sum over zero patterns.
+
     Raises:
-        EmptyInputError, NonFiniteError, NegativeValueError.
+        EmptyInputError (patterns without pixels), NonFiniteError, NegativeValueError.
     """
-    if x.numel() == 0:
-        raise EmptyInputError(f"{name} is empty (shape {tuple(x.shape)}); there is nothing to sum")
     pattern_shape = tuple(int(x.shape[a]) for a in axes)
+    if math.prod(pattern_shape) == 0:
+        raise EmptyInputError(
+            f"{name} is empty: its patterns have no pixels (shape {tuple(x.shape)}, spatial axes {axes})"
+        )
     n_patterns = x.numel() // math.prod(pattern_shape)
+    if n_patterns == 0:  # an empty batch adds nothing (e.g. an empty shard)
+        return IntensitySum(0.0, 0, pattern_shape, False)
     device = _accumulation_device(x.device)
     buffer = torch.empty(min(BLOCK_NUMEL, x.numel()), dtype=torch.float64, device=device)
 

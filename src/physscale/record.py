@@ -22,7 +22,7 @@ from physscale._version import __version__
 from physscale.accumulator import IntensityAccumulator
 from physscale.errors import RecordError
 from physscale.nphotons import NphotonsSource, resolve_nphotons
-from physscale.scale import closed_form_intensity_scale, normalization_target
+from physscale.scale import accumulate, closed_form_intensity_scale, normalization_target
 
 __all__ = ["SCHEMA_VERSION", "ScaleMethod", "ScaleRecord", "closed_form_scale_record",
            "derive_scale_record"]  # fmt: skip
@@ -204,9 +204,7 @@ def derive_scale_record(
             )
         masked = acc.masked
     else:
-        acc = IntensityAccumulator(spatial_dims, domain, layout=layout).update(
-            x_or_accumulator, mask=mask
-        )
+        acc = accumulate(x_or_accumulator, spatial_dims, layout, domain, mask)
         masked = acc.masked
     scale = float(acc.intensity_scale(resolution.value))
     return ScaleRecord(

@@ -20,7 +20,7 @@ import torch
 from physscale._checks import DEFAULT_SPATIAL_DIMS, as_float_tensor, positive_finite
 from physscale._intensity_sum import Domain
 from physscale.accumulator import IntensityAccumulator
-from physscale.errors import AxisError
+from physscale.errors import AxisError, EmptyInputError
 
 __all__ = [
     "amplitude_normalization_factor",
@@ -33,14 +33,18 @@ __all__ = [
 ArrayT = TypeVar("ArrayT", torch.Tensor, np.ndarray)
 
 
-def _accumulate(
+def accumulate(
     x: Any,
     spatial_dims: Sequence[int],
     layout: str | None,
     domain: Domain,
     mask: Any,
 ) -> IntensityAccumulator:
-    return IntensityAccumulator(spatial_dims, domain, layout=layout).update(x, mask=mask)
+    """One accumulator over all of ``x``; an error if ``x`` holds no pattern."""
+    acc = IntensityAccumulator(spatial_dims, domain, layout=layout).update(x, mask=mask)
+    if acc.n_patterns == 0:
+        raise EmptyInputError(f"x is empty (shape {tuple(x.shape)}); there are no patterns")
+    return acc
 
 
 def _result_device(x: Any) -> torch.device:
@@ -90,7 +94,7 @@ def derive_intensity_scale(
         2.0
     """
     n = positive_finite(nphotons, "nphotons")
-    acc = _accumulate(x, spatial_dims, layout, domain, mask)
+    acc = accumulate(x, spatial_dims, layout, domain, mask)
     return acc.intensity_scale(n).to(_result_device(x))
 
 
@@ -125,7 +129,7 @@ def amplitude_normalization_factor(
     Returns:
         0-d float64 tensor on ``x_raw``'s device (CPU for numpy input).
     """
-    acc = _accumulate(x_raw, spatial_dims, layout, "amplitude", mask)
+    acc = accumulate(x_raw, spatial_dims, layout, "amplitude", mask)
     assert acc.pattern_shape is not None  # update() saw at least one pattern
     factor = acc.scale_for(normalization_target(acc.pattern_shape))
     return torch.tensor(factor, dtype=torch.float64, device=_result_device(x_raw))
