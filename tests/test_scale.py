@@ -283,9 +283,9 @@ def test_bad_data_raises_a_specific_error(x: object, error: type, match: str) ->
 
 
 def test_error_classes_are_also_builtin_value_and_type_errors() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="zero"):
         ps.derive_intensity_scale(torch.zeros(1, 2, 2), 1.0)
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="int32"):
         ps.derive_intensity_scale(torch.ones(1, 2, 2, dtype=torch.int32), 1.0)
 
 

@@ -112,7 +112,8 @@ def intensity_sum(
     pattern_shape = tuple(int(x.shape[a]) for a in axes)
     if math.prod(pattern_shape) == 0:
         raise EmptyInputError(
-            f"{name} is empty: its patterns have no pixels (shape {tuple(x.shape)}, spatial axes {axes})"
+            f"{name} is empty: its patterns have no pixels "
+            f"(shape {tuple(x.shape)}, spatial axes {axes})"
         )
     n_patterns = x.numel() // math.prod(pattern_shape)
     if n_patterns == 0:  # an empty batch adds nothing (e.g. an empty shard)
