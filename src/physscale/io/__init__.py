@@ -7,11 +7,21 @@ Nothing here executes code from a file: no unrestricted pickle, and
 from physscale.io.bundle import Bundle, load_bundle, save_bundle
 from physscale.io.checkpoint import record_from_checkpoint, record_to_checkpoint
 from physscale.io.metadata import read_metadata, write_metadata
-from physscale.io.readers import iter_patterns
+from physscale.io.readers import (
+    ArrayInfo,
+    array_info,
+    example_dataset_path,
+    iter_patterns,
+    list_arrays,
+)
 
 __all__ = [
+    "ArrayInfo",
     "Bundle",
+    "array_info",
+    "example_dataset_path",
     "iter_patterns",
+    "list_arrays",
     "load_bundle",
     "read_metadata",
     "record_from_checkpoint",

@@ -1,15 +1,330 @@
-"""Placeholder: replaced by the readers work (issue 5)."""
+"""Dataset metadata in PtychoPINN's NPZ schema, read without executing pickle code.
+
+PtychoPINN stores a dataset's metadata as a JSON string under the NPZ key
+``_metadata``, inside a 0-d **object** array. numpy saves object arrays as a
+pickle, so ``np.load(..., allow_pickle=False)`` cannot read them and
+``allow_pickle=True`` runs whatever code the pickle names. physscale reads the
+member itself (``zipfile`` and the ``.npy`` header) and unpickles it with
+:class:`_MetadataUnpickler`, which resolves no real global at all: the four
+names a 0-d string array needs map to inert stand-ins, everything else is
+refused with :class:`physscale.UnsafeFileError`. Nothing from the file runs.
+
+:func:`write_metadata` stores metadata as a plain unicode array instead, which
+numpy reads without pickle and PtychoPINN reads as before (``.item()`` gives
+the JSON string).
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import io
+import json
+import os
+import pickle
+import re
+import tempfile
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+from physscale.errors import DataFileError, UnsafeFileError
+
+__all__ = ["METADATA_KEY", "metadata_from_npy_stream", "read_metadata", "write_metadata"]
+
+#: The NPZ key PtychoPINN stores metadata under.
+METADATA_KEY = "_metadata"
+
+#: A metadata member larger than this is not metadata (and not read).
+MAX_METADATA_BYTES = 16 * 1024 * 1024
+
+# The globals a pickled 0-d object array references, by numpy generation.
+_RECONSTRUCT = {
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+}
+_NDARRAY = {("numpy", "ndarray")}
+_DTYPE = {("numpy", "dtype")}
+_STR = {("builtins", "str"), ("__builtin__", "unicode")}
+_OBJECT_DTYPE = re.compile(r"O\d*")
 
 
-def read_metadata(path: Any) -> dict[str, Any] | None:
-    """Placeholder."""
-    raise NotImplementedError
+class _DtypeStub:
+    """Stands in for ``numpy.dtype``; accepts only the object dtype."""
+
+    def __init__(self, where: str, *args: Any) -> None:
+        self.where = where
+        if not args or not isinstance(args[0], str) or not _OBJECT_DTYPE.fullmatch(args[0]):
+            raise UnsafeFileError(
+                f"{where}: the pickled array has dtype {args[:1]!r}; only an object array "
+                f"holding one JSON string is accepted as metadata"
+            )
+
+    def __setstate__(self, state: Any) -> None:
+        # (version, byteorder, subarray, names, fields, elsize, alignment, flags[, metadata])
+        if not isinstance(state, tuple) or len(state) < 8 or state[1] not in ("|", "<", ">", "="):
+            raise UnsafeFileError(f"{self.where}: malformed dtype state {state!r:.200} in pickle")
 
 
-def write_metadata(path: Any, metadata: Any) -> None:
-    """Placeholder."""
-    raise NotImplementedError
+class _ArrayStub:
+    """Stands in for the ``ndarray`` being reconstructed; keeps only its one string."""
+
+    def __init__(self, where: str) -> None:
+        self.where = where
+        self.value: str | None = None
+
+    def __setstate__(self, state: Any) -> None:
+        # (version, shape, dtype, is_fortran, raw list of elements)
+        bad = UnsafeFileError(
+            f"{self.where}: the pickled array is not a single-string object array"
+        )
+        if not isinstance(state, tuple) or len(state) != 5:
+            raise bad
+        _version, shape, dtype, _fortran, raw = state
+        if not isinstance(dtype, _DtypeStub) or not isinstance(raw, list) or len(raw) != 1:
+            raise bad
+        if not isinstance(shape, tuple) or any(s != 1 for s in shape):
+            raise bad
+        if not isinstance(raw[0], str):
+            raise UnsafeFileError(
+                f"{self.where}: the pickled array holds a {type(raw[0]).__name__}, "
+                f"not the JSON string metadata must be"
+            )
+        self.value = raw[0]
+
+
+class _MetadataUnpickler(pickle.Unpickler):
+    """An unpickler that resolves no real global, only inert stand-ins.
+
+    ``find_class`` is the only way a pickle reaches code (GLOBAL, STACK_GLOBAL,
+    INST, OBJ and EXT all go through it), so refusing every other name means
+    nothing from the file can run.
+    """
+
+    def __init__(self, file: IO[bytes], where: str) -> None:
+        super().__init__(file)
+        self.where = where
+
+    def find_class(self, module: str, name: str) -> Any:
+        where = self.where
+        if (module, name) in _RECONSTRUCT:
+
+            def reconstruct(cls: Any, shape: Any, order: Any) -> _ArrayStub:
+                if cls is not _NDARRAY_MARKER:
+                    raise UnsafeFileError(f"{where}: pickle reconstructs a non-ndarray class")
+                return _ArrayStub(where)
+
+            return reconstruct
+        if (module, name) in _NDARRAY:
+            return _NDARRAY_MARKER
+        if (module, name) in _DTYPE:
+            return lambda *args: _DtypeStub(where, *args)
+        if (module, name) in _STR:
+            return str
+        raise UnsafeFileError(
+            f"{where}: refused to unpickle metadata that references {module}.{name}; a "
+            f"metadata pickle may only rebuild a 0-d array holding a JSON string. This "
+            f"file tries to run code or holds other objects; do not open it with "
+            f"np.load(allow_pickle=True)"
+        )
+
+    def persistent_load(self, pid: Any) -> Any:
+        raise UnsafeFileError(f"{self.where}: refused a pickle persistent id in metadata")
+
+
+_NDARRAY_MARKER = object()
+
+
+def _unpickle_string(data: bytes, where: str) -> str:
+    """The JSON string inside a pickled 0-d object array, with no code run."""
+    try:
+        obj = _MetadataUnpickler(io.BytesIO(data), where).load()
+    except UnsafeFileError:
+        raise
+    except Exception as exc:  # any malformed pickle: report, never trust
+        raise DataFileError(f"{where}: corrupt metadata pickle ({exc})") from None
+    if not isinstance(obj, _ArrayStub) or obj.value is None:
+        raise UnsafeFileError(f"{where}: the metadata pickle is not a 0-d string array")
+    return obj.value
+
+
+def metadata_from_npy_stream(stream: IO[bytes], where: str) -> dict[str, Any]:
+    """Parse one ``.npy`` stream holding metadata: a JSON string array, pickled or not.
+
+    Args:
+        stream: binary stream positioned at the start of the ``.npy`` data.
+        where: text naming the member in messages (``"file.npz:_metadata"``).
+
+    Returns:
+        The decoded JSON object.
+    """
+    from physscale.io.readers import read_npy_header
+
+    header = read_npy_header(stream, where)
+    if header.dtype.hasobject:
+        data = stream.read(MAX_METADATA_BYTES + 1)
+        if len(data) > MAX_METADATA_BYTES:
+            raise DataFileError(f"{where}: metadata larger than {MAX_METADATA_BYTES} bytes")
+        text = _unpickle_string(data, where)
+    elif header.dtype.kind in "US":
+        if header.count != 1:
+            raise DataFileError(
+                f"{where}: metadata must be a single string, got an array of shape {header.shape}"
+            )
+        raw = stream.read(header.dtype.itemsize)
+        if len(raw) != header.dtype.itemsize:
+            raise DataFileError(f"{where}: truncated metadata member")
+        value = np.frombuffer(raw, dtype=header.dtype)[0]
+        text = value.decode("utf-8") if isinstance(value, bytes) else str(value)
+    else:
+        raise DataFileError(
+            f"{where}: metadata must be a JSON string, got an array of dtype {header.dtype}"
+        )
+    try:
+        decoded = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DataFileError(f"{where}: metadata is not valid JSON ({exc})") from None
+    if not isinstance(decoded, dict):
+        raise DataFileError(
+            f"{where}: metadata must be a JSON object, got {type(decoded).__name__}"
+        )
+    return decoded
+
+
+def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """Read a dataset's metadata without executing any code from the file.
+
+    Args:
+        path: an ``.npz`` file (metadata under ``_metadata``, as PtychoPINN
+            writes it: a JSON string in a 0-d object or unicode array), an
+            HDF5 file (a ``_metadata`` string attribute on the root group or a
+            scalar string dataset ``_metadata``), or a ``.npy`` file (which
+            cannot hold metadata).
+
+    Returns:
+        The metadata as a dict, or None when the file has none.
+
+    Raises:
+        UnsafeFileError: the metadata pickle references anything beyond what a
+            0-d string array needs (it would run code).
+        DataFileError: a missing, corrupt or malformed file or metadata.
+    """
+    from physscale.io.readers import file_kind, open_npz
+
+    p = Path(path)
+    kind = file_kind(p)
+    if kind == "npy":
+        return None
+    if kind == "hdf5":
+        return _read_hdf5_metadata(p)
+    with open_npz(p) as zf:
+        member = METADATA_KEY + ".npy"
+        if member not in zf.namelist():
+            return None
+        where = f"{p}:{METADATA_KEY}"
+        try:
+            with zf.open(member) as stream:
+                return metadata_from_npy_stream(stream, where)
+        except (zipfile.BadZipFile, EOFError, OSError) as exc:
+            raise DataFileError(f"{where}: corrupt metadata member ({exc})") from None
+
+
+def _read_hdf5_metadata(path: Path) -> dict[str, Any] | None:
+    from physscale.io.readers import open_hdf5
+
+    with open_hdf5(path) as f:
+        raw: Any = None
+        if METADATA_KEY in f.attrs:
+            raw = f.attrs[METADATA_KEY]
+        elif METADATA_KEY in f:
+            raw = f[METADATA_KEY][()]
+        if raw is None:
+            return None
+    if isinstance(raw, np.ndarray) and raw.size == 1:
+        raw = raw.reshape(()).item()
+    if isinstance(raw, bytes):
+        raw = raw.decode("utf-8")
+    where = f"{path}:{METADATA_KEY}"
+    if not isinstance(raw, str):
+        raise DataFileError(f"{where}: metadata must be a JSON string, got {type(raw).__name__}")
+    try:
+        decoded = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise DataFileError(f"{where}: metadata is not valid JSON ({exc})") from None
+    if not isinstance(decoded, dict):
+        raise DataFileError(
+            f"{where}: metadata must be a JSON object, got {type(decoded).__name__}"
+        )
+    return decoded
+
+
+def write_metadata(
+    path: str | os.PathLike[str], metadata: Mapping[str, Any], **arrays: Any
+) -> None:
+    """Write metadata into an ``.npz`` file as a plain unicode array (no pickle).
+
+    If ``path`` exists, its other members are kept (copied in chunks, so a
+    large file is never loaded whole) and ``_metadata`` is replaced; the file
+    is replaced atomically. Otherwise a new compressed ``.npz`` is created.
+
+    Args:
+        path: the ``.npz`` file.
+        metadata: a JSON-serializable mapping, e.g.
+            ``{"physics_parameters": {"nphotons": 1e9}}``.
+        **arrays: numeric arrays to store too (same as ``np.savez_compressed``
+            keywords); they replace members of the same name. Object arrays
+            are refused.
+
+    PtychoPINN reads the result unchanged: ``np.load(f)["_metadata"].item()``
+    is the JSON string.
+    """
+    if not isinstance(metadata, Mapping):
+        raise DataFileError(f"metadata must be a mapping, got {type(metadata).__name__}")
+    try:
+        text = json.dumps(dict(metadata), allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise DataFileError(f"metadata for {path} is not JSON-serializable: {exc}") from None
+    if METADATA_KEY in arrays:
+        raise DataFileError(f"pass metadata as the metadata argument, not as {METADATA_KEY}=")
+    new: dict[str, np.ndarray] = {METADATA_KEY: np.array(text, dtype=np.str_)}
+    for name, value in arrays.items():
+        arr = np.asanyarray(value)
+        if arr.dtype.hasobject:
+            raise DataFileError(f"array {name!r} has dtype object, which needs pickle; refused")
+        new[name] = arr
+    p = Path(path)
+    fd, tmp_name = tempfile.mkstemp(prefix=".physscale-", suffix=".npz", dir=p.parent or ".")
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED, allowZip64=True) as out:
+            if p.exists():
+                _copy_members(p, out, skip={name + ".npy" for name in new})
+            for name, arr in new.items():
+                with out.open(_member_info(name + ".npy"), "w", force_zip64=True) as member:
+                    np.lib.format.write_array(member, arr, allow_pickle=False)
+        os.replace(tmp, p)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _member_info(name: str) -> zipfile.ZipInfo:
+    # A fixed timestamp keeps files byte-for-byte reproducible (zip's epoch).
+    info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+    info.compress_type = zipfile.ZIP_DEFLATED
+    return info
+
+
+def _copy_members(src: Path, out: zipfile.ZipFile, skip: set[str]) -> None:
+    from physscale.io.readers import open_npz
+
+    with open_npz(src) as zf:
+        for info in zf.infolist():
+            if info.filename in skip:
+                continue
+            target = _member_info(info.filename)
+            with zf.open(info) as fin, out.open(target, "w", force_zip64=True) as fout:
+                while chunk := fin.read(1 << 22):
+                    fout.write(chunk)

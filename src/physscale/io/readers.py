@@ -1,11 +1,439 @@
-"""Placeholder: replaced by the readers work (issue 5)."""
+"""Streaming pattern readers for ``.npy``, ``.npz`` and HDF5 files, in bounded memory.
+
+:func:`iter_patterns` yields a dataset in chunks along its first axis, each
+a fresh native-byte-order numpy array, so an :class:`~physscale.IntensityAccumulator`
+can fold a file of any size in with a few chunks' worth of memory:
+
+- ``.npy``: the header is parsed, then the data is read with plain file
+  reads, chunk by chunk. (A memory map would work too, but every page it
+  touches stays resident and counts toward the process's memory until the
+  kernel evicts it; see docs/performance.md.)
+- ``.npz``: the member ``<key>.npy`` is read from the zip as a stream
+  (decompressed on the fly) and never loaded whole; its CRC is checked at the
+  end. Object arrays are refused: they are pickles.
+- HDF5 (optional extra ``hdf5``: ``pip install physscale[hdf5]``): the dataset
+  at path ``key`` is read by slices, so only the HDF5 chunks a slice touches
+  are decompressed.
+
+Every problem raises :class:`physscale.DataFileError` naming the file, the
+key and what is wrong.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import math
+import os
+import zipfile
 from collections.abc import Iterator
-from typing import Any
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import IO, Any, Literal
+
+import numpy as np
+
+from physscale.errors import DataFileError, UnsafeFileError
+
+__all__ = [
+    "CHUNK_BYTES",
+    "EXAMPLE_DATASET",
+    "ArrayInfo",
+    "array_info",
+    "example_dataset_path",
+    "file_kind",
+    "iter_patterns",
+    "list_arrays",
+    "read_npy_header",
+]
+
+FileKind = Literal["npy", "npz", "hdf5"]
+
+#: Target size of one chunk when ``chunk_patterns`` is not given (16 MiB).
+CHUNK_BYTES = 16 * 1024 * 1024
+
+#: File name of the example dataset shipped in ``physscale/data``.
+EXAMPLE_DATASET = "example_diffraction.npz"
+
+_MAGIC = {b"\x93NUMPY": "npy", b"PK\x03\x04": "npz", b"PK\x05\x06": "npz", b"\x89HDF": "hdf5"}
+_HDF5_HINT = "pip install physscale[hdf5]"
 
 
-def iter_patterns(path: Any, key: str = "diffraction", chunk_patterns: int = 256) -> Iterator[Any]:
-    """Placeholder."""
-    raise NotImplementedError
+@dataclass(frozen=True)
+class ArrayInfo:
+    """Shape and dtype of one array in a file, read from its header only.
+
+    Attributes:
+        name: the key (``.npz`` member without ``.npy``, HDF5 dataset path,
+            or the file name for ``.npy``).
+        shape: the array's shape.
+        dtype: its numpy dtype (as stored; byte order included).
+        fortran_order: whether the data is stored column-major.
+    """
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: np.dtype[Any]
+    fortran_order: bool = False
+
+    @property
+    def count(self) -> int:
+        """Number of elements."""
+        return math.prod(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        """Size of the data in bytes."""
+        return self.count * self.dtype.itemsize
+
+
+def example_dataset_path() -> Path:
+    """Path of the example dataset shipped inside the package.
+
+    ``physscale/data/example_diffraction.npz``: simulated, normalized
+    diffraction amplitudes with nphotons in its ``_metadata`` (see
+    ``scripts/make_example_data.py``).
+    """
+    ref = resources.files("physscale").joinpath("data", EXAMPLE_DATASET)
+    path = Path(str(ref))
+    if not path.is_file():
+        raise DataFileError(
+            f"the example dataset {EXAMPLE_DATASET} is missing from the installed package "
+            f"(looked in {path}); reinstall physscale"
+        )
+    return path
+
+
+def file_kind(path: str | os.PathLike[str]) -> FileKind:
+    """Tell a ``.npy``, ``.npz`` or HDF5 file by its first bytes (not its name)."""
+    p = Path(path)
+    try:
+        with open(p, "rb") as f:
+            head = f.read(8)
+    except FileNotFoundError:
+        raise DataFileError(f"{p}: no such file") from None
+    except IsADirectoryError:
+        raise DataFileError(f"{p}: is a directory, not a data file") from None
+    except OSError as exc:
+        raise DataFileError(f"{p}: cannot read ({exc.strerror or exc})") from None
+    if not head:
+        raise DataFileError(f"{p}: the file is empty")
+    for magic, kind in _MAGIC.items():
+        if head.startswith(magic):
+            return kind  # type: ignore[return-value]
+    raise DataFileError(
+        f"{p}: not a .npy, .npz or HDF5 file (starts with {head[:8]!r}); physscale reads "
+        f"those three formats"
+    )
+
+
+@dataclass(frozen=True)
+class _NpyHeader:
+    shape: tuple[int, ...]
+    dtype: np.dtype[Any]
+    fortran_order: bool
+
+    @property
+    def count(self) -> int:
+        return math.prod(self.shape)
+
+
+def read_npy_header(stream: IO[bytes], where: str) -> _NpyHeader:
+    """Parse a ``.npy`` header from ``stream``, leaving it at the first data byte."""
+    fmt = np.lib.format
+    try:
+        version = fmt.read_magic(stream)
+        if version == (1, 0):
+            shape, fortran, dtype = fmt.read_array_header_1_0(stream)
+        elif version in ((2, 0), (3, 0)):
+            shape, fortran, dtype = fmt.read_array_header_2_0(stream)
+        else:
+            raise ValueError(f"unsupported .npy format version {version}")
+    except (ValueError, EOFError, OSError, SyntaxError) as exc:
+        raise DataFileError(f"{where}: not a valid .npy array header ({exc})") from None
+    return _NpyHeader(tuple(int(s) for s in shape), np.dtype(dtype), bool(fortran))
+
+
+@contextlib.contextmanager
+def open_npz(path: Path) -> Iterator[zipfile.ZipFile]:
+    """Open an ``.npz`` as a zip, turning zip errors into DataFileError."""
+    try:
+        zf = zipfile.ZipFile(path)
+    except FileNotFoundError:
+        raise DataFileError(f"{path}: no such file") from None
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError) as exc:
+        raise DataFileError(
+            f"{path}: not a readable .npz (zip) archive, probably truncated or corrupt ({exc})"
+        ) from None
+    with zf:
+        yield zf
+
+
+def _import_h5py(path: Path) -> Any:
+    """h5py, imported lazily: it is the optional extra ``hdf5``."""
+    try:
+        import h5py  # type: ignore[import-untyped]
+    except ImportError:
+        raise DataFileError(
+            f"{path}: reading HDF5 files needs h5py, which is not installed; "
+            f"install it with: {_HDF5_HINT}"
+        ) from None
+    return h5py
+
+
+@contextlib.contextmanager
+def open_hdf5(path: Path) -> Iterator[Any]:
+    """Open an HDF5 file read-only with h5py (imported only now)."""
+    h5py = _import_h5py(path)
+    try:
+        f = h5py.File(path, "r")
+    except OSError as exc:
+        raise DataFileError(f"{path}: not a readable HDF5 file ({exc})") from None
+    with f:
+        yield f
+
+
+def list_arrays(path: str | os.PathLike[str]) -> list[ArrayInfo]:
+    """Every array in a file with its shape and dtype, from headers only.
+
+    ``.npz`` members are listed in archive order (``_metadata`` included);
+    HDF5 datasets by their full path.
+    """
+    p = Path(path)
+    kind = file_kind(p)
+    if kind == "npy":
+        with open(p, "rb") as f:
+            h = read_npy_header(f, str(p))
+        return [ArrayInfo(p.name, h.shape, h.dtype, h.fortran_order)]
+    if kind == "npz":
+        out = []
+        with open_npz(p) as zf:
+            for name in zf.namelist():
+                key = name.removesuffix(".npy")
+                where = f"{p}:{key}"
+                try:
+                    with zf.open(name) as stream:
+                        h = read_npy_header(stream, where)
+                except (zipfile.BadZipFile, EOFError, OSError) as exc:
+                    raise DataFileError(f"{where}: corrupt member ({exc})") from None
+                out.append(ArrayInfo(key, h.shape, h.dtype, h.fortran_order))
+        return out
+    with open_hdf5(p) as f:
+        h5py = _import_h5py(p)
+
+        found: list[ArrayInfo] = []
+
+        def visit(name: str, obj: Any) -> None:
+            if isinstance(obj, h5py.Dataset):
+                found.append(ArrayInfo("/" + name, tuple(obj.shape), obj.dtype))
+
+        f.visititems(visit)
+        return found
+
+
+def array_info(path: str | os.PathLike[str], key: str = "diffraction") -> ArrayInfo:
+    """Shape and dtype of the array ``key`` (ignored for ``.npy``), from its header."""
+    p = Path(path)
+    kind = file_kind(p)
+    if kind == "hdf5":
+        with open_hdf5(p) as f:
+            return _hdf5_info(f, p, key)
+    arrays = list_arrays(p)
+    if kind == "npy":
+        return arrays[0]
+    for info in arrays:
+        if info.name == key:
+            return info
+    available = ", ".join(repr(a.name) for a in arrays) or "none"
+    raise DataFileError(
+        f"{p}: has no array {key!r}; it holds {available}. Pick one with key= (--key)"
+    )
+
+
+def _hdf5_info(f: Any, path: Path, key: str) -> ArrayInfo:
+    h5py = _import_h5py(path)
+
+    obj = f.get(key)
+    if not isinstance(obj, h5py.Dataset):
+        names: list[str] = []
+        f.visititems(lambda n, o: names.append("/" + n) if isinstance(o, h5py.Dataset) else None)
+        what = "is a group, not a dataset" if obj is not None else "does not exist"
+        available = ", ".join(repr(n) for n in names) or "none"
+        raise DataFileError(
+            f"{path}: HDF5 path {key!r} {what}; datasets: {available}. Pick one with key= (--key)"
+        )
+    return ArrayInfo(key, tuple(obj.shape), obj.dtype)
+
+
+def _check_patterns(info: ArrayInfo, where: str) -> None:
+    """Refuse arrays that cannot be a stack of real-valued patterns."""
+    if info.dtype.hasobject:
+        raise UnsafeFileError(
+            f"{where}: dtype object arrays are pickles and are never loaded; store the "
+            f"patterns as float32 or float64"
+        )
+    if info.dtype.kind != "f":
+        raise DataFileError(
+            f"{where}: patterns must be real floating point (float16/32/64), got dtype "
+            f"{info.dtype}; convert integer counts to normalized float amplitudes first"
+        )
+    if len(info.shape) < 3:
+        raise DataFileError(
+            f"{where}: expected a stack of patterns with at least 3 axes, e.g. (n, H, W), "
+            f"got shape {info.shape}"
+        )
+    if info.count == 0:
+        raise DataFileError(f"{where}: holds no patterns (shape {info.shape})")
+
+
+def _chunk_len(info: ArrayInfo, chunk_patterns: int | None) -> int:
+    if chunk_patterns is None:
+        entry_bytes = max(1, info.nbytes // info.shape[0])
+        return max(1, CHUNK_BYTES // entry_bytes)
+    if isinstance(chunk_patterns, bool) or not isinstance(chunk_patterns, int | np.integer):
+        raise DataFileError(f"chunk_patterns must be a positive int, got {chunk_patterns!r}")
+    if chunk_patterns < 1:
+        raise DataFileError(f"chunk_patterns must be a positive int, got {chunk_patterns!r}")
+    return int(chunk_patterns)
+
+
+def _native(arr: np.ndarray) -> np.ndarray:
+    if arr.dtype.isnative:
+        return arr
+    return arr.byteswap(inplace=True).view(arr.dtype.newbyteorder("="))
+
+
+def _stream_chunks(
+    stream: IO[bytes], info: ArrayInfo, step: int, where: str
+) -> Iterator[np.ndarray]:
+    """Read a C-ordered array's data from ``stream``, ``step`` first-axis entries at a time."""
+    n, rest = info.shape[0], info.shape[1:]
+    for start in range(0, n, step):
+        k = min(step, n - start)
+        chunk = np.empty((k, *rest), dtype=info.dtype)
+        view = chunk.data.cast("B")
+        filled = 0
+        while filled < len(view):
+            try:
+                got = stream.readinto(view[filled:])  # type: ignore[attr-defined]
+            except (zipfile.BadZipFile, EOFError, OSError) as exc:
+                raise DataFileError(f"{where}: corrupt data ({exc})") from None
+            if not got:
+                expected = info.nbytes
+                have = start * (info.nbytes // n) + filled
+                raise DataFileError(
+                    f"{where}: truncated: the header promises shape {info.shape} "
+                    f"({expected} bytes of {info.dtype}) but the data ends after {have} bytes"
+                )
+            filled += got
+        yield _native(chunk)
+
+
+def iter_patterns(
+    path: str | os.PathLike[str],
+    key: str = "diffraction",
+    chunk_patterns: int | None = None,
+) -> Iterator[np.ndarray]:
+    """Stream a stack of patterns from a file in chunks along its first axis.
+
+    Args:
+        path: a ``.npy``, ``.npz`` or HDF5 file (recognized by content).
+        key: the ``.npz`` key (member ``<key>.npy``) or HDF5 dataset path;
+            ignored for ``.npy``. Default ``"diffraction"`` (PtychoPINN).
+        chunk_patterns: first-axis entries per chunk; default: as many as fit
+            in :data:`CHUNK_BYTES` (16 MiB), at least one.
+
+    Yields:
+        numpy arrays of shape ``(k, *shape[1:])`` in the stored float dtype,
+        native byte order, each freshly allocated (safe to keep). Their
+        concatenation is the stored array.
+
+    Raises:
+        DataFileError: missing file or key, truncated or corrupt data, a
+            dtype that is not real floating point, fewer than 3 axes, no
+            patterns, Fortran-ordered ``.npz`` members, h5py missing.
+        UnsafeFileError: an object (pickled) array.
+
+    Peak memory is a few chunks, whatever the file size.
+    """
+    p = Path(path)
+    kind = file_kind(p)
+    if kind == "npy":
+        yield from _iter_npy(p, chunk_patterns)
+    elif kind == "npz":
+        yield from _iter_npz(p, key, chunk_patterns)
+    else:
+        yield from _iter_hdf5(p, key, chunk_patterns)
+
+
+def _iter_npy(path: Path, chunk_patterns: int | None) -> Iterator[np.ndarray]:
+    where = str(path)
+    with open(path, "rb") as f:
+        h = read_npy_header(f, where)
+        info = ArrayInfo(path.name, h.shape, h.dtype, h.fortran_order)
+        _check_patterns(info, where)
+        step = _chunk_len(info, chunk_patterns)
+        if not info.fortran_order:
+            yield from _stream_chunks(f, info, step, where)
+            return
+        offset = f.tell()
+    # Column-major data cannot be read entry by entry; a read-only memory map can.
+    expected = offset + info.nbytes
+    if path.stat().st_size < expected:
+        raise DataFileError(
+            f"{where}: truncated: needs {expected} bytes for shape {info.shape}, "
+            f"file has {path.stat().st_size}"
+        )
+    mm = np.memmap(path, dtype=info.dtype, mode="r", offset=offset, shape=info.shape, order="F")
+    for start in range(0, info.shape[0], step):
+        yield _native(np.ascontiguousarray(mm[start : start + step]))
+
+
+def _iter_npz(path: Path, key: str, chunk_patterns: int | None) -> Iterator[np.ndarray]:
+    where = f"{path}:{key}"
+    with open_npz(path) as zf:
+        member = key + ".npy"
+        if member not in zf.namelist():
+            keys = [n.removesuffix(".npy") for n in zf.namelist()]
+            available = ", ".join(repr(k) for k in keys) or "none"
+            raise DataFileError(
+                f"{path}: has no array {key!r}; it holds {available}. Pick one with key= (--key)"
+            )
+        try:
+            stream = zf.open(member)
+        except (zipfile.BadZipFile, EOFError, OSError) as exc:
+            raise DataFileError(f"{where}: corrupt member ({exc})") from None
+        with stream:
+            h = read_npy_header(stream, where)
+            info = ArrayInfo(key, h.shape, h.dtype, h.fortran_order)
+            _check_patterns(info, where)
+            if info.fortran_order:
+                raise DataFileError(
+                    f"{where}: stored in Fortran (column-major) order, which cannot be read "
+                    f"pattern by pattern from a zip; re-save it with np.ascontiguousarray(x)"
+                )
+            yield from _stream_chunks(stream, info, _chunk_len(info, chunk_patterns), where)
+            try:
+                # Reading past the end makes zipfile verify the member's CRC-32.
+                extra = stream.read(1)
+            except (zipfile.BadZipFile, EOFError, OSError) as exc:
+                raise DataFileError(f"{where}: corrupt data ({exc})") from None
+            if extra:
+                raise DataFileError(
+                    f"{where}: corrupt: more data than the header's shape {info.shape} holds"
+                )
+
+
+def _iter_hdf5(path: Path, key: str, chunk_patterns: int | None) -> Iterator[np.ndarray]:
+    where = f"{path}:{key}"
+    with open_hdf5(path) as f:
+        info = _hdf5_info(f, path, key)
+        _check_patterns(info, where)
+        dset = f[key]
+        step = _chunk_len(info, chunk_patterns)
+        for start in range(0, info.shape[0], step):
+            try:
+                chunk = dset[start : start + step]
+            except (OSError, ValueError) as exc:
+                raise DataFileError(f"{where}: cannot read rows {start}.. ({exc})") from None
+            yield _native(np.ascontiguousarray(chunk))
