@@ -146,7 +146,7 @@ def resolve_nphotons(
         and not math.isclose(meta, conf, rel_tol=DISAGREEMENT_RTOL)
     ):
         disagreement = (
-            f"metadata says nphotons={meta:g} but the config says {conf:g}; "
+            f"metadata says nphotons={meta!r} but the config says {conf!r}; "
             f"{'the explicit value' if source == 'explicit' else 'metadata'} wins"
         )
     return NphotonsResolution(

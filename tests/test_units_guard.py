@@ -1,0 +1,63 @@
+"""The units guard: data that look like raw counts raise UnitsWarning (SPEC failure mode 4)."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+import physscale as ps
+
+
+def counts(seed: int = 0, dose: float = 200.0) -> np.ndarray:
+    return np.random.default_rng(seed).poisson(dose, (16, 1, 32, 32)).astype(np.float32)
+
+
+def test_amplitudes_that_are_square_roots_of_counts_warn() -> None:
+    x = np.sqrt(counts())
+    with pytest.warns(ps.UnitsWarning, match="raw photon counts"):
+        ps.derive_intensity_scale(x, 1e9)
+
+
+def test_intensities_that_are_whole_counts_warn() -> None:
+    with pytest.warns(ps.UnitsWarning, match="whole numbers"):
+        ps.derive_intensity_scale(counts(), 1e9, domain="intensity")
+
+
+def test_a_scale_of_about_one_warns() -> None:
+    x = np.random.default_rng(1).uniform(0.1, 1.0, (8, 16, 16))
+    nphotons = float((x.astype(np.float64) ** 2).sum() / 8) * 1.01  # mean dose ~ nphotons
+    with pytest.warns(ps.UnitsWarning, match="about 1"):
+        ps.derive_intensity_scale(x, nphotons)
+
+
+def test_normalized_data_do_not_warn() -> None:
+    raw = np.sqrt(counts(2))
+    x, _ = ps.normalize_amplitudes(raw)  # normalizing raw counts must not warn either
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ps.UnitsWarning)
+        ps.derive_intensity_scale(x, 1e9)
+        ps.derive_intensity_scale(torch.ones(2, 1, 2, 2), 100)  # a toy, not counts
+
+
+def test_the_warning_can_be_escalated_or_silenced() -> None:
+    x = np.sqrt(counts(3))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ps.UnitsWarning)
+        with pytest.raises(ps.UnitsWarning):
+            ps.derive_intensity_scale(x, 1e9)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ps.UnitsWarning)
+        ps.derive_intensity_scale(x, 1e9)
+
+
+def test_the_guard_follows_the_accumulated_state() -> None:
+    acc = ps.IntensityAccumulator().update(np.sqrt(counts(4)))
+    assert acc.integer_like is True
+    acc.update(np.random.default_rng(5).uniform(0, 1, (4, 1, 32, 32)))
+    assert acc.integer_like is False  # mixed data are not flagged as counts
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ps.UnitsWarning)
+        acc.intensity_scale(1e9)
