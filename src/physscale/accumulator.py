@@ -39,6 +39,17 @@ _MAX_PARTIALS = 40
 _MAX_PATTERN_DIMS = 8
 # A rank large enough that any sensible axis index is in range.
 _ANY_RANK = 64
+# Domains as numbers in the all_reduce message.
+_DOMAIN_CODES: dict[Domain, float] = {"amplitude": 0.0, "intensity": 1.0}
+
+
+def _padded(values: Sequence[int]) -> list[float]:
+    """A length-prefixed, zero-padded float slot list for the all_reduce message."""
+    return [float(len(values)), *map(float, values), *[0.0] * (_MAX_PATTERN_DIMS - len(values))]
+
+
+def _unpadded(slots: Sequence[float]) -> tuple[int, ...]:
+    return tuple(int(v) for v in slots[1 : 1 + int(slots[0])])
 
 
 def _grow(partials: list[float], x: float) -> list[float]:
@@ -179,8 +190,15 @@ class IntensityAccumulator:
 
         Every rank ends with the same state: each gathers all ranks' exact
         partials and folds them in rank order, so the result is bitwise
-        identical across ranks and equal to a single-process pass.
-        Works with gloo (CPU tensors) and NCCL (CUDA tensors).
+        identical across ranks and equal to a single-process pass over the
+        same batches. Ranks with no data (an empty shard) are fine.
+        Works with gloo (CPU tensors) and NCCL (CUDA tensors). Every rank of
+        ``group`` must call it (it is a collective).
+
+        Raises:
+            StateError: no initialized process group; or ranks whose domain,
+                spatial_dims or pattern shape differ (raised on every rank,
+                each of which keeps its own state unchanged).
         """
         import torch.distributed as dist
 
@@ -195,37 +213,49 @@ class IntensityAccumulator:
         mine = self._pack().to(device)
         gathered = [torch.empty_like(mine) for _ in range(dist.get_world_size(group))]
         dist.all_gather(gathered, mine, group=group)
-        self.reset()
-        for packed in gathered:
-            self._unpack_into(packed.cpu())
+        # Fold into a fresh accumulator so a refused reduction leaves self as it was;
+        # every rank sees the same gathered data, so every rank refuses alike.
+        combined = IntensityAccumulator(self.spatial_dims, self.domain)
+        for rank, packed in enumerate(gathered):
+            combined._unpack_into(packed.cpu(), rank)
+        self._partials = combined._partials
+        self._n_patterns = combined._n_patterns
+        self._pattern_shape = combined._pattern_shape
+        self._integer_like = combined._integer_like
+        self._masked = combined._masked
         return self
 
     def _pack(self) -> torch.Tensor:
         if len(self._partials) > _MAX_PARTIALS:  # pragma: no cover - impossible for float64
             raise StateError("internal: too many partials to pack")
         shape = self._pattern_shape or ()
-        if len(shape) > _MAX_PATTERN_DIMS:
+        if len(shape) > _MAX_PATTERN_DIMS or len(self.spatial_dims) > _MAX_PATTERN_DIMS:
             raise StateError(f"all_reduce supports patterns of at most {_MAX_PATTERN_DIMS} axes")
         header = [
             float(self._n_patterns),
             {None: -1.0, False: 0.0, True: 1.0}[self._integer_like],
             float(self._masked),
-            float(len(shape)),
-            *[float(s) for s in shape],
-            *[0.0] * (_MAX_PATTERN_DIMS - len(shape)),
+            _DOMAIN_CODES[self.domain],
+            *_padded(self.spatial_dims),
+            *_padded(shape),
         ]
         partials = self._partials + [0.0] * (_MAX_PARTIALS - len(self._partials))
         return torch.tensor(header + partials, dtype=torch.float64)
 
-    def _unpack_into(self, packed: torch.Tensor) -> None:
+    def _unpack_into(self, packed: torch.Tensor, rank: int) -> None:
         values = packed.tolist()
         n_patterns = int(values[0])
         integer_like = {-1.0: None, 0.0: False, 1.0: True}[values[1]]
         masked = bool(values[2])
-        ndim = int(values[3])
-        shape = tuple(int(s) for s in values[4 : 4 + ndim])
-        partials = [p for p in values[4 + _MAX_PATTERN_DIMS :] if p]
-        self._fold_partials(partials, n_patterns, shape, integer_like)
+        domain = next(d for d, code in _DOMAIN_CODES.items() if code == values[3])
+        spatial_dims = _unpadded(values[4 : 5 + _MAX_PATTERN_DIMS])
+        shape = _unpadded(values[5 + _MAX_PATTERN_DIMS : 6 + 2 * _MAX_PATTERN_DIMS])
+        partials = [p for p in values[6 + 2 * _MAX_PATTERN_DIMS :] if p]
+        try:
+            self._check_compatible(domain, spatial_dims)
+            self._fold_partials(partials, n_patterns, shape, integer_like)
+        except StateError as exc:
+            raise StateError(f"all_reduce: rank {rank}'s state does not fit: {exc}") from None
         self._masked = self._masked or masked
 
     # ------------------------------------------------------------------ state
