@@ -1,7 +1,8 @@
-"""``python -m physscale``: the command line."""
+"""``python -m physscale``: the command line (see :mod:`physscale.cli`)."""
 
 import sys
 
 from physscale.cli import main
 
-sys.exit(main())
+if __name__ == "__main__":
+    sys.exit(main())
