@@ -1,0 +1,354 @@
+"""Bundles: weights + record + manifest in one checksummed zip, loaded safely."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import warnings
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+import physscale as ps
+from physscale.io import Bundle, load_bundle, save_bundle
+from physscale.nn import IntensityScaler
+
+MEMBERS = {"manifest.json", "record.json", "state_dict.pt"}
+
+
+def _data(brightness: float = 1.0) -> torch.Tensor:
+    x = torch.rand(16, 1, 8, 8, generator=torch.Generator().manual_seed(7))
+    return x * math.sqrt(brightness)
+
+
+def _record() -> ps.ScaleRecord:
+    return ps.derive_scale_record(_data(), nphotons=1e6, data_source="train")
+
+
+def _model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.ReLU())
+
+
+def _members(path: Path) -> dict[str, bytes]:
+    with zipfile.ZipFile(path) as zf:
+        return {name: zf.read(name) for name in zf.namelist()}
+
+
+def _write_zip(path: Path, members: dict[str, bytes]) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # zipfile warns on duplicate names
+        with zipfile.ZipFile(path, "w") as zf:
+            for name, data in members.items():
+                zf.writestr(zipfile.ZipInfo(name), data)
+
+
+def _rewrite(
+    path: Path,
+    *,
+    replace: dict[str, bytes] | None = None,
+    drop: tuple[str, ...] = (),
+    fix_checksums: bool = False,
+    manifest_edit: dict[str, Any] | None = None,
+) -> None:
+    """Rebuild a bundle with changed members; optionally recompute the manifest."""
+    members = _members(path)
+    members.update(replace or {})
+    for name in drop:
+        del members[name]
+    manifest = json.loads(members["manifest.json"])
+    if fix_checksums:
+        for name, entry in manifest["members"].items():
+            if name in members:
+                entry["sha256"] = hashlib.sha256(members[name]).hexdigest()
+                entry["size"] = len(members[name])
+    manifest.update(manifest_edit or {})
+    members["manifest.json"] = json.dumps(manifest).encode()
+    _write_zip(path, members)
+
+
+@pytest.fixture
+def bundle_path(tmp_path: Path) -> Path:
+    return save_bundle(tmp_path / "model.physscale.zip", _model().state_dict(), _record(), step=5)
+
+
+# ------------------------------------------------------------------ round trip
+def test_round_trip_restores_weights_record_and_extra(bundle_path: Path) -> None:
+    model = _model()
+    bundle = load_bundle(bundle_path)
+    assert isinstance(bundle, Bundle)
+    assert bundle.record == _record().model_copy(update={"created_utc": bundle.record.created_utc})
+    assert bundle.extra == {"step": 5}
+    assert set(bundle.state_dict) == set(model.state_dict())
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(bundle.state_dict[name], tensor)
+    fresh = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.ReLU())
+    fresh.load_state_dict(bundle.state_dict)
+
+
+def test_manifest_lists_sha256_and_size_of_every_member(bundle_path: Path) -> None:
+    members = _members(bundle_path)
+    assert set(members) == MEMBERS
+    manifest = json.loads(members["manifest.json"])
+    assert manifest["format"] == "physscale-bundle"
+    assert manifest["format_version"] == 1
+    assert manifest["physscale_version"] == ps.__version__
+    assert manifest["record_schema_version"] == ps.SCHEMA_VERSION
+    assert manifest["extra"] == {"step": 5}
+    for name in ("record.json", "state_dict.pt"):
+        entry = manifest["members"][name]
+        assert entry == {
+            "sha256": hashlib.sha256(members[name]).hexdigest(),
+            "size": len(members[name]),
+        }
+    assert load_bundle(bundle_path).manifest == manifest
+
+
+def test_same_inputs_give_the_same_bytes(tmp_path: Path) -> None:
+    record, state = _record(), _model().state_dict()
+    a = save_bundle(tmp_path / "a.zip", state, record, note="x")
+    b = save_bundle(tmp_path / "b.zip", state, record, note="x")
+    assert a.read_bytes() == b.read_bytes()
+
+
+def test_trained_scaler_record_survives_bundle_round_trip(tmp_path: Path) -> None:
+    record = _record()
+    model = torch.nn.ModuleDict({"scaler": IntensityScaler.from_record(record, trainable=True)})
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.05)
+    for _ in range(3):
+        optimizer.zero_grad()
+        (model["scaler"].log_scale - math.log(record.intensity_scale) - 1.0).square().backward()
+        optimizer.step()
+    trained = model["scaler"].to_record()
+    path = save_bundle(tmp_path / "b.zip", model.state_dict(), trained)
+    bundle = load_bundle(path)
+    assert bundle.record == trained
+    assert bundle.record.method == "trained"
+    assert bundle.record.initial_intensity_scale == record.intensity_scale
+    assert bundle.record.intensity_scale > record.intensity_scale * 1.1
+    restored = torch.nn.ModuleDict({"scaler": IntensityScaler(1.0)})
+    restored.load_state_dict(bundle.state_dict)
+    assert restored["scaler"].to_record().intensity_scale == trained.intensity_scale
+
+
+# ------------------------------------------------------------------ inference mapping
+def test_inference_uses_the_stored_scale_not_the_inference_data(bundle_path: Path) -> None:
+    bundle = load_bundle(bundle_path)
+    scaler = IntensityScaler.from_record(bundle.record)
+    bright = _data(brightness=10.0)
+    # The inference data would derive a scale sqrt(10) times smaller...
+    derived = float(ps.derive_intensity_scale(bright, bundle.record.nphotons))
+    assert derived == pytest.approx(bundle.record.intensity_scale / math.sqrt(10), rel=1e-6)
+    # ...but inference maps with the stored one, and running it changes nothing.
+    before = scaler.scale.item()
+    with torch.no_grad():
+        out = scaler.denormalize(scaler.normalize(bright))
+    assert torch.allclose(out, bright, rtol=1e-6)
+    assert scaler.scale.item() == before
+    assert scaler.to_record() == bundle.record
+    assert scaler.scale.item() == pytest.approx(bundle.record.intensity_scale, rel=1e-7)
+
+
+# ------------------------------------------------------------------ save refusals
+@pytest.mark.parametrize(
+    ("extra", "match"),
+    [
+        ({"obj": object()}, "must be plain JSON.*not JSON serializable"),
+        ({"nan": float("nan")}, "must be plain JSON.*finite"),
+        ({"pair": (1, 2)}, "would not load back unchanged"),
+        ({"tensor": torch.ones(1)}, "must be plain JSON"),
+    ],
+)
+def test_non_json_extra_is_refused_and_nothing_written(
+    tmp_path: Path, extra: dict[str, Any], match: str
+) -> None:
+    path = tmp_path / "b.zip"
+    with pytest.raises(ps.DtypeError, match=match):
+        save_bundle(path, {}, _record(), **extra)
+    assert list(tmp_path.iterdir()) == []
+
+
+class _NotAllowed:
+    pass
+
+
+def test_state_dict_that_needs_code_to_load_is_refused_at_save(tmp_path: Path) -> None:
+    with pytest.raises(ps.DtypeError, match=r"torch\.load\(weights_only=True\) refuses"):
+        save_bundle(tmp_path / "b.zip", {"w": _NotAllowed()}, _record())
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("state", "record", "error", "match"),
+    [
+        ([1, 2], None, ps.DtypeError, "state_dict must be a mapping"),
+        ({}, 2.0, ps.RecordError, "record must be a physscale.ScaleRecord, got float"),
+    ],
+)
+def test_save_rejects_wrong_argument_types(
+    tmp_path: Path, state: Any, record: Any, error: type[Exception], match: str
+) -> None:
+    with pytest.raises(error, match=match):
+        save_bundle(tmp_path / "b.zip", state, record if record is not None else _record())
+
+
+def test_failed_save_leaves_the_existing_bundle_intact(bundle_path: Path) -> None:
+    before = bundle_path.read_bytes()
+    with pytest.raises(ps.DtypeError):
+        save_bundle(bundle_path, {"w": _NotAllowed()}, _record())
+    assert bundle_path.read_bytes() == before
+    assert sorted(p.name for p in bundle_path.parent.iterdir()) == [bundle_path.name]
+
+
+# ------------------------------------------------------------------ load refusals
+@pytest.mark.parametrize("member", ["state_dict.pt", "record.json"])
+def test_tampered_member_is_an_integrity_error(bundle_path: Path, member: str) -> None:
+    data = bytearray(_members(bundle_path)[member])
+    data[len(data) // 2] ^= 0x01
+    _rewrite(bundle_path, replace={member: bytes(data)})
+    with pytest.raises(ps.IntegrityError, match=f"member '{member}' does not match its sha256"):
+        load_bundle(bundle_path)
+
+
+def test_member_of_a_different_size_is_an_integrity_error(bundle_path: Path) -> None:
+    _rewrite(bundle_path, replace={"record.json": _members(bundle_path)["record.json"] + b" "})
+    with pytest.raises(ps.IntegrityError, match=r"'record\.json' has \d+ bytes but the manifest"):
+        load_bundle(bundle_path)
+
+
+def test_missing_record_is_a_record_error(bundle_path: Path) -> None:
+    _rewrite(bundle_path, drop=("record.json",))
+    with pytest.raises(ps.RecordError, match=r"has no record\.json: the scale record is missing"):
+        load_bundle(bundle_path)
+
+
+def test_invalid_record_with_matching_checksum_is_a_record_error(bundle_path: Path) -> None:
+    record = json.loads(_members(bundle_path)["record.json"])
+    record["intensity_scale"] = -1.0
+    _rewrite(bundle_path, replace={"record.json": json.dumps(record).encode()}, fix_checksums=True)
+    with pytest.raises(ps.RecordError, match="not a valid physscale ScaleRecord: intensity_scale"):
+        load_bundle(bundle_path)
+
+
+def test_unknown_record_schema_version_is_a_record_error(bundle_path: Path) -> None:
+    record = json.loads(_members(bundle_path)["record.json"])
+    record["schema_version"] = 99
+    _rewrite(bundle_path, replace={"record.json": json.dumps(record).encode()}, fix_checksums=True)
+    with pytest.raises(ps.RecordError, match="record schema version 99; this physscale"):
+        load_bundle(bundle_path)
+
+
+def test_unknown_bundle_format_version_is_refused(bundle_path: Path) -> None:
+    _rewrite(bundle_path, manifest_edit={"format_version": 2})
+    with pytest.raises(ps.DataFileError, match="bundle format version 2; this physscale"):
+        load_bundle(bundle_path)
+
+
+def test_foreign_zip_is_not_a_bundle(bundle_path: Path) -> None:
+    _rewrite(bundle_path, manifest_edit={"format": "something-else"})
+    with pytest.raises(ps.DataFileError, match="is not a physscale bundle: manifest format"):
+        load_bundle(bundle_path)
+
+
+def test_missing_manifest_is_refused(bundle_path: Path) -> None:
+    members = _members(bundle_path)
+    del members["manifest.json"]
+    _write_zip(bundle_path, members)
+    with pytest.raises(ps.DataFileError, match=r"has no manifest\.json"):
+        load_bundle(bundle_path)
+
+
+@pytest.mark.parametrize(
+    ("name", "match"),
+    [
+        ("../evil.py", "escapes its folder"),
+        ("sub/../../evil.py", "escapes its folder"),
+        ("/etc/passwd", "an absolute path"),
+        ("..\\evil.py", "escapes its folder"),
+        ("C:evil", "escapes its folder"),
+        ("notes.txt", r"unexpected member\(s\) \['notes\.txt'\]"),
+    ],
+)
+def test_unsafe_or_unexpected_member_names_are_refused(
+    bundle_path: Path, name: str, match: str
+) -> None:
+    members = _members(bundle_path)
+    members[name] = b"x"
+    _write_zip(bundle_path, members)
+    with pytest.raises(ps.UnsafeFileError, match=match):
+        load_bundle(bundle_path)
+
+
+def test_duplicate_member_names_are_refused(bundle_path: Path) -> None:
+    members = list(_members(bundle_path).items())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        with zipfile.ZipFile(bundle_path, "w") as zf:
+            for name, data in [*members, ("record.json", b"{}")]:
+                zf.writestr(name, data)
+    with pytest.raises(ps.UnsafeFileError, match="names a member twice"):
+        load_bundle(bundle_path)
+
+
+_SIDE_EFFECTS: list[str] = []
+
+
+def _side_effect(text: str) -> None:
+    _SIDE_EFFECTS.append(text)
+
+
+class _Exploit:
+    def __reduce__(self) -> Any:
+        return (_side_effect, ("code ran",))
+
+
+def test_state_dict_that_would_run_code_is_refused_and_never_runs(bundle_path: Path) -> None:
+    import io
+
+    buffer = io.BytesIO()
+    torch.save({"w": _Exploit()}, buffer)
+    _rewrite(bundle_path, replace={"state_dict.pt": buffer.getvalue()}, fix_checksums=True)
+    with pytest.raises(ps.UnsafeFileError, match="a weights-only load refuses"):
+        load_bundle(bundle_path)
+    assert _SIDE_EFFECTS == []
+
+
+def test_not_a_zip_truncated_and_missing_files_are_data_file_errors(
+    tmp_path: Path, bundle_path: Path
+) -> None:
+    text = tmp_path / "plain.zip"
+    text.write_text("hello")
+    with pytest.raises(ps.DataFileError, match="is not a readable zip file"):
+        load_bundle(text)
+    truncated = tmp_path / "truncated.zip"
+    truncated.write_bytes(bundle_path.read_bytes()[: bundle_path.stat().st_size // 2])
+    with pytest.raises(ps.DataFileError, match=r"not a readable zip file.*truncated"):
+        load_bundle(truncated)
+    with pytest.raises(ps.DataFileError, match="does not exist"):
+        load_bundle(tmp_path / "nope.zip")
+
+
+def test_manifest_that_is_not_json_is_refused(bundle_path: Path) -> None:
+    members = _members(bundle_path)
+    members["manifest.json"] = b"{oops"
+    _write_zip(bundle_path, members)
+    with pytest.raises(ps.DataFileError, match=r"manifest\.json is not valid JSON"):
+        load_bundle(bundle_path)
+
+
+def test_manifest_member_entries_are_validated(bundle_path: Path) -> None:
+    manifest = json.loads(_members(bundle_path)["manifest.json"])
+    manifest["members"]["record.json"] = {"sha256": "abc", "size": 3}
+    _rewrite(bundle_path, manifest_edit={"members": manifest["members"]})
+    with pytest.raises(ps.DataFileError, match=r"manifest entry for 'record\.json' must be"):
+        load_bundle(bundle_path)
+
+
+def test_errors_are_value_errors_for_callers_that_catch_builtins(bundle_path: Path) -> None:
+    _rewrite(bundle_path, replace={"record.json": b"{}"})
+    with pytest.raises(ValueError, match="modified or corrupted after it was written"):
+        load_bundle(bundle_path)
