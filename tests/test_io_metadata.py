@@ -1,0 +1,294 @@
+"""Safe metadata: PtychoPINN's pickled `_metadata`, plain unicode metadata, and refusals."""
+
+from __future__ import annotations
+
+import builtins
+import io
+import json
+import os
+import pickle
+import subprocess
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from physscale.errors import DataFileError, UnsafeFileError
+from physscale.io import read_metadata, write_metadata
+
+META = {"physics_parameters": {"nphotons": 1e9, "probe_energy_kev": 8.0}, "name": "run 7"}
+
+
+def _npz_with_metadata_member(path: Path, payload: bytes, descr: str = "|O") -> None:
+    """An npz whose `_metadata.npy` is a 0-d header of `descr` followed by `payload`."""
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": descr, "fortran_order": False, "shape": ()})
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("_metadata.npy", buf.getvalue() + payload)
+        data = io.BytesIO()
+        np.lib.format.write_array(data, np.ones((2, 4, 4), np.float32))
+        zf.writestr("diffraction.npy", data.getvalue())
+
+
+# ----------------------------------------------------------------- reading the reference way
+@pytest.mark.parametrize("saver", [np.savez_compressed, np.savez])
+def test_reads_metadata_written_the_ptychopinn_way(tmp_path: Path, saver: Any) -> None:
+    path = tmp_path / "ptycho.npz"
+    saver(
+        path,
+        diffraction=np.ones((3, 8, 8), np.float32),
+        _metadata=np.array(json.dumps(META), dtype=object),
+    )
+    assert read_metadata(path) == META
+
+
+@pytest.mark.parametrize("module", ["numpy.core.multiarray", "numpy._core.multiarray"])
+def test_reads_pickles_from_either_numpy_generation(tmp_path: Path, module: str) -> None:
+    # Protocol 3 (numpy 1.x np.save) names globals as text: write either module name in.
+    pickled = pickle.dumps(np.array(json.dumps(META), dtype=object), protocol=3)
+    for old in (b"numpy._core.multiarray", b"numpy.core.multiarray"):
+        pickled = pickled.replace(old, module.encode())
+    assert module.encode() in pickled
+    path = tmp_path / "gen.npz"
+    _npz_with_metadata_member(path, pickled)
+    assert read_metadata(path) == META
+
+
+@pytest.mark.parametrize("dtype", [np.str_, np.bytes_])
+def test_reads_plain_string_metadata(tmp_path: Path, dtype: Any) -> None:
+    path = tmp_path / "plain.npz"
+    np.savez(path, diffraction=np.ones((2, 4, 4)), _metadata=np.array(json.dumps(META), dtype))
+    assert read_metadata(path) == META
+
+
+def test_files_without_metadata_give_none(tmp_path: Path) -> None:
+    np.savez(tmp_path / "none.npz", diffraction=np.ones((2, 4, 4)))
+    np.save(tmp_path / "plain.npy", np.ones((2, 4, 4)))
+    assert read_metadata(tmp_path / "none.npz") is None
+    assert read_metadata(tmp_path / "plain.npy") is None
+
+
+def test_reads_hdf5_metadata_attribute_and_dataset(tmp_path: Path) -> None:
+    h5py = pytest.importorskip("h5py")
+    with h5py.File(tmp_path / "attr.h5", "w") as f:
+        f.create_dataset("diffraction", data=np.ones((2, 4, 4)))
+        f.attrs["_metadata"] = json.dumps(META)
+    with h5py.File(tmp_path / "dset.h5", "w") as f:
+        f.create_dataset("diffraction", data=np.ones((2, 4, 4)))
+        f["_metadata"] = json.dumps(META)
+    with h5py.File(tmp_path / "none.h5", "w") as f:
+        f.create_dataset("diffraction", data=np.ones((2, 4, 4)))
+    assert read_metadata(tmp_path / "attr.h5") == META
+    assert read_metadata(tmp_path / "dset.h5") == META
+    assert read_metadata(tmp_path / "none.h5") is None
+
+
+# ----------------------------------------------------------------- malicious pickles
+class _System:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> Any:
+        return (os.system, (f"touch {self.marker}",))
+
+
+class _Exec:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> Any:
+        return (builtins.exec, (f"open({str(self.marker)!r}, 'w').close()",))
+
+
+class _Subprocess:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> Any:
+        return (subprocess.call, (["touch", str(self.marker)],))
+
+
+@pytest.mark.parametrize("payload", [_System, _Exec, _Subprocess])
+def test_malicious_metadata_pickle_is_refused_and_runs_nothing(
+    tmp_path: Path, payload: Any
+) -> None:
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.npz"
+    np.savez(
+        path,
+        diffraction=np.ones((2, 4, 4), np.float32),
+        _metadata=np.array(payload(marker), dtype=object),
+    )
+    with pytest.raises(UnsafeFileError, match=r"evil\.npz:_metadata: refused to unpickle"):
+        read_metadata(path)
+    assert not marker.exists()
+
+
+def test_the_malicious_file_really_runs_code_under_allow_pickle(tmp_path: Path) -> None:
+    # Control for the test above: the crafted file is a real exploit for np.load.
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.npz"
+    np.savez(path, _metadata=np.array(_Exec(marker), dtype=object))
+    np.load(path, allow_pickle=True)["_metadata"]
+    assert marker.exists()
+
+
+@pytest.mark.parametrize("protocol", [0, 2, 5])
+def test_a_bare_malicious_pickle_is_refused_at_any_protocol(tmp_path: Path, protocol: int) -> None:
+    marker = tmp_path / "pwned"
+    path = tmp_path / "bare.npz"
+    _npz_with_metadata_member(path, pickle.dumps(_Exec(marker), protocol=protocol))
+    with pytest.raises(UnsafeFileError, match=r"references (__builtin__|builtins)\.exec"):
+        read_metadata(path)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    ("value", "match"),
+    [
+        (np.array(42, dtype=object), "holds a int"),
+        (np.array({"physics_parameters": {}}, dtype=object), "holds a dict"),
+        (np.array(["a", "b"], dtype=object), "not a single-string object array"),
+    ],
+)
+def test_object_arrays_not_holding_one_string_are_refused(
+    tmp_path: Path, value: np.ndarray, match: str
+) -> None:
+    path = tmp_path / "odd.npz"
+    np.savez(path, _metadata=value)
+    with pytest.raises(UnsafeFileError, match=match):
+        read_metadata(path)
+
+
+def test_numpy_globals_beyond_the_array_rebuild_are_refused(tmp_path: Path) -> None:
+    pickled = pickle.dumps(np.array(json.dumps(META), dtype=object), protocol=3)
+    assert b"numpy\nndarray\n" in pickled
+    path = tmp_path / "np.npz"
+    _npz_with_metadata_member(path, pickled.replace(b"numpy\nndarray\n", b"numpy\nload\n"))
+    with pytest.raises(UnsafeFileError, match=r"references numpy\.load"):
+        read_metadata(path)
+
+
+def test_a_non_array_pickle_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "list.npz"
+    _npz_with_metadata_member(path, pickle.dumps(["{}"]))
+    with pytest.raises(UnsafeFileError, match="not a 0-d string array"):
+        read_metadata(path)
+
+
+# ----------------------------------------------------------------- malformed metadata
+def test_truncated_metadata_pickle_is_a_data_error(tmp_path: Path) -> None:
+    pickled = pickle.dumps(np.array(json.dumps(META), dtype=object))
+    path = tmp_path / "cut.npz"
+    _npz_with_metadata_member(path, pickled[: len(pickled) // 2])
+    with pytest.raises(DataFileError, match=r"cut\.npz:_metadata: corrupt metadata pickle"):
+        read_metadata(path)
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [("{not json", "not valid JSON"), ("[1, 2]", "must be a JSON object, got list")],
+)
+def test_metadata_that_is_not_a_json_object_is_a_data_error(
+    tmp_path: Path, text: str, match: str
+) -> None:
+    path = tmp_path / "bad.npz"
+    np.savez(path, _metadata=np.array(text))
+    with pytest.raises(DataFileError, match=match):
+        read_metadata(path)
+
+
+def test_numeric_metadata_array_is_a_data_error(tmp_path: Path) -> None:
+    path = tmp_path / "num.npz"
+    np.savez(path, _metadata=np.arange(3.0))
+    with pytest.raises(DataFileError, match="must be a JSON string, got an array of dtype"):
+        read_metadata(path)
+
+
+def test_corrupt_archive_is_a_data_error(tmp_path: Path) -> None:
+    path = tmp_path / "cut.npz"
+    np.savez(path, _metadata=np.array(json.dumps(META)), diffraction=np.ones((4, 8, 8)))
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(DataFileError, match=r"cut\.npz: not a readable \.npz"):
+        read_metadata(path)
+
+
+# ----------------------------------------------------------------- writing
+def test_written_metadata_loads_without_pickle_and_as_ptychopinn_reads_it(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "out.npz"
+    x = np.arange(2 * 4 * 4, dtype=np.float32).reshape(2, 4, 4)
+    write_metadata(path, META, diffraction=x)
+    with np.load(path, allow_pickle=False) as data:
+        assert json.loads(data["_metadata"].item()) == META
+        np.testing.assert_array_equal(data["diffraction"], x)
+    assert read_metadata(path) == META
+
+
+def test_write_metadata_keeps_other_members_and_replaces_old_metadata(tmp_path: Path) -> None:
+    path = tmp_path / "ptycho.npz"
+    x = np.linspace(0, 1, 3 * 8 * 8).reshape(3, 8, 8)
+    probe = np.ones((8, 8), np.complex64)
+    np.savez_compressed(
+        path, diffraction=x, probeGuess=probe, _metadata=np.array("{}", dtype=object)
+    )
+    write_metadata(path, META)
+    with np.load(path, allow_pickle=False) as data:
+        assert sorted(data.files) == ["_metadata", "diffraction", "probeGuess"]
+        np.testing.assert_array_equal(data["diffraction"], x)
+        np.testing.assert_array_equal(data["probeGuess"], probe)
+    assert read_metadata(path) == META
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".physscale-")]
+
+
+@pytest.mark.parametrize(
+    ("metadata", "arrays", "match"),
+    [
+        ({"x": object()}, {}, "not JSON-serializable"),
+        ({"x": float("nan")}, {}, "not JSON-serializable"),
+        (["not", "a", "mapping"], {}, "must be a mapping"),
+        ({}, {"objects": np.array([{}], dtype=object)}, "dtype object"),
+        ({}, {"_metadata": np.array("{}")}, "pass metadata as the metadata argument"),
+    ],
+)
+def test_write_metadata_refuses_what_cannot_be_stored_safely(
+    tmp_path: Path, metadata: Any, arrays: dict[str, Any], match: str
+) -> None:
+    with pytest.raises(DataFileError, match=match):
+        write_metadata(tmp_path / "x.npz", metadata, **arrays)
+    assert not (tmp_path / "x.npz").exists()
+
+
+_json = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**53), 2**53)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=20),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+@given(metadata=st.dictionaries(st.text(max_size=8), _json, max_size=5))
+def test_write_then_read_metadata_is_the_identity(metadata: dict[str, Any]) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "m.npz"
+        write_metadata(path, metadata)
+        assert read_metadata(path) == metadata
+
+
+@given(metadata=st.dictionaries(st.text(max_size=8), _json, max_size=5))
+def test_reading_the_pickled_form_equals_the_json_it_holds(metadata: dict[str, Any]) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "m.npz"
+        np.savez(path, _metadata=np.array(json.dumps(metadata), dtype=object))
+        assert read_metadata(path) == json.loads(json.dumps(metadata))
