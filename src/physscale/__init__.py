@@ -5,6 +5,8 @@ The public API, re-exported; see the README and docs/ for the physics.
 
 from physscale._version import __version__
 from physscale.accumulator import IntensityAccumulator
+from physscale.attach import attach_intensity_scale, collate_with_scale, scale_for_batch
+from physscale.distributed import derive_from_dataloader
 from physscale.errors import (
     AxisError,
     BroadcastError,
@@ -63,11 +65,15 @@ __all__ = [
     "ZeroIntensityError",
     "__version__",
     "amplitude_normalization_factor",
+    "attach_intensity_scale",
     "closed_form_intensity_scale",
     "closed_form_scale_record",
+    "collate_with_scale",
+    "derive_from_dataloader",
     "derive_intensity_scale",
     "derive_scale_record",
     "normalization_target",
     "normalize_amplitudes",
     "resolve_nphotons",
+    "scale_for_batch",
 ]
