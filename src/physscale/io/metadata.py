@@ -210,7 +210,7 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any] | None:
             0-d string array needs (it would run code).
         DataFileError: a missing, corrupt or malformed file or metadata.
     """
-    from physscale.io.readers import file_kind, open_npz
+    from physscale.io.readers import READ_ERRORS, file_kind, open_npz
 
     p = Path(path)
     kind = file_kind(p)
@@ -226,7 +226,7 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any] | None:
         try:
             with zf.open(member) as stream:
                 return metadata_from_npy_stream(stream, where)
-        except (zipfile.BadZipFile, EOFError, OSError) as exc:
+        except READ_ERRORS as exc:
             raise DataFileError(f"{where}: corrupt metadata member ({exc})") from None
 
 

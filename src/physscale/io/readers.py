@@ -25,6 +25,7 @@ import contextlib
 import math
 import os
 import zipfile
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import resources
@@ -57,6 +58,9 @@ EXAMPLE_DATASET = "example_diffraction.npz"
 
 _MAGIC = {b"\x93NUMPY": "npy", b"PK\x03\x04": "npz", b"PK\x05\x06": "npz", b"\x89HDF": "hdf5"}
 _HDF5_HINT = "pip install physscale[hdf5]"
+
+#: What reading a damaged zip member can raise (CRC, inflate, short reads).
+READ_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, OSError)
 
 
 @dataclass(frozen=True)
@@ -149,7 +153,9 @@ def read_npy_header(stream: IO[bytes], where: str) -> _NpyHeader:
             shape, fortran, dtype = fmt.read_array_header_2_0(stream)
         else:
             raise ValueError(f"unsupported .npy format version {version}")
-    except (ValueError, EOFError, OSError, SyntaxError) as exc:
+    except READ_ERRORS as exc:
+        raise DataFileError(f"{where}: corrupt data ({exc})") from None
+    except (ValueError, SyntaxError) as exc:
         raise DataFileError(f"{where}: not a valid .npy array header ({exc})") from None
     return _NpyHeader(tuple(int(s) for s in shape), np.dtype(dtype), bool(fortran))
 
@@ -214,7 +220,7 @@ def list_arrays(path: str | os.PathLike[str]) -> list[ArrayInfo]:
                 try:
                     with zf.open(name) as stream:
                         h = read_npy_header(stream, where)
-                except (zipfile.BadZipFile, EOFError, OSError) as exc:
+                except READ_ERRORS as exc:
                     raise DataFileError(f"{where}: corrupt member ({exc})") from None
                 out.append(ArrayInfo(key, h.shape, h.dtype, h.fortran_order))
         return out
@@ -316,7 +322,7 @@ def _stream_chunks(
         while filled < len(view):
             try:
                 got = stream.readinto(view[filled:])  # type: ignore[attr-defined]
-            except (zipfile.BadZipFile, EOFError, OSError) as exc:
+            except READ_ERRORS as exc:
                 raise DataFileError(f"{where}: corrupt data ({exc})") from None
             if not got:
                 expected = info.nbytes
@@ -401,7 +407,7 @@ def _iter_npz(path: Path, key: str, chunk_patterns: int | None) -> Iterator[np.n
             )
         try:
             stream = zf.open(member)
-        except (zipfile.BadZipFile, EOFError, OSError) as exc:
+        except READ_ERRORS as exc:
             raise DataFileError(f"{where}: corrupt member ({exc})") from None
         with stream:
             h = read_npy_header(stream, where)
@@ -416,7 +422,7 @@ def _iter_npz(path: Path, key: str, chunk_patterns: int | None) -> Iterator[np.n
             try:
                 # Reading past the end makes zipfile verify the member's CRC-32.
                 extra = stream.read(1)
-            except (zipfile.BadZipFile, EOFError, OSError) as exc:
+            except READ_ERRORS as exc:
                 raise DataFileError(f"{where}: corrupt data ({exc})") from None
             if extra:
                 raise DataFileError(

@@ -1,0 +1,321 @@
+"""Streaming readers: every format yields exactly the stored array, in bounded chunks."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import physscale
+from physscale.errors import DataFileError, UnsafeFileError
+from physscale.io import (
+    array_info,
+    example_dataset_path,
+    iter_patterns,
+    list_arrays,
+    read_metadata,
+)
+from physscale.io.readers import CHUNK_BYTES
+
+
+def _write(path: Path, fmt: str, x: np.ndarray, key: str = "diffraction") -> Path:
+    """Store `x` in one of the supported formats; returns the file path."""
+    if fmt == "npy":
+        np.save(path.with_suffix(".npy"), x)
+        return path.with_suffix(".npy")
+    if fmt == "npz":
+        np.savez(path.with_suffix(".npz"), **{key: x})
+        return path.with_suffix(".npz")
+    if fmt == "npz-compressed":
+        np.savez_compressed(path.with_suffix(".npz"), **{key: x})
+        return path.with_suffix(".npz")
+    h5 = pytest.importorskip("h5py")
+    with h5.File(path.with_suffix(".h5"), "w") as f:
+        if x.ndim == 0:  # scalars cannot be chunked
+            f.create_dataset(key, data=x)
+        else:
+            f.create_dataset(key, data=x, chunks=(1, *x.shape[1:]), compression="gzip")
+    return path.with_suffix(".h5")
+
+
+FORMATS = ["npy", "npz", "npz-compressed", "hdf5"]
+
+
+@given(
+    n=st.integers(1, 13),
+    h=st.integers(1, 6),
+    w=st.integers(1, 6),
+    chunk=st.one_of(st.none(), st.integers(1, 15)),
+    dtype=st.sampled_from(["<f2", "<f4", ">f4", "<f8", ">f8"]),
+    fmt=st.sampled_from(FORMATS),
+)
+def test_streamed_chunks_concatenate_to_the_stored_array(
+    n: int, h: int, w: int, chunk: int | None, dtype: str, fmt: str
+) -> None:
+    rng = np.random.default_rng(n * 100 + h * 10 + w)
+    x = rng.random((n, h, w)).astype(dtype)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = _write(Path(tmp) / "data", fmt, x)
+        chunks = list(iter_patterns(path, chunk_patterns=chunk))
+    step = chunk or n
+    assert [c.shape[0] for c in chunks] == [min(step, n - s) for s in range(0, n, step)]
+    assert all(c.dtype.isnative and c.dtype == np.dtype(dtype).newbyteorder("=") for c in chunks)
+    np.testing.assert_array_equal(np.concatenate(chunks), x)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_streamed_derivation_equals_the_fsum_reference(tmp_path: Path, fmt: str) -> None:
+    rng = np.random.default_rng(7)
+    x = rng.gamma(2.0, 1.0, size=(37, 2, 8, 8)).astype(np.float32)  # (n, C, H, W)
+    path = _write(tmp_path / "d", fmt, x)
+    acc = physscale.IntensityAccumulator()
+    for chunk in iter_patterns(path, chunk_patterns=5):
+        acc.update(chunk)
+    total = math.fsum(float(v) ** 2 for v in x.astype(np.float64).ravel())
+    reference = math.sqrt(1e6 * (37 * 2) / total)
+    assert acc.n_patterns == 37 * 2
+    assert float(acc.intensity_scale(1e6)) == pytest.approx(reference, rel=1e-12)
+
+
+def test_the_zip_member_is_never_read_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    x = np.ones((64, 32, 32), np.float32)  # 256 KiB of data
+    path = _write(tmp_path / "big", "npz-compressed", x)
+    requested: list[int] = []
+    original = zipfile.ZipExtFile.read
+
+    def spy(self: Any, n: int = -1) -> bytes:
+        requested.append(n)
+        return original(self, n)
+
+    monkeypatch.setattr(zipfile.ZipExtFile, "read", spy)
+    chunks = iter_patterns(path, chunk_patterns=4)
+    first = next(chunks)
+    assert first.shape == (4, 32, 32)
+    rest = list(chunks)
+    assert sum(c.shape[0] for c in rest) == 60
+    chunk_bytes = 4 * 32 * 32 * 4
+    assert requested, "the reader should read the member through zipfile"
+    assert all(0 <= r <= chunk_bytes for r in requested), max(requested)
+
+
+def test_default_chunks_stay_within_the_byte_budget(tmp_path: Path) -> None:
+    entry = 8 * 128 * 128 * 8  # 1 MiB per first-axis entry
+    x = np.zeros((40, 8, 128, 128), np.float64)
+    path = _write(tmp_path / "budget", "npy", x)
+    sizes = [c.nbytes for c in iter_patterns(path)]
+    assert sum(sizes) == x.nbytes
+    assert max(sizes) <= max(CHUNK_BYTES, entry)
+    assert len(sizes) > 1
+
+
+def test_chunks_are_independent_arrays(tmp_path: Path) -> None:
+    x = np.arange(6 * 2 * 2, dtype=np.float32).reshape(6, 2, 2)
+    path = _write(tmp_path / "own", "npy", x)
+    chunks = list(iter_patterns(path, chunk_patterns=2))
+    chunks[0][...] = -1.0  # writable and not shared with later chunks
+    np.testing.assert_array_equal(np.concatenate(chunks[1:]), x[2:])
+
+
+def test_fortran_ordered_npy_is_read_correctly(tmp_path: Path) -> None:
+    x = np.asfortranarray(np.random.default_rng(1).random((9, 4, 5)))
+    np.save(tmp_path / "f.npy", x)
+    np.testing.assert_array_equal(
+        np.concatenate(list(iter_patterns(tmp_path / "f.npy", chunk_patterns=4))), x
+    )
+
+
+def test_fortran_ordered_npz_member_is_refused(tmp_path: Path) -> None:
+    np.savez(tmp_path / "f.npz", diffraction=np.asfortranarray(np.ones((3, 4, 5))))
+    with pytest.raises(DataFileError, match=r"f\.npz:diffraction: stored in Fortran"):
+        list(iter_patterns(tmp_path / "f.npz"))
+
+
+def test_custom_keys_and_hdf5_dataset_paths(tmp_path: Path) -> None:
+    h5 = pytest.importorskip("h5py")
+    x = np.ones((3, 4, 4), np.float32)
+    np.savez(tmp_path / "k.npz", amplitudes=x)
+    with h5.File(tmp_path / "k.h5", "w") as f:
+        f.create_dataset("entry/data/amplitudes", data=x)
+    assert sum(c.shape[0] for c in iter_patterns(tmp_path / "k.npz", key="amplitudes")) == 3
+    got = list(iter_patterns(tmp_path / "k.h5", key="/entry/data/amplitudes"))
+    np.testing.assert_array_equal(np.concatenate(got), x)
+
+
+def test_list_arrays_and_array_info_read_headers(tmp_path: Path) -> None:
+    np.savez(tmp_path / "a.npz", diffraction=np.ones((3, 4, 5), ">f4"), probe=np.ones((4, 5)))
+    infos = {a.name: a for a in list_arrays(tmp_path / "a.npz")}
+    assert infos["diffraction"].shape == (3, 4, 5)
+    assert infos["diffraction"].dtype == np.dtype(">f4")
+    assert infos["probe"].shape == (4, 5)
+    info = array_info(tmp_path / "a.npz", "diffraction")
+    assert (info.count, info.nbytes) == (60, 240)
+
+
+# ----------------------------------------------------------------- the shipped example
+def test_the_example_dataset_is_normalized_and_carries_nphotons() -> None:
+    path = example_dataset_path()
+    assert path.is_file()
+    assert path.stat().st_size < 2_000_000
+    meta = read_metadata(path)
+    assert meta is not None
+    assert meta["physics_parameters"]["nphotons"] > 0
+    with np.load(path, allow_pickle=False) as data:
+        x = data["diffraction"]
+    assert x.dtype == np.float32 and x.ndim == 3 and x.shape[1] == x.shape[2]
+    n_side = x.shape[1]
+    per_pattern = [math.fsum(float(v) ** 2 for v in p.ravel()) for p in x.astype(np.float64)]
+    assert math.fsum(per_pattern) / len(per_pattern) == pytest.approx((n_side / 2) ** 2, rel=1e-6)
+
+
+# ----------------------------------------------------------------- bad files
+@pytest.mark.parametrize(
+    ("dtype", "match"),
+    [
+        (np.int32, "must be real floating point .* got dtype int32"),
+        (np.complex64, "got dtype complex64"),
+        (np.bool_, "got dtype bool"),
+    ],
+)
+@pytest.mark.parametrize("fmt", ["npy", "npz", "hdf5"])
+def test_wrong_dtype_is_refused_naming_the_file(
+    tmp_path: Path, fmt: str, dtype: Any, match: str
+) -> None:
+    path = _write(tmp_path / "wrong", fmt, np.ones((2, 3, 3), dtype))
+    with pytest.raises(DataFileError, match=f"wrong.*{match}"):
+        list(iter_patterns(path))
+
+
+def test_object_arrays_are_refused_as_unsafe(tmp_path: Path) -> None:
+    np.savez(tmp_path / "obj.npz", diffraction=np.array([[[1.0]]], dtype=object))
+    with pytest.raises(UnsafeFileError, match=r"obj\.npz:diffraction: dtype object"):
+        list(iter_patterns(tmp_path / "obj.npz"))
+
+
+@pytest.mark.parametrize("fmt", ["npy", "npz", "hdf5"])
+@pytest.mark.parametrize("shape", [(), (5,), (4, 4)])
+def test_wrong_rank_is_refused(tmp_path: Path, fmt: str, shape: tuple[int, ...]) -> None:
+    path = _write(tmp_path / "rank", fmt, np.ones(shape, np.float32))
+    with pytest.raises(DataFileError, match=r"at least 3 axes, e\.g\. \(n, H, W\), got shape"):
+        list(iter_patterns(path))
+
+
+def test_no_patterns_is_refused(tmp_path: Path) -> None:
+    path = _write(tmp_path / "empty", "npy", np.ones((0, 4, 4), np.float32))
+    with pytest.raises(DataFileError, match=r"holds no patterns \(shape \(0, 4, 4\)\)"):
+        list(iter_patterns(path))
+
+
+def test_missing_file_empty_file_and_foreign_file(tmp_path: Path) -> None:
+    with pytest.raises(DataFileError, match=r"nope\.npz: no such file"):
+        list(iter_patterns(tmp_path / "nope.npz"))
+    (tmp_path / "empty.npy").write_bytes(b"")
+    with pytest.raises(DataFileError, match=r"empty\.npy: the file is empty"):
+        list(iter_patterns(tmp_path / "empty.npy"))
+    (tmp_path / "notes.npz").write_text("hello")
+    with pytest.raises(DataFileError, match=r"notes\.npz: not a \.npy, \.npz or HDF5 file"):
+        list(iter_patterns(tmp_path / "notes.npz"))
+
+
+def test_missing_key_lists_what_is_there(tmp_path: Path) -> None:
+    np.savez(tmp_path / "k.npz", amplitudes=np.ones((2, 3, 3)), probe=np.ones((3, 3)))
+    with pytest.raises(DataFileError, match=r"no array 'diffraction'; it holds 'amplitudes'"):
+        list(iter_patterns(tmp_path / "k.npz"))
+
+
+def test_missing_hdf5_dataset_or_group_key(tmp_path: Path) -> None:
+    h5 = pytest.importorskip("h5py")
+    with h5.File(tmp_path / "g.h5", "w") as f:
+        f.create_dataset("entry/x", data=np.ones((2, 3, 3)))
+    with pytest.raises(DataFileError, match=r"'diffraction' does not exist; datasets: '/entry/x'"):
+        list(iter_patterns(tmp_path / "g.h5"))
+    with pytest.raises(DataFileError, match=r"'entry' is a group, not a dataset"):
+        list(iter_patterns(tmp_path / "g.h5", key="entry"))
+
+
+def test_truncated_npy_reports_bytes(tmp_path: Path) -> None:
+    path = _write(tmp_path / "cut", "npy", np.ones((10, 8, 8), np.float32))
+    path.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(DataFileError, match=r"cut\.npy: truncated: the header promises shape"):
+        list(iter_patterns(path, chunk_patterns=3))
+
+
+def test_truncated_npz_is_not_a_readable_archive(tmp_path: Path) -> None:
+    path = _write(tmp_path / "cut", "npz-compressed", np.ones((10, 8, 8), np.float32))
+    path.write_bytes(path.read_bytes()[:-60])
+    with pytest.raises(DataFileError, match=r"cut\.npz: not a readable \.npz \(zip\) archive"):
+        list(iter_patterns(path))
+
+
+def test_corrupt_npz_data_fails_its_crc(tmp_path: Path) -> None:
+    x = np.arange(10 * 8 * 8, dtype=np.float32).reshape(10, 8, 8)
+    path = _write(tmp_path / "flip", "npz", x)  # stored: data bytes appear verbatim
+    raw = bytearray(path.read_bytes())
+    at = raw.index(x[5].tobytes())
+    raw[at] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    with pytest.raises(DataFileError, match=r"flip\.npz:diffraction: corrupt data .*CRC"):
+        list(iter_patterns(path))
+
+
+def test_npz_member_shorter_than_its_header_is_truncated(tmp_path: Path) -> None:
+    body = np.ones((4, 3, 3), np.float32)
+    import io as _io
+
+    buf = _io.BytesIO()
+    np.lib.format.write_array(buf, body)
+    with zipfile.ZipFile(tmp_path / "short.npz", "w") as zf:
+        zf.writestr("diffraction.npy", buf.getvalue()[:-36])
+    with pytest.raises(DataFileError, match=r"short\.npz:diffraction: truncated"):
+        list(iter_patterns(tmp_path / "short.npz"))
+
+
+def test_bad_npy_header_is_reported(tmp_path: Path) -> None:
+    (tmp_path / "bad.npy").write_bytes(b"\x93NUMPY\x01\x00\x10\x00{'descr': oops }\n")
+    with pytest.raises(DataFileError, match=r"bad\.npy: not a valid \.npy array header"):
+        list(iter_patterns(tmp_path / "bad.npy"))
+
+
+@pytest.mark.parametrize("chunk", [0, -3, 2.5, True])
+def test_bad_chunk_sizes_are_refused(tmp_path: Path, chunk: Any) -> None:
+    path = _write(tmp_path / "c", "npy", np.ones((2, 3, 3), np.float32))
+    with pytest.raises(DataFileError, match="chunk_patterns must be a positive int"):
+        list(iter_patterns(path, chunk_patterns=chunk))
+
+
+def test_missing_h5py_names_the_extra(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = _write(tmp_path / "x", "hdf5", np.ones((2, 3, 3), np.float32))
+    monkeypatch.setitem(sys.modules, "h5py", None)
+    with pytest.raises(DataFileError, match=r"needs h5py.*pip install physscale\[hdf5\]"):
+        list(iter_patterns(path))
+
+
+def test_metadata_json_in_npz_does_not_disturb_reading(tmp_path: Path) -> None:
+    x = np.ones((3, 4, 4), np.float32)
+    np.savez(
+        tmp_path / "m.npz",
+        _metadata=np.array(json.dumps({"physics_parameters": {"nphotons": 5.0}}), dtype=object),
+        diffraction=x,
+    )
+    np.testing.assert_array_equal(np.concatenate(list(iter_patterns(tmp_path / "m.npz"))), x)
+
+
+def test_corrupt_compressed_npz_data_is_reported(tmp_path: Path) -> None:
+    x = np.random.default_rng(3).random((20, 16, 16)).astype(np.float32)
+    path = _write(tmp_path / "deflate", "npz-compressed", x)
+    raw = bytearray(path.read_bytes())
+    middle = len(raw) // 2  # inside the deflated data of the only member
+    raw[middle : middle + 8] = bytes(8)
+    path.write_bytes(bytes(raw))
+    with pytest.raises(DataFileError, match=r"deflate\.npz:diffraction: corrupt data"):
+        list(iter_patterns(path))
