@@ -1,0 +1,402 @@
+"""The physscale command line: exit codes, stdout/stderr, the record it writes.
+
+Contract tests run the real command (``python -m physscale``) in a subprocess;
+the rest call ``physscale.cli.main`` in-process, which parses and prints the
+same way, to keep the module fast.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import physscale
+from physscale import ScaleRecord
+from physscale.cli import Progress, main
+from physscale.io import example_dataset_path, write_metadata
+
+
+def run(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONWARNINGS": ""}
+    return subprocess.run(
+        [sys.executable, "-m", "physscale", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        cwd=cwd,
+    )
+
+
+def fsum_scale(x: np.ndarray, nphotons: float, mask: np.ndarray | None = None) -> float:
+    """Independent reference: sqrt(nphotons / mean per-pattern sum(x**2)), math.fsum."""
+    x64 = x.astype(np.float64)
+    if mask is not None:
+        x64 = x64 * mask
+    n_patterns = math.prod(x.shape[:-2])
+    total = math.fsum(float(v) * float(v) for v in x64.ravel())
+    return math.sqrt(nphotons * n_patterns / total)
+
+
+@pytest.fixture
+def dataset(tmp_path: Path) -> tuple[Path, np.ndarray]:
+    """An npz of normalized-looking amplitudes with nphotons 2e6 in its metadata."""
+    x = np.random.default_rng(11).gamma(2.0, 0.5, size=(12, 8, 8)).astype(np.float32)
+    path = tmp_path / "scan.npz"
+    write_metadata(path, {"physics_parameters": {"nphotons": 2e6}}, diffraction=x)
+    return path, x
+
+
+# ----------------------------------------------------------------- subprocess contract
+def test_derive_with_no_path_runs_on_the_shipped_example() -> None:
+    out = run("derive", "--json")
+    assert out.returncode == 0, out.stderr
+    record = ScaleRecord.model_validate_json(out.stdout)
+    with np.load(example_dataset_path(), allow_pickle=False) as data:
+        x = data["diffraction"]
+        meta = json.loads(data["_metadata"].item())
+    nphotons = meta["physics_parameters"]["nphotons"]
+    assert record.nphotons == nphotons
+    assert record.nphotons_source == "metadata"
+    assert record.n_patterns == x.shape[0]
+    assert record.intensity_scale == pytest.approx(fsum_scale(x, nphotons), rel=1e-12)
+    assert record.data_source == str(example_dataset_path())
+    assert out.stderr == ""
+
+
+def test_derive_summary_names_scale_source_patterns_and_dose(
+    dataset: tuple[Path, np.ndarray],
+) -> None:
+    path, x = dataset
+    out = run("derive", path)
+    assert out.returncode == 0, out.stderr
+    expected = fsum_scale(x, 2e6)
+    text = out.stdout
+    assert f"s = {expected:.6g}" in text
+    assert "nphotons         2e+06    from the file's metadata" in text
+    assert "patterns         12 of 8 x 8 pixels" in text
+    assert "implied dose     2e+06 photons per pattern" in text
+    assert "mean intensity" in text
+
+
+def test_missing_file_is_exit_1_with_one_line_and_no_traceback(tmp_path: Path) -> None:
+    out = run("derive", tmp_path / "missing.npz")
+    assert out.returncode == 1
+    assert out.stdout == ""
+    assert out.stderr.count("\n") == 1
+    assert out.stderr.startswith("physscale: error: ") and "missing.npz: no such file" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_debug_shows_the_traceback(tmp_path: Path) -> None:
+    out = run("--debug", "derive", tmp_path / "missing.npz")
+    assert out.returncode == 1
+    assert "Traceback" in out.stderr and "DataFileError" in out.stderr
+
+
+def test_usage_errors_exit_2_through_the_real_command() -> None:
+    for args in (["derive", "--layout", "NHCW"], []):
+        out = run(*args)
+        assert out.returncode == 2
+        assert "usage: physscale" in out.stderr
+        assert "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["derive", "--nphotons", "abc"],
+        ["derive", "--nphotons", "-5"],
+        ["derive", "--nphotons-default", "nan"],
+        ["derive", "--chunk-patterns", "0"],
+        ["derive", "--domain", "counts"],
+        ["derive", "--bogus"],
+        ["inspect"],
+        ["frobnicate"],
+    ],
+)
+def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str], args: list[str]) -> None:
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "usage: physscale" in err
+
+
+def test_version_and_help(capsys: pytest.CaptureFixture[str]) -> None:
+    out = run("--version")
+    assert (out.returncode, out.stdout.strip()) == (0, f"physscale {physscale.__version__}")
+    for args in (["--help"], ["derive", "--help"], ["inspect", "--help"]):
+        assert main(args) == 0
+        assert "usage: physscale" in capsys.readouterr().out
+
+
+def test_malicious_metadata_is_refused_by_derive_and_inspect(tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self) -> Any:
+            return (os.system, (f"touch {marker}",))
+
+    path = tmp_path / "evil.npz"
+    np.savez(path, diffraction=np.ones((2, 4, 4), np.float32), _metadata=np.array(Evil(), object))
+    for args in (["derive", path, "--nphotons", "1e6"], ["inspect", path]):
+        out = run(*args)
+        assert out.returncode == 1
+        assert "refused to unpickle metadata that references posix.system" in out.stderr
+        assert "Traceback" not in out.stderr
+    assert not marker.exists()
+
+
+# ----------------------------------------------------------------- in-process behaviour
+def call(capsys: pytest.CaptureFixture[str], *args: str | Path) -> tuple[int, str, str]:
+    code = main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_out_writes_a_record_that_validates(
+    dataset: tuple[Path, np.ndarray], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path, x = dataset
+    out_file = tmp_path / "record.json"
+    code, out, _ = call(capsys, "derive", path, "--out", out_file)
+    assert code == 0
+    record = ScaleRecord.model_validate_json(out_file.read_text())
+    assert record.intensity_scale == pytest.approx(fsum_scale(x, 2e6), rel=1e-12)
+    assert f"record written to {out_file}" in out
+
+
+def test_explicit_nphotons_overrides_metadata_and_says_so(
+    dataset: tuple[Path, np.ndarray], capsys: pytest.CaptureFixture[str]
+) -> None:
+    path, x = dataset
+    code, out, _ = call(capsys, "derive", path, "--nphotons", "5e5", "--json")
+    assert code == 0
+    record = ScaleRecord.model_validate_json(out)
+    assert (record.nphotons, record.nphotons_source) == (5e5, "explicit")
+    assert record.nphotons_candidates == {"explicit": 5e5, "metadata": 2e6}
+    assert record.intensity_scale == pytest.approx(fsum_scale(x, 5e5), rel=1e-12)
+    code, out, _ = call(capsys, "derive", path, "--nphotons", "5e5")
+    assert "the file's metadata says 2e+06; overridden" in out
+
+
+def test_no_nphotons_anywhere_is_an_error_unless_a_default_is_given(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    x = np.full((3, 4, 4), 0.5, np.float32)
+    np.save(tmp_path / "bare.npy", x)
+    code, out, err = call(capsys, "derive", tmp_path / "bare.npy")
+    assert code == 1 and out == ""
+    assert err.startswith("physscale: error: nphotons was not given")
+    record = ScaleRecord.model_validate_json(
+        main_json(capsys, tmp_path / "bare.npy", "--nphotons-default", "400")
+    )
+    assert (record.nphotons_source, record.nphotons) == ("default", 400.0)
+    # sum x**2 = 16 * 0.25 = 4 per pattern: s = sqrt(400 / 4)
+    assert record.intensity_scale == pytest.approx(10.0, rel=1e-15)
+
+
+def main_json(capsys: pytest.CaptureFixture[str], *args: str | Path) -> str:
+    code, out, err = call(capsys, "derive", *args, "--json")
+    assert code == 0, err
+    return out
+
+
+def test_metadata_beats_the_default(
+    dataset: tuple[Path, np.ndarray], capsys: pytest.CaptureFixture[str]
+) -> None:
+    path, _ = dataset
+    record = ScaleRecord.model_validate_json(main_json(capsys, path, "--nphotons-default", "7"))
+    assert (record.nphotons_source, record.nphotons) == ("metadata", 2e6)
+
+
+def test_layout_nhwc_counts_channels_as_patterns(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    x = np.random.default_rng(2).random((5, 6, 6, 4)).astype(np.float32)  # (B, H, W, C)
+    np.save(tmp_path / "tf.npy", x)
+    record = ScaleRecord.model_validate_json(
+        main_json(capsys, tmp_path / "tf.npy", "--nphotons", "1e4", "--layout", "NHWC")
+    )
+    assert record.n_patterns == 20 and record.pattern_shape == (6, 6)
+    per_pattern = [
+        math.fsum(float(v) ** 2 for v in x[b, :, :, c].astype(np.float64).ravel())
+        for b in range(5)
+        for c in range(4)
+    ]
+    expected = math.sqrt(1e4 / (math.fsum(per_pattern) / 20))
+    assert record.intensity_scale == pytest.approx(expected, rel=1e-12)
+
+
+def test_intensity_domain_sums_x(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    x = np.random.default_rng(4).random((6, 5, 5)) + 0.1
+    np.save(tmp_path / "i.npy", x)
+    record = ScaleRecord.model_validate_json(
+        main_json(capsys, tmp_path / "i.npy", "--nphotons", "1e3", "--domain", "intensity")
+    )
+    expected = math.sqrt(1e3 / (math.fsum(x.ravel().tolist()) / 6))
+    assert record.domain == "intensity"
+    assert record.intensity_scale == pytest.approx(expected, rel=1e-12)
+
+
+def test_mask_excludes_pixels(
+    dataset: tuple[Path, np.ndarray], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path, x = dataset
+    mask = np.ones((8, 8), bool)
+    mask[:2, :] = False
+    np.save(tmp_path / "mask.npy", mask)
+    record = ScaleRecord.model_validate_json(
+        main_json(capsys, path, "--mask", tmp_path / "mask.npy")
+    )
+    assert record.masked
+    assert record.intensity_scale == pytest.approx(fsum_scale(x, 2e6, mask), rel=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("mask", "match"),
+    [
+        (np.ones((8, 8), np.uint8), "the mask must be boolean .* got dtype uint8"),
+        (np.ones((7, 8), bool), "does not broadcast"),
+    ],
+)
+def test_bad_masks_are_errors_naming_the_mask(
+    dataset: tuple[Path, np.ndarray],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    mask: np.ndarray,
+    match: str,
+) -> None:
+    path, _ = dataset
+    np.save(tmp_path / "m.npy", mask)
+    code, _, err = call(capsys, "derive", path, "--mask", tmp_path / "m.npy")
+    assert code == 1
+    assert err.startswith(f"physscale: error: --mask {tmp_path / 'm.npy'}: ")
+    assert re.search(match, err)
+
+
+def test_raw_counts_warn_on_stderr_unless_quiet(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    counts = np.random.default_rng(5).poisson(30.0, size=(4, 8, 8)).astype(np.float32)
+    np.save(tmp_path / "counts.npy", counts)
+    code, _, err = call(capsys, "derive", tmp_path / "counts.npy", "--nphotons", "1e6")
+    assert code == 0
+    assert "physscale: warning: the data look like raw photon counts" in err
+    code, _, err = call(capsys, "--quiet", "derive", tmp_path / "counts.npy", "--nphotons", "1e6")
+    assert (code, err) == (0, "")
+
+
+def test_wrong_key_lists_the_keys(
+    dataset: tuple[Path, np.ndarray], capsys: pytest.CaptureFixture[str]
+) -> None:
+    path, _ = dataset
+    code, _, err = call(capsys, "derive", path, "--key", "amplitudes")
+    assert code == 1
+    assert "has no array 'amplitudes'; it holds" in err and "'diffraction'" in err
+
+
+def test_unwritable_out_is_exit_1(
+    dataset: tuple[Path, np.ndarray], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path, _ = dataset
+    code, _, err = call(capsys, "derive", path, "--out", tmp_path / "no" / "such" / "dir.json")
+    assert code == 1
+    assert err.startswith("physscale: error: ") and "No such file or directory" in err
+
+
+def test_chunk_size_does_not_change_the_record(
+    dataset: tuple[Path, np.ndarray], capsys: pytest.CaptureFixture[str]
+) -> None:
+    path, _ = dataset
+    one = ScaleRecord.model_validate_json(main_json(capsys, path, "--chunk-patterns", "1"))
+    all_ = ScaleRecord.model_validate_json(main_json(capsys, path, "--chunk-patterns", "100"))
+    # Equal to float64 rounding (the per-chunk float64 sums round differently).
+    assert one.intensity_scale == pytest.approx(all_.intensity_scale, rel=1e-14)
+    assert one.n_patterns == all_.n_patterns == 12
+
+
+# ----------------------------------------------------------------- inspect
+def test_inspect_a_record_file(
+    dataset: tuple[Path, np.ndarray], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path, _ = dataset
+    call(capsys, "derive", path, "--out", tmp_path / "r.json")
+    record = ScaleRecord.model_validate_json((tmp_path / "r.json").read_text())
+    code, out, _ = call(capsys, "inspect", tmp_path / "r.json")
+    assert code == 0
+    assert "ScaleRecord" in out
+    assert re.search(rf"intensity_scale\s+{re.escape(json.dumps(record.intensity_scale))}\n", out)
+    code, out, _ = call(capsys, "inspect", tmp_path / "r.json", "--json")
+    assert ScaleRecord.model_validate_json(out) == record
+
+
+def test_inspect_an_invalid_record_is_exit_1(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "r.json").write_text('{"intensity_scale": -1}')
+    code, _, err = call(capsys, "inspect", tmp_path / "r.json")
+    assert code == 1
+    assert "r.json: not a valid ScaleRecord" in err
+
+
+def test_inspect_a_dataset_shows_arrays_and_metadata(
+    dataset: tuple[Path, np.ndarray], capsys: pytest.CaptureFixture[str]
+) -> None:
+    path, _ = dataset
+    code, out, _ = call(capsys, "inspect", path)
+    assert code == 0
+    assert "diffraction  shape (12, 8, 8)  dtype float32" in out
+    assert '"nphotons": 2000000.0' in out and "nphotons (metadata): 2000000.0" in out
+    code, out, _ = call(capsys, "inspect", path, "--json")
+    payload = json.loads(out)
+    assert payload["kind"] == "npz" and payload["nphotons"] == 2e6
+    assert {"name": "diffraction", "shape": [12, 8, 8], "dtype": "<f4", "fortran_order": False} in (
+        payload["arrays"]
+    )
+
+
+def test_inspect_npy_and_hdf5(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    h5py = pytest.importorskip("h5py")
+    np.save(tmp_path / "a.npy", np.ones((3, 4, 4), np.float64))
+    with h5py.File(tmp_path / "a.h5", "w") as f:
+        f.create_dataset("entry/diffraction", data=np.ones((3, 4, 4), np.float32))
+        f.attrs["_metadata"] = json.dumps({"physics_parameters": {"nphotons": 9.0}})
+    code, out, _ = call(capsys, "inspect", tmp_path / "a.npy")
+    assert code == 0 and "shape (3, 4, 4)  dtype float64" in out and "metadata: none" in out
+    code, out, _ = call(capsys, "inspect", tmp_path / "a.h5")
+    assert code == 0 and "/entry/diffraction" in out and "nphotons (metadata): 9.0" in out
+
+
+# ----------------------------------------------------------------- progress indicator
+class _Tty(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_draws_on_a_terminal_and_erases_itself() -> None:
+    stream = _Tty()
+    progress = Progress(10, stream=stream, delay=0.0)
+    progress.advance(5)
+    assert "5/10" in stream.getvalue() and "50.0%" in stream.getvalue()
+    progress.close()
+    assert stream.getvalue().endswith("\r\033[K")
+
+
+@pytest.mark.parametrize(("stream", "enabled"), [(io.StringIO(), True), (_Tty(), False)])
+def test_progress_is_silent_off_a_terminal_or_when_disabled(
+    stream: io.StringIO, enabled: bool
+) -> None:
+    progress = Progress(10, stream=stream, enabled=enabled, delay=0.0)
+    progress.advance(10)
+    progress.close()
+    assert stream.getvalue() == ""
