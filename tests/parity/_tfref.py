@@ -47,6 +47,8 @@ FLOOR_FACTOR = 1e-5
 #: the deviance is kept to full relative precision; below this many nats it is
 #: compared absolutely (a deviance that small is zero for every purpose).
 DEVIANCE_ATOL = 1e-6
+#: the Stirling term's jump at k = 1 (it is 0 for k <= 1): 1 - 0.5 log(2 pi).
+STIRLING_JUMP = 1.0 - 0.5 * math.log(2 * math.pi)
 
 
 def check_close(
@@ -79,13 +81,18 @@ def term_magnitude(lam: np.ndarray, k: np.ndarray, form: str) -> np.ndarray:
     """Elementwise sum of |terms| the reference expression adds for ``form`` (float64).
 
     ``tf``: lam + |k log lam|; ``stirling`` adds |k log k| + k + |0.5 log 2 pi k|
-    for k > 1; ``exact`` adds lgamma(k + 1). The deviance is not a sum of large
-    terms in physscale (SPEC §3), so its floor is DEVIANCE_ATOL instead.
+    for k > 1 (and the jump of the k > 1 switch where k is within 1e-6 of 1);
+    ``exact`` adds lgamma(k + 1). The deviance is not a sum of large terms in
+    physscale (SPEC §3), so its floor is DEVIANCE_ATOL instead.
     """
     lam = np.asarray(lam, dtype=np.float64)
     k = np.asarray(k, dtype=np.float64)
     mag = lam + np.abs(k * np.log(lam))
     if form == "stirling":
+        # The switch at k = 1 jumps by 1 - log(2 pi)/2 = 0.081 nats; counts within
+        # float32 rounding of 1 may land on either side (in TF float32 too).
+        near_one = np.abs(k - 1.0) <= 1e-6
+        mag = mag + np.where(near_one, STIRLING_JUMP / FLOOR_FACTOR, 0.0)
         kk = np.where(k > 1, k, 1.0)
         mag = mag + np.where(
             k > 1, np.abs(kk * np.log(kk)) + kk + np.abs(0.5 * np.log(2 * np.pi * kk)), 0.0
