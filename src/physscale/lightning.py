@@ -1,0 +1,243 @@
+"""PyTorch Lightning integration: :class:`PhysicsScaleCallback` (extra ``lightning``).
+
+At fit start the callback derives the physics scale from the training
+dataloader on every rank, reduces it over ranks, and hands it to the
+LightningModule. It stores the record in every checkpoint and restores it on
+load, so resuming never re-derives.
+
+What the module receives (the contract):
+
+- ``pl_module.physscale_record``: the :class:`~physscale.ScaleRecord` the run
+  uses (derived at the first fit, or restored from the checkpoint). If the
+  attribute is already set (not None) when fit starts, nothing is derived.
+- ``pl_module.on_physscale_record(record)``: called, if the module defines
+  it, each time a record is attached (derived or restored).
+- an :class:`~physscale.nn.IntensityScaler` on the module (the one named by
+  ``scaler_attribute``, or the only one among ``pl_module.modules()``) is
+  set to the derived scale in place, keeping its ``trainable`` flag and its
+  place in the optimizer. Checkpoints then store ``scaler.to_record()``: the
+  *trained* value. On resume, the scaler's weights come back with the
+  module's state dict.
+
+Loading for inference without a Trainer (``Module.load_from_checkpoint``)
+does not run callbacks; call :func:`restore_record` from the module's own
+``on_load_checkpoint(checkpoint)``, or read it with
+:func:`physscale.io.record_from_checkpoint`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+try:
+    import lightning.pytorch as pl
+except ImportError as exc:  # pragma: no cover - exercised only without the extra
+    raise ImportError(
+        "physscale.lightning needs PyTorch Lightning: pip install 'physscale[lightning]' "
+        "(or pip install lightning)"
+    ) from exc
+
+from physscale._checks import DEFAULT_SPATIAL_DIMS
+from physscale._intensity_sum import Domain
+from physscale.distributed import derive_from_dataloader
+from physscale.errors import RecordError, StateError
+from physscale.io.checkpoint import CHECKPOINT_KEY, record_from_checkpoint, record_to_checkpoint
+from physscale.nn import IntensityScaler
+from physscale.record import ScaleRecord
+
+__all__ = ["RECORD_ATTRIBUTE", "PhysicsScaleCallback", "find_scaler", "restore_record"]
+
+#: The LightningModule attribute that holds the record.
+RECORD_ATTRIBUTE = "physscale_record"
+#: The optional LightningModule hook called with each attached record.
+RECORD_HOOK = "on_physscale_record"
+
+
+def find_scaler(module: Any, attribute: str | None = None) -> IntensityScaler | None:
+    """The module's :class:`~physscale.nn.IntensityScaler`, or None if it has none.
+
+    Args:
+        module: an ``nn.Module`` (a LightningModule).
+        attribute: dotted attribute path of the scaler (``"model.scaler"``);
+            without it, the only IntensityScaler among ``module.modules()``.
+
+    Raises:
+        StateError: ``attribute`` is not an IntensityScaler, or there are
+            several scalers and no ``attribute`` says which.
+    """
+    if attribute is not None:
+        found: Any = module
+        for part in attribute.split("."):
+            found = getattr(found, part, None)
+        if not isinstance(found, IntensityScaler):
+            raise StateError(
+                f"scaler_attribute={attribute!r} is {type(found).__name__} on the module, "
+                f"not a physscale.nn.IntensityScaler"
+            )
+        return found
+    scalers = [m for m in module.modules() if isinstance(m, IntensityScaler)]
+    if len(scalers) > 1:
+        names = [n for n, m in module.named_modules() if isinstance(m, IntensityScaler)]
+        raise StateError(
+            f"the module holds {len(scalers)} IntensityScalers ({names}); pass "
+            f"scaler_attribute=... to say which one carries the physics scale"
+        )
+    return scalers[0] if scalers else None
+
+
+def _attach(module: Any, record: ScaleRecord) -> None:
+    setattr(module, RECORD_ATTRIBUTE, record)
+    hook = getattr(module, RECORD_HOOK, None)
+    if callable(hook):
+        hook(record)
+
+
+def restore_record(module: Any, checkpoint: Mapping[str, Any]) -> ScaleRecord:
+    """Attach the record stored in ``checkpoint`` to ``module`` and return it.
+
+    For a LightningModule's ``on_load_checkpoint(self, checkpoint)``, so that
+    ``load_from_checkpoint`` restores the record too. Never derives.
+
+    Raises:
+        RecordError: the checkpoint holds no (valid) physscale record.
+    """
+    record = record_from_checkpoint(checkpoint)
+    _attach(module, record)
+    return record
+
+
+class PhysicsScaleCallback(pl.Callback):
+    """Derive the physics scale at fit start, hand it to the module, checkpoint it.
+
+    Args:
+        nphotons: explicit photons per pattern (overrides everything).
+        metadata: PtychoPINN-style metadata, or an object with ``.metadata``
+            (e.g. the training data container); wins over ``config``.
+        config: a mapping or object with ``nphotons``.
+        default: the value of last resort.
+        dataloader: the loader to derive from; default the trainer's training
+            dataloader (with Lightning's DistributedSampler under DDP).
+        key: where a batch keeps its normalized amplitudes (dict key or
+            tuple index; see :func:`physscale.distributed.batch_data`).
+        spatial_dims, layout, domain, mask: the batch layout, as for
+            :func:`physscale.derive_intensity_scale`.
+        scaler_attribute: dotted path of the module's IntensityScaler, if
+            it holds several.
+        data_source: free text stored in the record.
+
+    Under DDP every rank derives from its own shard and the statistics are
+    all-reduced (:meth:`~physscale.IntensityAccumulator.all_reduce`), so
+    every rank gets the same record. Lightning's DistributedSampler pads
+    shards by repeating up to ``world_size - 1`` samples; those repeats are
+    counted. For the exact dataset scale pass a ``dataloader`` whose sampler
+    does not pad (``sampler=range(rank, n, world_size)``).
+    """
+
+    def __init__(
+        self,
+        *,
+        nphotons: Any = None,
+        metadata: Any = None,
+        config: Any = None,
+        default: Any = None,
+        dataloader: Iterable[Any] | None = None,
+        key: str | int | None = None,
+        spatial_dims: Sequence[int] = DEFAULT_SPATIAL_DIMS,
+        layout: str | None = None,
+        domain: Domain = "amplitude",
+        mask: Any = None,
+        scaler_attribute: str | None = None,
+        data_source: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.nphotons, self.metadata, self.config, self.default = (
+            nphotons,
+            metadata,
+            config,
+            default,
+        )
+        self.dataloader = dataloader
+        self.key = key
+        self.spatial_dims, self.layout, self.domain, self.mask = spatial_dims, layout, domain, mask
+        self.scaler_attribute = scaler_attribute
+        self.data_source = data_source
+        #: How many times this callback derived a scale (0 after a resume).
+        self.derivations = 0
+
+    # ------------------------------------------------------------------ derive
+    def _train_loader(self, trainer: pl.Trainer) -> Iterable[Any]:
+        if self.dataloader is not None:
+            return self.dataloader
+        # on_fit_start runs before the fit loop builds its dataloader; building
+        # it now is what the loop would do first (and it does not rebuild it).
+        trainer.fit_loop.setup_data()
+        loader = trainer.train_dataloader
+        if loader is None:
+            raise StateError(
+                "the trainer has no training dataloader to derive the physics scale from; "
+                "pass PhysicsScaleCallback(dataloader=...) or nphotons with a record"
+            )
+        if isinstance(loader, Mapping | list | tuple):
+            raise StateError(
+                "the trainer has several training dataloaders; pass "
+                "PhysicsScaleCallback(dataloader=...) naming the one to derive from"
+            )
+        return loader  # type: ignore[no-any-return]
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Derive, reduce and attach the record, unless one is attached or coming."""
+        if getattr(pl_module, RECORD_ATTRIBUTE, None) is not None:
+            return  # restored from a checkpoint, set by the user, or an earlier fit
+        if trainer.ckpt_path is not None:
+            return  # resuming: on_load_checkpoint brings the record (never re-derive)
+        record = derive_from_dataloader(
+            self._train_loader(trainer),
+            nphotons=self.nphotons,
+            metadata=self.metadata,
+            config=self.config,
+            default=self.default,
+            key=self.key,
+            spatial_dims=self.spatial_dims,
+            layout=self.layout,
+            domain=self.domain,
+            mask=self.mask,
+            data_source=self.data_source,
+        )
+        self.derivations += 1
+        scaler = find_scaler(pl_module, self.scaler_attribute)
+        if scaler is not None:
+            # In place: the optimizer already holds this parameter.
+            fresh = IntensityScaler.from_record(record, trainable=scaler.trainable)
+            scaler.load_state_dict(fresh.state_dict())
+        _attach(pl_module, record)
+
+    # ------------------------------------------------------------------ persist
+    def current_record(self, pl_module: pl.LightningModule) -> ScaleRecord | None:
+        """The record to save: the scaler's current (trained) one, else the attached one."""
+        record: ScaleRecord | None = getattr(pl_module, RECORD_ATTRIBUTE, None)
+        if record is None:
+            return None
+        scaler = find_scaler(pl_module, self.scaler_attribute)
+        return record if scaler is None else scaler.to_record()
+
+    def on_save_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        """Store the current record as ``checkpoint["physscale_record"]`` (JSON text)."""
+        record = self.current_record(pl_module)
+        if record is not None:
+            record_to_checkpoint(checkpoint, record)
+
+    def on_load_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        """Attach the checkpoint's record to the module; a checkpoint without one is an error."""
+        if CHECKPOINT_KEY not in checkpoint:
+            raise RecordError(
+                "resuming from a checkpoint that holds no physscale record, so the scale "
+                "the weights were trained with is unknown; resume from a checkpoint saved "
+                "with PhysicsScaleCallback, or set pl_module.physscale_record yourself "
+                "before fitting without ckpt_path"
+            )
+        restore_record(pl_module, checkpoint)
