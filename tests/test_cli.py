@@ -14,6 +14,7 @@ import os
 import re
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -400,3 +401,44 @@ def test_progress_is_silent_off_a_terminal_or_when_disabled(
     progress.advance(10)
     progress.close()
     assert stream.getvalue() == ""
+
+
+def test_inspect_a_bundle_shows_record_and_manifest(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import torch
+
+    from physscale.io import save_bundle
+
+    record = physscale.closed_form_scale_record(1e6, 64)
+    save_bundle(tmp_path / "m.physscale.zip", {"w": torch.ones(2)}, record, epoch=3)
+    code, out, _ = call(capsys, "inspect", tmp_path / "m.physscale.zip")
+    assert code == 0
+    assert "bundle" in out and "record:" in out and "manifest:" in out
+    assert re.search(rf"intensity_scale\s+{re.escape(json.dumps(record.intensity_scale))}\n", out)
+    code, out, _ = call(capsys, "inspect", tmp_path / "m.physscale.zip", "--json")
+    payload = json.loads(out)
+    assert payload["kind"] == "bundle"
+    assert ScaleRecord.model_validate(payload["record"]) == record
+    assert "state_dict.pt" in json.dumps(payload["manifest"])
+
+
+def test_inspect_a_tampered_bundle_is_exit_1(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import torch
+
+    from physscale.io import save_bundle
+
+    path = tmp_path / "m.physscale.zip"
+    save_bundle(path, {"w": torch.ones(2)}, physscale.closed_form_scale_record(1e6, 64))
+    with zipfile.ZipFile(path) as zf:
+        members = {name: zf.read(name) for name in zf.namelist()}
+    members["record.json"] = members["record.json"].replace(b"1000000.0", b"2000000.0")
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    code, out, err = call(capsys, "inspect", path)
+    assert (code, out) == (1, "")
+    assert err.startswith("physscale: error: ") and err.count("\n") == 1
+    assert "record.json" in err

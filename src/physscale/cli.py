@@ -388,28 +388,17 @@ def _inspect(args: argparse.Namespace, stdout: TextIO) -> int:
 def _inspect_bundle(path: Path, as_json: bool, stdout: TextIO) -> int:
     from physscale.io import load_bundle
 
-    try:
-        bundle = load_bundle(path)
-    except NotImplementedError:
-        raise DataFileError(
-            f"{path}: is a bundle, but this physscale cannot read bundles yet"
-        ) from None
-    # getattr: works with any Bundle shape that carries .record (and .manifest).
-    record = getattr(bundle, "record", None)
-    if not isinstance(record, ScaleRecord):
-        raise DataFileError(f"{path}: the bundle holds no valid ScaleRecord")
-    manifest = getattr(bundle, "manifest", None)
+    bundle = load_bundle(path)  # verifies checksums; weights load with weights_only=True
     if as_json:
         payload = {
             "kind": "bundle",
-            "record": record.model_dump(mode="json"),
-            "manifest": manifest,
+            "record": bundle.record.model_dump(mode="json"),
+            "manifest": bundle.manifest,
         }
         stdout.write(json.dumps(payload, indent=2, default=str) + "\n")
         return 0
-    lines = [f"{path}: bundle", "record:", *_record_lines(record)]
-    if manifest is not None:
-        lines += ["manifest:", *("  " + line for line in _json_lines(manifest))]
+    lines = [f"{path}: bundle", "record:", *_record_lines(bundle.record)]
+    lines += ["manifest:", *("  " + line for line in _json_lines(bundle.manifest))]
     stdout.write("\n".join(lines) + "\n")
     return 0
 
