@@ -59,6 +59,8 @@ EXAMPLE_DATASET = "example_diffraction.npz"
 _MAGIC = {b"\x93NUMPY": "npy", b"PK\x03\x04": "npz", b"PK\x05\x06": "npz", b"\x89HDF": "hdf5"}
 _HDF5_HINT = "pip install physscale[hdf5]"
 
+_ZIP_PIECE_BYTES = 1 << 20
+
 #: What reading a damaged zip member can raise (CRC, inflate, short reads).
 READ_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, OSError)
 
@@ -314,6 +316,9 @@ def _stream_chunks(
 ) -> Iterator[np.ndarray]:
     """Read a C-ordered array's data from ``stream``, ``step`` first-axis entries at a time."""
     n, rest = info.shape[0], info.shape[1:]
+    # zipfile's read(n) builds n-byte temporaries (several when inflating):
+    # read a zip member in small pieces so only the chunk itself is large.
+    piecewise = isinstance(stream, zipfile.ZipExtFile)
     for start in range(0, n, step):
         k = min(step, n - start)
         chunk = np.empty((k, *rest), dtype=info.dtype)
@@ -321,7 +326,12 @@ def _stream_chunks(
         filled = 0
         while filled < len(view):
             try:
-                got = stream.readinto(view[filled:])  # type: ignore[attr-defined]
+                if piecewise:
+                    piece = stream.read(min(len(view) - filled, _ZIP_PIECE_BYTES))
+                    got = len(piece)
+                    view[filled : filled + got] = piece
+                else:
+                    got = stream.readinto(view[filled:])  # type: ignore[attr-defined]
             except READ_ERRORS as exc:
                 raise DataFileError(f"{where}: corrupt data ({exc})") from None
             if not got:
