@@ -26,6 +26,7 @@ from physscale.errors import (
     UnsafeFileError,
     ZeroIntensityError,
 )
+from physscale.likelihood import scaled_poisson_nll
 from physscale.nphotons import NphotonsResolution, resolve_nphotons
 from physscale.record import (
     SCHEMA_VERSION,
@@ -76,4 +77,5 @@ __all__ = [
     "normalize_amplitudes",
     "resolve_nphotons",
     "scale_for_batch",
+    "scaled_poisson_nll",
 ]
