@@ -218,3 +218,42 @@ def test_find_scaler_refuses_ambiguity_and_wrong_attribute() -> None:
     with pytest.raises(ps.StateError, match="scaler_attribute='c' is NoneType"):
         find_scaler(module, "c")
     assert find_scaler(torch.nn.Linear(2, 2)) is None
+
+
+class DDPModule(TinyModule):
+    """Writes each rank's record to a file (ddp_spawn children cannot return it)."""
+
+    def __init__(self, x: torch.Tensor, out_dir: str) -> None:
+        super().__init__(x)
+        self.out_dir = out_dir
+
+    def on_physscale_record(self, record: ps.ScaleRecord) -> None:
+        Path(self.out_dir, f"rank{self.global_rank}.json").write_text(record.model_dump_json())
+
+
+@pytest.mark.slow
+def test_ddp_ranks_derive_their_shards_and_agree_on_the_dataset_scale(tmp_path: Path) -> None:
+    x = _amplitudes(n=12)
+    module = DDPModule(x, str(tmp_path))
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        strategy="ddp_spawn",
+        devices=2,
+        max_steps=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[PhysicsScaleCallback(nphotons=NPHOTONS)],
+    )
+    trainer.fit(module)
+    records = [
+        ps.ScaleRecord.model_validate_json(Path(tmp_path, f"rank{r}.json").read_text())
+        for r in range(2)
+    ]
+    # Each rank saw 6 patterns (DistributedSampler shards); the reduced record covers 12.
+    assert records[0].model_dump(exclude={"created_utc"}) == records[1].model_dump(
+        exclude={"created_utc"}
+    )
+    assert records[0].n_patterns == 12
+    assert records[0].intensity_scale == pytest.approx(_reference_scale(x, NPHOTONS), rel=1e-12)
