@@ -23,7 +23,9 @@ Layout of the file (``np.load(path, allow_pickle=False)``; keys are flat):
   ``<form>/<reduction>`` (TF float64 ops), ``<form>/<reduction>_atol`` (the
   documented floor), ``<form>/mean_keras`` (compiled Keras model, float32
   reduction) and ``<form>/grad_<reduction>`` with ``grad_<reduction>_atol``.
-- ``scaler/``: the tf.Variable log-scale construction and one SGD step.
+- ``scaler/``: the tf.Variable log-scale construction and one SGD step;
+  ``scaler_nll/``: the same log-scale learning through TF training's
+  ``log_poisson_loss`` against fixed counts ``x_phys**2``.
 """
 
 from __future__ import annotations
@@ -169,6 +171,26 @@ def build() -> dict[str, np.ndarray]:
             "scaler/grad_atol": np.array(ref.FLOOR_FACTOR * float(terms.mean())),
             "scaler/log_scale_before": np.array(step.log_scale_before),
             "scaler/log_scale_after": np.array(step.log_scale_after),
+        }
+    )
+    # §2 + §3: the log-scale learning through TF training's Poisson loss (fixed counts).
+    probe = ref.tf_scaler_step(x_phys, scale0, weight, bias, lr=0.0, loss_kind="poisson")
+    lr = 0.1 / abs(probe.grad_log_scale)
+    step = ref.tf_scaler_step(x_phys, scale0, weight, bias, lr=lr, loss_kind="poisson")
+    lam = step.denormalized.astype(np.float64) ** 2
+    k = x_phys.astype(np.float64) ** 2
+    terms = (1 + k / lam) * 2 * np.sqrt(lam) * (weight * np.abs(step.normalized) * e + np.sqrt(lam))
+    out.update(
+        {
+            "scaler_nll/lr": np.array(lr),
+            "scaler_nll/loss": np.array(step.loss),
+            "scaler_nll/loss_atol": np.array(
+                ref.FLOOR_FACTOR * float(np.mean(lam + np.abs(k * np.log(lam))))
+            ),
+            "scaler_nll/grad_log_scale": np.array(step.grad_log_scale),
+            "scaler_nll/grad_atol": np.array(ref.FLOOR_FACTOR * float(terms.mean())),
+            "scaler_nll/log_scale_before": np.array(step.log_scale_before),
+            "scaler_nll/log_scale_after": np.array(step.log_scale_after),
         }
     )
     return out

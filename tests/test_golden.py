@@ -219,3 +219,35 @@ def test_trainable_scaler_step_matches_tf_golden(golden: dict[str, np.ndarray]) 
     assert record.method == "trained"
     _close(record.intensity_scale, math.exp(float(golden["scaler/log_scale_after"])),
            rtol=LOSS_RTOL, what="saved trained scale")  # fmt: skip
+
+
+@needs_nll
+def test_log_scale_learning_through_the_nll_matches_tf_golden(
+    golden: dict[str, np.ndarray],
+) -> None:
+    x_np = golden["scaler/x_phys"]
+    scale0 = float(golden["scaler/scale0"])
+    weight, bias = float(golden["scaler/weight"]), float(golden["scaler/bias"])
+    lr = float(golden["scaler_nll/lr"])
+    scaler = IntensityScaler(scale0, trainable=True)
+    optimizer = torch.optim.SGD(scaler.parameters(), lr=lr)
+    x_phys = torch.from_numpy(x_np)
+    pred = weight * scaler.normalize(x_phys) + bias
+    loss = ps.scaled_poisson_nll(pred, x_phys / scale0, scaler.scale, count_scale=scale0)
+    loss.backward()
+    assert scaler.log_scale.grad is not None
+    _close(loss.detach(), golden["scaler_nll/loss"], rtol=LOSS_RTOL,
+           atol=golden["scaler_nll/loss_atol"], what="training NLL")  # fmt: skip
+    grad_atol = float(golden["scaler_nll/grad_atol"])
+    _close(float(scaler.log_scale.grad), golden["scaler_nll/grad_log_scale"], rtol=LOSS_RTOL,
+           atol=grad_atol, what="d NLL / d log_scale")  # fmt: skip
+    before = float(scaler.log_scale.detach())
+    optimizer.step()
+    tf_before = float(golden["scaler_nll/log_scale_before"])
+    _close(
+        float(scaler.log_scale.detach()) - before,
+        float(golden["scaler_nll/log_scale_after"]) - tf_before,
+        rtol=LOSS_RTOL,
+        atol=lr * grad_atol + 4 * F32_EPS * max(1.0, abs(tf_before)),
+        what="one SGD step of the log-scale through the NLL",
+    )

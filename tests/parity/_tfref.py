@@ -293,20 +293,32 @@ class ScalerStep:
 
 
 def tf_scaler_step(
-    x_phys: np.ndarray, scale0: float, weight: float, bias: float, lr: float
+    x_phys: np.ndarray,
+    scale0: float,
+    weight: float,
+    bias: float,
+    lr: float,
+    loss_kind: str = "squared",
 ) -> ScalerStep:
     """TF: a ``tf.Variable`` log-scale, divide on the way in, multiply on the way out.
 
     The "network" between the two layers is ``weight * h + bias`` (the bias
-    makes the loss depend on the log-scale); the loss is the mean of the
-    squared output (the predicted counts). One ``keras.optimizers.SGD`` step.
+    makes the loss depend on the log-scale). ``loss_kind="squared"``: the mean
+    of the squared output (the predicted counts). ``"poisson"``: TF training's
+    loss, ``reduce_mean(log_poisson_loss(k, log(out**2)))`` with the fixed
+    counts ``k = x_phys**2`` (the data pipeline's targets). One
+    ``keras.optimizers.SGD`` step.
     """
     log_scale = tf.Variable(math.log(scale0), dtype=tf.float32)
     x = tf.constant(x_phys, dtype=tf.float32)
     with tf.GradientTape() as tape:
         h = x / tf.exp(log_scale)  # IntensityScaler
         out = (weight * h + bias) * tf.exp(log_scale)  # IntensityScaler_inv
-        loss = tf.reduce_mean(tf.square(out))
+        if loss_kind == "poisson":
+            counts = tf.square(x)
+            loss = tf.reduce_mean(tf.nn.log_poisson_loss(counts, tf.math.log(tf.square(out))))
+        else:
+            loss = tf.reduce_mean(tf.square(out))
     grad = tape.gradient(loss, log_scale)
     before = float(log_scale.numpy())
     keras.optimizers.SGD(learning_rate=lr).apply_gradients([(grad, log_scale)])

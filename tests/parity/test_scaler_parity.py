@@ -56,7 +56,7 @@ def scaler_cases(draw: st.DrawFn) -> tuple[np.ndarray, float, float, float]:
     scale = draw(st.one_of(st.just(1.0), st.floats(0.0, 5.0).map(lambda e: 10.0**e)))
     x = np.sqrt(pattern_stack(rng, (b, h, w, c), dark=draw(st.floats(0.0, 0.9))))
     x_phys = (scale * x).astype(np.float32)
-    return x_phys, scale, draw(st.floats(0.5, 2.0)), draw(st.floats(0.01, 1.0))
+    return x_phys, scale, draw(st.floats(0.5, 2.0)), draw(st.floats(0.05, 1.0))
 
 
 def _torch_step(
@@ -171,3 +171,49 @@ def test_frozen_log_scale_gets_no_gradient_as_a_non_trainable_tf_variable(
     assert not out_t.requires_grad
     assert scaler.log_scale.grad is None
     check_close(out_t.square().mean(), tf_loss.numpy(), rtol=LOSS_RTOL, what="frozen loss")
+
+
+@given(case=scaler_cases())
+def test_trainable_log_scale_learns_through_the_scaled_nll_as_tf_training_does(
+    case: tuple[np.ndarray, float, float, float],
+) -> None:
+    """TF training: lam = (net(x / e^ls) e^ls)**2 against fixed counts (s0 X)**2.
+
+    physscale: ``scaled_poisson_nll(net(scaler.normalize(x)), X, scaler.scale,
+    count_scale=s0)``; the same gradient reaches the log-scale and one SGD step
+    moves it as far as TF's.
+    """
+    x_phys, scale, weight, bias = case
+    probe = tf_scaler_step(x_phys, scale, weight, bias, lr=0.0, loss_kind="poisson")
+    lr = _lr_for(probe)
+    ref = tf_scaler_step(x_phys, scale, weight, bias, lr=lr, loss_kind="poisson")
+
+    scaler = IntensityScaler(scale, trainable=True)
+    optimizer = torch.optim.SGD(scaler.parameters(), lr=lr)
+    obs = torch.from_numpy(x_phys) / scale  # normalized observed amplitudes X
+    pred = weight * scaler.normalize(torch.from_numpy(x_phys)) + bias
+    loss = ps.scaled_poisson_nll(pred, obs, scaler.scale, count_scale=scale, form="tf")
+    loss.backward()
+    assert scaler.log_scale.grad is not None, "no gradient reached the trainable log-scale"
+    grad = float(scaler.log_scale.grad)
+
+    # Floors: the value is lam - k log lam (TERM floor); the gradient is
+    # (1 - k/lam) d lam/d ls with d out/d ls a difference of two float32 terms.
+    out = ref.denormalized.astype(np.float64)
+    lam, k = out**2, x_phys.astype(np.float64) ** 2
+    e = math.exp(ref.log_scale_before)
+    loss_floor = FLOOR_FACTOR * float(np.mean(lam + np.abs(k * np.log(lam))))
+    terms = (1 + k / lam) * 2 * np.abs(out) * (weight * np.abs(ref.normalized) * e + np.abs(out))
+    grad_floor = FLOOR_FACTOR * float(terms.mean())
+    check_close(loss.detach(), ref.loss, rtol=LOSS_RTOL, atol=loss_floor, what="training NLL")
+    check_close(grad, ref.grad_log_scale, rtol=LOSS_RTOL, atol=grad_floor,
+                what="d NLL / d log_scale")  # fmt: skip
+    before = float(scaler.log_scale.detach())
+    optimizer.step()
+    check_close(
+        float(scaler.log_scale.detach()) - before,
+        ref.log_scale_after - ref.log_scale_before,
+        rtol=LOSS_RTOL,
+        atol=lr * grad_floor + 4 * F32_EPS * max(1.0, abs(ref.log_scale_before)),
+        what="one SGD step of the log-scale through the NLL",
+    )
