@@ -27,6 +27,7 @@ from physscale.errors import (
     ZeroIntensityError,
 )
 from physscale.likelihood import scaled_poisson_nll
+from physscale.nn import ScaledPoissonNLLLoss
 from physscale.nphotons import NphotonsResolution, resolve_nphotons
 from physscale.record import (
     SCHEMA_VERSION,
@@ -60,6 +61,7 @@ __all__ = [
     "PhysscaleError",
     "RecordError",
     "ScaleRecord",
+    "ScaledPoissonNLLLoss",
     "StateError",
     "UnitsWarning",
     "UnsafeFileError",

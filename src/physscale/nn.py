@@ -4,6 +4,10 @@
 parameter, with TF PtychoPINN's convention (SPEC §2): ``normalize`` divides by
 ``exp(log_scale)`` and ``denormalize`` multiplies by it.
 
+:class:`ScaledPoissonNLLLoss` is :func:`physscale.scaled_poisson_nll` as a
+module: a fixed scale held as a buffer, or an :class:`IntensityScaler` whose
+log-scale then learns through the loss.
+
 Named ``nn`` after ``torch.nn``; a submodule named ``torch`` would shadow
 ``import torch`` inside the package.
 """
@@ -17,12 +21,21 @@ from typing import Any
 import torch
 from torch import nn
 
-from physscale._checks import positive_finite
-from physscale.errors import RecordError
-from physscale.likelihood import scalar_scale
+from physscale._checks import check_option, positive_finite
+from physscale.errors import DtypeError, RecordError
+from physscale.likelihood import (
+    DOMAINS,
+    FORMS,
+    REDUCTIONS,
+    Domain,
+    Form,
+    Reduction,
+    scalar_scale,
+    scaled_poisson_nll,
+)
 from physscale.record import ScaleRecord
 
-__all__ = ["IntensityScaler"]
+__all__ = ["IntensityScaler", "ScaledPoissonNLLLoss"]
 
 #: Tag of the extra state an IntensityScaler saves in its ``state_dict``.
 _EXTRA_STATE_FORMAT = "physscale.IntensityScaler/1"
@@ -208,3 +221,104 @@ class IntensityScaler(nn.Module):
     def extra_repr(self) -> str:
         scale = math.exp(float(self.log_scale.detach().to(torch.float64)))
         return f"scale={scale:.6g}, trainable={self.trainable}"
+
+
+class ScaledPoissonNLLLoss(nn.Module):
+    """:func:`physscale.scaled_poisson_nll` as an ``nn.Module``.
+
+    Args:
+        scale: either a fixed intensity scale (positive float, 0-d tensor or
+            :class:`~physscale.ScaleRecord`), kept as the float64 buffer
+            ``scale`` (moves with ``.to(device)``, saved in ``state_dict``); or
+            an :class:`IntensityScaler`, registered as the submodule ``scaler``.
+            With a scaler the *rate* uses its current ``exp(log_scale)``, so a
+            trainable log-scale learns through the loss, while the *counts*
+            use its initial scale, the data's fixed scale (TF: the targets are
+            ``(s * X)**2`` with the data's ``s`` whatever the layer learns).
+        domain, form, reduction, eps: as for :func:`physscale.scaled_poisson_nll`.
+        mask: optional valid-pixel mask (boolean or 0/1 floats) broadcastable
+            to every batch, e.g. ``(H, W)``; a non-persistent buffer (moves
+            with the module, not saved: it belongs to the detector setup).
+        background: background counts per pixel added to the rate, a number
+            >= 0 or a tensor broadcastable to every batch (a non-persistent
+            buffer when a tensor).
+
+    ``forward(pred, obs)`` takes normalized amplitudes (or intensities), shape
+    ``(B, ...)``, and returns the reduced loss (float32, or float64 for
+    float64 inputs).
+    """
+
+    scale: torch.Tensor | None
+    mask: torch.Tensor | None
+    background_map: torch.Tensor | None
+
+    def __init__(
+        self,
+        scale: IntensityScaler | ScaleRecord | float | torch.Tensor,
+        *,
+        domain: Domain = "amplitude",
+        form: Form = "tf",
+        reduction: Reduction = "mean",
+        mask: torch.Tensor | None = None,
+        background: float | torch.Tensor = 0.0,
+        eps: float = 1e-12,
+    ) -> None:
+        super().__init__()
+        self.domain: Domain = check_option(domain, DOMAINS, "domain")
+        self.form: Form = check_option(form, FORMS, "form")
+        self.reduction: Reduction = check_option(reduction, REDUCTIONS, "reduction")
+        self.eps = float(eps)
+        self.scaler: IntensityScaler | None
+        if isinstance(scale, IntensityScaler):
+            self.scaler = scale
+            self.register_buffer("scale", None)
+        else:
+            if isinstance(scale, torch.Tensor) and scale.requires_grad:
+                raise DtypeError(
+                    "a trainable scale must be a physscale.nn.IntensityScaler (its log_scale "
+                    "is a registered parameter the optimizer sees); got a tensor that requires "
+                    "grad. Use ScaledPoissonNLLLoss(IntensityScaler(s, trainable=True))"
+                )
+            self.scaler = None
+            value = scalar_scale(scale, "ScaledPoissonNLLLoss scale")
+            self.register_buffer("scale", torch.tensor(value, dtype=torch.float64))
+        self.register_buffer(
+            "mask", None if mask is None else torch.as_tensor(mask).detach(), persistent=False
+        )
+        if isinstance(background, torch.Tensor):
+            self.register_buffer("background_map", background.detach(), persistent=False)
+            self.background_value = 0.0
+        else:
+            self.register_buffer("background_map", None, persistent=False)
+            self.background_value = background
+
+    def forward(self, pred: torch.Tensor, obs: torch.Tensor) -> torch.Tensor:
+        """The loss of ``pred`` against ``obs`` (normalized units, same shape)."""
+        if self.scaler is not None:
+            scale: torch.Tensor = self.scaler.scale
+            count_scale: float | None = self.scaler.initial_scale
+        else:
+            assert self.scale is not None
+            scale, count_scale = self.scale, None
+        background = (
+            self.background_map if self.background_map is not None else (self.background_value)
+        )
+        return scaled_poisson_nll(
+            pred,
+            obs,
+            scale,
+            domain=self.domain,
+            form=self.form,
+            reduction=self.reduction,
+            mask=self.mask,
+            background=background,
+            eps=self.eps,
+            count_scale=count_scale,
+        )
+
+    def extra_repr(self) -> str:
+        scale = "<scaler>" if self.scale is None else f"{float(self.scale):.6g}"
+        return (
+            f"scale={scale}, domain={self.domain!r}, form={self.form!r}, "
+            f"reduction={self.reduction!r}"
+        )
