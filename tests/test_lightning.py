@@ -257,3 +257,18 @@ def test_ddp_ranks_derive_their_shards_and_agree_on_the_dataset_scale(tmp_path: 
     )
     assert records[0].n_patterns == 12
     assert records[0].intensity_scale == pytest.approx(_reference_scale(x, NPHOTONS), rel=1e-12)
+
+
+def test_scaler_is_filled_in_its_own_dtype_to_full_precision() -> None:
+    from types import SimpleNamespace
+
+    x = _amplitudes()
+    module = TinyModule(x)
+    module.scaler = IntensityScaler(1.0, trainable=True, dtype=torch.float64)
+    param = module.scaler.log_scale
+    callback = PhysicsScaleCallback(nphotons=NPHOTONS, dataloader=[x])
+    callback.on_fit_start(SimpleNamespace(ckpt_path=None), module)  # type: ignore[arg-type]
+    assert module.scaler.log_scale is param
+    assert param.dtype == torch.float64
+    assert param.requires_grad
+    assert module.scaler.scale.item() == pytest.approx(_reference_scale(x, NPHOTONS), rel=1e-14)

@@ -18,14 +18,12 @@ import torch
 from physscale._checks import DEFAULT_SPATIAL_DIMS
 from physscale._intensity_sum import Domain
 from physscale.accumulator import IntensityAccumulator
+from physscale.attach import DATA_KEYS
 from physscale.errors import StateError
 from physscale.nphotons import resolve_nphotons
 from physscale.record import ScaleRecord, derive_scale_record
 
 __all__ = ["accumulate_batches", "batch_data", "derive_from_dataloader", "is_distributed"]
-
-#: Dict keys tried, in order, when a dict batch is given without ``key``.
-_DICT_KEYS = ("X", "diffraction")
 
 
 def is_distributed() -> bool:
@@ -46,11 +44,11 @@ def batch_data(batch: Any, key: str | int | None = None) -> Any:
     """
     if isinstance(batch, Mapping):
         if key is None:
-            found = [k for k in _DICT_KEYS if k in batch]
+            found = [k for k in DATA_KEYS if k in batch]
             if not found:
                 raise StateError(
                     f"a dict batch needs key=... naming its amplitudes (looked for "
-                    f"{list(_DICT_KEYS)}, the batch has {sorted(map(str, batch))})"
+                    f"{list(DATA_KEYS)}, the batch has {sorted(map(str, batch))})"
                 )
             key = found[0]
         if key not in batch:

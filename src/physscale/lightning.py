@@ -208,7 +208,8 @@ class PhysicsScaleCallback(pl.Callback):
         scaler = find_scaler(pl_module, self.scaler_attribute)
         if scaler is not None:
             # In place: the optimizer already holds this parameter.
-            fresh = IntensityScaler.from_record(record, trainable=scaler.trainable)
+            dtype = scaler.log_scale.dtype
+            fresh = IntensityScaler(record, trainable=scaler.trainable, dtype=dtype)
             scaler.load_state_dict(fresh.state_dict())
         _attach(pl_module, record)
 

@@ -74,6 +74,11 @@ class Bundle:
     extra: dict[str, Any]
 
 
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -111,10 +116,9 @@ def _state_dict_bytes(state_dict: Mapping[str, Any]) -> bytes:
     try:
         torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsupported object"
         raise DtypeError(
             f"state_dict holds objects that torch.load(weights_only=True) refuses, so the "
-            f"bundle could not be loaded safely: {first}. Keep tensors, numbers and "
+            f"bundle could not be loaded safely: {_first_line(exc)}. Keep tensors, numbers and "
             f"strings in the state dict"
         ) from None
     return data
@@ -298,10 +302,9 @@ def _load_state_dict(data: bytes, where: str, map_location: Any) -> dict[str, An
     try:
         state = torch.load(io.BytesIO(data), weights_only=True, map_location=map_location)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "refused"
         raise UnsafeFileError(
             f"{where}: {STATE_DICT_MEMBER} holds objects that a weights-only load refuses "
-            f"({first}); physscale never executes code from a file"
+            f"({_first_line(exc)}); physscale never executes code from a file"
         ) from None
     except (RuntimeError, EOFError, ValueError) as exc:
         raise DataFileError(
