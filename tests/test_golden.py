@@ -251,3 +251,31 @@ def test_log_scale_learning_through_the_nll_matches_tf_golden(
         atol=lr * grad_atol + 4 * F32_EPS * max(1.0, abs(tf_before)),
         what="one SGD step of the log-scale through the NLL",
     )
+
+
+@needs_nll
+@pytest.mark.parametrize("case", _cases("/tf/mean_keras"))  # the unmasked cases
+def test_pytorch_port_idiom_equals_per_sample_exact_nll(
+    golden: dict[str, np.ndarray], case: str
+) -> None:
+    """The port: -Independent(Poisson((s pred)**2), 3).log_prob((s obs)**2), batch mean / mean(obs).
+
+    physscale: ``scaled_poisson_nll(..., form="exact", reduction="per_sample").mean()
+    / obs.mean()``; and the per-sample sums equal TF's golden ones.
+    """
+    key = f"nll/{case}/"
+    assert str(golden[key + "domain"]) == "amplitude", "the port's idiom is amplitude-domain"
+    assert float(golden[key + "background"]) == 0.0, "the port's idiom has no background"
+    pred = torch.from_numpy(golden[key + "pred"]).double()
+    obs = torch.from_numpy(golden[key + "obs"]).double()
+    s = float(golden[key + "scale"])
+    port = torch.distributions.Independent(
+        torch.distributions.Poisson((s * pred) ** 2, validate_args=False), 3
+    )
+    port_loss = -port.log_prob((s * obs) ** 2).mean() / obs.mean()
+    per_sample = ps.scaled_poisson_nll(pred, obs, s, form="exact", reduction="per_sample")
+    atol = golden[key + "exact/per_sample_atol"]
+    _close(per_sample.detach(), golden[key + "exact/per_sample"], rtol=LOSS_RTOL, atol=atol,
+           what="per-sample exact NLL vs TF golden")  # fmt: skip
+    _close((per_sample.mean() / obs.mean()).detach(), port_loss.detach(), rtol=LOSS_RTOL,
+           atol=float(atol.mean()) / float(obs.mean()), what="port idiom")  # fmt: skip

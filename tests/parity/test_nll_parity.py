@@ -24,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 import physscale as ps
@@ -45,9 +45,6 @@ from ._tfref import (
 )
 
 pytestmark = pytest.mark.tf
-
-#: Keras compile + evaluate per example is the slow part: a third of the profile.
-KERAS_EXAMPLES = max(25, settings.default.max_examples // 3)
 
 
 @st.composite
@@ -158,7 +155,6 @@ def test_reductions_equal_tf_reduce_mean_sum_and_per_sample_sum(
         check_close(nchw.detach().numpy(), ref, rtol=LOSS_RTOL, atol=floor, what=f"{what} NCHW")
 
 
-@settings(max_examples=KERAS_EXAMPLES)
 @given(case=nll_cases(masks=False), form=st.sampled_from(FORMS), data=st.data())
 def test_mean_reduction_equals_what_a_compiled_keras_model_reports(
     case: NllCase, form: str, data: st.DataObject
