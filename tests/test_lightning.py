@@ -272,3 +272,25 @@ def test_scaler_is_filled_in_its_own_dtype_to_full_precision() -> None:
     assert param.dtype == torch.float64
     assert param.requires_grad
     assert module.scaler.scale.item() == pytest.approx(_reference_scale(x, NPHOTONS), rel=1e-14)
+
+
+def test_lightning_is_optional_and_its_absence_is_explained() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "import physscale, physscale.io, physscale.nn\n"
+        "assert 'lightning' not in sys.modules, 'import physscale pulled in lightning'\n"
+        "sys.modules['lightning'] = None\n"
+        "sys.modules['lightning.pytorch'] = None\n"
+        "import physscale.lightning\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 1, result.stderr
+    assert "AssertionError" not in result.stderr
+    assert "physscale.lightning needs PyTorch Lightning: pip install 'physscale[lightning]'" in (
+        result.stderr
+    )

@@ -32,7 +32,7 @@ from typing import Any
 
 try:
     import lightning.pytorch as pl
-except ImportError as exc:  # pragma: no cover - exercised only without the extra
+except ImportError as exc:
     raise ImportError(
         "physscale.lightning needs PyTorch Lightning: pip install 'physscale[lightning]' "
         "(or pip install lightning)"
