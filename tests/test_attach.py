@@ -286,3 +286,14 @@ def test_collate_refuses_samples_it_cannot_shape_safely(
 ) -> None:
     with pytest.raises(ps.PhysscaleError, match=match):
         collate_with_scale(samples, **kwargs)
+
+
+def test_container_that_refuses_new_attributes_is_a_state_error() -> None:
+    import dataclasses
+
+    @dataclasses.dataclass(frozen=True)
+    class Frozen:
+        X: np.ndarray
+
+    with pytest.raises(ps.StateError, match="cannot attach 'intensity_scale' to the Frozen"):
+        attach_intensity_scale(Frozen(_amplitudes()), nphotons=NPHOTONS)

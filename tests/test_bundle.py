@@ -352,3 +352,25 @@ def test_errors_are_value_errors_for_callers_that_catch_builtins(bundle_path: Pa
     _rewrite(bundle_path, replace={"record.json": b"{}"})
     with pytest.raises(ValueError, match="modified or corrupted after it was written"):
         load_bundle(bundle_path)
+
+
+def test_member_with_unsupported_compression_is_a_data_file_error(bundle_path: Path) -> None:
+    members = _members(bundle_path)
+    with zipfile.ZipFile(bundle_path, "w") as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    raw = bytearray(bundle_path.read_bytes())
+    # Patch the record's compression method (local and central headers) to an unknown one.
+    for header in (b"PK\x03\x04", b"PK\x01\x02"):
+        start = 0
+        while (at := raw.find(header, start)) != -1:
+            name_len_at = at + (26 if header == b"PK\x03\x04" else 28)
+            name_len = int.from_bytes(raw[name_len_at : name_len_at + 2], "little")
+            name_at = at + (30 if header == b"PK\x03\x04" else 46)
+            if bytes(raw[name_at : name_at + name_len]) == b"record.json":
+                method_at = at + (8 if header == b"PK\x03\x04" else 10)
+                raw[method_at : method_at + 2] = (99).to_bytes(2, "little")
+            start = at + 4
+    bundle_path.write_bytes(bytes(raw))
+    with pytest.raises(ps.DataFileError, match=r"member 'record\.json' cannot be read"):
+        load_bundle(bundle_path)

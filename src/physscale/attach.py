@@ -72,7 +72,13 @@ def _set(container: Any, name: str, value: Any) -> None:
             f"cannot attach {name!r} to a read-only {type(container).__name__}; pass a dict"
         )
     else:
-        setattr(container, name, value)
+        try:
+            setattr(container, name, value)
+        except AttributeError as exc:  # __slots__, frozen dataclasses, read-only properties
+            raise StateError(
+                f"cannot attach {name!r} to the {type(container).__name__} ({exc}); pass a "
+                f"dict or an object that accepts new attributes"
+            ) from None
 
 
 def _data_key(container: Any, key: str | None) -> str:

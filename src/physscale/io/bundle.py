@@ -52,6 +52,9 @@ _CHECKSUMMED = (STATE_DICT_MEMBER, RECORD_MEMBER)
 _MEMBERS = frozenset((*_CHECKSUMMED, MANIFEST_MEMBER))
 # A fixed timestamp makes a bundle's bytes depend on its contents only.
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)
+# What reading a member can raise: corrupt data, encryption (RuntimeError), an
+# unsupported compression method (NotImplementedError).
+_READ_ERRORS = (zipfile.BadZipFile, EOFError, OSError, RuntimeError, NotImplementedError)
 # A manifest is a few hundred bytes plus `extra`; refuse to inflate anything absurd.
 _MAX_MANIFEST_BYTES = 16 * 2**20
 
@@ -148,6 +151,9 @@ def save_bundle(
             pass ``scaler.to_record()`` (the *trained* value), not the record
             training started from.
         **extra: plain JSON data stored in the manifest (epoch, model name...).
+
+    The serialized state dict is checked with a weights-only load before
+    anything is written, so a bundle that saves is a bundle that loads.
 
     Returns:
         The path written.
@@ -273,7 +279,7 @@ def _read_checked(zf: zipfile.ZipFile, name: str, entry: Mapping[str, Any], wher
         )
     try:
         data = zf.read(info)
-    except (zipfile.BadZipFile, EOFError, OSError) as exc:
+    except _READ_ERRORS as exc:
         raise DataFileError(f"{where}: member {name!r} cannot be read ({exc})") from None
     if _sha256(data) != entry["sha256"]:
         raise IntegrityError(
@@ -354,7 +360,7 @@ def load_bundle(path: str | os.PathLike[str], *, map_location: Any = "cpu") -> B
             raise DataFileError(f"{where}: {MANIFEST_MEMBER} is implausibly large")
         try:
             manifest_bytes = zf.read(MANIFEST_MEMBER)
-        except (zipfile.BadZipFile, EOFError, OSError) as exc:
+        except _READ_ERRORS as exc:
             raise DataFileError(f"{where}: {MANIFEST_MEMBER} cannot be read ({exc})") from None
         manifest = _parse_manifest(manifest_bytes, where)
         if RECORD_MEMBER not in names:
