@@ -50,6 +50,8 @@ NLL_CASES: list[tuple[str, tuple[int, int, int, int], float, float, float, str, 
     ("high_counts", (2, 3, 5, 4), 1e4, 1e7, 1e-3, "amplitude", 0.5, "full"),
     ("intensity", (3, 4, 4, 1), 300.0, 1e4, 0.1, "intensity", 0.0, "pattern"),
     ("dark", (2, 3, 3, 9), 1.0, 5.0, 1.0, "amplitude", 0.0, "none"),
+    # Whole Poisson counts (k = 0, 1, 2 ... exactly: scale 1, intensity domain).
+    ("whole_counts", (2, 4, 4, 4), 1.0, 6.0, 0.5, "intensity", 0.0, "none"),
 ]
 GRAD_REDUCTIONS = ("mean", "sum", "per_sample")
 
@@ -118,6 +120,7 @@ def build() -> dict[str, np.ndarray]:
             background=background,
             mask_kind=mask_kind,
             dark=0.3,
+            integer_counts=name == "whole_counts",
         )
         key = f"nll/{name}/"
         out[key + "pred"] = case.pred

@@ -356,15 +356,20 @@ def nll_case(
     background: float,
     mask_kind: str,
     dark: float,
+    integer_counts: bool = False,
 ) -> NllCase:
     """Normalized float32 pred/obs whose counts (s obs)**2 reach ``max_counts``.
 
-    ``obs`` carries counts from 0 to ``max_counts``; ``pred`` is ``obs`` times a
-    log-normal factor of width ``spread`` (so lam tracks k, as in training),
-    kept at a rate of at least 0.01 counts where obs is dark.
+    ``obs`` carries counts from 0 to ``max_counts`` (Poisson-drawn whole
+    counts with ``integer_counts``: with a scale of 1 or a power of 2 they stay
+    exact, so k = 0, 1, 2 ... reach the forms' switches exactly); ``pred`` is
+    ``obs`` times a log-normal factor of width ``spread`` (so lam tracks k, as
+    in training), kept at a rate of at least 0.01 counts where obs is dark.
     """
     pattern = pattern_stack(rng, shape, dark)
     counts = max_counts * pattern / pattern.max()
+    if integer_counts:
+        counts = rng.poisson(counts).astype(np.float64)
     ratio = np.exp(spread * rng.standard_normal(size=shape))
     lam = np.maximum(counts * ratio, 0.01 + rng.random(size=shape))
     s2 = scale * scale

@@ -58,8 +58,15 @@ def nll_cases(draw: st.DrawFn, masks: bool = True) -> NllCase:
     return nll_case(
         np.random.default_rng(draw(st.integers(0, 2**32 - 1))),
         shape,
-        scale=10.0 ** draw(st.floats(0.0, 5.0)),
+        # Exact scales (1, powers of 2) keep whole counts whole in float32.
+        scale=draw(
+            st.one_of(
+                st.floats(0.0, 5.0).map(lambda e: 10.0**e),
+                st.sampled_from([1.0, 2.0, 16.0, 1024.0]),
+            )
+        ),
         max_counts=draw(st.one_of(st.just(0.0), st.floats(0.0, 7.0).map(lambda e: 10.0**e))),
+        integer_counts=draw(st.booleans()),
         spread=10.0 ** draw(st.floats(-3.0, 0.0)),
         domain=draw(st.sampled_from(["amplitude", "intensity"])),
         background=draw(st.one_of(st.just(0.0), st.floats(-3.0, 1.0).map(lambda e: 10.0**e))),
