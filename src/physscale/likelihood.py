@@ -121,8 +121,11 @@ def _rate_and_counts(
     amplitude: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     if amplitude:
-        lam = torch.mul(p, s).square_()
-        k = torch.mul(o, t).square_()
+        # mul_ with itself, not square_: vmap has a batching rule for mul_.
+        lam = torch.mul(p, s)
+        lam = lam.mul_(lam)
+        k = torch.mul(o, t)
+        k = k.mul_(k)
     else:
         lam = torch.mul(p, s * s)
         k = torch.mul(o, t * t)

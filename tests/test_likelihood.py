@@ -1,0 +1,568 @@
+"""scaled_poisson_nll: the SPEC §3 forms, reductions, numerics, gradients and bad inputs.
+
+Reference values are computed independently, element by element in Python
+floats (``math.log``, ``math.lgamma``, ``math.fsum``) or with ``decimal`` at 50
+digits, never by calling the function under test twice.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+from decimal import Decimal, getcontext
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import assume, given
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+import physscale as ps
+from physscale.errors import (
+    BroadcastError,
+    DtypeError,
+    EmptyInputError,
+    MaskError,
+    NegativeValueError,
+    NonFiniteError,
+    OptionError,
+)
+
+FORMS = ("tf", "stirling", "exact", "deviance")
+DOMAINS = ("amplitude", "intensity")
+EPS = 1e-12
+
+# --------------------------------------------------------------------------- references
+
+
+def ref_terms(
+    p: float, o: float, s: float, form: str, domain: str, b: float = 0.0, t: float | None = None
+) -> tuple[float, float]:
+    """(elementwise value, magnitude of its terms) in Python floats, straight from SPEC §3."""
+    t = s if t is None else t
+    lam = (s * p) ** 2 + b if domain == "amplitude" else s * s * p + b
+    k = (t * o) ** 2 if domain == "amplitude" else t * t * o
+    log_lam = math.log(max(lam, EPS))
+    value = lam - k * log_lam
+    size = abs(lam) + abs(k * log_lam)
+    if form == "stirling" and k > 1:
+        extra = k * math.log(k) - k + 0.5 * math.log(2 * math.pi * k)
+        value += extra
+        size += abs(k * math.log(k)) + k
+    elif form == "exact":
+        value += math.lgamma(k + 1)
+        # lgamma is accurate to ~1e-16 of O(1) internal terms, even near its zeros (k = 0, 1).
+        size += abs(math.lgamma(k + 1)) + 1.0
+    elif form == "deviance":
+        if k == 0:
+            value, size = lam, abs(lam)
+        else:
+            value = lam - k - k * (log_lam - math.log(k))
+            size = abs(lam) + k + abs(k * log_lam) + abs(k * math.log(k))
+    return value, size
+
+
+def ref_sum(
+    pred: np.ndarray, obs: np.ndarray, s: float, form: str, domain: str, **kw: Any
+) -> tuple[float, float]:
+    terms = [
+        ref_terms(p, o, s, form, domain, **kw) for p, o in zip(pred.flat, obs.flat, strict=True)
+    ]
+    return math.fsum(v for v, _ in terms), math.fsum(m for _, m in terms)
+
+
+def deviance_decimal(lam: float, k: float) -> Decimal:
+    """Half the Poisson deviance at 50 digits: exact enough to judge float32."""
+    getcontext().prec = 50
+    lam_d, k_d = Decimal(lam), Decimal(k)
+    if k_d == 0:
+        return lam_d
+    return lam_d - k_d - k_d * (lam_d / k_d).ln()
+
+
+# --------------------------------------------------------------------------- strategies
+
+shapes = st.tuples(st.integers(1, 3), st.integers(1, 2), st.integers(1, 4), st.integers(1, 4))
+amplitude_values = st.one_of(
+    st.just(0.0), st.floats(1e-3, 10.0, allow_nan=False, allow_infinity=False)
+)
+scales = st.floats(0.05, 300.0)
+
+
+@st.composite
+def pairs(
+    draw: st.DrawFn, values: st.SearchStrategy[float] = amplitude_values
+) -> tuple[np.ndarray, np.ndarray]:
+    shape = draw(shapes)
+    pred = draw(hnp.arrays(np.float64, shape, elements=values))
+    obs = draw(hnp.arrays(np.float64, shape, elements=values))
+    return pred, obs
+
+
+def t64(x: np.ndarray, grad: bool = False) -> torch.Tensor:
+    return torch.tensor(x, dtype=torch.float64, requires_grad=grad)
+
+
+# --------------------------------------------------------------------------- the formulas
+
+
+@given(pairs(), scales, st.sampled_from(FORMS), st.sampled_from(DOMAINS))
+def test_each_form_equals_its_formula_in_float64(
+    data: tuple[np.ndarray, np.ndarray], s: float, form: str, domain: str
+) -> None:
+    pred, obs = data
+    got = ps.scaled_poisson_nll(t64(pred), t64(obs), s, form=form, domain=domain, reduction="sum")
+    want, size = ref_sum(pred, obs, s, form, domain)
+    assert got.dtype == torch.float64
+    assert float(got) == pytest.approx(want, rel=0, abs=1e-12 * size + 1e-300)
+
+
+@given(pairs(), scales, st.sampled_from(FORMS), st.sampled_from(DOMAINS))
+def test_elementwise_values_match_the_formula_in_float32(
+    data: tuple[np.ndarray, np.ndarray], s: float, form: str, domain: str
+) -> None:
+    pred, obs = (x.astype(np.float32) for x in data)
+    got = ps.scaled_poisson_nll(
+        torch.from_numpy(pred), torch.from_numpy(obs), s, form=form, domain=domain, reduction="none"
+    )
+    assert got.dtype == torch.float32
+    for g, p, o in zip(got.flatten().tolist(), pred.flat, obs.flat, strict=True):
+        want, size = ref_terms(float(p), float(o), s, form, domain)
+        assert g == pytest.approx(want, abs=4e-6 * size + 1e-30)
+
+
+@given(pairs(), scales, st.sampled_from(DOMAINS))
+def test_forms_differ_only_by_terms_constant_in_the_rate(
+    data: tuple[np.ndarray, np.ndarray], s: float, domain: str
+) -> None:
+    pred, obs = data
+    values, grads = {}, {}
+    for form in FORMS:
+        p = t64(pred, grad=True)
+        loss = ps.scaled_poisson_nll(p, t64(obs), s, form=form, domain=domain, reduction="none")
+        loss.sum().backward()
+        values[form], grads[form] = loss.detach(), p.grad
+    k = (s * t64(obs)) ** 2 if domain == "amplitude" else s * s * t64(obs)
+    lam = (s * t64(pred)) ** 2 if domain == "amplitude" else s * s * t64(pred)
+    klogk = torch.where(k > 0, k * torch.log(torch.where(k > 0, k, 1.0)), 0.0)
+    stirling = torch.where(k > 1, klogk - k + 0.5 * torch.log(2 * math.pi * k.clamp_min(1)), 0.0)
+    constants = {
+        "stirling": stirling,
+        "exact": torch.lgamma(k + 1),
+        "deviance": klogk - k,
+    }
+    scale_of = lam.abs() + (k * torch.log(lam.clamp_min(EPS))).abs() + klogk.abs() + k + 1
+    for form, constant in constants.items():
+        torch.testing.assert_close(
+            values[form] - values["tf"], constant, rtol=0, atol=float(1e-12 * scale_of.max())
+        )
+    for form in FORMS[1:]:
+        torch.testing.assert_close(grads[form], grads["tf"], rtol=1e-12, atol=1e-300)
+
+
+# --------------------------------------------------------------------------- reductions
+
+
+@st.composite
+def masked_pairs(draw: st.DrawFn) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    pred, obs = draw(pairs())
+    mask = draw(hnp.arrays(np.bool_, pred.shape[-2:], elements=st.booleans()))
+    assume(mask.any())
+    return pred, obs, mask
+
+
+@given(masked_pairs(), scales, st.sampled_from(FORMS), st.sampled_from(DOMAINS))
+def test_reductions_agree_sum_is_mean_times_unmasked_and_per_sample_sums_to_sum(
+    data: tuple[np.ndarray, np.ndarray, np.ndarray], s: float, form: str, domain: str
+) -> None:
+    pred, obs, mask = data
+    p, o, m = t64(pred), t64(obs), torch.from_numpy(mask)
+    out = {
+        r: ps.scaled_poisson_nll(p, o, s, form=form, domain=domain, reduction=r, mask=m)
+        for r in ("mean", "sum", "none", "per_sample")
+    }
+    n_unmasked = int(mask.sum()) * pred.shape[0] * pred.shape[1]
+    size = ref_sum(pred, obs, s, form, domain)[1] + 1.0
+    tol = 1e-12 * size
+    assert float(out["sum"]) == pytest.approx(float(out["mean"]) * n_unmasked, abs=tol)
+    assert float(out["per_sample"].sum()) == pytest.approx(float(out["sum"]), abs=tol)
+    assert out["per_sample"].shape == (pred.shape[0],)
+    assert float(out["none"].sum()) == pytest.approx(float(out["sum"]), abs=tol)
+    assert torch.all(out["none"][..., ~m] == 0)
+
+
+@given(masked_pairs(), scales, st.sampled_from(FORMS), st.sampled_from(DOMAINS))
+def test_masked_elements_change_neither_value_nor_gradient(
+    data: tuple[np.ndarray, np.ndarray, np.ndarray], s: float, form: str, domain: str
+) -> None:
+    pred, obs, mask = data
+    m = torch.from_numpy(mask)
+    results = []
+    for fill in (None, 7.5, float("nan")):
+        p, o = t64(pred), t64(obs)
+        if fill is not None:
+            p[..., ~m] = fill
+            o[..., ~m] = fill
+        p.requires_grad_()
+        loss = ps.scaled_poisson_nll(p, o, s, form=form, domain=domain, mask=m, background=0.25)
+        loss.backward()
+        assert p.grad is not None
+        assert torch.all(p.grad[..., ~m] == 0)
+        results.append((float(loss.detach()), p.grad))
+    for value, grad in results[1:]:
+        assert value == results[0][0]
+        torch.testing.assert_close(grad, results[0][1], rtol=0, atol=0)
+
+
+def test_mean_counts_only_unmasked_elements_like_keras() -> None:
+    pred = torch.full((2, 1, 2, 2), 1.0, dtype=torch.float64)
+    obs = torch.full((2, 1, 2, 2), 2.0, dtype=torch.float64)
+    mask = torch.tensor([[True, False], [False, False]])
+    value = ps.scaled_poisson_nll(pred, obs, 1.0, mask=mask)
+    # lam = 1, k = 4: each unmasked element is 1 - 4 log 1 = 1; two unmasked of eight.
+    assert float(value) == 1.0
+    weights = mask.to(torch.float32)
+    assert float(ps.scaled_poisson_nll(pred, obs, 1.0, mask=weights)) == 1.0
+
+
+@given(pairs(), scales, st.floats(0.1, 10.0), st.sampled_from(FORMS))
+def test_scale_and_amplitude_are_interchangeable(
+    data: tuple[np.ndarray, np.ndarray], s: float, c: float, form: str
+) -> None:
+    pred, obs = data
+    a = ps.scaled_poisson_nll(t64(pred), t64(obs), s, form=form, reduction="sum")
+    b = ps.scaled_poisson_nll(t64(pred * c), t64(obs * c), s / c, form=form, reduction="sum")
+    size = ref_sum(pred, obs, s, form, "amplitude")[1] + 1.0
+    assert float(a) == pytest.approx(float(b), abs=1e-11 * size)
+    # Intensity domain: counts are s**2 * x, so x * c pairs with s / sqrt(c).
+    ai = ps.scaled_poisson_nll(t64(pred), t64(obs), s, form=form, domain="intensity")
+    bi = ps.scaled_poisson_nll(
+        t64(pred * c), t64(obs * c), s / math.sqrt(c), form=form, domain="intensity"
+    )
+    assert float(ai) == pytest.approx(float(bi), abs=1e-11 * (size + abs(float(ai))))
+
+
+# --------------------------------------------------------------------------- other references
+
+
+@given(pairs(st.floats(0.05, 10.0)), scales)
+def test_tf_form_matches_torch_poisson_nll_loss(
+    data: tuple[np.ndarray, np.ndarray], s: float
+) -> None:
+    pred, obs = data
+    lam, k = (s * t64(pred)) ** 2, (s * t64(obs)) ** 2
+    # torch adds its eps (1e-8) inside the log; the rates here are >= 0.05**2 * 0.05**2.
+    want = torch.nn.functional.poisson_nll_loss(lam, k, log_input=False, full=False, eps=0.0)
+    got = ps.scaled_poisson_nll(t64(pred), t64(obs), s)
+    assert float(got) == pytest.approx(float(want), rel=1e-12, abs=1e-12 * float(lam.max()))
+
+
+@given(pairs(st.floats(0.05, 10.0)), scales)
+def test_exact_form_is_minus_torch_poisson_log_prob(
+    data: tuple[np.ndarray, np.ndarray], s: float
+) -> None:
+    pred, obs = data
+    lam, k = (s * t64(pred)) ** 2, (s * t64(obs)) ** 2
+    log_prob = torch.distributions.Poisson(lam, validate_args=False).log_prob(k)
+    got = ps.scaled_poisson_nll(t64(pred), t64(obs), s, form="exact", reduction="none")
+    size = lam + k * lam.log().abs() + torch.lgamma(k + 1).abs() + 1.0
+    assert torch.all((got + log_prob).abs() <= 1e-13 * size)
+    # The reference port's Independent(..., 3) is the per-sample reduction.
+    per_sample = torch.distributions.Independent(
+        torch.distributions.Poisson(lam, validate_args=False), 3
+    ).log_prob(k)
+    got_ps = ps.scaled_poisson_nll(t64(pred), t64(obs), s, form="exact", reduction="per_sample")
+    assert torch.all((got_ps + per_sample).abs() <= 1e-13 * size.sum(dim=(1, 2, 3)))
+
+
+def test_background_is_added_to_the_rate_not_the_counts() -> None:
+    pred = torch.tensor([[[[0.5, 0.0]]]], dtype=torch.float64)
+    obs = torch.tensor([[[[0.25, 0.5]]]], dtype=torch.float64)
+    bg = torch.tensor([[0.5, 2.0]], dtype=torch.float64)
+    got = ps.scaled_poisson_nll(pred, obs, 2.0, background=bg, reduction="none")
+    want = [ref_terms(0.5, 0.25, 2.0, "tf", "amplitude", b=0.5)[0],
+            ref_terms(0.0, 0.5, 2.0, "tf", "amplitude", b=2.0)[0]]  # fmt: skip
+    assert got.flatten().tolist() == pytest.approx(want, rel=1e-14)
+
+
+def test_per_sample_scale_applies_to_each_sample() -> None:
+    pred = torch.rand(3, 2, 4, 4, dtype=torch.float64) + 0.1
+    obs = torch.rand(3, 2, 4, 4, dtype=torch.float64)
+    scales = torch.tensor([1.0, 5.0, 30.0], dtype=torch.float64)
+    got = ps.scaled_poisson_nll(pred, obs, scales.view(-1, 1, 1, 1), reduction="per_sample")
+    for i, s in enumerate(scales.tolist()):
+        pairs_i = zip(pred[i].flatten().tolist(), obs[i].flatten().tolist(), strict=True)
+        want = math.fsum(ref_terms(p, o, s, "tf", "amplitude")[0] for p, o in pairs_i)
+        assert float(got[i]) == pytest.approx(want, rel=1e-12)
+
+
+def test_scale_record_is_read_for_its_intensity_scale() -> None:
+    record = ps.closed_form_scale_record(1e6, 64)
+    pred = torch.rand(2, 1, 4, 4) + 0.1
+    obs = torch.rand(2, 1, 4, 4)
+    got = ps.scaled_poisson_nll(pred, obs, record)
+    assert float(got) == float(ps.scaled_poisson_nll(pred, obs, record.intensity_scale))
+    assert float(got) == float(ps.scaled_poisson_nll(pred, obs, torch.tensor(31.25)))
+
+
+# --------------------------------------------------------------------------- numerics
+
+
+@given(
+    # Photon counts: 0, or 1e-6 .. 1e9 (the float32 result must be a normal number).
+    st.one_of(st.just(0.0), st.floats(1e-6, 1e9)),
+    st.one_of(st.just(1.0), st.floats(1e-6, 1e6)),
+    st.sampled_from(DOMAINS),
+)
+def test_deviance_keeps_float32_relative_precision_from_0_to_1e9_counts(
+    counts: float, ratio: float, domain: str
+) -> None:
+    # Build float32 inputs for the wanted counts and rate ratio, then judge the
+    # float32 result against 50-digit arithmetic on exactly those inputs.
+    s = 1.0
+    if domain == "amplitude":
+        o = np.float32(math.sqrt(counts))
+        p = np.float32(float(o) * math.sqrt(ratio))
+        lam, k = float(p) ** 2, float(o) ** 2
+    else:
+        o = np.float32(counts)
+        p = np.float32(float(o) * ratio)
+        lam, k = float(p), float(o)
+    got = ps.scaled_poisson_nll(
+        torch.tensor([[float(p)]], dtype=torch.float32),
+        torch.tensor([[float(o)]], dtype=torch.float32),
+        s,
+        form="deviance",
+        domain=domain,
+        reduction="sum",
+    )
+    assert got.dtype == torch.float32
+    want = deviance_decimal(lam, k)
+    if want == 0:
+        assert float(got) == 0.0
+    else:
+        assert abs(Decimal(float(got)) - want) <= Decimal("1e-5") * want
+
+
+def test_deviance_is_exactly_zero_where_rate_equals_counts() -> None:
+    x = torch.tensor([[0.0, 1e-3, 1.0, 17.0, 3.1e4]], dtype=torch.float32)
+    for domain in DOMAINS:
+        got = ps.scaled_poisson_nll(x, x, 1e3, form="deviance", domain=domain, reduction="none")
+        assert torch.all(got == 0)
+
+
+def test_tf_form_in_float32_loses_the_varying_part_at_high_counts_deviance_does_not() -> None:
+    # SPEC failure mode 7: k ~ 1e7 and a 0.1% error in the rate.
+    obs = torch.full((1, 1, 8, 8), 1.0)
+    pred = torch.full((1, 1, 8, 8), 1.001)
+    s = math.sqrt(1e7)
+    exact = float(deviance_decimal(float(np.float32(1.001)) ** 2 * 1e7, 1e7))
+    got = float(ps.scaled_poisson_nll(pred, obs, s, form="deviance"))
+    assert got == pytest.approx(exact, rel=1e-5)
+
+
+@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("domain", DOMAINS)
+def test_zero_prediction_and_zero_counts_give_finite_values_and_gradients(
+    form: str, domain: str
+) -> None:
+    pred = torch.tensor([[0.0, 0.0, 1.0, 2.0]], requires_grad=True)
+    obs = torch.tensor([[0.0, 1.0, 0.0, 2.0]], requires_grad=True)
+    scale = torch.tensor(3.0, requires_grad=True)
+    loss = ps.scaled_poisson_nll(pred, obs, scale, form=form, domain=domain, reduction="none")
+    assert torch.isfinite(loss).all()
+    loss.sum().backward()
+    for x in (pred, obs, scale):
+        assert x.grad is not None
+        assert torch.isfinite(x.grad).all()
+
+
+@pytest.mark.parametrize("low", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("form", FORMS)
+def test_autocast_and_half_inputs_compute_in_float32(low: torch.dtype, form: str) -> None:
+    gen = torch.Generator().manual_seed(1)
+    obs = torch.rand(4, 1, 16, 16, generator=gen)
+    pred = obs + 0.05 * torch.rand(4, 1, 16, 16, generator=gen)
+    s = 1e4  # (s * pred)**2 ~ 1e8 overflows float16
+    ref = ps.scaled_poisson_nll(pred, obs, s, form=form)  # float32, no autocast
+    with torch.autocast("cpu", dtype=low):
+        got = ps.scaled_poisson_nll(pred, obs, s, form=form)
+    assert got.dtype == torch.float32
+    assert float(got) == pytest.approx(float(ref), rel=1e-5)
+    if form == "deviance":  # the float32 result itself is accurate for this form
+        want = ps.scaled_poisson_nll(pred.double(), obs.double(), s, form=form)
+        assert float(got) == pytest.approx(float(want), rel=1e-5)
+    # Low-precision inputs are upcast: same as float32 on the same (rounded) values.
+    p_low, o_low = pred.to(low), obs.to(low)
+    with torch.autocast("cpu", dtype=low):
+        got_low = ps.scaled_poisson_nll(p_low, o_low, s, form=form)
+    want_low = ps.scaled_poisson_nll(p_low.float(), o_low.float(), s, form=form)
+    assert got_low.dtype == torch.float32
+    assert float(got_low) == pytest.approx(float(want_low), rel=1e-5)
+
+
+# --------------------------------------------------------------------------- gradients
+
+
+@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("domain", DOMAINS)
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none", "per_sample"])
+def test_gradcheck_in_float64_for_every_input(form: str, domain: str, reduction: str) -> None:
+    gen = torch.Generator().manual_seed(2)
+    pred = (torch.rand(2, 2, 3, 3, generator=gen, dtype=torch.float64) + 0.2).requires_grad_()
+    obs = (torch.rand(2, 2, 3, 3, generator=gen, dtype=torch.float64) + 0.1).requires_grad_()
+    per_sample = torch.tensor([2.0, 3.5], dtype=torch.float64).view(2, 1, 1, 1).requires_grad_()
+    background = torch.rand(3, 3, generator=gen, dtype=torch.float64).requires_grad_()
+    mask = torch.rand(3, 3, generator=gen) > 0.3
+    count_scale = torch.tensor(2.5, dtype=torch.float64, requires_grad=True)
+
+    def f(p: torch.Tensor, o: torch.Tensor, s: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return ps.scaled_poisson_nll(
+            p, o, s, form=form, domain=domain, reduction=reduction, background=b, mask=mask
+        )
+
+    assert torch.autograd.gradcheck(f, (pred, obs, per_sample, background))
+
+    def g(p: torch.Tensor, s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return ps.scaled_poisson_nll(
+            p, obs.detach(), s, count_scale=t, form=form, domain=domain, reduction=reduction
+        )
+
+    scalar = torch.tensor(1.7, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(g, (pred, scalar, count_scale))
+
+
+def test_gradient_in_pred_is_the_analytic_one() -> None:
+    pred = torch.tensor([[0.5, 1.0, 2.0]], dtype=torch.float64, requires_grad=True)
+    obs = torch.tensor([[1.0, 1.0, 1.0]], dtype=torch.float64)
+    s = 3.0
+    ps.scaled_poisson_nll(pred, obs, s, reduction="sum").backward()
+    # d/dp [(sp)^2 - (so)^2 log (sp)^2] = 2 s^2 p - 2 (so)^2 / p
+    want = [2 * s * s * p - 2 * (s * 1.0) ** 2 / p for p in (0.5, 1.0, 2.0)]
+    assert pred.grad is not None
+    assert pred.grad.flatten().tolist() == pytest.approx(want, rel=1e-14)
+
+
+def test_one_compiled_call_on_cpu_matches_eager() -> None:
+    backend = "inductor" if shutil.which("g++") or shutil.which("c++") else "aot_eager"
+    gen = torch.Generator().manual_seed(3)
+    obs = torch.rand(2, 1, 8, 8, generator=gen)
+    pred = (obs + 0.1).requires_grad_()
+
+    def loss_fn(p: torch.Tensor, o: torch.Tensor) -> torch.Tensor:
+        return ps.scaled_poisson_nll(p, o, 30.0, form="tf")
+
+    compiled = torch.compile(loss_fn, backend=backend)
+    got = compiled(pred, obs)
+    got.backward()
+    assert pred.grad is not None
+    grad = pred.grad.clone()
+    pred.grad = None
+    want = loss_fn(pred, obs)
+    want.backward()
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=0)
+    torch.testing.assert_close(grad, pred.grad, rtol=1e-5, atol=1e-7)
+
+
+def test_torch_func_grad_and_vmap_agree_with_autograd() -> None:
+    gen = torch.Generator().manual_seed(4)
+    obs = torch.rand(3, 1, 4, 4, generator=gen, dtype=torch.float64)
+    pred = obs + 0.2
+
+    def per_pattern(p: torch.Tensor, o: torch.Tensor) -> torch.Tensor:
+        return ps.scaled_poisson_nll(p, o, 7.0, form="deviance", reduction="sum")
+
+    p = pred.clone().requires_grad_()
+    ps.scaled_poisson_nll(p, obs, 7.0, form="deviance", reduction="sum").backward()
+    grads = torch.func.vmap(torch.func.grad(per_pattern))(pred, obs)
+    assert p.grad is not None
+    torch.testing.assert_close(grads, p.grad, rtol=1e-12, atol=0)
+    values = torch.func.vmap(per_pattern)(pred, obs)
+    want = ps.scaled_poisson_nll(pred, obs, 7.0, form="deviance", reduction="per_sample")
+    torch.testing.assert_close(values, want, rtol=1e-12, atol=0)
+
+
+# --------------------------------------------------------------------------- bad inputs
+
+GOOD = torch.ones(2, 1, 3, 3)
+
+
+@pytest.mark.parametrize(
+    ("pred", "obs", "error", "match"),
+    [
+        (-GOOD, GOOD, NegativeValueError, r"pred \(predicted amplitudes\) must be >= 0"),
+        (GOOD, GOOD - 2, NegativeValueError, r"obs \(observed amplitudes\) must be >= 0"),
+        (GOOD * float("nan"), GOOD, NonFiniteError, r"pred .* holds 18 NaN and 0 infinite"),
+        (GOOD, GOOD * float("inf"), NonFiniteError, r"obs .* holds 0 NaN and 18 infinite"),
+        (GOOD, torch.ones(2, 1, 3, 4), BroadcastError, r"pred has shape \(2, 1, 3, 3\) but obs"),
+        (GOOD.to(torch.complex64), GOOD, DtypeError, r"real floating-point .*complex64.*abs"),
+        (GOOD, GOOD.to(torch.int64), DtypeError, r"obs must hold real floating-point.*int64"),
+        (GOOD.numpy(), GOOD, DtypeError, r"pred must be a torch.Tensor .* got ndarray"),
+        (torch.ones(0, 3), torch.ones(0, 3), EmptyInputError, r"empty \(shape \(0, 3\)\)"),
+    ],
+)
+def test_bad_data_raise_clear_errors(pred: Any, obs: Any, error: type, match: str) -> None:
+    with pytest.raises(error, match=match):
+        ps.scaled_poisson_nll(pred, obs, 2.0)
+
+
+def test_a_batch_vector_scale_is_refused_not_broadcast_along_the_last_axis() -> None:
+    # SPEC failure mode 1: (B,) against (B, C, H, W) would scale along W when B == W.
+    pred = torch.ones(3, 1, 3, 3)
+    with pytest.raises(BroadcastError, match=r"use scale.view\(-1, 1, 1, 1\)"):
+        ps.scaled_poisson_nll(pred, pred, torch.tensor([1.0, 2.0, 3.0]))
+    with pytest.raises(BroadcastError, match=r"scale of shape \(3, 1\) does not line up"):
+        ps.scaled_poisson_nll(pred, pred, torch.ones(3, 1))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"form": "full"}, OptionError, r"form must be one of 'tf', 'stirling'.*got 'full'"),
+        ({"reduction": "avg"}, OptionError, r"reduction must be one of .*got 'avg'"),
+        ({"domain": "counts"}, OptionError, r"domain must be one of .*got 'counts'"),
+        ({"eps": 0.0}, NegativeValueError, r"eps must be > 0, got 0.0"),
+        ({"background": -1.0}, NegativeValueError, r"background must be a finite .* got -1.0"),
+        ({"background": float("nan")}, NonFiniteError, r"background must be a finite"),
+        ({"background": torch.ones(4)}, BroadcastError, r"background of shape \(4,\) does not"),
+        ({"background": -torch.ones(3)}, NegativeValueError, r"background .* must be >= 0"),
+        ({"mask": torch.ones(3, 3, dtype=torch.int32)}, MaskError, r"boolean .* got dtype"),
+        ({"mask": torch.ones(2, 2, dtype=torch.bool)}, MaskError, r"does not broadcast"),
+        ({"mask": torch.zeros(3, 3, dtype=torch.bool)}, MaskError, r"excludes every element"),
+        ({"mask": torch.full((3, 3), 0.5)}, MaskError, r"exactly 0 or 1"),
+        ({"mask": [[True]]}, MaskError, r"got list"),
+    ],
+)
+def test_bad_options_raise_clear_errors(kwargs: dict[str, Any], error: type, match: str) -> None:
+    with pytest.raises(error, match=match):
+        ps.scaled_poisson_nll(GOOD, GOOD, 2.0, **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("scale", "error", "match"),
+    [
+        (0.0, NegativeValueError, r"scale must be > 0, got 0.0"),
+        (-3.0, NegativeValueError, r"scale must be > 0"),
+        (float("nan"), NonFiniteError, r"scale must be finite"),
+        (True, DtypeError, r"scale must be a positive real number"),
+        ("31.25", DtypeError, r"got str '31.25'"),
+        (1 + 2j, DtypeError, r"got complex"),
+        (torch.tensor(-1.0), NegativeValueError, r"scale \(intensity scale\) must be > 0"),
+        (torch.tensor(float("inf")), NonFiniteError, r"scale .* 1 infinite"),
+        (torch.tensor(2, dtype=torch.int64), DtypeError, r"scale must be a real floating"),
+        (torch.tensor(2.0 + 0j), DtypeError, r"scale must be a real floating"),
+    ],
+)
+def test_bad_scales_raise_clear_errors(scale: Any, error: type, match: str) -> None:
+    with pytest.raises(error, match=match):
+        ps.scaled_poisson_nll(GOOD, GOOD, scale)
+
+
+def test_nan_in_an_unmasked_pixel_is_still_an_error_with_a_mask() -> None:
+    pred = torch.ones(1, 1, 2, 2)
+    pred[0, 0, 0, 0] = float("nan")
+    mask = torch.tensor([[True, False], [True, True]])
+    with pytest.raises(NonFiniteError, match=r"1 NaN .* in unmasked pixels"):
+        ps.scaled_poisson_nll(pred, torch.ones(1, 1, 2, 2), 2.0, mask=mask)
