@@ -80,7 +80,7 @@ class IntensityScaler(nn.Module):
     ) -> None:
         super().__init__()
         if not isinstance(trainable, bool):
-            raise TypeError(f"trainable must be True or False, got {trainable!r}")
+            raise DtypeError(f"trainable must be True or False, got {trainable!r}")
         record = scale_or_record if isinstance(scale_or_record, ScaleRecord) else None
         if record is not None and nphotons is not None:
             raise RecordError(
