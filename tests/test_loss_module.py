@@ -1,0 +1,164 @@
+"""ScaledPoissonNLLLoss: the loss as a module, with a fixed scale or a learning IntensityScaler."""
+
+from __future__ import annotations
+
+import io
+import math
+
+import pytest
+import torch
+
+import physscale as ps
+from physscale.errors import DtypeError, NegativeValueError, OptionError
+from physscale.nn import IntensityScaler, ScaledPoissonNLLLoss
+
+
+def batch(seed: int = 0, dtype: torch.dtype = torch.float64) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    obs = torch.rand(3, 2, 5, 5, generator=gen, dtype=dtype)
+    pred = obs + 0.2 * torch.rand(3, 2, 5, 5, generator=gen, dtype=dtype)
+    return pred, obs
+
+
+def reference_tf_mean(
+    pred: torch.Tensor, obs: torch.Tensor, rate_s: float, count_s: float
+) -> float:
+    """mean of lam - k log lam, written out in Python floats."""
+    terms = []
+    for p, o in zip(pred.flatten().tolist(), obs.flatten().tolist(), strict=True):
+        lam, k = (rate_s * p) ** 2, (count_s * o) ** 2
+        terms.append(lam - k * math.log(lam))
+    return math.fsum(terms) / len(terms)
+
+
+def test_fixed_scale_is_a_float64_buffer_saved_in_state_dict() -> None:
+    loss = ScaledPoissonNLLLoss(31.25)
+    assert dict(loss.named_buffers())["scale"].dtype == torch.float64
+    assert float(loss.state_dict()["scale"]) == 31.25
+    assert list(loss.parameters()) == []
+
+
+def test_buffers_move_with_to_device() -> None:
+    mask = torch.ones(5, 5, dtype=torch.bool)
+    loss = ScaledPoissonNLLLoss(2.0, mask=mask, background=torch.zeros(5, 5)).to("meta")
+    assert loss.scale is not None
+    assert loss.scale.device.type == "meta"
+    assert loss.mask is not None
+    assert loss.mask.device.type == "meta"
+    assert loss.background_map is not None
+    assert loss.background_map.device.type == "meta"
+
+
+def test_mask_and_background_maps_are_not_saved_the_scale_is() -> None:
+    loss = ScaledPoissonNLLLoss(2.0, mask=torch.ones(5, 5, dtype=torch.bool))
+    assert set(loss.state_dict()) == {"scale"}
+
+
+def test_forward_equals_the_function_with_the_same_options() -> None:
+    pred, obs = batch()
+    mask = torch.rand(5, 5, generator=torch.Generator().manual_seed(9)) > 0.2
+    for form in ("tf", "stirling", "exact", "deviance"):
+        for reduction in ("mean", "sum", "none", "per_sample"):
+            module = ScaledPoissonNLLLoss(
+                7.0, form=form, reduction=reduction, mask=mask, background=0.3
+            )
+            got = module(pred, obs)
+            want = ps.scaled_poisson_nll(
+                pred, obs, 7.0, form=form, reduction=reduction, mask=mask, background=0.3
+            )
+            torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+def test_fixed_scale_value_matches_the_written_out_formula() -> None:
+    pred, obs = batch(1)
+    got = ScaledPoissonNLLLoss(ps.closed_form_scale_record(1e4, 5))(pred, obs)
+    s = ps.closed_form_scale_record(1e4, 5).intensity_scale
+    assert float(got) == pytest.approx(reference_tf_mean(pred, obs, s, s), rel=1e-12)
+
+
+def test_with_a_trainable_scaler_the_rate_learns_and_the_counts_stay_at_the_data_scale() -> None:
+    pred, obs = batch(2)
+    scaler = IntensityScaler(4.0, trainable=True, dtype=torch.float64)
+    loss = ScaledPoissonNLLLoss(scaler)
+    assert [n for n, _ in loss.named_parameters()] == ["scaler.log_scale"]
+    with torch.no_grad():
+        scaler.log_scale.fill_(math.log(5.0))  # the scale has learned: 4 -> 5
+    value = loss(pred, obs)
+    # Rate at the learned scale, counts at the data's scale (TF: targets (s X)**2).
+    assert float(value) == pytest.approx(reference_tf_mean(pred, obs, 5.0, 4.0), rel=1e-12)
+    value.backward()
+    # d/dlog_s mean((s p)^2 - k log (s p)^2) = mean(2 lam - 2 k), s = 5 on the rate only.
+    lam = (5.0 * pred) ** 2
+    k = (4.0 * obs) ** 2
+    want = float((2 * lam - 2 * k).mean())
+    assert scaler.log_scale.grad is not None
+    assert float(scaler.log_scale.grad) == pytest.approx(want, rel=1e-12)
+
+
+def test_a_trainable_scale_learns_the_amplitude_the_model_gets_wrong() -> None:
+    # The model predicts 1.2x the data's amplitudes; counts are at the data's scale 3,
+    # so the loss is smallest where s * 1.2 == 3: the learned scale goes to 2.5.
+    _, obs = batch(3, torch.float32)
+    scaler = IntensityScaler(3.0, trainable=True)
+    loss_fn = ScaledPoissonNLLLoss(scaler, form="deviance")
+    opt = torch.optim.SGD(loss_fn.parameters(), lr=0.01)
+    values = []
+    for _ in range(200):
+        opt.zero_grad()
+        value = loss_fn(1.2 * obs, obs)
+        values.append(float(value.detach()))
+        value.backward()
+        opt.step()
+    assert values[-1] < values[0]
+    assert float(scaler.scale) == pytest.approx(2.5, rel=1e-4)
+    record = scaler.to_record(nphotons=1e6)
+    assert (record.method, record.initial_intensity_scale) == ("trained", 3.0)
+    assert record.intensity_scale == pytest.approx(2.5, rel=1e-4)
+
+
+def test_a_frozen_scaler_gets_no_gradient() -> None:
+    pred, obs = batch(4, torch.float32)
+    scaler = IntensityScaler(3.0)
+    p = pred.clone().requires_grad_()
+    ScaledPoissonNLLLoss(scaler)(p, obs).backward()
+    assert scaler.log_scale.grad is None
+    assert p.grad is not None
+
+
+def test_module_state_dict_round_trips_through_weights_only_load() -> None:
+    scaler = IntensityScaler(ps.closed_form_scale_record(1e6, 64), trainable=True)
+    loss = ScaledPoissonNLLLoss(scaler)
+    with torch.no_grad():
+        scaler.log_scale.add_(0.1)
+    buffer = io.BytesIO()
+    torch.save(loss.state_dict(), buffer)
+    buffer.seek(0)
+    fresh = ScaledPoissonNLLLoss(IntensityScaler(1.0, trainable=True))
+    fresh.load_state_dict(torch.load(buffer, weights_only=True))
+    assert fresh.scaler is not None
+    assert fresh.scaler.initial_scale == 31.25
+    pred, obs = batch(5, torch.float32)
+    torch.testing.assert_close(fresh(pred, obs), loss(pred, obs), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"form": "poisson"}, OptionError, r"form must be one of .*got 'poisson'"),
+        ({"reduction": "batchmean"}, OptionError, r"reduction must be one of"),
+        ({"domain": "photons"}, OptionError, r"domain must be one of"),
+    ],
+)
+def test_bad_options_fail_at_construction(kwargs: dict[str, str], error: type, match: str) -> None:
+    with pytest.raises(error, match=match):
+        ScaledPoissonNLLLoss(2.0, **kwargs)  # type: ignore[arg-type]
+
+
+def test_bad_scales_fail_at_construction() -> None:
+    with pytest.raises(NegativeValueError, match=r"ScaledPoissonNLLLoss scale must be > 0"):
+        ScaledPoissonNLLLoss(-1.0)
+    trainable = torch.tensor(2.0, requires_grad=True)
+    with pytest.raises(
+        DtypeError, match=r"a trainable scale must be a physscale.nn.IntensityScaler"
+    ):
+        ScaledPoissonNLLLoss(trainable)
