@@ -319,3 +319,21 @@ def test_corrupt_compressed_npz_data_is_reported(tmp_path: Path) -> None:
     path.write_bytes(bytes(raw))
     with pytest.raises(DataFileError, match=r"deflate\.npz:diffraction: corrupt data"):
         list(iter_patterns(path))
+
+
+def test_writing_into_a_chunk_never_changes_the_file(tmp_path: Path) -> None:
+    x = np.arange(4 * 3 * 3, dtype=np.float32).reshape(4, 3, 3)
+    path = _write(tmp_path / "cow", "npy", x)
+    before = path.read_bytes()
+    for chunk in iter_patterns(path, chunk_patterns=3):
+        chunk *= 0.0
+    assert path.read_bytes() == before
+    np.testing.assert_array_equal(np.load(path), x)
+
+
+def test_npy_chunks_start_at_unaligned_offsets(tmp_path: Path) -> None:
+    # 7 x 5 float64 entries: chunk starts fall between mmap page boundaries.
+    x = np.random.default_rng(9).random((301, 7, 5))
+    path = _write(tmp_path / "odd", "npy", x)
+    for step in (1, 3, 17, 300):
+        np.testing.assert_array_equal(np.concatenate(list(iter_patterns(path, step))), x)

@@ -4,10 +4,10 @@
 a fresh native-byte-order numpy array, so an :class:`~physscale.IntensityAccumulator`
 can fold a file of any size in with a few chunks' worth of memory:
 
-- ``.npy``: the header is parsed, then the data is read with plain file
-  reads, chunk by chunk. (A memory map would work too, but every page it
-  touches stays resident and counts toward the process's memory until the
-  kernel evicts it; see docs/performance.md.)
+- ``.npy``: the header is parsed, then each chunk is a private memory map
+  of its own slice of the file, released when the chunk is dropped. (One map
+  of the whole file would keep every page it touched resident, counted in the
+  process's memory, until the kernel evicts it; see docs/performance.md.)
 - ``.npz``: the member ``<key>.npy`` is read from the zip as a stream
   (decompressed on the fly) and never loaded whole; its CRC is checked at the
   end. Object arrays are refused: they are pickles.
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import mmap
 import os
 import zipfile
 import zlib
@@ -361,7 +362,8 @@ def iter_patterns(
 
     Yields:
         numpy arrays of shape ``(k, *shape[1:])`` in the stored float dtype,
-        native byte order, each freshly allocated (safe to keep). Their
+        native byte order, each independent of the others and of the file
+        (writable, safe to keep; writing never changes the file). Their
         concatenation is the stored array.
 
     Raises:
@@ -389,20 +391,45 @@ def _iter_npy(path: Path, chunk_patterns: int | None) -> Iterator[np.ndarray]:
         info = ArrayInfo(path.name, h.shape, h.dtype, h.fortran_order)
         _check_patterns(info, where)
         step = _chunk_len(info, chunk_patterns)
-        if not info.fortran_order:
-            yield from _stream_chunks(f, info, step, where)
-            return
         offset = f.tell()
-    # Column-major data cannot be read entry by entry; a read-only memory map can.
-    expected = offset + info.nbytes
-    if path.stat().st_size < expected:
-        raise DataFileError(
-            f"{where}: truncated: needs {expected} bytes for shape {info.shape}, "
-            f"file has {path.stat().st_size}"
+        size = os.fstat(f.fileno()).st_size
+        if size < offset + info.nbytes:
+            raise DataFileError(
+                f"{where}: truncated: the header promises shape {info.shape} "
+                f"({info.nbytes} bytes of {info.dtype}) but the file holds "
+                f"{max(size - offset, 0)} bytes of data"
+            )
+        if info.fortran_order:
+            # Column-major data cannot be cut entry by entry: map the whole file
+            # (pages stay resident, so memory is not bounded in this rare case).
+            mm = np.memmap(f, dtype=info.dtype, mode="r", offset=offset, shape=info.shape,
+                           order="F")  # fmt: skip
+            for start in range(0, info.shape[0], step):
+                yield _native(np.ascontiguousarray(mm[start : start + step]))
+            return
+        yield from _mapped_chunks(f, info, offset, step)
+
+
+def _mapped_chunks(f: IO[bytes], info: ArrayInfo, offset: int, step: int) -> Iterator[np.ndarray]:
+    """Each chunk is its own private (copy-on-write) memory map of the file.
+
+    No copy is made, and a chunk's pages are released when the chunk is
+    dropped, so resident memory stays at a few chunks even for huge files
+    (one map of the whole file would keep every page it touched resident).
+    Copy-on-write keeps chunks writable without ever touching the file.
+    """
+    n, rest = info.shape[0], info.shape[1:]
+    entry_count = info.count // n
+    entry_bytes = entry_count * info.dtype.itemsize
+    for start in range(0, n, step):
+        k = min(step, n - start)
+        begin = offset + start * entry_bytes
+        aligned = begin - begin % mmap.ALLOCATIONGRANULARITY
+        region = mmap.mmap(
+            f.fileno(), begin - aligned + k * entry_bytes, offset=aligned, access=mmap.ACCESS_COPY
         )
-    mm = np.memmap(path, dtype=info.dtype, mode="r", offset=offset, shape=info.shape, order="F")
-    for start in range(0, info.shape[0], step):
-        yield _native(np.ascontiguousarray(mm[start : start + step]))
+        chunk = np.frombuffer(region, info.dtype, k * entry_count, begin - aligned)
+        yield _native(chunk.reshape(k, *rest))
 
 
 def _iter_npz(path: Path, key: str, chunk_patterns: int | None) -> Iterator[np.ndarray]:
