@@ -81,7 +81,7 @@ def term_magnitude(lam: np.ndarray, k: np.ndarray, form: str) -> np.ndarray:
     """Elementwise sum of |terms| the reference expression adds for ``form`` (float64).
 
     ``tf``: lam + |k log lam|; ``stirling`` adds |k log k| + k + |0.5 log 2 pi k|
-    for k > 1 (and the jump of the k > 1 switch where k is within 1e-6 of 1);
+    for k > 1 (and the jump of the k > 1 switch where k is within 1e-6 of 1, not 1);
     ``exact`` adds lgamma(k + 1). The deviance is not a sum of large terms in
     physscale (SPEC §3), so its floor is DEVIANCE_ATOL instead.
     """
@@ -90,8 +90,9 @@ def term_magnitude(lam: np.ndarray, k: np.ndarray, form: str) -> np.ndarray:
     mag = lam + np.abs(k * np.log(lam))
     if form == "stirling":
         # The switch at k = 1 jumps by 1 - log(2 pi)/2 = 0.081 nats; counts within
-        # float32 rounding of 1 may land on either side (in TF float32 too).
-        near_one = np.abs(k - 1.0) <= 1e-6
+        # float32 rounding of 1 (but not exactly 1) may land on either side, in
+        # TF float32 too. A count of exactly 1 must take the k <= 1 branch.
+        near_one = (np.abs(k - 1.0) <= 1e-6) & (k != 1.0)
         mag = mag + np.where(near_one, STIRLING_JUMP / FLOOR_FACTOR, 0.0)
         kk = np.where(k > 1, k, 1.0)
         mag = mag + np.where(
