@@ -233,8 +233,9 @@ def test_trainable_scaler_step_matches_tf_golden(golden: dict[str, np.ndarray]) 
 
 
 @needs_nll
+@pytest.mark.parametrize("via", ["function", "module"])
 def test_log_scale_learning_through_the_nll_matches_tf_golden(
-    golden: dict[str, np.ndarray],
+    golden: dict[str, np.ndarray], via: str
 ) -> None:
     x_np = golden["scaler/x_phys"]
     scale0 = float(golden["scaler/scale0"])
@@ -244,7 +245,10 @@ def test_log_scale_learning_through_the_nll_matches_tf_golden(
     optimizer = torch.optim.SGD(scaler.parameters(), lr=lr)
     x_phys = torch.from_numpy(x_np)
     pred = weight * scaler.normalize(x_phys) + bias
-    loss = ps.scaled_poisson_nll(pred, x_phys / scale0, scaler.scale, count_scale=scale0)
+    if via == "module":  # counts from the scaler's initial (data) scale
+        loss = ps.ScaledPoissonNLLLoss(scaler)(pred, x_phys / scale0)
+    else:
+        loss = ps.scaled_poisson_nll(pred, x_phys / scale0, scaler.scale, count_scale=scale0)
     loss.backward()
     assert scaler.log_scale.grad is not None
     _close(loss.detach(), golden["scaler_nll/loss"], rtol=LOSS_RTOL,

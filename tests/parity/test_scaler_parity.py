@@ -173,15 +173,15 @@ def test_frozen_log_scale_gets_no_gradient_as_a_non_trainable_tf_variable(
     check_close(out_t.square().mean(), tf_loss.numpy(), rtol=LOSS_RTOL, what="frozen loss")
 
 
-@given(case=scaler_cases())
+@given(case=scaler_cases(), via=st.sampled_from(["function", "module"]))
 def test_trainable_log_scale_learns_through_the_scaled_nll_as_tf_training_does(
-    case: tuple[np.ndarray, float, float, float],
+    case: tuple[np.ndarray, float, float, float], via: str
 ) -> None:
     """TF training: lam = (net(x / e^ls) e^ls)**2 against fixed counts (s0 X)**2.
 
     physscale: ``scaled_poisson_nll(net(scaler.normalize(x)), X, scaler.scale,
-    count_scale=s0)``; the same gradient reaches the log-scale and one SGD step
-    moves it as far as TF's.
+    count_scale=s0)``, or ``ScaledPoissonNLLLoss(scaler)(net(...), X)``; the
+    same gradient reaches the log-scale and one SGD step moves it as TF's does.
     """
     x_phys, scale, weight, bias = case
     probe = tf_scaler_step(x_phys, scale, weight, bias, lr=0.0, loss_kind="poisson")
@@ -192,7 +192,10 @@ def test_trainable_log_scale_learns_through_the_scaled_nll_as_tf_training_does(
     optimizer = torch.optim.SGD(scaler.parameters(), lr=lr)
     obs = torch.from_numpy(x_phys) / scale  # normalized observed amplitudes X
     pred = weight * scaler.normalize(torch.from_numpy(x_phys)) + bias
-    loss = ps.scaled_poisson_nll(pred, obs, scaler.scale, count_scale=scale, form="tf")
+    if via == "module":
+        loss = ps.ScaledPoissonNLLLoss(scaler, form="tf")(pred, obs)
+    else:
+        loss = ps.scaled_poisson_nll(pred, obs, scaler.scale, count_scale=scale, form="tf")
     loss.backward()
     assert scaler.log_scale.grad is not None, "no gradient reached the trainable log-scale"
     grad = float(scaler.log_scale.grad)
@@ -205,9 +208,9 @@ def test_trainable_log_scale_learns_through_the_scaled_nll_as_tf_training_does(
     loss_floor = FLOOR_FACTOR * float(np.mean(lam + np.abs(k * np.log(lam))))
     terms = (1 + k / lam) * 2 * np.abs(out) * (weight * np.abs(ref.normalized) * e + np.abs(out))
     grad_floor = FLOOR_FACTOR * float(terms.mean())
-    check_close(loss.detach(), ref.loss, rtol=LOSS_RTOL, atol=loss_floor, what="training NLL")
+    check_close(loss.detach(), ref.loss, rtol=LOSS_RTOL, atol=loss_floor, what=f"NLL ({via})")
     check_close(grad, ref.grad_log_scale, rtol=LOSS_RTOL, atol=grad_floor,
-                what="d NLL / d log_scale")  # fmt: skip
+                what=f"d NLL / d log_scale ({via})")  # fmt: skip
     before = float(scaler.log_scale.detach())
     optimizer.step()
     check_close(
@@ -215,5 +218,5 @@ def test_trainable_log_scale_learns_through_the_scaled_nll_as_tf_training_does(
         ref.log_scale_after - ref.log_scale_before,
         rtol=LOSS_RTOL,
         atol=lr * grad_floor + 4 * F32_EPS * max(1.0, abs(ref.log_scale_before)),
-        what="one SGD step of the log-scale through the NLL",
+        what=f"one SGD step of the log-scale through the NLL ({via})",
     )
