@@ -5,16 +5,18 @@ into a temporary folder as ``.npy``, ``.npz`` (stored and deflated) and HDF5,
 writing chunk by chunk so this script itself stays small. Then, for each file,
 a fresh child interpreter imports physscale, notes its resident memory
 (VmRSS), runs the real command line (``physscale.cli.main(["derive", ...])``)
-and reports the rise of its high-water mark (VmHWM) above that baseline, the
-wall time, and the time of a plain 16 MiB-chunk read of the same file (the
-I/O floor). A last child derives from ``np.load(mmap_mode="r")`` slices for
-comparison: every page a memory map touches stays resident (and counts in
-RSS) until the kernel evicts it.
+and reports the rise of its high-water mark (VmHWM) above that baseline (the
+largest over --repeats runs), the median wall time, and the median time of a
+plain 16 MiB-chunk read of the same file (the I/O floor). A last child
+derives from ``np.load(mmap_mode="r")`` slices for comparison: every page a
+memory map touches stays resident (and counts in RSS) until the kernel
+evicts it.
 
 The files are freshly written, so they are read from the page cache, not the
 disk: the times measure physscale's work, not the drive.
 
-Run: python benchmarks/bench_streaming.py [--gib 2] [--formats npy,npz,npz-deflate,hdf5]
+Run: python benchmarks/bench_streaming.py [--gib 2] [--repeats 3]
+     [--formats npy,npz,npz-deflate,hdf5]
 Linux only (reads /proc/self/status).
 """
 
@@ -23,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -149,6 +152,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--gib", type=float, default=2.0, help="data size in GiB")
     parser.add_argument("--formats", default="npy,npz,npz-deflate,hdf5")
+    parser.add_argument("--repeats", type=int, default=3, help="child runs per format")
     parser.add_argument("--dir", type=Path, default=None, help="folder for the files")
     args = parser.parse_args()
     formats = args.formats.split(",")
@@ -164,9 +168,14 @@ def main() -> None:
         if "npy" in paths:
             rows.append(("npy (mmap)", "mmap", paths["npy"]))
         for name, mode, path in rows:
-            res = child(mode, path)
-            floor = child("read", path)["seconds"]
-            assert res["n_patterns"] == n, res
+            runs = [child(mode, path) for _ in range(args.repeats)]
+            floor = statistics.median(child("read", path)["seconds"] for _ in range(args.repeats))
+            assert all(r["n_patterns"] == n for r in runs), runs
+            res = {
+                "scale": runs[0]["scale"],
+                "seconds": statistics.median(r["seconds"] for r in runs),
+                "peak_extra_mib": max(r["peak_extra_mib"] for r in runs),
+            }
             err = abs(res["scale"] - expected) / expected
             print(
                 f"{name:<12} {path.stat().st_size / 2**30:>8.2f} {res['peak_extra_mib']:>15.1f} "
