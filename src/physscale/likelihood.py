@@ -140,12 +140,10 @@ def _deviance(
     s: torch.Tensor,
     t: torch.Tensor,
     b: torch.Tensor | None,
-    lam: torch.Tensor,
     lam_c: torch.Tensor,
     k: torch.Tensor,
     amplitude: bool,
     same_scale: bool,
-    eps: float,
 ) -> torch.Tensor:
     """``k * (u - log1p(u))`` with ``u = (lam - k) / k`` formed without cancellation.
 
@@ -217,16 +215,19 @@ def _nll_forward(
     """The value, and the floored rate and counts the backward pass needs."""
     amplitude = domain == "amplitude"
     lam, k = _rate_and_counts(p, o, s, t, b, amplitude)
-    lam_c = lam.clamp_min(eps)
     if form == "deviance":
-        elem = _deviance(p, o, s, t, b, lam, lam_c, k, amplitude, same_scale, eps)
+        lam_c = lam.clamp_min_(eps)  # in place: the deviance needs only the floored rate
+        elem = _deviance(p, o, s, t, b, lam_c, k, amplitude, same_scale)
     elif form == "tf" and m is None and reduction in ("mean", "sum"):
         # The common case: sum(lam) - k . log(max(lam, eps)), no elementwise temporary.
-        total = lam.sum() - torch.dot(k.reshape(-1), torch.log(lam_c).reshape(-1))
+        lam_sum = lam.sum()
+        lam_c = lam.clamp_min_(eps)
+        total = lam_sum - torch.dot(k.reshape(-1), torch.log(lam_c).reshape(-1))
         return (total / count if reduction == "mean" else total), lam_c, k
     else:
-        # lam - k * log(max(lam, eps)) in one pass.
-        elem = torch.addcmul(lam, k, torch.log(lam_c), value=-1.0)
+        # lam - k * log(max(lam, eps)), written over lam.
+        lam_c = lam.clamp_min(eps)
+        elem = lam.addcmul_(k, torch.log(lam_c), value=-1.0)
         if form == "stirling":
             # (k + 1/2) log k - k + log(2 pi)/2 where k > 1 (k floored at 1 so log is finite).
             kc = k.clamp_min(1.0)
