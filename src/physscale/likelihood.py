@@ -284,13 +284,10 @@ def _nll_backward(ctx: Any, grad: torch.Tensor | None) -> tuple[torch.Tensor | N
         if need[0]:
             gp = g_lam.mul_(p).mul_(2.0 * s * s) if amplitude else g_lam.mul_(s * s)
     elif need[0]:
-        # Only the prediction: three passes. Masked pixels have p = 0, so no mask here.
-        ratio = torch.div(k, lam_c)
-        if amplitude:
-            # p * (1 - ratio) * 2 s**2 g
-            gp = torch.addcmul(p, p, ratio, value=-1.0).mul_(2.0 * s * s * g)
-        else:
-            gp = ratio.sub_(1.0).mul_(-(s * s) * g)
+        # Only the prediction, in one buffer: (1 - k/lam) * 2 s**2 p g (amplitude) or
+        # (1 - k/lam) s**2 g (intensity). Masked pixels have p = 0, so no mask here.
+        gp = torch.div(k, lam_c).sub_(1.0)
+        gp = gp.mul_(p).mul_(-2.0 * s * s * g) if amplitude else gp.mul_(-(s * s) * g)
 
     if need[1] or need[3]:
         g_k = _d_value_d_counts(form, k, lam_c, eps).mul_(g)
