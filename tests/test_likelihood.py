@@ -260,6 +260,20 @@ def test_tf_form_matches_torch_poisson_nll_loss(
 
 
 @given(pairs(st.floats(0.05, 10.0)), scales)
+def test_stirling_form_matches_torch_poisson_nll_loss_full(
+    data: tuple[np.ndarray, np.ndarray], s: float
+) -> None:
+    pred, obs = data
+    lam, k = (s * t64(pred)) ** 2, (s * t64(obs)) ** 2
+    want = torch.nn.functional.poisson_nll_loss(
+        lam, k, log_input=False, full=True, eps=0.0, reduction="none"
+    )
+    got = ps.scaled_poisson_nll(t64(pred), t64(obs), s, form="stirling", reduction="none")
+    size = lam + k * lam.log().abs() + k * k.clamp_min(1).log() + k + 1.0
+    assert torch.all((got - want).abs() <= 1e-13 * size)
+
+
+@given(pairs(st.floats(0.05, 10.0)), scales)
 def test_exact_form_is_minus_torch_poisson_log_prob(
     data: tuple[np.ndarray, np.ndarray], s: float
 ) -> None:
