@@ -1,0 +1,44 @@
+"""Shared helpers for the benchmark scripts: medians of repeats, peak extra memory."""
+
+from __future__ import annotations
+
+import gc
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+
+def median_seconds(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> float:
+    """Median wall time of ``fn()`` over ``repeats`` runs after ``warmup`` runs."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def peak_extra_mib(fn: Callable[[], Any]) -> float:
+    """Peak resident memory ``fn()`` adds, in MiB, above the RSS before the call.
+
+    Resets the kernel's high-water mark (``echo 5 > /proc/self/clear_refs``)
+    first, so earlier allocations do not count. Linux only. (A forked child
+    would be simpler but deadlocks torch's OpenMP thread pool.)
+    """
+    gc.collect()
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    before = _status_kib("VmRSS")
+    fn()
+    return (_status_kib("VmHWM") - before) / 1024.0
