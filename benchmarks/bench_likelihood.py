@@ -9,9 +9,9 @@ Amplitude domain, ``form="tf"``, ``reduction="mean"``, float32 on the CPU:
   ``-Independent(Poisson((s*pred)**2), 3).log_prob((s*obs)**2).mean()``;
 - ``(b) F.poisson_nll_loss``: ``poisson_nll_loss((s*pred)**2, (s*obs)**2, log_input=False)``.
 
-The methods run interleaved, round after round, so load on a shared machine
-hits them alike; the script reports median times and the median of the
-per-round ratios. Peak extra memory is the largest number of bytes held by
+The methods run interleaved, round after round and in a rotating order, so
+load on a shared machine hits them alike; the script reports median times and
+the median of the per-round ratios. Peak extra memory is the largest number of bytes held by
 tensors created during one forward + backward (a dispatch-mode tracker that
 follows every CPU storage until it is freed; the gradient of ``pred`` counts).
 
@@ -140,10 +140,13 @@ def bench_shape(shape: tuple[int, ...], repeats: int) -> None:
     for _ in range(3):  # warm-up
         for fn in methods.values():
             step(fn, pred)
-    for _ in range(repeats):
-        for name, fn in methods.items():
+    names = list(methods)
+    for r in range(repeats):
+        # Rotate the order each round: whoever runs right after a baseline inherits its
+        # cache and allocator state, so no method always goes first.
+        for name in names[r % len(names) :] + names[: r % len(names)]:
             t0 = time.perf_counter()
-            step(fn, pred)
+            step(methods[name], pred)
             times[name].append(time.perf_counter() - t0)
 
     peaks = {}
@@ -165,6 +168,35 @@ def bench_shape(shape: tuple[int, ...], repeats: int) -> None:
         )
 
 
+def bench_forms(shape: tuple[int, ...], repeats: int) -> None:
+    """Each form (and a masked call) relative to the default, forward + backward."""
+    gen = torch.Generator().manual_seed(1)
+    obs = torch.rand(shape, generator=gen)
+    pred = (obs + 0.1 * torch.rand(shape, generator=gen)).requires_grad_()
+    mask = torch.rand(shape[-2:], generator=gen) > 0.05
+    s = 30.0
+    variants: dict[str, Callable[[], torch.Tensor]] = {
+        f"form={form!r}": (lambda form=form: ps.scaled_poisson_nll(pred, obs, s, form=form))
+        for form in ("tf", "stirling", "exact", "deviance")
+    }
+    variants["tf, (H, W) mask"] = lambda: ps.scaled_poisson_nll(pred, obs, s, mask=mask)
+    variants["tf, reduction='none'"] = lambda: ps.scaled_poisson_nll(
+        pred, obs, s, reduction="none"
+    ).sum()
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    names = list(variants)
+    for r in range(repeats):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            t0 = time.perf_counter()
+            step(variants[name], pred)
+            times[name].append(time.perf_counter() - t0)
+    base = times["form='tf'"]
+    print(f"\nforms and options, shape {shape}, forward + backward")
+    for name, ts in times.items():
+        ratio = statistics.median(a / b for a, b in zip(ts, base, strict=True))
+        print(f"  {name:28s} {statistics.median(ts) * 1e3:10.3f} ms  {ratio:5.2f}x the tf time")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=40)
@@ -179,6 +211,7 @@ def main() -> None:
     print("'ours faster by' = median over rounds of (method time / physscale time)")
     for shape in SHAPES:
         bench_shape(shape, args.repeats)
+    bench_forms(SHAPES[0], args.repeats)
 
 
 if __name__ == "__main__":
