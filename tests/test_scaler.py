@@ -183,3 +183,10 @@ def test_record_and_nphotons_together_are_refused() -> None:
 def test_trainable_must_be_a_bool() -> None:
     with pytest.raises(DtypeError, match=r"trainable must be True or False, got 'yes'"):
         IntensityScaler(2.0, trainable="yes")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_casting_the_module_does_not_make_a_frozen_scale_look_trained(dtype: torch.dtype) -> None:
+    scaler = IntensityScaler.from_record(RECORD).to(dtype)
+    assert scaler.log_scale.dtype == dtype
+    assert scaler.to_record() is RECORD

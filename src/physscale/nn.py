@@ -133,11 +133,12 @@ class IntensityScaler(nn.Module):
         return self.normalize(x)
 
     def _moved(self, current: float) -> bool:
-        # Whether log_scale differs from its initial value by more than the
-        # parameter dtype's rounding of log(initial).
+        # Whether log_scale differs from its initial value by more than rounding:
+        # float32 by default, or a coarser dtype the module was cast to (a float32 value
+        # cast to float64 by model.double() keeps its float32 rounding).
         initial_log = math.log(self._initial_scale)
-        tol = 4.0 * torch.finfo(self.log_scale.dtype).eps * max(1.0, abs(initial_log))
-        return abs(math.log(current) - initial_log) > tol
+        eps = max(torch.finfo(self.log_scale.dtype).eps, torch.finfo(torch.float32).eps)
+        return abs(math.log(current) - initial_log) > 4.0 * eps * max(1.0, abs(initial_log))
 
     def to_record(self, nphotons: float | None = None) -> ScaleRecord:
         """The :class:`~physscale.ScaleRecord` of the *current* scale.
