@@ -173,15 +173,24 @@ def main() -> None:
         rows = [(fmt, "cli", path) for fmt, path in paths.items()]
         if "npy" in paths:
             rows.insert(1, ("npy (mmap)", "mmap", paths["npy"]))
-        for name, mode, path in rows:
-            runs = [child(mode, path) for _ in range(args.repeats)]
-            floor = statistics.median(child("read", path)["seconds"] for _ in range(args.repeats))
-            assert all(r["n_patterns"] == n for r in runs), runs
+        # Round-robin over the rows, after one throwaway pass, so a slow phase
+        # of the machine (writeback, other jobs) does not land on one format.
+        for _, mode, path in rows:
+            child(mode, path)
+        runs: dict[str, list[dict[str, float]]] = {name: [] for name, _, _ in rows}
+        floors: dict[str, list[float]] = {name: [] for name, _, _ in rows}
+        for _ in range(args.repeats):
+            for name, mode, path in rows:
+                runs[name].append(child(mode, path))
+                floors[name].append(child("read", path)["seconds"])
+        for name, _, path in rows:
+            assert all(r["n_patterns"] == n for r in runs[name]), runs[name]
             res = {
-                "scale": runs[0]["scale"],
-                "seconds": statistics.median(r["seconds"] for r in runs),
-                "peak_extra_mib": max(r["peak_extra_mib"] for r in runs),
+                "scale": runs[name][0]["scale"],
+                "seconds": statistics.median(r["seconds"] for r in runs[name]),
+                "peak_extra_mib": max(r["peak_extra_mib"] for r in runs[name]),
             }
+            floor = statistics.median(floors[name])
             err = abs(res["scale"] - expected) / expected
             print(
                 f"{name:<12} {path.stat().st_size / 2**30:>8.2f} {res['peak_extra_mib']:>15.1f} "
