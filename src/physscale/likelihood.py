@@ -26,9 +26,10 @@ data, so a pixel predicted dark where photons were seen can recover.
 The work is one :class:`torch.autograd.Function` with the analytic gradient:
 no chain of autograd temporaries, two saved tensors (the floored rate and the
 counts). ``tf``, ``stirling`` and ``exact`` compute in float32 (float64 for
-float64 inputs); ``deviance`` always computes in float64 because its value is a
-small difference of large numbers. Autocast is switched off inside: the loss
-is float32 or better whatever the ambient autocast dtype.
+float64 inputs); ``deviance`` always computes in float64 (float32 on Apple MPS,
+which has no float64) because its value is a small difference of large numbers.
+Autocast is switched off inside: the loss is float32 or better whatever the
+ambient autocast dtype.
 """
 
 from __future__ import annotations
@@ -482,6 +483,11 @@ def _broadcast_shapes(*shapes: torch.Size) -> torch.Size:
     return out
 
 
+def _widest(device: torch.device) -> torch.dtype:
+    # Apple's MPS backend has no float64; float32 is the best it can do.
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
 def _autocast_off(device_type: str) -> contextlib.AbstractContextManager[Any]:
     try:
         enabled = torch.is_autocast_enabled(device_type)
@@ -519,11 +525,12 @@ def _check_values(
     for _, x, _, _ in checked:
         parts += torch.aminmax(x.detach())
     if m is not None:
-        # The unmasked count in float64: exact for any realistic size.
-        parts = [q.to(torch.float64) for q in parts]
-        parts.append(m.sum(dtype=torch.float64) * (p.numel() / m.numel()))
+        # The unmasked count in float64 (exact for any realistic size) where the device has it.
+        wide = _widest(p.device)
+        parts = [q.to(wide) for q in parts]
+        parts.append(m.sum(dtype=wide) * (p.numel() / m.numel()))
         if weights:
-            parts.append((m * (1.0 - m)).abs().amax().to(torch.float64))
+            parts.append((m * (1.0 - m)).abs().amax().to(wide))
     # One stack, one device-to-host transfer for every check.
     stats = torch.stack(parts).tolist()
 
@@ -644,7 +651,7 @@ def scaled_poisson_nll(
     shape, device = pred.shape, pred.device
     wide = pred.dtype == torch.float64 or obs.dtype == torch.float64
     out_dtype = torch.float64 if wide else torch.float32
-    dtype = torch.float64 if form == "deviance" else out_dtype
+    dtype = _widest(device) if form == "deviance" else out_dtype
 
     with _autocast_off(device.type):
         s, s_check = _scale_tensor(scale, "scale", shape, dtype, device)
@@ -685,7 +692,7 @@ def scaled_poisson_nll(
                 unmasked = _check_values(p, o, domain, extras, m, weights)
             count = count if unmasked is None else unmasked
         elif m is not None:
-            count = float(m.sum(dtype=torch.float64)) * (p.numel() / m.numel())
+            count = float(m.sum(dtype=_widest(device))) * (p.numel() / m.numel())
 
         # The mask already zeroed p and o; the kernel needs it only for the background.
         m_kernel = m if b is not None else None
