@@ -190,3 +190,12 @@ def test_casting_the_module_does_not_make_a_frozen_scale_look_trained(dtype: tor
     scaler = IntensityScaler.from_record(RECORD).to(dtype)
     assert scaler.log_scale.dtype == dtype
     assert scaler.to_record() is RECORD
+
+
+@pytest.mark.parametrize("log_value", [float("nan"), float("inf"), float("-inf"), 800.0, -800.0])
+def test_a_diverged_log_scale_is_a_record_error_not_an_overflow(log_value: float) -> None:
+    scaler = IntensityScaler(ps.closed_form_scale_record(1e6, 64), trainable=True)
+    with torch.no_grad():
+        scaler.log_scale.fill_(log_value)
+    with pytest.raises(ps.RecordError, match="training diverged"):
+        scaler.to_record()

@@ -153,10 +153,19 @@ class IntensityScaler(nn.Module):
           constructor, else :class:`~physscale.RecordError`.
 
         Raises:
-            RecordError: no nphotons for a bare scale, or an ``nphotons`` that
-                contradicts the record's.
+            RecordError: no nphotons for a bare scale, an ``nphotons`` that
+                contradicts the record's, or a log-scale that has diverged
+                (NaN, or a scale that is zero or overflows float64).
         """
-        current = math.exp(float(self.log_scale.detach().to(torch.float64)))
+        log_value = float(self.log_scale.detach().to(torch.float64))
+        # exp overflows float64 above ~709.78; a diverged log-scale is a user-facing error.
+        current = math.exp(log_value) if math.isfinite(log_value) and log_value < 709.0 else 0.0
+        if not current > 0.0:
+            raise RecordError(
+                f"the scale exp(log_scale) = exp({log_value!r}) is not a positive finite "
+                "number: training diverged (lower the learning rate or freeze the scale); "
+                "no record can hold it"
+            )
         record = self._record
         if record is None:
             n = self._nphotons if nphotons is None else positive_finite(nphotons, "nphotons")
