@@ -120,26 +120,35 @@ def intensity_sum(
         return IntensitySum(0.0, 0, pattern_shape, False)
     device = _accumulation_device(x.device)
     buffer = torch.empty(min(BLOCK_NUMEL, x.numel()), dtype=torch.float64, device=device)
+    # Per-block float64 totals and minima stay on the device until the end.
 
     totals: list[torch.Tensor] = []
     minima: list[torch.Tensor] = []
     integer_like = False
     for i, index in enumerate(_blocks(tuple(x.shape), BLOCK_NUMEL)):
         block = x[index]
-        view = buffer[: block.numel()].view(block.shape)
-        view.copy_(block)
-        if mask is not None:
-            # masked_fill, not a multiply: a NaN in a dead pixel must not leak.
-            view.masked_fill_(mask[index].logical_not(), 0.0)
-        flat = view.view(-1)
-        minima.append(flat.amin())
+        if mask is None:
+            # The source block is half the bytes of its float64 copy: check it there.
+            minima.append(block.amin())
+        if mask is None and block.dtype == torch.float64 and block.is_contiguous() \
+                and block.device == device:  # fmt: skip
+            flat = block.view(-1)  # already float64: no copy needed
+        else:
+            view = buffer[: block.numel()].view(block.shape)
+            view.copy_(block)
+            if mask is not None:
+                # masked_fill, not a multiply: a NaN in a dead pixel must not leak.
+                view.masked_fill_(mask[index].logical_not(), 0.0)
+                minima.append(view.amin())
+            flat = view.view(-1)
         totals.append(torch.dot(flat, flat) if domain == "amplitude" else flat.sum())
         if i == 0:
             sample = flat[:_UNITS_SAMPLE]
             integer_like = _integer_like(sample * sample if domain == "amplitude" else sample)
 
     # One device-to-host transfer for the whole pass.
-    stats = torch.stack([torch.stack(minima).amin(), *totals]).tolist()
+    lowest_per_block = torch.stack(minima).to(device=device, dtype=torch.float64)
+    stats = torch.stack([lowest_per_block.amin(), *totals]).tolist()
     lowest, block_totals = stats[0], stats[1:]
     if math.isnan(lowest) or not all(math.isfinite(t) for t in block_totals):
         _raise_nonfinite(x, name)
