@@ -424,11 +424,7 @@ def _background_tensor(
                 f"background must be a real floating-point tensor (photon counts), got dtype "
                 f"{background.dtype}"
             )
-        try:
-            fits = _broadcast_shapes(background.shape, shape) == shape
-        except RuntimeError:
-            fits = False
-        if not fits:
+        if not _broadcasts_to(background.shape, shape):
             raise BroadcastError(
                 f"background of shape {tuple(background.shape)} does not broadcast to the data "
                 f"shape {tuple(shape)}; give a scalar, a per-pixel (H, W) map, or a tensor "
@@ -467,15 +463,19 @@ def _mask_tensor(
             f"mask must be boolean (True = valid pixel) or 0/1 floating weights, got dtype "
             f"{mask.dtype}; use mask.bool()"
         )
-    try:
-        fits = _broadcast_shapes(mask.shape, shape) == shape
-    except RuntimeError:
-        fits = False
-    if not fits:
+    if not _broadcasts_to(mask.shape, shape):
         raise MaskError(
             f"mask of shape {tuple(mask.shape)} does not broadcast to the data shape {tuple(shape)}"
         )
     return mask.detach().to(device=device, dtype=dtype), mask.dtype != torch.bool
+
+
+def _broadcasts_to(shape: torch.Size, target: torch.Size) -> bool:
+    """Whether ``shape`` broadcasts to ``target`` without changing it."""
+    try:
+        return _broadcast_shapes(shape, target) == target
+    except RuntimeError:
+        return False
 
 
 def _broadcast_shapes(*shapes: torch.Size) -> torch.Size:

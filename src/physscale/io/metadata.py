@@ -181,6 +181,11 @@ def metadata_from_npy_stream(stream: IO[bytes], where: str) -> dict[str, Any]:
         raise DataFileError(
             f"{where}: metadata must be a JSON string, got an array of dtype {header.dtype}"
         )
+    return _decode_json(text, where)
+
+
+def _decode_json(text: str, where: str) -> dict[str, Any]:
+    """The metadata JSON object in ``text``; ``where`` names it in errors."""
     try:
         decoded = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -248,15 +253,7 @@ def _read_hdf5_metadata(path: Path) -> dict[str, Any] | None:
     where = f"{path}:{METADATA_KEY}"
     if not isinstance(raw, str):
         raise DataFileError(f"{where}: metadata must be a JSON string, got {type(raw).__name__}")
-    try:
-        decoded = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise DataFileError(f"{where}: metadata is not valid JSON ({exc})") from None
-    if not isinstance(decoded, dict):
-        raise DataFileError(
-            f"{where}: metadata must be a JSON object, got {type(decoded).__name__}"
-        )
-    return decoded
+    return _decode_json(raw, where)
 
 
 def write_metadata(
