@@ -3,7 +3,8 @@
 Prints, for a float32 tensor of about --gib GiB in memory:
 - derive time / time of one ``x.sum()`` (the memory-read floor);
 - speed-up over the naive ``sqrt(n / mean(sum(x**2, dim=(-2, -1))))``;
-- extra peak memory of each (forked child, /proc high-water mark);
+- extra peak memory of each (/proc high-water mark), and of derive's first call in a
+  fresh interpreter, where no allocator cache can hide its buffer;
 - the relative error of each against an exactly rounded float64 sum.
 
 Run: python benchmarks/bench_derive.py [--gib 0.5] [--repeats 9]
@@ -13,11 +14,31 @@ from __future__ import annotations
 
 import argparse
 import math
+import subprocess
+import sys
 
 import torch
 from _common import median_seconds, peak_extra_mib
 
 import physscale as ps
+
+_FIRST_CALL = """
+import sys, torch, physscale as ps
+sys.path.insert(0, {bench!r})
+from _common import peak_extra_mib
+x = torch.rand({n}, 1, {side}, {side})
+ps.derive_intensity_scale(x[:1], 1e9)  # import-time and first-dispatch costs out of the way
+print(peak_extra_mib(lambda: ps.derive_intensity_scale(x, 1e9)))
+"""
+
+
+def first_call_extra_mib(n_patterns: int, side: int) -> float:
+    """Peak extra memory of a first full-size call in a fresh interpreter (nothing recycled)."""
+    import pathlib
+
+    code = _FIRST_CALL.format(bench=str(pathlib.Path(__file__).parent), n=n_patterns, side=side)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
@@ -56,6 +77,7 @@ def main() -> None:
     mem_floor = peak_extra_mib(floor)
     mem_derive = peak_extra_mib(derive)
     mem_naive = peak_extra_mib(naive)
+    mem_first = first_call_extra_mib(n_patterns, args.side)
 
     print(f"{'':24}{'median s':>10}{'x floor':>10}{'extra MiB':>11}{'rel err':>10}")
     print(f"{'x.sum() (read floor)':24}{t_floor:10.4f}{1.0:10.2f}{mem_floor:11.1f}{'':>10}")
@@ -66,7 +88,8 @@ def main() -> None:
     print(
         f"derive / read floor: {t_derive / t_floor:.2f}x   "
         f"speed-up over naive: {t_naive / t_derive:.2f}x   "
-        f"extra peak memory: {mem_derive:.1f} MiB (naive {mem_naive:.1f} MiB)"
+        f"extra peak memory: {mem_derive:.1f} MiB warm, {mem_first:.1f} MiB on a fresh "
+        f"process's first call (naive {mem_naive:.1f} MiB)"
     )
 
 
