@@ -132,9 +132,6 @@ def intensity_sum(
     integer_like = False
     for i, index in enumerate(_blocks(tuple(x.shape), limit)):
         block = x[index]
-        if mask is None:
-            # The source block is half the bytes of its float64 copy: check it there.
-            minima.append(block.amin())
         if mask is None and block.dtype == torch.float64 and block.is_contiguous() \
                 and block.device == device:  # fmt: skip
             flat = block.view(-1)  # already float64: no copy needed
@@ -144,16 +141,16 @@ def intensity_sum(
             if mask is not None:
                 # masked_fill, not a multiply: a NaN in a dead pixel must not leak.
                 view.masked_fill_(mask[index].logical_not(), 0.0)
-                minima.append(view.amin())
             flat = view.view(-1)
         totals.append(torch.dot(flat, flat) if domain == "amplitude" else flat.sum())
+        # Checked on the cached float64 block: measured faster than on the source.
+        minima.append(flat.amin())
         if i == 0:
             sample = flat[:_UNITS_SAMPLE]
             integer_like = _integer_like(sample * sample if domain == "amplitude" else sample)
 
     # One device-to-host transfer for the whole pass.
-    lowest_per_block = torch.stack(minima).to(device=device, dtype=torch.float64)
-    stats = torch.stack([lowest_per_block.amin(), *totals]).tolist()
+    stats = torch.stack([torch.stack(minima).amin(), *totals]).tolist()
     lowest, block_totals = stats[0], stats[1:]
     if math.isnan(lowest) or not all(math.isfinite(t) for t in block_totals):
         _raise_nonfinite(x, name)
