@@ -166,3 +166,26 @@ def test_resolution_is_frozen() -> None:
     r = ps.resolve_nphotons(explicit=1.0)
     with pytest.raises(ValueError, match="frozen"):
         r.value = 2.0  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("metadata", "where"),
+    [
+        ({"nphotons": 1e6}, r"metadata\['nphotons'\]"),
+        ({"n_photons": 1e6, "physics_parameters": {}}, r"metadata\['n_photons'\]"),
+        ({"physics_parameters": {"n_photons": 1e6}}, r"\['n_photons'\]"),
+        ({"physics_parameters": {"nPhotons": 1e6}}, r"\['nPhotons'\]"),
+    ],
+)
+def test_misplaced_or_misspelled_metadata_nphotons_is_an_error_not_a_silent_default(
+    metadata: dict[str, object], where: str
+) -> None:
+    with pytest.raises(ps.NphotonsError, match=where):
+        ps.resolve_nphotons(metadata, {"nphotons": 1e9}, default=1e9)
+    # an explicit value still wins, as it would over well-placed metadata
+    assert ps.resolve_nphotons(metadata, explicit=5.0).value == 5.0
+
+
+def test_a_misspelled_duplicate_beside_the_right_key_is_ignored() -> None:
+    r = ps.resolve_nphotons({"physics_parameters": {"nphotons": 1e6, "n_photons": 3.0}})
+    assert r.value == 1e6

@@ -348,3 +348,52 @@ def test_nphotons_accepts_numpy_and_tensor_scalars() -> None:
     x = torch.full((2, 4, 4), 0.5)
     for n in (np.float32(16.0), np.int64(16), torch.tensor(16.0), np.array(16.0)):
         assert float(ps.derive_intensity_scale(x, n)) == pytest.approx(2.0, rel=1e-7)
+
+
+# ---------------------------------------------------------------- review fixes
+def test_numpy_views_with_negative_strides_are_accepted() -> None:
+    x = np.random.default_rng(7).uniform(0, 1, (6, 5, 5))
+    flipped = x[::-1, :, ::-1]
+    assert rel(float(ps.derive_intensity_scale(flipped, 1e5)), fsum_scale(x, 1e5, (1, 2))) <= 1e-12
+
+
+@pytest.mark.skipif(np.dtype(np.longdouble).itemsize == 8, reason="longdouble is float64 here")
+def test_extended_precision_numpy_is_a_dtype_error() -> None:
+    with pytest.raises(ps.DtypeError, match=r"longdouble|float128|float96"):
+        ps.derive_intensity_scale(np.ones((2, 3, 3), dtype=np.longdouble), 1e6)
+
+
+def test_an_integer_nphotons_beyond_the_float_range_is_an_nphotons_error() -> None:
+    with pytest.raises(ps.NphotonsError, match="positive finite"):
+        ps.derive_intensity_scale(_x(), 10**400)
+
+
+def test_explicit_spatial_dims_contradicting_the_layout_are_an_error() -> None:
+    # (-2, -1) passed explicitly is not the default: with layout="NHWC" it contradicts.
+    with pytest.raises(ps.AxisError, match="contradicts"):
+        ps.derive_intensity_scale(_x(), 1e6, layout="NHWC", spatial_dims=(-2, -1))
+    ps.derive_intensity_scale(_x(), 1e6, layout="NCHW", spatial_dims=(-2, -1))  # consistent
+
+
+def test_errors_from_derive_name_the_argument_x() -> None:
+    with pytest.raises(ps.NonFiniteError, match=r"^x holds 1 NaN"):
+        ps.derive_intensity_scale(torch.tensor([[[1.0, float("nan")]]]), 1.0)
+
+
+def test_normalizing_float16_numpy_data_is_not_biased_by_a_rounded_factor() -> None:
+    raw = np.random.default_rng(8).uniform(0, 40, (64, 32, 32)).astype(np.float16)
+    x, _ = ps.normalize_amplitudes(raw)
+    assert x.dtype == np.float16
+    derived = float(ps.derive_intensity_scale(x, 1e9))
+    # Only per-element float16 rounding remains, which averages out; a factor
+    # rounded to float16 would bias the scale by up to ~5e-4.
+    assert rel(derived, ps.closed_form_intensity_scale(1e9, 32)) <= 5e-5
+
+
+def test_closed_form_accepts_numpy_integers_and_rejects_bools() -> None:
+    assert ps.closed_form_intensity_scale(1e6, np.int64(64)) == pytest.approx(31.25, rel=1e-15)
+    assert ps.closed_form_intensity_scale(1e6, (np.int32(64), 64)) == pytest.approx(31.25)
+    with pytest.raises(ps.AxisError, match="boolean"):
+        ps.closed_form_intensity_scale(1e6, True)
+    with pytest.raises(ps.AxisError, match="sequence of sizes"):
+        ps.closed_form_intensity_scale(1e6, 64.0)  # type: ignore[arg-type]

@@ -19,7 +19,17 @@ import torch
 from physscale.errors import AxisError, DtypeError, MaskError, NphotonsError, OptionError
 
 LAYOUTS: dict[str, tuple[int, int]] = {"NCHW": (-2, -1), "NHWC": (-3, -2)}
-DEFAULT_SPATIAL_DIMS: tuple[int, int] = (-2, -1)
+
+
+class _DefaultAxes(tuple[int, ...]):
+    """The default spatial axes: equal to ``(-2, -1)`` but a distinct object, so
+    that an explicit ``spatial_dims=(-2, -1)`` next to ``layout="NHWC"`` is
+    recognized as a contradiction rather than taken for the default."""
+
+    __slots__ = ()
+
+
+DEFAULT_SPATIAL_DIMS: tuple[int, ...] = _DefaultAxes((-2, -1))
 
 _S = TypeVar("_S", bound=str)
 
@@ -42,10 +52,14 @@ def as_float_tensor(x: object, name: str = "x") -> torch.Tensor:
     if isinstance(x, torch.Tensor):
         t = x.detach()
     elif isinstance(x, np.ndarray):
-        if x.dtype.kind != "f":
+        if x.dtype.kind != "f" or x.dtype.itemsize not in (2, 4, 8):
+            # Extended precision (float96/float128) has no torch dtype.
             raise DtypeError(_dtype_message(name, str(x.dtype)))
         if not x.dtype.isnative:
             x = x.astype(x.dtype.newbyteorder("="))
+        if any(stride < 0 for stride in x.strides):
+            # torch cannot view negative strides (x[::-1]); one copy makes them positive.
+            x = np.ascontiguousarray(x)
         with warnings.catch_warnings():
             # Read-only arrays (memory maps) are fine: physscale never writes.
             warnings.simplefilter("ignore", UserWarning)
@@ -94,7 +108,10 @@ def positive_finite(value: Any, where: str, error: type[Exception] = NphotonsErr
         raise error(f"{where} must be a real number, got the complex value {raw!r}")
     if not isinstance(value, numbers.Real):
         raise error(f"{where} must be a positive finite number, got {type(raw).__name__} {raw!r}")
-    out = float(value)
+    try:
+        out = float(value)
+    except OverflowError:  # a Python int beyond the float range
+        raise error(f"{where} must be a positive finite number, got {raw!r}") from None
     if not math.isfinite(out) or out <= 0.0:
         raise error(f"{where} must be a positive finite number, got {out!r}")
     return out
@@ -114,7 +131,7 @@ def spatial_axes(
     if layout is not None:
         name = check_option(layout, tuple(LAYOUTS), "layout")
         from_layout = LAYOUTS[name]
-        if tuple(spatial_dims) not in (DEFAULT_SPATIAL_DIMS, from_layout):
+        if spatial_dims is not DEFAULT_SPATIAL_DIMS and tuple(spatial_dims) != from_layout:
             raise AxisError(
                 f"layout={name!r} means spatial_dims={from_layout}, which contradicts "
                 f"spatial_dims={tuple(spatial_dims)}; pass one or the other"

@@ -117,10 +117,14 @@ class IntensityAccumulator:
                 dtype, any shape with the spatial axes given at construction.
             mask: optional boolean valid-pixel mask broadcastable to ``batch``.
         """
-        x = as_float_tensor(batch, "batch")
+        return self.update_named(batch, mask, "batch")
+
+    def update_named(self, batch: Any, mask: Any, name: str) -> IntensityAccumulator:
+        """``update``, with error messages calling the data ``name`` (e.g. "x")."""
+        x = as_float_tensor(batch, name)
         axes = spatial_axes(x.ndim, self.spatial_dims)
         m = None if mask is None else as_mask(mask, x.shape, x.device)
-        part = intensity_sum(x, axes, self.domain, m, name="batch")
+        part = intensity_sum(x, axes, self.domain, m, name=name)
         self._masked = self._masked or (m is not None and part.n_patterns > 0)
         self._fold(part.total, part.n_patterns, part.pattern_shape, part.integer_like)
         return self

@@ -72,20 +72,36 @@ def _metadata_mapping(metadata: Any) -> Mapping[str, Any] | None:
     return metadata
 
 
-def _from_metadata(metadata: Any) -> float | None:
+def _near_misses(mapping: Mapping[str, Any], prefix: str, exact_ok: bool) -> list[str]:
+    """Keys that spell nphotons differently (or, at the top level, at all)."""
+    return [
+        f"{prefix}[{key!r}]"
+        for key in mapping
+        if isinstance(key, str)
+        and key.lower().replace("_", "").replace("-", "") == "nphotons"
+        and (key != "nphotons" or not exact_ok)
+    ]
+
+
+def _from_metadata(metadata: Any) -> tuple[float | None, list[str]]:
+    """The metadata's nphotons (or None) and any misplaced or misspelled nphotons keys."""
     mapping = _metadata_mapping(metadata)
-    if mapping is None or "physics_parameters" not in mapping:
-        return None
-    physics = mapping["physics_parameters"]
+    if mapping is None:
+        return None, []
+    misplaced = _near_misses(mapping, "metadata", exact_ok=False)
+    physics = mapping.get("physics_parameters")
     if physics is None:
-        return None
+        return None, misplaced
     if not isinstance(physics, Mapping):
         raise NphotonsError(
             f'metadata["physics_parameters"] must be a mapping, got {type(physics).__name__} '
             f"{physics!r}"
         )
+    misplaced += _near_misses(physics, 'metadata["physics_parameters"]', exact_ok=True)
     value = physics.get("nphotons")
-    return None if value is None else positive_finite(value, f"nphotons from {_METADATA_PATH}")
+    if value is None:
+        return None, misplaced
+    return positive_finite(value, f"nphotons from {_METADATA_PATH}"), []
 
 
 def _from_config(config: Any) -> float | None:
@@ -125,9 +141,16 @@ def resolve_nphotons(
     Raises:
         NphotonsError: an invalid value anywhere, or no value at all.
     """
+    from_metadata, misplaced = _from_metadata(metadata)
+    if misplaced and explicit is None:
+        # Silently falling through to config/default here is the reference's trap.
+        raise NphotonsError(
+            f"metadata has {', '.join(misplaced)} but nphotons is read from "
+            f"{_METADATA_PATH} (the PtychoPINN schema); move it there or pass nphotons explicitly"
+        )
     offered: dict[NphotonsSource, float | None] = {
         "explicit": None if explicit is None else positive_finite(explicit, "explicit nphotons"),
-        "metadata": _from_metadata(metadata),
+        "metadata": from_metadata,
         "config": _from_config(config),
         "default": None if default is None else positive_finite(default, "default nphotons"),
     }

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from typing import Annotated, Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -22,7 +22,12 @@ from physscale._version import __version__
 from physscale.accumulator import IntensityAccumulator
 from physscale.errors import RecordError
 from physscale.nphotons import NphotonsSource, resolve_nphotons
-from physscale.scale import accumulate, closed_form_intensity_scale, normalization_target
+from physscale.scale import (
+    accumulate,
+    closed_form_intensity_scale,
+    normalization_target,
+    pattern_sizes,
+)
 
 __all__ = ["SCHEMA_VERSION", "ScaleMethod", "ScaleRecord", "closed_form_scale_record",
            "derive_scale_record"]  # fmt: skip
@@ -35,6 +40,9 @@ CONSISTENCY_RTOL = 1e-9
 
 ScaleMethod = Literal["derived", "closed_form", "trained", "explicit"]
 PositiveFinite = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+
+
+UTC = timezone.utc  # datetime.UTC is Python 3.11+; physscale supports 3.10
 
 
 def _utc_now() -> datetime:
@@ -196,7 +204,7 @@ def derive_scale_record(
     resolution = resolve_nphotons(metadata, config, explicit=nphotons, default=default)
     if isinstance(x_or_accumulator, IntensityAccumulator):
         acc = x_or_accumulator
-        if mask is not None or layout is not None or tuple(spatial_dims) != DEFAULT_SPATIAL_DIMS \
+        if mask is not None or layout is not None or spatial_dims is not DEFAULT_SPATIAL_DIMS \
                 or domain != "amplitude":  # fmt: skip
             raise RecordError(
                 "spatial_dims, layout, domain and mask belong to the accumulator; "
@@ -231,9 +239,7 @@ def closed_form_scale_record(
     data_source: str | None = None,
 ) -> ScaleRecord:
     """The record of the closed-form scale ``sqrt(nphotons) / (N/2)`` (TF training)."""
-    shape = (
-        (pattern_shape, pattern_shape) if isinstance(pattern_shape, int) else tuple(pattern_shape)
-    )
+    shape = pattern_sizes(pattern_shape)
     n = positive_finite(nphotons, "nphotons")
     return ScaleRecord(
         intensity_scale=closed_form_intensity_scale(n, shape),

@@ -41,7 +41,7 @@ def accumulate(
     mask: Any,
 ) -> IntensityAccumulator:
     """One accumulator over all of ``x``; an error if ``x`` holds no pattern."""
-    acc = IntensityAccumulator(spatial_dims, domain, layout=layout).update(x, mask=mask)
+    acc = IntensityAccumulator(spatial_dims, domain, layout=layout).update_named(x, mask, "x")
     if acc.n_patterns == 0:
         raise EmptyInputError(f"x is empty (shape {tuple(x.shape)}); there are no patterns")
     return acc
@@ -153,7 +153,10 @@ def normalize_amplitudes(
         amplitude_normalization_factor(x_raw, spatial_dims=spatial_dims, layout=layout, mask=mask)
     )
     if isinstance(x_raw, np.ndarray):
-        return (x_raw * np.asarray(factor, dtype=x_raw.dtype)), factor
+        # Multiply in float32 at least: a factor rounded to float16 would bias the
+        # normalization (and every scale derived from it) by up to 5e-4.
+        wide = np.promote_types(x_raw.dtype, np.float32)
+        return (x_raw.astype(wide, copy=False) * wide.type(factor)).astype(x_raw.dtype), factor
     t = as_float_tensor(x_raw, "x_raw")
     return t * factor, factor
 
@@ -169,5 +172,17 @@ def closed_form_intensity_scale(nphotons: Any, pattern_shape: int | Sequence[int
     :func:`normalize_amplitudes` (a property the tests check).
     """
     n = positive_finite(nphotons, "nphotons")
-    shape = (pattern_shape, pattern_shape) if isinstance(pattern_shape, int) else pattern_shape
-    return math.sqrt(n / normalization_target(shape))
+    return math.sqrt(n / normalization_target(pattern_sizes(pattern_shape)))
+
+
+def pattern_sizes(pattern_shape: Any) -> tuple[int, ...]:
+    """``N`` (an integer, square patterns) or a sequence of sizes, as a tuple of ints."""
+    if isinstance(pattern_shape, bool | np.bool_):
+        raise AxisError(f"pattern_shape must be N or (H, W), got the boolean {pattern_shape!r}")
+    if isinstance(pattern_shape, int | np.integer):
+        return (int(pattern_shape), int(pattern_shape))
+    if isinstance(pattern_shape, Sequence) and all(
+        isinstance(n, int | np.integer) and not isinstance(n, bool) for n in pattern_shape
+    ):
+        return tuple(int(n) for n in pattern_shape)
+    raise AxisError(f"pattern_shape must be N or a sequence of sizes (H, W), got {pattern_shape!r}")
