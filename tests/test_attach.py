@@ -297,3 +297,11 @@ def test_container_that_refuses_new_attributes_is_a_state_error() -> None:
 
     with pytest.raises(ps.StateError, match="cannot attach 'intensity_scale' to the Frozen"):
         attach_intensity_scale(Frozen(_amplitudes()), nphotons=NPHOTONS)
+
+
+@pytest.mark.parametrize(
+    "scale", [torch.tensor(True), torch.tensor(3), torch.ones(4, dtype=torch.int64)]
+)
+def test_bool_or_integer_scale_tensors_are_refused(scale: torch.Tensor) -> None:
+    with pytest.raises(ps.DtypeError, match="floating-point"):
+        ps.scale_for_batch(scale, torch.ones(4, 1, 2, 2))

@@ -30,7 +30,13 @@ from torch.utils.data import default_collate
 
 from physscale._checks import DEFAULT_SPATIAL_DIMS, LAYOUTS, check_option
 from physscale._intensity_sum import Domain
-from physscale.errors import BroadcastError, NegativeValueError, NonFiniteError, StateError
+from physscale.errors import (
+    BroadcastError,
+    DtypeError,
+    NegativeValueError,
+    NonFiniteError,
+    StateError,
+)
 from physscale.likelihood import scalar_scale
 from physscale.record import ScaleRecord, derive_scale_record
 
@@ -192,6 +198,11 @@ def attach_intensity_scale(
 
 
 def _check_values(scale: torch.Tensor, where: str) -> None:
+    if not scale.is_floating_point():
+        raise DtypeError(
+            f"{where} must be a real floating-point tensor, got dtype {scale.dtype}; "
+            f"a bool or integer scale is almost certainly a mistake"
+        )
     values = scale.detach()
     if not bool(torch.isfinite(values).all()):
         raise NonFiniteError(f"{where} holds NaN or infinite values")
