@@ -195,6 +195,7 @@ def test_batch_data_finds_amplitudes_in_tensors_dicts_and_tuples() -> None:
     ("batch", "key", "match"),
     [
         ({"amps": torch.ones(1)}, None, r"needs key=\.\.\."),
+        ({"X": torch.ones(1), "diffraction": torch.ones(1)}, None, r"needs key=\.\.\."),
         ({"X": torch.ones(1)}, "Y", "has no 'Y' entry"),
         ((torch.ones(1),), 3, "does not index"),
         (torch.ones(1), "X", "but the batch is a Tensor"),

@@ -38,14 +38,16 @@ def batch_data(batch: Any, key: str | int | None = None) -> Any:
 
     Args:
         batch: a tensor or array (returned as is), a dict (``batch[key]``;
-            without ``key``, ``"X"`` or ``"diffraction"``), or a tuple/list
+            without ``key``, whichever one of ``"X"`` and ``"diffraction"`` it
+            has; both is an error), or a tuple/list
             (``batch[key]``, default element 0, the usual ``(inputs, targets)``).
         key: the dict key or sequence index of the data.
     """
     if isinstance(batch, Mapping):
         if key is None:
             found = [k for k in DATA_KEYS if k in batch]
-            if not found:
+            if len(found) != 1:
+                # Guessing between two candidate fields would be silent and arbitrary.
                 raise StateError(
                     f"a dict batch needs key=... naming its amplitudes (looked for "
                     f"{list(DATA_KEYS)}, the batch has {sorted(map(str, batch))})"
