@@ -15,6 +15,7 @@ import re
 import subprocess
 import sys
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -149,11 +150,48 @@ def test_malicious_metadata_is_refused_by_derive_and_inspect(tmp_path: Path) -> 
 
     path = tmp_path / "evil.npz"
     np.savez(path, diffraction=np.ones((2, 4, 4), np.float32), _metadata=np.array(Evil(), object))
-    for args in (["derive", path, "--nphotons", "1e6"], ["inspect", path]):
+    for args in (
+        ["derive", path],
+        ["derive", path, "--nphotons-default", "1e6"],
+        ["inspect", path],
+    ):
         out = run(*args)
         assert out.returncode == 1
         assert "refused to unpickle metadata that references posix.system" in out.stderr
         assert "Traceback" not in out.stderr
+    assert not marker.exists()
+
+
+def test_refused_metadata_is_a_warning_when_nphotons_is_explicit(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self) -> Any:
+            return (os.system, (f"touch {marker}",))
+
+    x = np.full((3, 4, 4), 0.5, np.float32)
+    path = tmp_path / "evil.npz"
+    np.savez(path, diffraction=x, _metadata=np.array(Evil(), object))
+    code, out, err = call(capsys, "derive", path, "--nphotons", "400", "--json")
+    assert code == 0, err
+    assert err.count("\n") == 1
+    assert re.fullmatch(
+        r"physscale: warning: .*evil\.npz:_metadata: refused to unpickle metadata that "
+        r"references posix\.system.* \(metadata ignored; using --nphotons 400\)\n",
+        err,
+    )
+    record = ScaleRecord.model_validate_json(out)
+    assert (record.nphotons, record.nphotons_source) == (400.0, "explicit")
+    assert "metadata" not in record.nphotons_candidates
+    # sum x**2 = 16 * 0.25 = 4 per pattern: s = sqrt(400 / 4)
+    assert record.intensity_scale == pytest.approx(10.0, rel=1e-15)
+    code, out, err = call(capsys, "derive", path, "--nphotons", "400", "--quiet")
+    assert (code, err) == (0, "")
+    code, out, err = call(capsys, "derive", path)
+    assert (code, out) == (1, "")
+    assert err.startswith("physscale: error: ") and "refused to unpickle" in err
     assert not marker.exists()
 
 
@@ -442,3 +480,72 @@ def test_inspect_a_tampered_bundle_is_exit_1(
     assert (code, out) == (1, "")
     assert err.startswith("physscale: error: ") and err.count("\n") == 1
     assert "record.json" in err
+
+
+def _damage_central_directory(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    end = data.rfind(b"PK\x05\x06")  # the end record stays intact
+    at = int.from_bytes(data[end + 16 : end + 20], "little")  # where the directory starts
+    assert data[at : at + 4] == b"PK\x01\x02" and zipfile.is_zipfile(path)
+    data[at : at + 4] = b"XX\x01\x02"
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("what", ["npz", "bundle"])
+def test_inspect_a_zip_with_a_damaged_central_directory_is_exit_1(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], what: str
+) -> None:
+    path = tmp_path / "badcd.zip"
+    if what == "npz":
+        with open(path, "wb") as f:
+            np.savez(f, diffraction=np.ones((2, 4, 4), np.float32))
+    else:
+        import torch
+
+        from physscale.io import save_bundle
+
+        save_bundle(path, {"w": torch.ones(2)}, physscale.closed_form_scale_record(1e6, 64))
+    _damage_central_directory(path)
+    code, out, err = call(capsys, "inspect", path)
+    assert (code, out) == (1, "")
+    assert err.count("\n") == 1
+    assert re.fullmatch(
+        rf"physscale: error: {re.escape(str(path))}: not a readable zip archive .*"
+        r"\(Bad magic number for central directory\)\n",
+        err,
+    )
+
+
+def test_zip_errors_from_deeper_code_are_one_line_exit_1(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch
+
+    import physscale.io
+    from physscale.io import save_bundle
+
+    path = tmp_path / "m.physscale.zip"
+    save_bundle(path, {"w": torch.ones(2)}, physscale.closed_form_scale_record(1e6, 64))
+    for exc in (zipfile.BadZipFile("Bad CRC-32"), zlib.error("invalid stored block lengths")):
+
+        def broken(*args: Any, exc: Exception = exc, **kwargs: Any) -> Any:
+            raise exc
+
+        monkeypatch.setattr(physscale.io, "load_bundle", broken)
+        code, out, err = call(capsys, "inspect", path)
+        assert (code, out) == (1, "")
+        assert err == f"physscale: error: {path}: corrupt or truncated archive ({exc})\n"
+
+
+def test_extended_precision_data_is_a_one_line_error_naming_file_and_dtype(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    x = np.ones((2, 4, 4), np.longdouble)
+    if x.dtype.itemsize in (2, 4, 8):
+        pytest.skip("longdouble is a plain float on this platform")
+    np.save(tmp_path / "xld.npy", x)
+    code, out, err = call(capsys, "derive", tmp_path / "xld.npy", "--nphotons", "1e6")
+    assert (code, out) == (1, "")
+    assert err.count("\n") == 1
+    assert err.startswith(f"physscale: error: {tmp_path / 'xld.npy'}: patterns must be float16")
+    assert f"dtype {x.dtype}" in err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import builtins
+import codecs
 import io
 import json
 import os
@@ -88,6 +89,18 @@ def test_reads_hdf5_metadata_attribute_and_dataset(tmp_path: Path) -> None:
     assert read_metadata(tmp_path / "none.h5") is None
 
 
+@pytest.mark.parametrize("protocol", [0, 1, 2])
+def test_reads_old_protocol_pickles_that_spell_bytes_with_codecs_encode(
+    tmp_path: Path, protocol: int
+) -> None:
+    # What old numpy's np.save wrote: protocols 0-2 pickle bytes as _codecs.encode(s, "latin1").
+    pickled = pickle.dumps(np.array(json.dumps(META), dtype=object), protocol=protocol)
+    assert b"_codecs\nencode\n" in pickled
+    path = tmp_path / f"old{protocol}.npz"
+    _npz_with_metadata_member(path, pickled)
+    assert read_metadata(path) == META
+
+
 # ----------------------------------------------------------------- malicious pickles
 class _System:
     def __init__(self, marker: Path) -> None:
@@ -162,6 +175,53 @@ def test_object_arrays_not_holding_one_string_are_refused(
     path = tmp_path / "odd.npz"
     np.savez(path, _metadata=value)
     with pytest.raises(UnsafeFileError, match=match):
+        read_metadata(path)
+
+
+class _Encode:
+    def __init__(self, *args: Any) -> None:
+        self.args = args
+
+    def __reduce__(self) -> Any:
+        return (codecs.encode, self.args)
+
+
+@pytest.mark.parametrize(
+    ("args", "match"),
+    [
+        (("x", "rot13"), "arguments \\('x', 'rot13'\\)"),
+        (("x", "utf-8"), "arguments \\('x', 'utf-8'\\)"),
+        ((b"x", "latin1"), "arguments \\(b'x', 'latin1'\\)"),
+        ((7, "latin1"), "arguments \\(7, 'latin1'\\)"),
+        (("x",), "arguments \\('x',\\)"),
+        (("x", "latin1", "strict"), "arguments \\('x', 'latin1', 'strict'\\)"),
+    ],
+)
+@pytest.mark.parametrize("protocol", [0, 2, 5])
+def test_codecs_encode_beyond_latin1_text_is_refused(
+    tmp_path: Path, args: tuple[Any, ...], match: str, protocol: int
+) -> None:
+    path = tmp_path / "enc.npz"
+    pickled = pickle.dumps(_Encode(*args), protocol=protocol)
+    assert b"_codecs" in pickled
+    _npz_with_metadata_member(path, pickled)
+    with pytest.raises(
+        UnsafeFileError, match=rf"enc\.npz:_metadata: .*_codecs\.encode with {match}"
+    ):
+        read_metadata(path)
+
+
+def test_codecs_encode_inside_the_array_rebuild_is_held_to_latin1(tmp_path: Path) -> None:
+    pickled = pickle.dumps(np.array(json.dumps(META), dtype=object), protocol=2)
+    assert pickled.count(b"latin1") == 1
+    path = tmp_path / "utf16.npz"
+    _npz_with_metadata_member(path, pickled.replace(b"latin1", b"utf_16"))  # same length
+    with pytest.raises(UnsafeFileError, match=r"_codecs\.encode with arguments \('b', 'utf_16'\)"):
+        read_metadata(path)
+    euro = "\u20ac".encode()  # BINUNICODE: 4-byte length, then UTF-8
+    bad = pickled.replace(b"X\x01\x00\x00\x00b", b"X" + len(euro).to_bytes(4, "little") + euro)
+    _npz_with_metadata_member(path, bad)
+    with pytest.raises(UnsafeFileError, match="non-latin-1 text"):
         read_metadata(path)
 
 

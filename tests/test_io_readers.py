@@ -196,6 +196,23 @@ def test_wrong_dtype_is_refused_naming_the_file(
         list(iter_patterns(path))
 
 
+@pytest.mark.skipif(
+    np.dtype(np.longdouble).itemsize in (2, 4, 8), reason="longdouble is a plain float here"
+)
+@pytest.mark.parametrize("fmt", ["npy", "npz", "hdf5"])
+def test_extended_precision_floats_are_refused_naming_file_and_dtype(
+    tmp_path: Path, fmt: str
+) -> None:
+    x = np.ones((2, 3, 3), np.longdouble)
+    path = _write(tmp_path / "xld", fmt, x)
+    assert array_info(path).dtype == x.dtype  # the header is still listed, for inspect
+    bits = 8 * x.dtype.itemsize
+    with pytest.raises(
+        DataFileError, match=rf"xld.*float16, float32 or float64, got the {bits}-bit .*{x.dtype}"
+    ):
+        list(iter_patterns(path))
+
+
 def test_object_arrays_are_refused_as_unsafe(tmp_path: Path) -> None:
     np.savez(tmp_path / "obj.npz", diffraction=np.array([[[1.0]]], dtype=object))
     with pytest.raises(UnsafeFileError, match=r"obj\.npz:diffraction: dtype object"):

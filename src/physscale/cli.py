@@ -22,6 +22,7 @@ import time
 import traceback
 import warnings
 import zipfile
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
@@ -294,7 +295,19 @@ def _summary(record: ScaleRecord, key: str, layout: str | None) -> str:
 def _derive(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
     path = Path(args.path) if args.path is not None else example_dataset_path()
     info = array_info(path, args.key)  # checks file, key and header before any work
-    metadata = read_metadata(path)
+    try:
+        metadata = read_metadata(path)
+    except UnsafeFileError as exc:
+        if args.nphotons is None:
+            raise
+        # Nothing from the file ran; an explicit --nphotons makes the metadata moot.
+        metadata = None
+        if not args.quiet:
+            message = str(exc).replace("\n", " ")
+            stderr.write(
+                f"{PROG}: warning: {message} (metadata ignored; using --nphotons "
+                f"{_fmt(args.nphotons)})\n"
+            )
     # Fail before reading the data when no nphotons can be had.
     resolve_nphotons(metadata, explicit=args.nphotons, default=args.nphotons_default)
     mask = _load_mask(args.mask) if args.mask is not None else None
@@ -358,11 +371,23 @@ def _record_lines(record: ScaleRecord) -> list[str]:
     return [f"  {k:<{width}}  {json.dumps(v)}" for k, v in data.items() if v is not None]
 
 
+#: What opening or reading a damaged zip can raise (bad signatures, inflate, short reads).
+_ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, EOFError, OSError)
+
+
 def _is_bundle(path: Path) -> bool:
     if not zipfile.is_zipfile(path):
         return False
-    with zipfile.ZipFile(path) as zf:
-        return "record.json" in zf.namelist()
+    # is_zipfile only checks the end-of-central-directory record: the central
+    # directory itself can still be damaged.
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return "record.json" in zf.namelist()
+    except _ZIP_ERRORS as exc:
+        raise DataFileError(
+            f"{path}: not a readable zip archive (bundle or .npz), probably truncated or "
+            f"corrupt ({exc})"
+        ) from None
 
 
 def _inspect(args: argparse.Namespace, stdout: TextIO) -> int:
@@ -488,6 +513,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if isinstance(exc, OSError) and not isinstance(exc, PhysscaleError):
             message = f"{exc.filename or ''}: {exc.strerror or exc}".lstrip(": ")
         stderr.write(f"{PROG}: error: {message}\n")
+        return 1
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, EOFError) as exc:
+        # A damaged archive reached past the readers' own checks: still one line.
+        if args.debug:
+            traceback.print_exc(file=stderr)
+        where = args.path if args.path is not None else "the example dataset"
+        message = str(exc).replace("\n", " ")
+        stderr.write(f"{PROG}: error: {where}: corrupt or truncated archive ({message})\n")
         return 1
     except KeyboardInterrupt:
         stderr.write(f"{PROG}: interrupted\n")

@@ -5,9 +5,11 @@ PtychoPINN stores a dataset's metadata as a JSON string under the NPZ key
 pickle, so ``np.load(..., allow_pickle=False)`` cannot read them and
 ``allow_pickle=True`` runs whatever code the pickle names. physscale reads the
 member itself (``zipfile`` and the ``.npy`` header) and unpickles it with
-:class:`_MetadataUnpickler`, which resolves no real global at all: the four
-names a 0-d string array needs map to inert stand-ins, everything else is
-refused with :class:`physscale.UnsafeFileError`. Nothing from the file runs.
+:class:`_MetadataUnpickler`, which resolves no real global at all: the
+names a 0-d string array needs map to inert stand-ins (``_codecs.encode``,
+which pickle protocols 0-2 use for bytes, to one that only turns latin-1 text
+into bytes), everything else is refused with :class:`physscale.UnsafeFileError`.
+Nothing from the file runs.
 
 :func:`write_metadata` stores metadata as a plain unicode array instead, which
 numpy reads without pickle and PtychoPINN reads as before (``.item()`` gives
@@ -47,6 +49,10 @@ _RECONSTRUCT = {
 _NDARRAY = {("numpy", "ndarray")}
 _DTYPE = {("numpy", "dtype")}
 _STR = {("builtins", "str"), ("__builtin__", "unicode")}
+# Protocols 0-2 (old numpy's np.save) have no bytes opcode: bytes are pickled as
+# _codecs.encode(text, "latin1"), here only for the array's byte-order argument.
+_CODECS_ENCODE = ("_codecs", "encode")
+_LATIN1 = ("latin1", "latin-1")
 _OBJECT_DTYPE = re.compile(r"O\d*")
 
 
@@ -94,6 +100,27 @@ class _ArrayStub:
         self.value = raw[0]
 
 
+def _latin1_encoder(where: str) -> Any:
+    """Stands in for ``_codecs.encode``: only ``(str, "latin1")``, giving bytes."""
+
+    def encode(*args: Any) -> bytes:
+        if len(args) != 2 or not isinstance(args[0], str) or args[1] not in _LATIN1:
+            raise UnsafeFileError(
+                f"{where}: refused to unpickle metadata that calls _codecs.encode with "
+                f"arguments {args!r:.200}; only encode(<str>, 'latin1'), which old pickles "
+                f"use for bytes, is accepted"
+            )
+        try:
+            return args[0].encode("latin1")
+        except UnicodeEncodeError:
+            raise UnsafeFileError(
+                f"{where}: the metadata pickle encodes non-latin-1 text as bytes; a pickle "
+                f"written by numpy never does"
+            ) from None
+
+    return encode
+
+
 class _MetadataUnpickler(pickle.Unpickler):
     """An unpickler that resolves no real global, only inert stand-ins.
 
@@ -122,6 +149,8 @@ class _MetadataUnpickler(pickle.Unpickler):
             return lambda *args: _DtypeStub(where, *args)
         if (module, name) in _STR:
             return str
+        if (module, name) == _CODECS_ENCODE:
+            return _latin1_encoder(where)
         raise UnsafeFileError(
             f"{where}: refused to unpickle metadata that references {module}.{name}; a "
             f"metadata pickle may only rebuild a 0-d array holding a JSON string. This "

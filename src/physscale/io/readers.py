@@ -101,7 +101,7 @@ def example_dataset_path() -> Path:
     diffraction amplitudes with nphotons in its ``_metadata`` (see
     ``scripts/make_example_data.py``).
     """
-    ref = resources.files("physscale").joinpath("data", EXAMPLE_DATASET)
+    ref = resources.files("physscale").joinpath("data").joinpath(EXAMPLE_DATASET)
     path = Path(str(ref))
     if not path.is_file():
         raise DataFileError(
@@ -286,6 +286,13 @@ def _check_patterns(info: ArrayInfo, where: str) -> None:
             f"{where}: patterns must be real floating point (float16/32/64), got dtype "
             f"{info.dtype}; convert integer counts to normalized float amplitudes first"
         )
+    if info.dtype.itemsize not in (2, 4, 8):
+        # longdouble / float96 / float128: torch has no such dtype.
+        raise DataFileError(
+            f"{where}: patterns must be float16, float32 or float64, got the "
+            f"{8 * info.dtype.itemsize}-bit extended-precision dtype {info.dtype}, which "
+            f"torch cannot hold; save them with x.astype(np.float64)"
+        )
     if len(info.shape) < 3:
         raise DataFileError(
             f"{where}: expected a stack of patterns with at least 3 axes, e.g. (n, H, W), "
@@ -309,7 +316,8 @@ def _chunk_len(info: ArrayInfo, chunk_patterns: int | None) -> int:
 def _native(arr: np.ndarray) -> np.ndarray:
     if arr.dtype.isnative:
         return arr
-    return arr.byteswap(inplace=True).view(arr.dtype.newbyteorder("="))
+    swapped: np.ndarray = arr.byteswap(inplace=True).view(arr.dtype.newbyteorder("="))
+    return swapped
 
 
 def _stream_chunks(
@@ -368,7 +376,7 @@ def iter_patterns(
 
     Raises:
         DataFileError: missing file or key, truncated or corrupt data, a
-            dtype that is not real floating point, fewer than 3 axes, no
+            dtype that is not float16/32/64 (extended precision included), fewer than 3 axes, no
             patterns, Fortran-ordered ``.npz`` members, h5py missing.
         UnsafeFileError: an object (pickled) array.
 
