@@ -5,11 +5,19 @@ from __future__ import annotations
 import io
 import math
 
+import numpy as np
 import pytest
 import torch
 
 import physscale as ps
-from physscale.errors import DtypeError, NegativeValueError, OptionError
+from physscale.errors import (
+    DtypeError,
+    MaskError,
+    NegativeValueError,
+    NonFiniteError,
+    OptionError,
+    PhysscaleError,
+)
 from physscale.nn import IntensityScaler, ScaledPoissonNLLLoss
 
 
@@ -162,3 +170,113 @@ def test_bad_scales_fail_at_construction() -> None:
         DtypeError, match=r"a trainable scale must be a physscale.nn.IntensityScaler"
     ):
         ScaledPoissonNLLLoss(trainable)
+
+
+ODD = ps.ScaleRecord(
+    intensity_scale=68.285, nphotons=1e6, nphotons_source="explicit", method="explicit"
+)
+
+CASTS = {
+    "half": lambda m: m.half(),
+    "bfloat16": lambda m: m.bfloat16(),
+    "to_float16": lambda m: m.to(torch.float16),
+    "float": lambda m: m.float(),
+    "double": lambda m: m.double(),
+    "to_cpu": lambda m: m.to(torch.device("cpu")),
+}
+
+
+@pytest.mark.parametrize("cast", list(CASTS))
+def test_a_cast_keeps_the_fixed_scale_an_exact_float64_buffer(cast: str) -> None:
+    loss = CASTS[cast](ScaledPoissonNLLLoss(ODD))
+    assert loss.scale is not None
+    assert loss.scale.dtype == torch.float64
+    assert float(loss.scale) == 68.285
+    assert float(loss.state_dict()["scale"]) == 68.285
+
+
+def test_a_half_cast_loss_with_a_scale_beyond_float16_stays_finite_and_exact() -> None:
+    pred, obs = batch(6, torch.float32)
+    value = ScaledPoissonNLLLoss(1e5).half()(pred, obs)
+    assert math.isfinite(float(value))
+    s = 1e5
+    assert float(value) == pytest.approx(reference_tf_mean(pred, obs, s, s), rel=1e-5)
+
+
+def test_a_cast_keeps_a_background_map_in_float32_or_better_and_a_mask_usable() -> None:
+    background = torch.full((5, 5), 3.7)
+    mask = torch.rand(5, 5, generator=torch.Generator().manual_seed(1)) > 0.3
+    loss = ScaledPoissonNLLLoss(2.0, background=background, mask=mask).bfloat16()
+    assert loss.background_map is not None
+    assert loss.background_map.dtype == torch.float32
+    assert torch.equal(loss.background_map, background)
+    pred, obs = batch(7, torch.float32)
+    want = ps.scaled_poisson_nll(pred, obs, 2.0, background=background, mask=mask)
+    torch.testing.assert_close(loss(pred, obs), want, rtol=0, atol=0)
+
+
+def test_a_scaler_in_a_half_cast_loss_keeps_its_parameter_and_scale() -> None:
+    scaler = IntensityScaler(ODD, trainable=True)
+    loss = ScaledPoissonNLLLoss(scaler)
+    param = scaler.log_scale
+    loss.half()
+    assert scaler.log_scale is param
+    assert scaler.log_scale.dtype == torch.float32
+    assert float(scaler.scale) == pytest.approx(68.285, rel=4 * torch.finfo(torch.float32).eps)
+
+
+def test_resuming_from_a_trained_record_keeps_the_counts_at_the_data_scale() -> None:
+    data = ps.closed_form_scale_record(1e6, 64)  # the data's scale: 31.25
+    trained = data.trained(40.0)
+    scaler = IntensityScaler.from_record(trained, trainable=True)
+    pred, obs = batch(8)
+    value = ScaledPoissonNLLLoss(scaler)(pred, obs)
+    rate_s = float(scaler.scale.detach())  # 40 in float32
+    assert rate_s == pytest.approx(40.0, rel=1e-6)
+    assert float(value) == pytest.approx(reference_tf_mean(pred, obs, rate_s, 31.25), rel=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"eps": "a"}, DtypeError, r"eps must be a positive real number .*got str 'a'"),
+        ({"eps": 0.0}, NegativeValueError, r"eps must be > 0, got 0.0"),
+        ({"eps": float("nan")}, NonFiniteError, r"eps must be finite"),
+        ({"mask": [1, 2]}, MaskError, r"mask must be a boolean .*got list"),
+        ({"mask": torch.tensor([1, 0])}, MaskError, r"got dtype torch.int64; use mask.bool\(\)"),
+        ({"mask": torch.tensor([0.0, 2.0])}, MaskError, r"mask weights must be exactly 0 or 1"),
+        ({"mask": np.array([0.0, 0.5])}, MaskError, r"mask weights must be exactly 0 or 1"),
+        ({"mask": torch.zeros(3, dtype=torch.bool)}, MaskError, r"excludes every element"),
+        ({"mask": torch.zeros(0)}, MaskError, r"mask of shape \(0,\) is empty"),
+        ({"background": -1.0}, NegativeValueError, r"background must be .* >= 0, got -1.0"),
+        ({"background": float("inf")}, NonFiniteError, r"background must be a finite number"),
+        ({"background": "1"}, DtypeError, r"background must be a real number or tensor"),
+        ({"background": True}, DtypeError, r"background must be a real number or tensor"),
+        (
+            {"background": torch.tensor([0.5, -1.0])},
+            NegativeValueError,
+            r"background \(background counts\) must be >= 0 everywhere, got a minimum of -1.0",
+        ),
+        (
+            {"background": torch.tensor([0.5, float("nan")])},
+            NonFiniteError,
+            r"background \(background counts\) holds 1 NaN",
+        ),
+        ({"background": torch.tensor([1, 2])}, DtypeError, r"real floating-point tensor"),
+    ],
+)
+def test_bad_eps_mask_and_background_fail_at_construction(
+    kwargs: dict[str, object], error: type, match: str
+) -> None:
+    assert issubclass(error, PhysscaleError)
+    with pytest.raises(error, match=match):
+        ScaledPoissonNLLLoss(2.0, **kwargs)  # type: ignore[arg-type]
+
+
+def test_valid_numpy_and_float_masks_are_accepted_and_used() -> None:
+    pred, obs = batch(9)
+    keep = np.random.default_rng(2).random((5, 5)) > 0.3
+    want = ps.scaled_poisson_nll(pred, obs, 3.0, mask=torch.from_numpy(keep))
+    for mask in (keep, keep.astype(np.float32), torch.from_numpy(keep).double()):
+        got = ScaledPoissonNLLLoss(3.0, mask=mask)(pred, obs)
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=0)

@@ -185,11 +185,120 @@ def test_trainable_must_be_a_bool() -> None:
         IntensityScaler(2.0, trainable="yes")  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
-def test_casting_the_module_does_not_make_a_frozen_scale_look_trained(dtype: torch.dtype) -> None:
+@pytest.mark.parametrize(
+    ("dtype", "kept"), [(torch.float64, torch.float64), (torch.bfloat16, torch.float32)]
+)
+def test_casting_the_module_does_not_make_a_frozen_scale_look_trained(
+    dtype: torch.dtype, kept: torch.dtype
+) -> None:
     scaler = IntensityScaler.from_record(RECORD).to(dtype)
-    assert scaler.log_scale.dtype == dtype
+    assert scaler.log_scale.dtype == kept
     assert scaler.to_record() is RECORD
+
+
+# A derived-like record whose scale bfloat16 rounds 0.4% away (68.285 -> 68.0).
+ODD = ps.ScaleRecord(
+    intensity_scale=68.285, nphotons=1e6, nphotons_source="explicit", method="explicit"
+)
+FLOAT32_REL = 4 * torch.finfo(torch.float32).eps
+
+CASTS = {
+    "half": lambda m: m.half(),
+    "bfloat16": lambda m: m.bfloat16(),
+    "to_float16": lambda m: m.to(torch.float16),
+    "to_bfloat16_cpu": lambda m: m.to(torch.device("cpu"), torch.bfloat16),
+    "float": lambda m: m.float(),
+    "to_cpu": lambda m: m.to(torch.device("cpu")),
+}
+
+
+@pytest.mark.parametrize("cast", list(CASTS))
+def test_a_low_precision_cast_keeps_the_scale_exact_and_the_record_consistent(cast: str) -> None:
+    scaler = IntensityScaler.from_record(ODD)
+    param = scaler.log_scale
+    CASTS[cast](scaler)
+    assert scaler.log_scale is param  # an optimizer's reference stays valid
+    assert scaler.log_scale.dtype == torch.float32
+    assert float(scaler.scale) == pytest.approx(68.285, rel=FLOAT32_REL)
+    record = scaler.to_record()
+    assert record is ODD
+    assert float(scaler.scale) == pytest.approx(record.intensity_scale, rel=FLOAT32_REL)
+    assert "scale=68.285" in repr(scaler)
+
+
+def test_double_then_half_keeps_float64_and_float_returns_to_float32() -> None:
+    scaler = IntensityScaler(68.285, trainable=True)
+    param = scaler.log_scale
+    scaler.double()
+    assert (scaler.log_scale.dtype, scaler.log_scale is param) == (torch.float64, True)
+    scaler.half()
+    assert (scaler.log_scale.dtype, scaler.log_scale is param) == (torch.float64, True)
+    scaler.float()
+    assert (scaler.log_scale.dtype, scaler.log_scale is param) == (torch.float32, True)
+    assert float(scaler.scale) == pytest.approx(68.285, rel=FLOAT32_REL)
+    assert scaler.trainable
+
+
+def test_a_cast_keeps_an_existing_gradient_usable() -> None:
+    scaler = IntensityScaler(2.0, trainable=True)
+    scaler.denormalize(torch.ones(3)).sum().backward()
+    scaler.bfloat16()
+    assert scaler.log_scale.grad is not None
+    assert scaler.log_scale.grad.dtype == torch.float32
+    assert float(scaler.log_scale.grad) == pytest.approx(6.0, rel=1e-2)
+    torch.optim.SGD(scaler.parameters(), lr=0.01).step()
+    assert float(scaler.scale) == pytest.approx(2.0 * math.exp(-0.06), rel=1e-2)
+
+
+def test_a_model_cast_to_bfloat16_still_trains_its_net_and_its_scale() -> None:
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4))
+    model.scaler = IntensityScaler(RECORD, trainable=True)
+    model.loss = ps.ScaledPoissonNLLLoss(model.scaler)
+    opt = torch.optim.SGD(model.parameters(), lr=1e-4)
+    param = model.scaler.log_scale
+    model.bfloat16()
+    assert model.scaler.log_scale is param
+    assert model[0].weight.dtype == torch.bfloat16
+    x = torch.rand(8, 4, generator=torch.Generator().manual_seed(0)).bfloat16()
+    weight, log_scale = model[0].weight.detach().clone(), float(param.detach())
+    # The scaler normalizes a bfloat16 batch without promoting it.
+    assert model.scaler.normalize(x).dtype == torch.bfloat16
+    opt.zero_grad()
+    value = model.loss(model[0](model.scaler.normalize(x)).abs(), x)
+    assert value.dtype == torch.float32
+    value.backward()
+    opt.step()
+    assert float(param.detach()) != log_scale
+    assert not torch.equal(model[0].weight.detach(), weight)
+    assert model.scaler.to_record().method == "trained"
+
+
+def test_a_log_scale_dtype_below_float32_is_refused() -> None:
+    with pytest.raises(DtypeError, match=r"dtype must be torch.float32 or torch.float64"):
+        IntensityScaler(2.0, dtype=torch.float16)
+
+
+TRAINED = RECORD.trained(40.0)  # trained from the data's 31.25
+
+
+def test_a_scaler_from_a_trained_record_starts_trained_and_keeps_the_data_scale() -> None:
+    scaler = IntensityScaler.from_record(TRAINED)
+    assert float(scaler.scale) == pytest.approx(40.0, rel=FLOAT32_REL)
+    assert scaler.initial_scale == 31.25  # the data's scale, for the counts
+    assert scaler.to_record() is TRAINED  # frozen and unmoved: the record itself
+
+
+def test_resuming_from_a_trained_record_keeps_the_first_initial_value() -> None:
+    scaler = IntensityScaler.from_record(TRAINED, trainable=True)
+    sgd_step(scaler, lr=0.001)
+    record = scaler.to_record()
+    assert record.method == "trained"
+    assert record.initial_intensity_scale == 31.25
+    assert record.intensity_scale == pytest.approx(40.0 * math.exp(-0.001 * 3 * 40.0), rel=1e-5)
+    fresh = IntensityScaler(1.0)
+    fresh.load_state_dict(scaler.state_dict())
+    assert fresh.initial_scale == 31.25
+    assert fresh.to_record().initial_intensity_scale == 31.25
 
 
 @pytest.mark.parametrize("log_value", [float("nan"), float("inf"), float("-inf"), 800.0, -800.0])

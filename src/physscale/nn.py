@@ -16,13 +16,15 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from physscale._checks import check_option, positive_finite
-from physscale.errors import DtypeError, RecordError
+from physscale.errors import DtypeError, MaskError, RecordError
 from physscale.likelihood import (
     DOMAINS,
     FORMS,
@@ -30,6 +32,11 @@ from physscale.likelihood import (
     Domain,
     Form,
     Reduction,
+    _background_tensor,
+    _check_values,
+    _mask_tensor,
+    _positive_real,
+    _widest,
     scalar_scale,
     scaled_poisson_nll,
 )
@@ -39,6 +46,27 @@ __all__ = ["IntensityScaler", "ScaledPoissonNLLLoss"]
 
 #: Tag of the extra state an IntensityScaler saves in its ``state_dict``.
 _EXTRA_STATE_FORMAT = "physscale.IntensityScaler/1"
+
+_FLOAT32_EPS = torch.finfo(torch.float32).eps
+
+
+def _coarser_than_float32(dtype: torch.dtype) -> bool:
+    """Whether ``dtype`` is a floating dtype with less precision than float32."""
+    return dtype.is_floating_point and torch.finfo(dtype).eps > _FLOAT32_EPS
+
+
+def _kept_precision(before: torch.Tensor, after: torch.Tensor) -> torch.Tensor | None:
+    """``before`` on ``after``'s device if a cast made it coarser than float32, else None.
+
+    The value keeps ``before``'s dtype when that is float32 or better (float32
+    on Apple MPS, which has no float64), else becomes float32.
+    """
+    if not _coarser_than_float32(after.dtype):
+        return None
+    dtype = torch.float32 if _coarser_than_float32(before.dtype) else before.dtype
+    if dtype == torch.float64:
+        dtype = _widest(after.device)
+    return before.detach().to(device=after.device, dtype=dtype)
 
 
 class IntensityScaler(nn.Module):
@@ -55,6 +83,21 @@ class IntensityScaler(nn.Module):
     (``get_extra_state``), so ``torch.load(..., weights_only=True)`` can read a
     saved ``state_dict`` and :meth:`to_record` still knows the provenance.
 
+    Casting the module (``.half()``, ``.bfloat16()``, ``model.to(torch.float16)``,
+    Lightning ``precision="bf16-true"``) never rounds the physics scale:
+    ``log_scale`` stays float32 (float64 after ``.double()``), the same
+    ``Parameter`` object, so ``scale`` and :meth:`to_record` stay exact and
+    agree. ``normalize``/``denormalize`` of a half-precision ``x`` still return
+    ``x``'s dtype (a 0-d parameter does not promote a batch).
+
+    Built from a *trained* record (``method="trained"``, e.g. to resume
+    training): ``log_scale`` starts at the trained ``record.intensity_scale``,
+    while :attr:`initial_scale` (the data's scale, which
+    :class:`ScaledPoissonNLLLoss` uses for the observed counts, TF's
+    ``(s_data * X)**2``) is ``record.initial_intensity_scale``, the scale
+    derived from the data before any training. :meth:`to_record` keeps that
+    first value as ``initial_intensity_scale``.
+
     Args:
         scale_or_record: the intensity scale ``s`` (amplitude factor; counts
             are ``(s * x)**2``): a positive finite float, a 0-d tensor, or a
@@ -64,8 +107,9 @@ class IntensityScaler(nn.Module):
         nphotons: photons per pattern the scale stands for. Only for a bare
             scale, and only needed by :meth:`to_record` (a record requires
             nphotons); a ``ScaleRecord`` carries its own.
-        dtype: floating dtype of ``log_scale`` (default ``torch.float32``,
-            like TF's variable); it follows ``module.to(dtype)`` afterwards.
+        dtype: dtype of ``log_scale``, ``torch.float32`` (default, like TF's
+            variable) or ``torch.float64``; it follows ``module.double()`` and
+            ``module.float()`` afterwards, never a cast below float32.
     """
 
     log_scale: nn.Parameter
@@ -87,18 +131,45 @@ class IntensityScaler(nn.Module):
                 "nphotons comes from the ScaleRecord; do not pass nphotons with a record "
                 f"(the record says {record.nphotons!r})"
             )
-        initial = scalar_scale(scale_or_record, "IntensityScaler scale")
+        if dtype is None:
+            dtype = torch.float32
+        if dtype not in (torch.float32, torch.float64):
+            raise DtypeError(
+                f"IntensityScaler dtype must be torch.float32 or torch.float64, got {dtype!r}; "
+                "a coarser log-scale would round the physics scale (cast the model with "
+                ".half() instead: the scaler keeps log_scale in float32)"
+            )
+        start = scalar_scale(scale_or_record, "IntensityScaler scale")
         self._record: ScaleRecord | None = record
-        self._initial_scale: float = initial
+        self._initial_scale: float = start if record is None else _data_scale(record)
         self._nphotons: float | None = (
             None if nphotons is None else positive_finite(nphotons, "IntensityScaler nphotons")
         )
-        value = torch.tensor(math.log(initial), dtype=dtype or torch.float32)
+        value = torch.tensor(math.log(start), dtype=dtype)
         self.log_scale = nn.Parameter(value, requires_grad=trainable)
+
+    def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> Any:
+        # A dtype cast must not round the physics scale: restore log_scale to float32 or
+        # better after a cast below it, in place (.data), so the Parameter object an
+        # optimizer holds stays valid. Device moves pass through.
+        before = self.log_scale.data
+        grad = self.log_scale.grad
+        before_grad = None if grad is None else grad.detach()
+        out = super()._apply(fn, recurse)  # type: ignore[no-untyped-call]
+        kept = _kept_precision(before, self.log_scale)
+        if kept is not None:
+            self.log_scale.data = kept
+            if before_grad is not None:
+                self.log_scale.grad = before_grad.to(device=kept.device, dtype=kept.dtype)
+        return out
 
     @classmethod
     def from_record(cls, record: ScaleRecord, trainable: bool = False) -> IntensityScaler:
-        """A scaler starting at ``record.intensity_scale`` that remembers the record."""
+        """A scaler starting at ``record.intensity_scale`` that remembers the record.
+
+        For a trained record the data's scale (:attr:`initial_scale`, the count
+        scale of :class:`ScaledPoissonNLLLoss`) is ``record.initial_intensity_scale``.
+        """
         if not isinstance(record, ScaleRecord):
             raise RecordError(
                 f"from_record needs a physscale.ScaleRecord, got {type(record).__name__}"
@@ -117,8 +188,17 @@ class IntensityScaler(nn.Module):
 
     @property
     def initial_scale(self) -> float:
-        """The scale this scaler started from (the record's, or the bare value)."""
+        """The data's scale: the first value of this scale's history.
+
+        The bare value, a record's ``intensity_scale``, or a trained record's
+        ``initial_intensity_scale``; :class:`ScaledPoissonNLLLoss` computes the
+        observed counts with it.
+        """
         return self._initial_scale
+
+    def _start_scale(self) -> float:
+        # The value log_scale was built from (a trained record's trained value).
+        return self._initial_scale if self._record is None else self._record.intensity_scale
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """``x / exp(log_scale)``: physical amplitudes to normalized (TF IntensityScaler)."""
@@ -133,11 +213,10 @@ class IntensityScaler(nn.Module):
         return self.normalize(x)
 
     def _moved(self, current: float) -> bool:
-        # Whether log_scale differs from its initial value by more than rounding:
-        # float32 by default, or a coarser dtype the module was cast to (a float32 value
-        # cast to float64 by model.double() keeps its float32 rounding).
-        initial_log = math.log(self._initial_scale)
-        eps = max(torch.finfo(self.log_scale.dtype).eps, torch.finfo(torch.float32).eps)
+        # Whether log_scale differs from the value it was built from by more than float32
+        # rounding (a float32 value cast to float64 by model.double() keeps that rounding).
+        initial_log = math.log(self._start_scale())
+        eps = max(torch.finfo(self.log_scale.dtype).eps, _FLOAT32_EPS)
         return abs(math.log(current) - initial_log) > 4.0 * eps * max(1.0, abs(initial_log))
 
     def to_record(self, nphotons: float | None = None) -> ScaleRecord:
@@ -221,6 +300,10 @@ class IntensityScaler(nn.Module):
             )
             raw_n = data["nphotons"]
             n = None if raw_n is None else positive_finite(raw_n, "nphotons", RecordError)
+            if record is not None:
+                # The record defines the data's scale (states saved before this rule
+                # stored a trained record's trained value here).
+                initial = _data_scale(record)
         except (TypeError, ValueError, KeyError) as exc:
             raise RecordError(
                 f"IntensityScaler extra state in this state_dict is malformed ({exc}); "
@@ -233,6 +316,44 @@ class IntensityScaler(nn.Module):
         return f"scale={scale:.6g}, trainable={self.trainable}"
 
 
+def _data_scale(record: ScaleRecord) -> float:
+    """The scale derived from the data: a trained record's first value, else its scale."""
+    return float(record.initial_intensity_scale or record.intensity_scale)
+
+
+def _mask_buffer(mask: Any) -> torch.Tensor:
+    """``mask`` validated (boolean or 0/1 floats, not all excluded) as a detached tensor."""
+    # The data shape is unknown here: check against the mask's own shape, keep its dtype
+    # and device (forward converts it), and check the values once, now.
+    shape = torch.Size(getattr(mask, "shape", ()))
+    if isinstance(mask, torch.Tensor):
+        dtype, device = mask.dtype, mask.device
+    else:
+        is_bool = isinstance(mask, np.ndarray) and mask.dtype == np.bool_
+        dtype, device = (torch.bool if is_bool else torch.float64), torch.device("cpu")
+    tensor, weights = _mask_tensor(mask, shape, dtype, device)
+    if tensor.numel() == 0:
+        raise MaskError(f"mask of shape {tuple(tensor.shape)} is empty; give an (H, W) mask")
+    if tensor.device.type != "meta":
+        zero = torch.zeros((), device=tensor.device)
+        _check_values(zero, zero, "amplitude", [], tensor, weights)
+    return tensor
+
+
+def _background_buffer(background: Any) -> tuple[torch.Tensor | None, float]:
+    """``(map, 0.0)`` for a tensor, ``(None, value)`` for a number; validated once, now."""
+    if isinstance(background, torch.Tensor):
+        b, _ = _background_tensor(background, background.shape, background.dtype, background.device)
+        assert b is not None
+        if b.device.type != "meta":
+            zero = torch.zeros((), device=b.device)
+            extras = [("background", b, "background counts", False)]
+            _check_values(zero, zero, "amplitude", extras, None, False)
+        return b.detach(), 0.0
+    _background_tensor(background, torch.Size(()), torch.float64, torch.device("cpu"))
+    return None, float(background)
+
+
 class ScaledPoissonNLLLoss(nn.Module):
     """:func:`physscale.scaled_poisson_nll` as an ``nn.Module``.
 
@@ -243,15 +364,24 @@ class ScaledPoissonNLLLoss(nn.Module):
             an :class:`IntensityScaler`, registered as the submodule ``scaler``.
             With a scaler the *rate* uses its current ``exp(log_scale)``, so a
             trainable log-scale learns through the loss, while the *counts*
-            use its initial scale, the data's fixed scale (TF: the targets are
-            ``(s * X)**2`` with the data's ``s`` whatever the layer learns).
-        domain, form, reduction, eps: as for :func:`physscale.scaled_poisson_nll`.
-        mask: optional valid-pixel mask (boolean or 0/1 floats) broadcastable
-            to every batch, e.g. ``(H, W)``; a non-persistent buffer (moves
-            with the module, not saved: it belongs to the detector setup).
-        background: background counts per pixel added to the rate, a number
-            >= 0 or a tensor broadcastable to every batch (a non-persistent
-            buffer when a tensor).
+            use its :attr:`~IntensityScaler.initial_scale`, the data's fixed
+            scale (TF: the targets are ``(s * X)**2`` with the data's ``s``
+            whatever the layer learns; for a scaler built from a trained
+            record, that record's ``initial_intensity_scale``).
+        domain, form, reduction, eps: as for :func:`physscale.scaled_poisson_nll`
+            (``eps``: a positive finite number of photon counts).
+        mask: optional valid-pixel mask, a tensor or numpy array of booleans
+            (True = valid) or 0/1 floats, broadcastable to every batch, e.g.
+            ``(H, W)``, excluding not every pixel; a non-persistent buffer
+            (moves with the module, not saved: it belongs to the detector setup).
+        background: background counts per pixel added to the rate, a finite
+            number >= 0 or a real floating tensor of finite values >= 0
+            broadcastable to every batch (a non-persistent buffer when a tensor).
+
+    Every argument is checked here, with the same checks (and errors) as
+    :func:`physscale.scaled_poisson_nll`; the shapes against the data are
+    checked at each forward. Casting the module (``.half()``, ``.bfloat16()``)
+    keeps the fixed scale in float64 and a background map in float32 or better.
 
     ``forward(pred, obs)`` takes normalized amplitudes (or intensities), shape
     ``(B, ...)``, and returns the reduced loss (float32, or float64 for
@@ -277,7 +407,7 @@ class ScaledPoissonNLLLoss(nn.Module):
         self.domain: Domain = check_option(domain, DOMAINS, "domain")
         self.form: Form = check_option(form, FORMS, "form")
         self.reduction: Reduction = check_option(reduction, REDUCTIONS, "reduction")
-        self.eps = float(eps)
+        self.eps = _positive_real(eps, "eps", "a positive real number (photon counts)")
         self.scaler: IntensityScaler | None
         if isinstance(scale, IntensityScaler):
             self.scaler = scale
@@ -292,15 +422,22 @@ class ScaledPoissonNLLLoss(nn.Module):
             self.scaler = None
             value = scalar_scale(scale, "ScaledPoissonNLLLoss scale")
             self.register_buffer("scale", torch.tensor(value, dtype=torch.float64))
-        self.register_buffer(
-            "mask", None if mask is None else torch.as_tensor(mask).detach(), persistent=False
-        )
-        if isinstance(background, torch.Tensor):
-            self.register_buffer("background_map", background.detach(), persistent=False)
-            self.background_value = 0.0
-        else:
-            self.register_buffer("background_map", None, persistent=False)
-            self.background_value = background
+        self.register_buffer("mask", None if mask is None else _mask_buffer(mask), persistent=False)
+        background_map, self.background_value = _background_buffer(background)
+        self.register_buffer("background_map", background_map, persistent=False)
+
+    def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> Any:
+        # A dtype cast must not round the physics: the fixed scale stays float64 (restored
+        # from its pre-cast value on the new device), a background map float32 or better.
+        scale, background_map = self.scale, self.background_map
+        out = super()._apply(fn, recurse)  # type: ignore[no-untyped-call]
+        if scale is not None and self.scale is not None and self.scale.dtype != scale.dtype:
+            self.scale = scale.to(device=self.scale.device, dtype=_widest(self.scale.device))
+        if background_map is not None and self.background_map is not None:
+            kept = _kept_precision(background_map, self.background_map)
+            if kept is not None:
+                self.background_map = kept
+        return out
 
     def forward(self, pred: torch.Tensor, obs: torch.Tensor) -> torch.Tensor:
         """The loss of ``pred`` against ``obs`` (normalized units, same shape)."""
