@@ -580,3 +580,16 @@ def test_nan_in_an_unmasked_pixel_is_still_an_error_with_a_mask() -> None:
     mask = torch.tensor([[True, False], [True, True]])
     with pytest.raises(NonFiniteError, match=r"1 NaN .* in unmasked pixels"):
         ps.scaled_poisson_nll(pred, torch.ones(1, 1, 2, 2), 2.0, mask=mask)
+
+
+def test_a_trained_record_as_count_scale_keeps_the_counts_at_the_data_scale() -> None:
+    derived = ps.closed_form_scale_record(1e6, 64)  # the data's scale, 31.25
+    trained = derived.trained(40.0)
+    pred = torch.rand(2, 1, 4, 4, dtype=torch.float64) + 0.1
+    obs = torch.rand(2, 1, 4, 4, dtype=torch.float64) + 0.1
+    with_record = ps.scaled_poisson_nll(pred, obs, 40.0, count_scale=trained)
+    with_value = ps.scaled_poisson_nll(pred, obs, 40.0, count_scale=31.25)
+    assert float(with_record) == float(with_value)
+    assert float(ps.scaled_poisson_nll(pred, obs, derived, count_scale=derived)) == float(
+        ps.scaled_poisson_nll(pred, obs, 31.25)
+    )

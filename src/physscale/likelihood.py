@@ -618,7 +618,9 @@ def scaled_poisson_nll(
             counts; positive.
         count_scale: the scale ``t`` that turns ``obs`` into counts, if it is
             not ``scale`` (e.g. the data's fixed scale while ``scale`` is a
-            trainable one, as in TF). Same accepted types as ``scale``.
+            trainable one, as in TF). Same accepted types as ``scale``; a
+            trained ``ScaleRecord`` gives its ``initial_intensity_scale`` (the
+            data's derived scale), any other record its ``intensity_scale``.
 
     Returns:
         float32 tensor (float64 if ``pred`` or ``obs`` is float64): 0-d for
@@ -655,6 +657,9 @@ def scaled_poisson_nll(
 
     with _autocast_off(device.type):
         s, s_check = _scale_tensor(scale, "scale", shape, dtype, device)
+        if isinstance(count_scale, ScaleRecord):
+            # Counts live at the data's scale: for a trained record, where training began.
+            count_scale = count_scale.initial_intensity_scale or count_scale.intensity_scale
         same_scale = count_scale is None
         if same_scale:
             t, t_check = s, False
