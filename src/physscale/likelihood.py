@@ -659,7 +659,7 @@ def scaled_poisson_nll(
         s, s_check = _scale_tensor(scale, "scale", shape, dtype, device)
         if isinstance(count_scale, ScaleRecord):
             # Counts live at the data's scale: for a trained record, where training began.
-            count_scale = count_scale.initial_intensity_scale or count_scale.intensity_scale
+            count_scale = count_scale.data_scale
         same_scale = count_scale is None
         if same_scale:
             t, t_check = s, False

@@ -141,7 +141,7 @@ class IntensityScaler(nn.Module):
             )
         start = scalar_scale(scale_or_record, "IntensityScaler scale")
         self._record: ScaleRecord | None = record
-        self._initial_scale: float = start if record is None else _data_scale(record)
+        self._initial_scale: float = start if record is None else record.data_scale
         self._nphotons: float | None = (
             None if nphotons is None else positive_finite(nphotons, "IntensityScaler nphotons")
         )
@@ -303,7 +303,7 @@ class IntensityScaler(nn.Module):
             if record is not None:
                 # The record defines the data's scale (states saved before this rule
                 # stored a trained record's trained value here).
-                initial = _data_scale(record)
+                initial = record.data_scale
         except (TypeError, ValueError, KeyError) as exc:
             raise RecordError(
                 f"IntensityScaler extra state in this state_dict is malformed ({exc}); "
@@ -314,11 +314,6 @@ class IntensityScaler(nn.Module):
     def extra_repr(self) -> str:
         scale = math.exp(float(self.log_scale.detach().to(torch.float64)))
         return f"scale={scale:.6g}, trainable={self.trainable}"
-
-
-def _data_scale(record: ScaleRecord) -> float:
-    """The scale derived from the data: a trained record's first value, else its scale."""
-    return float(record.initial_intensity_scale or record.intensity_scale)
 
 
 def _mask_buffer(mask: Any) -> torch.Tensor:
@@ -448,7 +443,7 @@ class ScaledPoissonNLLLoss(nn.Module):
             assert self.scale is not None
             scale, count_scale = self.scale, None
         background = (
-            self.background_map if self.background_map is not None else (self.background_value)
+            self.background_map if self.background_map is not None else self.background_value
         )
         return scaled_poisson_nll(
             pred,

@@ -159,6 +159,14 @@ class ScaleRecord(BaseModel):
             )
         return self
 
+    @property
+    def data_scale(self) -> float:
+        """The scale derived from the data: a trained record's initial value, else its scale.
+
+        Observed counts are ``(data_scale * obs)**2`` even while a trained scale moves the rate.
+        """
+        return self.initial_intensity_scale or self.intensity_scale
+
     def trained(self, intensity_scale: Any) -> ScaleRecord:
         """A new record for a scale learned from this one (``method="trained"``).
 
@@ -170,7 +178,7 @@ class ScaleRecord(BaseModel):
         data.update(
             method="trained",
             intensity_scale=value,
-            initial_intensity_scale=self.initial_intensity_scale or self.intensity_scale,
+            initial_intensity_scale=self.data_scale,
         )
         return ScaleRecord(**data)
 
