@@ -17,6 +17,7 @@ from typing import Literal
 
 import torch
 
+from physscale import _native
 from physscale.errors import EmptyInputError, NegativeValueError, NonFiniteError
 
 Domain = Literal["amplitude", "intensity"]
@@ -122,15 +123,47 @@ def intensity_sum(
     n_patterns = x.numel() // math.prod(pattern_shape)
     if n_patterns == 0:  # an empty batch adds nothing (e.g. an empty shard)
         return IntensitySum(0.0, 0, pattern_shape, False)
+    square = domain == "amplitude"
+    # The native kernel (one fused, threaded pass) when it is built and the data
+    # allow it; otherwise the eager blockwise kernel. Same float64 arithmetic.
+    native = _native.reduce_dense(x, square=square) if mask is None else None
+    if native is None:
+        block_totals, lowest = _eager_sum(x, square, mask)
+    else:
+        block_totals, lowest = native
+    if math.isnan(lowest) or not all(math.isfinite(t) for t in block_totals):
+        _raise_nonfinite(x, name)
+    if lowest < 0.0:
+        kind = "amplitudes" if square else "intensities"
+        raise NegativeValueError(
+            f"{name} holds negative {kind} (minimum {lowest!r}); {kind} must be >= 0. "
+            f"Clip detector noise (x.clamp(min=0)) before deriving a scale"
+        )
+    sample = _units_sample(x, mask)
+    integer_like = _integer_like(sample * sample if square else sample)
+    return IntensitySum(
+        total=math.fsum(block_totals),
+        n_patterns=n_patterns,
+        pattern_shape=pattern_shape,
+        integer_like=integer_like,
+    )
+
+
+def _eager_sum(
+    x: torch.Tensor, square: bool, mask: torch.Tensor | None
+) -> tuple[list[float], float]:
+    """Per-block float64 totals and the minimum, in eager PyTorch ops.
+
+    Each block of at most ``BLOCK_NUMEL`` elements is converted into one reused
+    float64 buffer, then reduced with a dot product (or a sum) and an ``amin``.
+    """
     device = _accumulation_device(x.device)
     limit = BLOCK_NUMEL * (1 if device.type == "cpu" else ACCELERATOR_BLOCK_FACTOR)
     buffer = torch.empty(min(limit, x.numel()), dtype=torch.float64, device=device)
     # Per-block float64 totals and minima stay on the device until the end.
-
     totals: list[torch.Tensor] = []
     minima: list[torch.Tensor] = []
-    integer_like = False
-    for i, index in enumerate(_blocks(tuple(x.shape), limit)):
+    for index in _blocks(tuple(x.shape), limit):
         block = x[index]
         if mask is None and block.dtype == torch.float64 and block.is_contiguous() \
                 and block.device == device:  # fmt: skip
@@ -142,30 +175,22 @@ def intensity_sum(
                 # masked_fill, not a multiply: a NaN in a dead pixel must not leak.
                 view.masked_fill_(mask[index].logical_not(), 0.0)
             flat = view.view(-1)
-        totals.append(torch.dot(flat, flat) if domain == "amplitude" else flat.sum())
+        totals.append(torch.dot(flat, flat) if square else flat.sum())
         # Checked on the cached float64 block: measured faster than on the source.
         minima.append(flat.amin())
-        if i == 0:
-            sample = flat[:_UNITS_SAMPLE]
-            integer_like = _integer_like(sample * sample if domain == "amplitude" else sample)
-
     # One device-to-host transfer for the whole pass.
     stats = torch.stack([torch.stack(minima).amin(), *totals]).tolist()
-    lowest, block_totals = stats[0], stats[1:]
-    if math.isnan(lowest) or not all(math.isfinite(t) for t in block_totals):
-        _raise_nonfinite(x, name)
-    if lowest < 0.0:
-        kind = "amplitudes" if domain == "amplitude" else "intensities"
-        raise NegativeValueError(
-            f"{name} holds negative {kind} (minimum {lowest!r}); {kind} must be >= 0. "
-            f"Clip detector noise (x.clamp(min=0)) before deriving a scale"
-        )
-    return IntensitySum(
-        total=math.fsum(block_totals),
-        n_patterns=n_patterns,
-        pattern_shape=pattern_shape,
-        integer_like=integer_like,
-    )
+    return stats[1:], stats[0]
+
+
+def _units_sample(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """The first (at most) ``_UNITS_SAMPLE`` values of ``x`` in float64, masked pixels as 0."""
+    index = next(_blocks(tuple(x.shape), _UNITS_SAMPLE))
+    device = _accumulation_device(x.device)
+    sample = x[index].to(device=device, dtype=torch.float64).reshape(-1)
+    if mask is not None:
+        sample = sample.masked_fill(mask[index].to(device).reshape(-1).logical_not(), 0.0)
+    return sample
 
 
 def _raise_nonfinite(x: torch.Tensor, name: str) -> None:
