@@ -275,6 +275,7 @@ def _x() -> torch.Tensor:
         (np.ones((2, 4, 4), dtype=bool), ps.DtypeError, "bool"),
         ([[1.0, 2.0]], ps.DtypeError, "list"),
         (np.array([["a"]]), ps.DtypeError, "<U1"),
+        (torch.ones(2, 4, 4).to_sparse(), ps.DtypeError, "dense tensor.*sparse_coo"),
     ],
 )
 def test_bad_data_raises_a_specific_error(x: object, error: type, match: str) -> None:

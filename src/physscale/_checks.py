@@ -68,6 +68,11 @@ def as_float_tensor(x: object, name: str = "x") -> torch.Tensor:
         raise DtypeError(
             f"{name} must be a torch.Tensor or numpy.ndarray of real floats, got {type(x).__name__}"
         )
+    if t.layout != torch.strided:
+        raise DtypeError(
+            f"{name} must be a dense tensor, got layout {t.layout}; convert it with "
+            f"{name}.to_dense()"
+        )
     if not t.dtype.is_floating_point or t.dtype.is_complex:
         raise DtypeError(_dtype_message(name, str(t.dtype)))
     return t
