@@ -14,7 +14,10 @@ from hypothesis import strategies as st
 
 import physscale as ps
 
-pytestmark = pytest.mark.filterwarnings("ignore::physscale.errors.UnitsWarning")
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::physscale.errors.UnitsWarning"),
+    pytest.mark.usefixtures("kernel"),  # every test runs on the native and the eager kernel
+]
 
 
 @st.composite

@@ -16,7 +16,10 @@ from physscale import _intensity_sum
 
 # Random nphotons can land on a scale near 1, which the units guard flags;
 # the guard has its own tests (test_units_guard.py).
-pytestmark = pytest.mark.filterwarnings("ignore::physscale.errors.UnitsWarning")
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::physscale.errors.UnitsWarning"),
+    pytest.mark.usefixtures("kernel"),  # every test runs on the native and the eager kernel
+]
 
 NP_DTYPES = [np.float16, np.float32, np.float64]
 TORCH_DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64]

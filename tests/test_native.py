@@ -1,0 +1,211 @@
+"""The optional native kernel: agreement with the eager kernel, thread splits, fallbacks."""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from _reference import rel
+from hypothesis import given
+from hypothesis import strategies as st
+
+import physscale as ps
+from physscale import _intensity_sum, _native
+
+needs_native = pytest.mark.skipif(
+    not _native.available() and os.environ.get("PHYSSCALE_REQUIRE_NATIVE") != "1",
+    reason="the native kernel is not built in this installation",
+)
+
+
+def fsum_reference(x: torch.Tensor, square: bool) -> float:
+    v = x.detach().double().reshape(-1)
+    return math.fsum((v * v if square else v).tolist())
+
+
+def native_total(x: torch.Tensor, square: bool) -> tuple[float, float]:
+    result = _native.reduce_dense(x, square=square)
+    assert result is not None
+    partials, minimum = result
+    return math.fsum(partials), minimum
+
+
+def test_the_native_kernel_is_built_when_ci_requires_it() -> None:
+    if os.environ.get("PHYSSCALE_REQUIRE_NATIVE") != "1":
+        pytest.skip("PHYSSCALE_REQUIRE_NATIVE is not set")
+    assert _native.available(), "PHYSSCALE_REQUIRE_NATIVE=1 but physscale._native_kernel is absent"
+
+
+# ------------------------------------------------------------ agreement
+@st.composite
+def dense_tensors(draw: st.DrawFn) -> torch.Tensor:
+    """Dense float32/float64 tensors in any axis order, maybe offset into their storage."""
+    shape = tuple(draw(st.lists(st.integers(1, 40), min_size=1, max_size=4)))
+    dtype = draw(st.sampled_from([torch.float32, torch.float64]))
+    seed = draw(st.integers(0, 2**32 - 1))
+    gen = torch.Generator().manual_seed(seed)
+    scale = draw(st.sampled_from([1e-3, 1.0, 1e3]))
+    base = torch.rand((2, *shape), generator=gen, dtype=torch.float64) * scale
+    x = base.to(dtype)[draw(st.integers(0, 1)) :]  # a storage offset, still dense
+    perm = draw(st.permutations(range(x.ndim)))
+    return x.permute(*perm)
+
+
+@needs_native
+@given(dense_tensors(), st.booleans(), st.integers(1, 5))
+def test_native_sum_and_minimum_match_fsum_for_any_thread_split(
+    x: torch.Tensor, square: bool, n_threads: int
+) -> None:
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(_native, "thread_count", lambda numel: n_threads)
+        total, minimum = native_total(x, square)
+    assert rel(total, fsum_reference(x, square)) <= 1e-14
+    assert minimum == float(x.min())
+
+
+@needs_native
+@given(dense_tensors(), st.booleans())
+def test_native_and_eager_kernels_agree(x: torch.Tensor, square: bool) -> None:
+    domain = "amplitude" if square else "intensity"
+    axes = (x.ndim - 1,)
+    native = _intensity_sum.intensity_sum(x, axes, domain)
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(_native, "reduce_dense", lambda x, *, square: None)
+        eager = _intensity_sum.intensity_sum(x, axes, domain)
+    assert rel(native.total, eager.total) <= 1e-13
+    assert native.n_patterns == eager.n_patterns
+    assert native.integer_like == eager.integer_like
+
+
+@needs_native
+@pytest.mark.parametrize("where", [0, 1000, 4095, 4096, 99_999])
+@pytest.mark.parametrize(
+    ("value", "error", "match"),
+    [
+        (float("nan"), ps.NonFiniteError, "1 NaN"),
+        (float("inf"), ps.NonFiniteError, "infinite"),
+        (-1e-30, ps.NegativeValueError, "negative amplitudes"),
+    ],
+)
+def test_a_bad_value_in_any_thread_slice_is_caught(
+    monkeypatch: pytest.MonkeyPatch, where: int, value: float, error: type, match: str
+) -> None:
+    monkeypatch.setattr(_native, "thread_count", lambda numel: 4)
+    x = torch.rand(25, 40, 100)
+    x.view(-1)[where] = value
+    assert _native.reduce_dense(x, square=True) is not None  # the native path runs
+    with pytest.raises(error, match=match):
+        ps.derive_intensity_scale(x, 1e6)
+
+
+@needs_native
+def test_chunk_sums_are_compensated_so_small_chunks_are_not_lost_after_a_large_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # One chunk sums to 1e16, then 1000 chunks each sum to 1: plain float64
+    # addition rounds every 1e16 + 1 back to 1e16 and loses all of them.
+    monkeypatch.setattr(_native, "thread_count", lambda numel: 1)
+    chunk = 4096  # CHUNK in csrc/physscale_native.c
+    x = torch.zeros(1001 * chunk)
+    x[0] = 1e8
+    x[chunk::chunk] = 1.0
+    total, _ = native_total(x, True)
+    assert total == 1e16 + 1000
+
+
+@needs_native
+def test_negative_zero_is_a_valid_amplitude() -> None:
+    x = torch.rand(3, 8, 8)
+    x[0, 0, 0] = -0.0
+    _, minimum = native_total(x, True)
+    assert minimum == 0.0
+    assert math.isfinite(float(ps.derive_intensity_scale(x, 1e4)))
+
+
+@needs_native
+def test_float64_overflow_is_reported() -> None:
+    with pytest.raises(ps.NonFiniteError, match="overflows float64"):
+        ps.derive_intensity_scale(torch.full((4, 8, 8), 1e200, dtype=torch.float64), 1.0)
+
+
+# ------------------------------------------------------------ eligibility
+@needs_native
+@pytest.mark.parametrize(
+    "x",
+    [
+        torch.rand(4, 8, 8, dtype=torch.float16),
+        torch.rand(4, 8, 8, dtype=torch.bfloat16),
+        torch.rand(4, 8, 8)[:, :, ::2],  # a gap between elements
+        torch.rand(4, 8, 9)[:, :, :8],  # a gap at the end of each row
+        torch.rand(1, 8, 8).expand(4, 8, 8),  # overlapping (stride 0)
+        torch.rand(4, 8, 8).to_sparse(),
+    ],
+    ids=["float16", "bfloat16", "strided", "row-gap", "expanded", "sparse"],
+)
+def test_inputs_the_native_kernel_cannot_read_fall_back_to_eager(x: torch.Tensor) -> None:
+    assert _native.reduce_dense(x, square=True) is None
+
+
+@needs_native
+def test_dense_tensors_in_any_axis_order_are_read_natively() -> None:
+    x = torch.rand(2, 3, 8, 8)
+    for view in (x, x.permute(0, 2, 3, 1), x.transpose(2, 3), x[1:], x[0, 1], x.view(-1)):
+        total, _ = native_total(view, True)
+        assert rel(total, fsum_reference(view, True)) <= 1e-14
+
+
+def test_thread_count_follows_torch_and_the_minimum_slice(monkeypatch: pytest.MonkeyPatch) -> None:
+    minimum = _native.MIN_NUMEL_PER_THREAD
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 4)
+    assert _native.thread_count(0) == 1
+    assert _native.thread_count(minimum - 1) == 1
+    assert _native.thread_count(2 * minimum) == 2
+    assert _native.thread_count(100 * minimum) == 4
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    assert _native.thread_count(100 * minimum) == 1
+
+
+# ------------------------------------------------------------ loading
+def test_the_kernel_can_be_switched_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PHYSSCALE_NATIVE", "0")
+    _native.library.cache_clear()
+    try:
+        assert _native.library() is None
+        x = torch.rand(4, 8, 8)
+        assert _native.reduce_dense(x, square=True) is None
+        assert float(ps.derive_intensity_scale(x, 1e4)) > 0
+    finally:
+        monkeypatch.delenv("PHYSSCALE_NATIVE")
+        _native.library.cache_clear()
+
+
+def test_a_missing_library_means_the_eager_kernel(tmp_path: Path) -> None:
+    assert _native.load(tmp_path / "absent.so") is None
+
+
+def test_an_unloadable_library_warns_and_falls_back(tmp_path: Path) -> None:
+    bogus = tmp_path / "_native_kernel.so"
+    bogus.write_bytes(b"not a shared library")
+    with pytest.warns(RuntimeWarning, match="could not be loaded"):
+        assert _native.load(bogus) is None
+
+
+@needs_native
+def test_a_stale_build_warns_and_falls_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    path = Path(_native.__file__).with_name(_native.LIBRARY_NAME)
+    monkeypatch.setattr(_native, "ABI_VERSION", _native.ABI_VERSION + 1)
+    with pytest.warns(RuntimeWarning, match="stale build"):
+        assert _native.load(path) is None
+
+
+@needs_native
+def test_derive_on_a_large_tensor_matches_fsum_through_the_native_kernel() -> None:
+    rng = np.random.default_rng(3)
+    x = torch.from_numpy(rng.uniform(0, 2, (5, 1000, 1000)).astype(np.float32))
+    assert _native.thread_count(x.numel()) == min(torch.get_num_threads(), 2)
+    expected = math.sqrt(1e9 / (fsum_reference(x, True) / 5))
+    assert rel(float(ps.derive_intensity_scale(x, 1e9)), expected) <= 1e-14
