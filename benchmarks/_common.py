@@ -21,6 +21,32 @@ def median_seconds(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> floa
     return statistics.median(times)
 
 
+def interleaved_seconds(
+    fns: dict[str, Callable[[], Any]], repeats: int, warmup: int = 1
+) -> dict[str, list[float]]:
+    """Per-round wall times of each of ``fns``, run interleaved in a rotating order.
+
+    Interleaving exposes every method to the same background noise, so the
+    per-round ratios are steadier than ratios of separately timed medians.
+    """
+    names = list(fns)
+    for _ in range(warmup):
+        for name in names:
+            fns[name]()
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(repeats):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            start = time.perf_counter()
+            fns[name]()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def median_ratio(num: list[float], den: list[float]) -> float:
+    """Median of the per-round ratios ``num[i] / den[i]``."""
+    return statistics.median(a / b for a, b in zip(num, den, strict=True))
+
+
 def _status_kib(field: str) -> int:
     with open("/proc/self/status") as f:
         for line in f:

@@ -30,6 +30,7 @@ from typing import Any, TextIO
 import numpy as np
 from pydantic import ValidationError
 
+from physscale import _native
 from physscale._checks import positive_finite
 from physscale._version import __version__
 from physscale.accumulator import IntensityAccumulator
@@ -166,7 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
         "sum(x**2)) of normalized diffraction amplitudes, with its provenance.",
         epilog="Exit status: 0 success, 1 bad data or files, 2 usage errors.",
     )
-    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    kernel = "native kernel" if _native.available() else "eager kernel only"
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__} ({kernel})")
     _add_common(parser, top=True)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
