@@ -10,7 +10,7 @@ Prints, for a float32 tensor of about --gib GiB in memory:
 
 All methods run interleaved, round after round; ratios are medians of per-round ratios.
 
-Run: python benchmarks/bench_derive.py [--gib 0.5] [--repeats 15]
+Run: python benchmarks/bench_derive.py [--gib 0.5] [--repeats 15] [--threads N]
 """
 
 from __future__ import annotations
@@ -66,7 +66,10 @@ def main() -> None:
     parser.add_argument("--gib", type=float, default=0.5, help="input size in GiB (float32)")
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--side", type=int, default=128, help="pattern side N")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     args = parser.parse_args()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
 
     n_patterns = int(args.gib * 2**30 / 4 / args.side**2)
     torch.manual_seed(0)

@@ -2,10 +2,19 @@
 
 Everything that derives a scale (``derive_intensity_scale``, the streaming
 ``IntensityAccumulator``, amplitude normalization) goes through
-:func:`intensity_sum`. It reads the data once, in blocks of at most
-``BLOCK_NUMEL`` elements converted to float64 into one reused buffer, so the
-extra memory is bounded (8 MiB on the CPU, 64 MiB on accelerators) whatever
-the input size, and every square is exact (a float32 squared fits a float64).
+:func:`intensity_sum`, which runs one of two kernels doing the same float64
+arithmetic:
+
+- the native kernel (:mod:`physscale._native`): one fused, threaded pass over
+  dense CPU float32/float64 data, no extra memory, at the memory-read floor;
+- the eager kernel (:func:`_eager_sum`, everything else): blocks of at most
+  ``BLOCK_NUMEL`` elements converted to float64 into one reused buffer, so the
+  extra memory is bounded (8 MiB on the CPU, 64 MiB on accelerators) whatever
+  the input size.
+
+Either way every square is exact (a float32 squared fits a float64), and
+validation (NaN, infinities, negative values) and the units-guard sample are
+shared.
 """
 
 from __future__ import annotations
