@@ -68,8 +68,10 @@ class NativeKernelHook(BuildHookInterface):  # type: ignore[type-arg]
             return
         root = Path(self.root)
         if version == "editable":
-            # The editable install imports from src/: put the library there.
+            # The editable install imports from src/: put the library there, and
+            # never leave a previous build behind if this compile fails.
             output = root / "src" / TARGET
+            output.unlink(missing_ok=True)
         else:
             output = Path(tempfile.mkdtemp(prefix="physscale-native-")) / "kernel.so"
         error = _compile(root / SOURCE, output)
