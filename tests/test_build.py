@@ -87,3 +87,21 @@ def test_a_failed_compile_falls_back_unless_required(
     monkeypatch.setenv("PHYSSCALE_REQUIRE_NATIVE", "1")
     with pytest.raises(RuntimeError, match="could not compile the native kernel"):
         build_wheel(tmp_path / "b")
+
+
+def test_a_failed_editable_rebuild_leaves_no_stale_library(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("hatchling")
+    tree = tmp_path / "tree"
+    shutil.copytree(ROOT / "csrc", tree / "csrc")
+    stale = tree / "src" / hatch_build.TARGET
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"an old build")
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
+    monkeypatch.delenv("PHYSSCALE_REQUIRE_NATIVE", raising=False)
+    hook = hatch_build.NativeKernelHook(str(tree), {}, None, None, str(tmp_path), "wheel")
+    build_data: dict[str, object] = {"force_include": {}}
+    hook.initialize("editable", build_data)
+    assert not stale.exists()
+    assert "tag" not in build_data  # stays a pure-Python wheel
