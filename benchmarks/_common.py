@@ -9,18 +9,6 @@ from collections.abc import Callable
 from typing import Any
 
 
-def median_seconds(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> float:
-    """Median wall time of ``fn()`` over ``repeats`` runs after ``warmup`` runs."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def interleaved_seconds(
     fns: dict[str, Callable[[], Any]], repeats: int, warmup: int = 1
 ) -> dict[str, list[float]]:

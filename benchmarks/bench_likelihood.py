@@ -23,12 +23,12 @@ from __future__ import annotations
 import argparse
 import platform
 import statistics
-import time
 import weakref
 from collections.abc import Callable
 from typing import Any
 
 import torch
+from _common import interleaved_seconds, median_ratio
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
@@ -136,18 +136,11 @@ def bench_shape(shape: tuple[int, ...], repeats: int) -> None:
         )
         print(f"  check {name:28s} value {value / factor:.6e}  grad agrees with (b): {same}")
 
-    times: dict[str, list[float]] = {name: [] for name in methods}
-    for _ in range(3):  # warm-up
-        for fn in methods.values():
-            step(fn, pred)
-    names = list(methods)
-    for r in range(repeats):
-        # Rotate the order each round: whoever runs right after a baseline inherits its
-        # cache and allocator state, so no method always goes first.
-        for name in names[r % len(names) :] + names[: r % len(names)]:
-            t0 = time.perf_counter()
-            step(methods[name], pred)
-            times[name].append(time.perf_counter() - t0)
+    # Rotating order each round: whoever runs right after a baseline inherits its
+    # cache and allocator state, so no method always goes first.
+    times = interleaved_seconds(
+        {name: (lambda fn=fn: step(fn, pred)) for name, fn in methods.items()}, repeats, warmup=3
+    )
 
     peaks = {}
     for name, fn in methods.items():
@@ -161,7 +154,7 @@ def bench_shape(shape: tuple[int, ...], repeats: int) -> None:
     print(f"\nshape {shape} ({pred.numel()} elements, {data_mib:.1f} MiB per tensor), s = {s:g}")
     print(f"  {'method':28s} {'median ms':>10s} {'ours faster by':>15s} {'peak extra MiB':>15s}")
     for name in methods:
-        ratio = statistics.median(b / a for a, b in zip(ours, times[name], strict=True))
+        ratio = median_ratio(times[name], ours)
         print(
             f"  {name:28s} {statistics.median(times[name]) * 1e3:10.3f} "
             f"{ratio:14.2f}x {peaks[name] / 2**20:15.2f}"
@@ -183,17 +176,13 @@ def bench_forms(shape: tuple[int, ...], repeats: int) -> None:
     variants["tf, reduction='none'"] = lambda: ps.scaled_poisson_nll(
         pred, obs, s, reduction="none"
     ).sum()
-    times: dict[str, list[float]] = {name: [] for name in variants}
-    names = list(variants)
-    for r in range(repeats):
-        for name in names[r % len(names) :] + names[: r % len(names)]:
-            t0 = time.perf_counter()
-            step(variants[name], pred)
-            times[name].append(time.perf_counter() - t0)
+    times = interleaved_seconds(
+        {name: (lambda fn=fn: step(fn, pred)) for name, fn in variants.items()}, repeats, warmup=0
+    )
     base = times["form='tf'"]
     print(f"\nforms and options, shape {shape}, forward + backward")
     for name, ts in times.items():
-        ratio = statistics.median(a / b for a, b in zip(ts, base, strict=True))
+        ratio = median_ratio(ts, base)
         print(f"  {name:28s} {statistics.median(ts) * 1e3:10.3f} ms  {ratio:5.2f}x the tf time")
 
 
