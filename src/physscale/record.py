@@ -218,10 +218,8 @@ def derive_scale_record(
                 "spatial_dims, layout, domain and mask belong to the accumulator; "
                 "do not pass them with one"
             )
-        masked = acc.masked
     else:
         acc = accumulate(x_or_accumulator, spatial_dims, layout, domain, mask)
-        masked = acc.masked
     scale = float(acc.intensity_scale(resolution.value))
     return ScaleRecord(
         intensity_scale=scale,
@@ -233,7 +231,7 @@ def derive_scale_record(
         n_patterns=acc.n_patterns,
         pattern_shape=acc.pattern_shape,
         spatial_dims=acc.spatial_dims,
-        masked=masked,
+        masked=acc.masked,
         mean_intensity=acc.mean_intensity,
         data_source=data_source,
     )
