@@ -60,14 +60,19 @@ NPHOTONS_SOURCE_FIELD = "nphotons_source"
 DATA_KEYS = ("X", "diffraction")
 
 
-def _has(container: Any, name: str) -> bool:
+#: Tells an absent field from one that holds None.
+_MISSING = object()
+
+
+def _lookup(container: Any, name: str, default: Any = None) -> Any:
+    """``container[name]`` (a mapping) or ``container.name``; ``default`` when absent.
+
+    One read per field: a property that loads the data is evaluated once
+    (``hasattr`` followed by ``getattr`` would evaluate it twice).
+    """
     if isinstance(container, Mapping):
-        return name in container
-    return hasattr(container, name)
-
-
-def _get(container: Any, name: str) -> Any:
-    return container[name] if isinstance(container, Mapping) else getattr(container, name)
+        return container.get(name, default)
+    return getattr(container, name, default)
 
 
 def _set(container: Any, name: str, value: Any) -> None:
@@ -87,22 +92,26 @@ def _set(container: Any, name: str, value: Any) -> None:
             ) from None
 
 
-def _data_key(container: Any, key: str | None) -> str:
+def _training_data(container: Any, key: str | None) -> Any:
+    """The value of the container's data field: ``key``, or the one of ``DATA_KEYS`` it has."""
     if key is not None:
-        if not _has(container, key):
+        data = _lookup(container, key, _MISSING)
+        if data is _MISSING:
             raise StateError(
                 f"the container ({type(container).__name__}) has no {key!r} "
                 f"{'key' if isinstance(container, Mapping) else 'attribute'}"
             )
-        return key
-    found = [k for k in DATA_KEYS if _has(container, k) and _get(container, k) is not None]
+        return data
+    candidates = {k: _lookup(container, k) for k in DATA_KEYS}
+    found = {k: v for k, v in candidates.items() if v is not None}
     if len(found) != 1:
-        what = "none" if not found else f"both {found[0]!r} and {found[1]!r}"
+        names = list(found)
+        what = "none" if not names else f"both {names[0]!r} and {names[1]!r}"
         raise StateError(
             f"cannot tell which field of the {type(container).__name__} holds the normalized "
             f"amplitudes (looked for {list(DATA_KEYS)}, found {what}); pass key=..."
         )
-    return found[0]
+    return next(iter(found.values()))
 
 
 def attach_intensity_scale(
@@ -160,8 +169,7 @@ def attach_intensity_scale(
             data field is missing or ambiguous, or ``record`` was given with
             derivation arguments.
     """
-    attached = _has(container, RECORD_FIELD) and _get(container, RECORD_FIELD) is not None
-    if attached and not overwrite:
+    if _lookup(container, RECORD_FIELD) is not None and not overwrite:
         raise StateError(
             f"this {type(container).__name__} already has a {RECORD_FIELD}; the scale is "
             f"derived once from the training data. Pass overwrite=True to replace it"
@@ -177,12 +185,10 @@ def attach_intensity_scale(
                 f"apply to a new derivation, so do not pass them with it"
             )
     else:
-        data = _get(container, _data_key(container, key))
-        metadata = _get(container, "metadata") if _has(container, "metadata") else None
         record = derive_scale_record(
-            data,
+            _training_data(container, key),
             nphotons=nphotons,
-            metadata=metadata,
+            metadata=_lookup(container, "metadata"),
             config=config,
             default=default,
             data_source=data_source,
