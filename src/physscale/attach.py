@@ -210,10 +210,13 @@ def _check_values(scale: torch.Tensor, where: str) -> None:
             f"a bool or integer scale is almost certainly a mistake"
         )
     values = scale.detach()
-    if not bool(torch.isfinite(values).all()):
+    finite = torch.isfinite(values)
+    # One host sync on the usual (valid) path: this runs for every batch.
+    if bool((finite & (values > 0)).all()):
+        return
+    if not bool(finite.all()):
         raise NonFiniteError(f"{where} holds NaN or infinite values")
-    if not bool((values > 0).all()):
-        raise NegativeValueError(f"{where} must be > 0 everywhere (counts are (scale * x)**2)")
+    raise NegativeValueError(f"{where} must be > 0 everywhere (counts are (scale * x)**2)")
 
 
 def scale_for_batch(scale: Any, batch: torch.Tensor, layout: str | None = "NCHW") -> torch.Tensor:
