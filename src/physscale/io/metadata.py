@@ -32,6 +32,7 @@ from typing import IO, Any
 import numpy as np
 
 from physscale.errors import DataFileError, UnsafeFileError
+from physscale.io.readers import READ_ERRORS, file_kind, open_hdf5, open_npz, read_npy_header
 
 __all__ = ["METADATA_KEY", "metadata_from_npy_stream", "read_metadata", "write_metadata"]
 
@@ -188,8 +189,6 @@ def metadata_from_npy_stream(stream: IO[bytes], where: str) -> dict[str, Any]:
     Returns:
         The decoded JSON object.
     """
-    from physscale.io.readers import read_npy_header
-
     header = read_npy_header(stream, where)
     if header.dtype.hasobject:
         data = stream.read(MAX_METADATA_BYTES + 1)
@@ -244,8 +243,6 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any] | None:
             0-d string array needs (it would run code).
         DataFileError: a missing, corrupt or malformed file or metadata.
     """
-    from physscale.io.readers import READ_ERRORS, file_kind, open_npz
-
     p = Path(path)
     kind = file_kind(p)
     if kind == "npy":
@@ -265,8 +262,6 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any] | None:
 
 
 def _read_hdf5_metadata(path: Path) -> dict[str, Any] | None:
-    from physscale.io.readers import open_hdf5
-
     with open_hdf5(path) as f:
         raw: Any = None
         if METADATA_KEY in f.attrs:
@@ -344,8 +339,6 @@ def _member_info(name: str) -> zipfile.ZipInfo:
 
 
 def _copy_members(src: Path, out: zipfile.ZipFile, skip: set[str]) -> None:
-    from physscale.io.readers import open_npz
-
     with open_npz(src) as zf:
         for info in zf.infolist():
             if info.filename in skip:
