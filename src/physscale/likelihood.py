@@ -199,6 +199,28 @@ def _sum_to(x: torch.Tensor, shape: torch.Size) -> torch.Tensor:
     return x.sum() if len(shape) == 0 else x.sum_to_size(shape)
 
 
+def _through_scaling(
+    g_y: torch.Tensor,
+    x: torch.Tensor,
+    c: torch.Tensor,
+    amplitude: bool,
+    need_x: bool,
+    need_c: bool,
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Gradients in ``x`` and ``c`` given the gradient ``g_y`` in ``y = (c*x)**2`` or ``c**2*x``.
+
+    The rate (``p``, ``s``) and the counts (``o``, ``t``) are the same function of their
+    inputs. The gradient in ``x`` is written over ``g_y``.
+    """
+    g_c = g_x = None
+    if need_c:
+        dy_dc = x * x if amplitude else x
+        g_c = _sum_to(g_y * dy_dc, c.shape) * (2.0 * c)
+    if need_x:
+        g_x = g_y.mul_(x).mul_(2.0 * c * c) if amplitude else g_y.mul_(c * c)
+    return g_x, g_c
+
+
 def _nll_forward(
     p: torch.Tensor,
     o: torch.Tensor,
@@ -276,14 +298,10 @@ def _nll_backward(ctx: Any, grad: torch.Tensor | None) -> tuple[torch.Tensor | N
         g_lam = torch.div(k, lam_c).sub_(1.0).mul_(-g)
         if m is not None:
             g_lam = g_lam.mul_(m)
-        if need[2]:
-            dlam_ds = p * p if amplitude else p
-            gs = _sum_to(g_lam * dlam_ds, s.shape) * (2.0 * s)
         if need[4]:
             assert b is not None
             gb = _sum_to(g_lam, b.shape)
-        if need[0]:
-            gp = g_lam.mul_(p).mul_(2.0 * s * s) if amplitude else g_lam.mul_(s * s)
+        gp, gs = _through_scaling(g_lam, p, s, amplitude, need[0], need[2])
     elif need[0]:
         # Only the prediction, in one buffer: (1 - k/lam) * 2 s**2 p g (amplitude) or
         # (1 - k/lam) s**2 g (intensity). Masked pixels have p = 0, so no mask here.
@@ -294,11 +312,7 @@ def _nll_backward(ctx: Any, grad: torch.Tensor | None) -> tuple[torch.Tensor | N
         g_k = _d_value_d_counts(form, k, lam_c, eps).mul_(g)
         if m is not None:
             g_k = g_k.mul_(m)
-        if need[3]:
-            dk_dt = o * o if amplitude else o
-            gt = _sum_to(g_k * dk_dt, t.shape) * (2.0 * t)
-        if need[1]:
-            go = g_k.mul_(o).mul_(2.0 * t * t) if amplitude else g_k.mul_(t * t)
+        go, gt = _through_scaling(g_k, o, t, amplitude, need[1], need[3])
 
     return gp, go, gs, gt, gb, None, None, None, None, None, None, None
 
