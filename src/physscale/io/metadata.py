@@ -189,7 +189,7 @@ def metadata_from_npy_stream(stream: IO[bytes], where: str) -> dict[str, Any]:
     Returns:
         The decoded JSON object.
     """
-    header = read_npy_header(stream, where)
+    header = read_npy_header(stream, where, METADATA_KEY)
     if header.dtype.hasobject:
         data = stream.read(MAX_METADATA_BYTES + 1)
         if len(data) > MAX_METADATA_BYTES:

@@ -134,19 +134,11 @@ def file_kind(path: str | os.PathLike[str]) -> FileKind:
     )
 
 
-@dataclass(frozen=True)
-class _NpyHeader:
-    shape: tuple[int, ...]
-    dtype: np.dtype[Any]
-    fortran_order: bool
+def read_npy_header(stream: IO[bytes], where: str, name: str) -> ArrayInfo:
+    """Parse a ``.npy`` header from ``stream``, leaving it at the first data byte.
 
-    @property
-    def count(self) -> int:
-        return math.prod(self.shape)
-
-
-def read_npy_header(stream: IO[bytes], where: str) -> _NpyHeader:
-    """Parse a ``.npy`` header from ``stream``, leaving it at the first data byte."""
+    ``name`` is the returned ArrayInfo's name; ``where`` names the array in errors.
+    """
     fmt = np.lib.format
     try:
         version = fmt.read_magic(stream)
@@ -160,7 +152,7 @@ def read_npy_header(stream: IO[bytes], where: str) -> _NpyHeader:
         raise DataFileError(f"{where}: corrupt data ({exc})") from None
     except (ValueError, SyntaxError) as exc:
         raise DataFileError(f"{where}: not a valid .npy array header ({exc})") from None
-    return _NpyHeader(tuple(int(s) for s in shape), np.dtype(dtype), bool(fortran))
+    return ArrayInfo(name, tuple(int(s) for s in shape), np.dtype(dtype), bool(fortran))
 
 
 @contextlib.contextmanager
@@ -212,8 +204,7 @@ def list_arrays(path: str | os.PathLike[str]) -> list[ArrayInfo]:
     kind = file_kind(p)
     if kind == "npy":
         with open(p, "rb") as f:
-            h = read_npy_header(f, str(p))
-        return [ArrayInfo(p.name, h.shape, h.dtype, h.fortran_order)]
+            return [read_npy_header(f, str(p), p.name)]
     if kind == "npz":
         out = []
         with open_npz(p) as zf:
@@ -222,10 +213,9 @@ def list_arrays(path: str | os.PathLike[str]) -> list[ArrayInfo]:
                 where = f"{p}:{key}"
                 try:
                     with zf.open(name) as stream:
-                        h = read_npy_header(stream, where)
+                        out.append(read_npy_header(stream, where, key))
                 except READ_ERRORS as exc:
                     raise DataFileError(f"{where}: corrupt member ({exc})") from None
-                out.append(ArrayInfo(key, h.shape, h.dtype, h.fortran_order))
         return out
     with open_hdf5(p) as f:
         h5py = _import_h5py(p)
@@ -395,8 +385,7 @@ def iter_patterns(
 def _iter_npy(path: Path, chunk_patterns: int | None) -> Iterator[np.ndarray]:
     where = str(path)
     with open(path, "rb") as f:
-        h = read_npy_header(f, where)
-        info = ArrayInfo(path.name, h.shape, h.dtype, h.fortran_order)
+        info = read_npy_header(f, where, path.name)
         _check_patterns(info, where)
         step = _chunk_len(info, chunk_patterns)
         offset = f.tell()
@@ -455,8 +444,7 @@ def _iter_npz(path: Path, key: str, chunk_patterns: int | None) -> Iterator[np.n
         except READ_ERRORS as exc:
             raise DataFileError(f"{where}: corrupt member ({exc})") from None
         with stream:
-            h = read_npy_header(stream, where)
-            info = ArrayInfo(key, h.shape, h.dtype, h.fortran_order)
+            info = read_npy_header(stream, where, key)
             _check_patterns(info, where)
             if info.fortran_order:
                 raise DataFileError(
