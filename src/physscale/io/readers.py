@@ -203,20 +203,10 @@ def list_arrays(path: str | os.PathLike[str]) -> list[ArrayInfo]:
     p = Path(path)
     kind = file_kind(p)
     if kind == "npy":
-        with open(p, "rb") as f:
-            return [read_npy_header(f, str(p), p.name)]
+        return [_npy_info(p)]
     if kind == "npz":
-        out = []
         with open_npz(p) as zf:
-            for name in zf.namelist():
-                key = name.removesuffix(".npy")
-                where = f"{p}:{key}"
-                try:
-                    with zf.open(name) as stream:
-                        out.append(read_npy_header(stream, where, key))
-                except READ_ERRORS as exc:
-                    raise DataFileError(f"{where}: corrupt member ({exc})") from None
-        return out
+            return [_npz_info(zf, p, name) for name in zf.namelist()]
     with open_hdf5(p) as f:
         h5py = _import_h5py(p)
 
@@ -234,19 +224,42 @@ def array_info(path: str | os.PathLike[str], key: str = "diffraction") -> ArrayI
     """Shape and dtype of the array ``key`` (ignored for ``.npy``), from its header."""
     p = Path(path)
     kind = file_kind(p)
-    if kind == "hdf5":
-        with open_hdf5(p) as f:
-            return _hdf5_info(f, p, key)
-    arrays = list_arrays(p)
     if kind == "npy":
-        return arrays[0]
-    for info in arrays:
-        if info.name == key:
-            return info
-    available = ", ".join(repr(a.name) for a in arrays) or "none"
-    raise DataFileError(
-        f"{p}: has no array {key!r}; it holds {available}. Pick one with key= (--key)"
-    )
+        return _npy_info(p)
+    if kind == "npz":
+        # Only this member's header: the others are not needed, nor read.
+        with open_npz(p) as zf:
+            return _npz_info(zf, p, _npz_member(zf, p, key))
+    with open_hdf5(p) as f:
+        return _hdf5_info(f, p, key)
+
+
+def _npy_info(path: Path) -> ArrayInfo:
+    with open(path, "rb") as f:
+        return read_npy_header(f, str(path), path.name)
+
+
+def _npz_member(zf: zipfile.ZipFile, path: Path, key: str) -> str:
+    """The member that holds array ``key``; a missing key lists the keys there are."""
+    member = key + ".npy"
+    names = zf.namelist()
+    if member not in names:
+        available = ", ".join(repr(n.removesuffix(".npy")) for n in names) or "none"
+        raise DataFileError(
+            f"{path}: has no array {key!r}; it holds {available}. Pick one with key= (--key)"
+        )
+    return member
+
+
+def _npz_info(zf: zipfile.ZipFile, path: Path, member: str) -> ArrayInfo:
+    """One ``.npz`` member's ArrayInfo, from its header only."""
+    key = member.removesuffix(".npy")
+    where = f"{path}:{key}"
+    try:
+        with zf.open(member) as stream:
+            return read_npy_header(stream, where, key)
+    except READ_ERRORS as exc:
+        raise DataFileError(f"{where}: corrupt member ({exc})") from None
 
 
 def _hdf5_info(f: Any, path: Path, key: str) -> ArrayInfo:
@@ -432,13 +445,7 @@ def _mapped_chunks(f: IO[bytes], info: ArrayInfo, offset: int, step: int) -> Ite
 def _iter_npz(path: Path, key: str, chunk_patterns: int | None) -> Iterator[np.ndarray]:
     where = f"{path}:{key}"
     with open_npz(path) as zf:
-        member = key + ".npy"
-        if member not in zf.namelist():
-            keys = [n.removesuffix(".npy") for n in zf.namelist()]
-            available = ", ".join(repr(k) for k in keys) or "none"
-            raise DataFileError(
-                f"{path}: has no array {key!r}; it holds {available}. Pick one with key= (--key)"
-            )
+        member = _npz_member(zf, path, key)
         try:
             stream = zf.open(member)
         except READ_ERRORS as exc:
