@@ -208,16 +208,7 @@ def list_arrays(path: str | os.PathLike[str]) -> list[ArrayInfo]:
         with open_npz(p) as zf:
             return [_npz_info(zf, p, name) for name in zf.namelist()]
     with open_hdf5(p) as f:
-        h5py = _import_h5py(p)
-
-        found: list[ArrayInfo] = []
-
-        def visit(name: str, obj: Any) -> None:
-            if isinstance(obj, h5py.Dataset):
-                found.append(ArrayInfo("/" + name, tuple(obj.shape), obj.dtype))
-
-        f.visititems(visit)
-        return found
+        return _hdf5_datasets(f, p)
 
 
 def array_info(path: str | os.PathLike[str], key: str = "diffraction") -> ArrayInfo:
@@ -262,15 +253,26 @@ def _npz_info(zf: zipfile.ZipFile, path: Path, member: str) -> ArrayInfo:
         raise DataFileError(f"{where}: corrupt member ({exc})") from None
 
 
+def _hdf5_datasets(f: Any, path: Path) -> list[ArrayInfo]:
+    """Every dataset in an open HDF5 file, by its full path."""
+    h5py = _import_h5py(path)
+    found: list[ArrayInfo] = []
+
+    def visit(name: str, obj: Any) -> None:
+        if isinstance(obj, h5py.Dataset):
+            found.append(ArrayInfo("/" + name, tuple(obj.shape), obj.dtype))
+
+    f.visititems(visit)
+    return found
+
+
 def _hdf5_info(f: Any, path: Path, key: str) -> ArrayInfo:
     h5py = _import_h5py(path)
 
     obj = f.get(key)
     if not isinstance(obj, h5py.Dataset):
-        names: list[str] = []
-        f.visititems(lambda n, o: names.append("/" + n) if isinstance(o, h5py.Dataset) else None)
         what = "is a group, not a dataset" if obj is not None else "does not exist"
-        available = ", ".join(repr(n) for n in names) or "none"
+        available = ", ".join(repr(a.name) for a in _hdf5_datasets(f, path)) or "none"
         raise DataFileError(
             f"{path}: HDF5 path {key!r} {what}; datasets: {available}. Pick one with key= (--key)"
         )
