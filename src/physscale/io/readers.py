@@ -311,9 +311,8 @@ def _chunk_len(info: ArrayInfo, chunk_patterns: int | None) -> int:
     if chunk_patterns is None:
         entry_bytes = max(1, info.nbytes // info.shape[0])
         return max(1, CHUNK_BYTES // entry_bytes)
-    if isinstance(chunk_patterns, bool) or not isinstance(chunk_patterns, int | np.integer):
-        raise DataFileError(f"chunk_patterns must be a positive int, got {chunk_patterns!r}")
-    if chunk_patterns < 1:
+    is_int = isinstance(chunk_patterns, int | np.integer) and not isinstance(chunk_patterns, bool)
+    if not is_int or chunk_patterns < 1:
         raise DataFileError(f"chunk_patterns must be a positive int, got {chunk_patterns!r}")
     return int(chunk_patterns)
 
