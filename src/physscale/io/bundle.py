@@ -35,7 +35,7 @@ import torch
 
 from physscale._version import __version__
 from physscale.errors import DataFileError, DtypeError, IntegrityError, RecordError, UnsafeFileError
-from physscale.io.checkpoint import parse_record_json
+from physscale.io.checkpoint import parse_record_json, require_record
 from physscale.record import SCHEMA_VERSION, ScaleRecord
 
 __all__ = ["BUNDLE_FORMAT", "BUNDLE_FORMAT_VERSION", "Bundle", "load_bundle", "save_bundle"]
@@ -163,11 +163,7 @@ def save_bundle(
         DtypeError: ``state_dict`` or ``extra`` holds values that could not
             be loaded back safely and unchanged.
     """
-    if not isinstance(record, ScaleRecord):
-        raise RecordError(
-            f"record must be a physscale.ScaleRecord, got {type(record).__name__}; "
-            f"make one with physscale.derive_scale_record or IntensityScaler.to_record()"
-        )
+    require_record(record)
     extra_json = _json_extra(extra)
     payload = {
         STATE_DICT_MEMBER: _state_dict_bytes(state_dict),

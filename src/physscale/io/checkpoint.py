@@ -16,7 +16,13 @@ import pydantic
 from physscale.errors import RecordError
 from physscale.record import ScaleRecord
 
-__all__ = ["CHECKPOINT_KEY", "parse_record_json", "record_from_checkpoint", "record_to_checkpoint"]
+__all__ = [
+    "CHECKPOINT_KEY",
+    "parse_record_json",
+    "record_from_checkpoint",
+    "record_to_checkpoint",
+    "require_record",
+]
 
 #: The checkpoint key that holds the record's JSON text.
 CHECKPOINT_KEY = "physscale_record"
@@ -41,6 +47,16 @@ def parse_record_json(text: str | bytes, where: str) -> ScaleRecord:
         raise RecordError(f"{where} is not a valid physscale ScaleRecord: {problems}") from None
 
 
+def require_record(record: Any) -> ScaleRecord:
+    """Return ``record`` if it is a ScaleRecord, else raise RecordError saying how to make one."""
+    if not isinstance(record, ScaleRecord):
+        raise RecordError(
+            f"record must be a physscale.ScaleRecord, got {type(record).__name__}; "
+            f"make one with physscale.derive_scale_record or IntensityScaler.to_record()"
+        )
+    return record
+
+
 def record_to_checkpoint(checkpoint: _Checkpoint, record: ScaleRecord) -> _Checkpoint:
     """Store ``record`` in ``checkpoint`` as JSON text and return the checkpoint.
 
@@ -58,12 +74,7 @@ def record_to_checkpoint(checkpoint: _Checkpoint, record: ScaleRecord) -> _Check
             f"checkpoint must be a dict (the object passed to torch.save), "
             f"got {type(checkpoint).__name__}"
         )
-    if not isinstance(record, ScaleRecord):
-        raise RecordError(
-            f"record must be a physscale.ScaleRecord, got {type(record).__name__}; "
-            f"make one with physscale.derive_scale_record or IntensityScaler.to_record()"
-        )
-    checkpoint[CHECKPOINT_KEY] = record.model_dump_json()
+    checkpoint[CHECKPOINT_KEY] = require_record(record).model_dump_json()
     return checkpoint
 
 
