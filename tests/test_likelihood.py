@@ -448,6 +448,24 @@ def test_gradcheck_in_float64_for_every_input(form: str, domain: str, reduction:
     assert torch.autograd.gradcheck(g, (pred, scalar, count_scale))
 
 
+@pytest.mark.parametrize("domain", DOMAINS)
+@pytest.mark.parametrize("b_shape", [(2, 2, 3, 3), (2, 3, 3), (3, 3), (1, 3)])
+def test_gradcheck_with_a_background_of_any_shape_up_to_the_data_shape(
+    domain: str, b_shape: tuple[int, ...]
+) -> None:
+    # A full-shape background has nothing to sum in its gradient: it must still get its
+    # own gradient, not share a buffer with pred's.
+    gen = torch.Generator().manual_seed(5)
+    pred = (torch.rand(2, 2, 3, 3, generator=gen, dtype=torch.float64) + 0.2).requires_grad_()
+    obs = torch.rand(2, 2, 3, 3, generator=gen, dtype=torch.float64) + 0.1
+    background = torch.rand(b_shape, generator=gen, dtype=torch.float64).requires_grad_()
+
+    def f(p: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return ps.scaled_poisson_nll(p, obs, 2.5, domain=domain, background=b, reduction="sum")
+
+    assert torch.autograd.gradcheck(f, (pred, background))
+
+
 def test_gradient_in_pred_is_the_analytic_one() -> None:
     pred = torch.tensor([[0.5, 1.0, 2.0]], dtype=torch.float64, requires_grad=True)
     obs = torch.tensor([[1.0, 1.0, 1.0]], dtype=torch.float64)

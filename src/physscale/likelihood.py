@@ -196,7 +196,15 @@ def _d_value_d_counts(form: str, k: torch.Tensor, lam_c: torch.Tensor, eps: floa
 
 
 def _sum_to(x: torch.Tensor, shape: torch.Size) -> torch.Tensor:
-    return x.sum() if len(shape) == 0 else x.sum_to_size(shape)
+    """``x`` summed down to ``shape``, never a view of ``x``.
+
+    ``sum_to_size`` returns ``x`` itself when there is nothing to sum, and the
+    backward pass reuses its buffers in place afterwards: a full-shape
+    background's gradient would silently become the prediction's.
+    """
+    if len(shape) == 0:
+        return x.sum()
+    return x.clone() if x.shape == shape else x.sum_to_size(shape)
 
 
 def _through_scaling(
