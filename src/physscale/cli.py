@@ -516,8 +516,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             message = f"{exc.filename or ''}: {exc.strerror or exc}".lstrip(": ")
         stderr.write(f"{PROG}: error: {message}\n")
         return 1
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, EOFError) as exc:
+    except _ZIP_ERRORS as exc:
         # A damaged archive reached past the readers' own checks: still one line.
+        # (Its OSError member is already taken by the clause above.)
         if args.debug:
             traceback.print_exc(file=stderr)
         where = args.path if args.path is not None else "the example dataset"
