@@ -351,7 +351,9 @@ def _derive(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
 # --------------------------------------------------------------------------- inspect
 def _read_record(path: Path) -> ScaleRecord:
     try:
-        data = path.read_bytes()[: _MAX_RECORD_BYTES + 1]
+        # Read one byte past the limit, never the whole of a huge file.
+        with open(path, "rb") as f:
+            data = f.read(_MAX_RECORD_BYTES + 1)
     except FileNotFoundError:
         raise DataFileError(f"{path}: no such file") from None
     if len(data) > _MAX_RECORD_BYTES:
