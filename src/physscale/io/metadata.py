@@ -315,7 +315,7 @@ def write_metadata(
             raise DataFileError(f"array {name!r} has dtype object, which needs pickle; refused")
         new[name] = arr
     p = Path(path)
-    fd, tmp_name = tempfile.mkstemp(prefix=".physscale-", suffix=".npz", dir=p.parent or ".")
+    fd, tmp_name = tempfile.mkstemp(prefix=".physscale-", suffix=".npz", dir=p.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     try:
