@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import struct
 import warnings
 import zipfile
 from pathlib import Path
@@ -205,6 +206,22 @@ def test_failed_save_leaves_the_existing_bundle_intact(bundle_path: Path) -> Non
 
 
 # ------------------------------------------------------------------ load refusals
+@pytest.mark.parametrize("member", ["manifest.json", "record.json"])
+def test_a_broken_deflate_stream_is_a_data_file_error(bundle_path: Path, member: str) -> None:
+    with zipfile.ZipFile(bundle_path) as zf:
+        info = zf.getinfo(member)
+    assert info.compress_type == zipfile.ZIP_DEFLATED
+    raw = bytearray(bundle_path.read_bytes())
+    # Local header: 30 bytes, then the name and extra field, then the deflate stream.
+    lengths = raw[info.header_offset + 26 : info.header_offset + 30]
+    name_len, extra_len = struct.unpack("<HH", lengths)
+    start = info.header_offset + 30 + name_len + extra_len
+    raw[start] = 0xFF  # a final block of the reserved type 3: "invalid block type"
+    bundle_path.write_bytes(bytes(raw))
+    with pytest.raises(ps.DataFileError, match=f"{member}.*cannot be read"):
+        load_bundle(bundle_path)
+
+
 @pytest.mark.parametrize("member", ["state_dict.pt", "record.json"])
 def test_tampered_member_is_an_integrity_error(bundle_path: Path, member: str) -> None:
     data = bytearray(_members(bundle_path)[member])

@@ -26,6 +26,7 @@ import os
 import pickle
 import tempfile
 import zipfile
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -52,9 +53,17 @@ _CHECKSUMMED = (STATE_DICT_MEMBER, RECORD_MEMBER)
 _MEMBERS = frozenset((*_CHECKSUMMED, MANIFEST_MEMBER))
 # A fixed timestamp makes a bundle's bytes depend on its contents only.
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)
-# What reading a member can raise: corrupt data, encryption (RuntimeError), an
-# unsupported compression method (NotImplementedError).
-_READ_ERRORS = (zipfile.BadZipFile, EOFError, OSError, RuntimeError, NotImplementedError)
+# What reading a member can raise: corrupt data (a broken deflate stream is a
+# zlib.error), encryption (RuntimeError), an unsupported compression method
+# (NotImplementedError).
+_READ_ERRORS = (
+    zipfile.BadZipFile,
+    zlib.error,
+    EOFError,
+    OSError,
+    RuntimeError,
+    NotImplementedError,
+)
 # A manifest is a few hundred bytes plus `extra`; refuse to inflate anything absurd.
 _MAX_MANIFEST_BYTES = 16 * 2**20
 
