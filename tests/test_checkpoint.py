@@ -100,7 +100,7 @@ def test_record_with_wrong_scale_for_its_statistics_is_refused() -> None:
 
 def test_unknown_record_schema_version_is_refused() -> None:
     data = json.loads(_record().model_dump_json())
-    data["schema_version"] = 2
+    data["schema_version"] = 3
     with pytest.raises(ps.RecordError, match="schema_version"):
         record_from_checkpoint({"physscale_record": json.dumps(data)})
 

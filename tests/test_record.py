@@ -82,8 +82,38 @@ def test_schema_is_published_with_version_and_forbids_extra_fields() -> None:
                   "pattern_shape", "mean_intensity", "domain", "physscale_version",
                   "schema_version", "created_utc", "implied_nphotons"):  # fmt: skip
         assert field in props
-    assert props["schema_version"]["const"] == ps.SCHEMA_VERSION
+    assert props["schema_version"]["default"] == ps.SCHEMA_VERSION == 2
+    assert props["schema_version"]["enum"] == [1, 2]  # version 1 records are still read
     json.dumps(schema)  # serializable as published
+
+
+def test_a_version_1_record_is_still_read() -> None:
+    data = json.loads(ps.ScaleRecord(**derived()).model_dump_json())  # type: ignore[arg-type]
+    data["schema_version"] = 1
+    old = ps.ScaleRecord.model_validate_json(json.dumps(data))
+    assert old.schema_version == 1 and old.intensity_scale == data["intensity_scale"]
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"intensity_scale": 1e200, "mean_intensity": 1e200, "nphotons": 1e200},
+        {"intensity_scale": 10**400},
+        {"pattern_shape": (10**400, 2)},
+        {"pattern_shape": tuple([2**31] * 2)},
+        {"n_patterns": 10**30},
+        {"method": "closed_form", "pattern_shape": tuple([2**30] * 8)},
+    ],
+)
+def test_extreme_numbers_are_a_validation_error_not_an_overflow(
+    change: dict[str, object],
+) -> None:
+    data = {**derived(), **change}
+    with pytest.raises(ValidationError):
+        ps.ScaleRecord(**data)  # type: ignore[arg-type]
+    text = json.dumps({k: v for k, v in data.items() if k != "created_utc"}, default=str)
+    with pytest.raises(ValidationError):
+        ps.ScaleRecord.model_validate_json(text)
 
 
 def test_record_is_frozen_and_stamped() -> None:
@@ -124,7 +154,7 @@ def test_implied_dose_is_filled_in_and_follows_the_scale() -> None:
         ({"nphotons_candidates": {"explicit": 7.0}}, "differs from the explicit candidate"),
         ({"method": "guessed"}, "method"),
         ({"nphotons_source": "file"}, "nphotons_source"),
-        ({"schema_version": 2}, "schema_version"),
+        ({"schema_version": 3}, "schema_version"),
         ({"unknown_field": 1}, "Extra inputs are not permitted"),
         ({"created_utc": datetime(2026, 1, 1)}, "timezone"),
         ({"created_utc": datetime(2026, 1, 1, tzinfo=timezone(timedelta(hours=2)))}, "UTC"),

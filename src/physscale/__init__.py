@@ -1,8 +1,15 @@
 """physscale: the dataset intensity scale and scaled Poisson likelihood for ptychography.
 
 The public API, re-exported; see the README and docs/ for the physics.
+The submodules ``physscale.io``, ``physscale.nn``, ``physscale.lightning`` and
+``physscale.adapters`` are reachable as attributes, each imported on first use
+(so ``import physscale`` never imports Lightning or h5py).
 """
 
+import importlib
+from typing import Any
+
+from physscale._validation import is_validation_enabled, set_validation, validation
 from physscale._version import __version__
 from physscale.accumulator import IntensityAccumulator
 from physscale.attach import attach_intensity_scale, collate_with_scale, scale_for_batch
@@ -75,9 +82,25 @@ __all__ = [
     "derive_from_dataloader",
     "derive_intensity_scale",
     "derive_scale_record",
+    "is_validation_enabled",
     "normalization_target",
     "normalize_amplitudes",
     "resolve_nphotons",
     "scale_for_batch",
     "scaled_poisson_nll",
+    "set_validation",
+    "validation",
 ]
+
+#: Submodules loaded on first attribute access (PEP 562).
+_LAZY_SUBMODULES = frozenset({"adapters", "io", "lightning", "nn"})
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY_SUBMODULES:
+        return importlib.import_module(f"physscale.{name}")
+    raise AttributeError(f"module 'physscale' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY_SUBMODULES})

@@ -21,7 +21,10 @@ from physscale.errors import NphotonsError
 
 __all__ = ["NphotonsResolution", "NphotonsSource", "resolve_nphotons"]
 
-NphotonsSource = Literal["explicit", "metadata", "config", "default"]
+#: Where an nphotons value came from. ``"measured"`` is never a resolution's
+#: source: it marks a record whose nphotons is the mean counts per pattern
+#: measured in raw-count data (:func:`physscale.normalize_counts`).
+NphotonsSource = Literal["explicit", "metadata", "config", "default", "measured"]
 
 _METADATA_PATH = 'metadata["physics_parameters"]["nphotons"]'
 

@@ -29,17 +29,30 @@ from physscale.scale import (
     pattern_sizes,
 )
 
-__all__ = ["SCHEMA_VERSION", "ScaleMethod", "ScaleRecord", "closed_form_scale_record",
-           "derive_scale_record"]  # fmt: skip
+__all__ = [
+    "READABLE_SCHEMA_VERSIONS",
+    "SCHEMA_VERSION",
+    "ScaleMethod",
+    "ScaleRecord",
+    "closed_form_scale_record",
+    "derive_scale_record",
+]
 
-#: The record schema this physscale writes and reads.
-SCHEMA_VERSION: Literal[1] = 1
+#: The record schema this physscale writes.
+SCHEMA_VERSION: Literal[2] = 2
+#: The record schemas this physscale reads (version 1 is a subset of version 2).
+READABLE_SCHEMA_VERSIONS: tuple[int, ...] = (1, 2)
 
 #: Relative tolerance of the record's internal consistency checks.
 CONSISTENCY_RTOL = 1e-9
 
 ScaleMethod = Literal["derived", "closed_form", "trained", "explicit"]
 PositiveFinite = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+Fraction = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
+#: Bounds that no real dataset reaches, so arithmetic on a record never overflows.
+MAX_PATTERN_SIZE = 2**31 - 1
+MAX_PATTERN_AXES = 8
+MAX_PATTERNS = 2**63 - 1
 
 
 UTC = timezone.utc  # datetime.UTC is Python 3.11+; physscale supports 3.10
@@ -53,7 +66,7 @@ class ScaleRecord(BaseModel):
     """The provenance of one intensity scale (JSON round-trips exactly).
 
     Attributes:
-        schema_version: version of this schema (1).
+        schema_version: version of this schema (2; version 1 records are read too).
         physscale_version: the physscale that wrote the record.
         created_utc: when the record was made, timezone-aware UTC.
         intensity_scale: the amplitude factor ``s``; counts are ``(s * x)**2``.
@@ -67,7 +80,13 @@ class ScaleRecord(BaseModel):
         n_patterns: patterns the statistics were taken over.
         pattern_shape: sizes of one pattern's spatial axes.
         spatial_dims: the axes used as spatial axes.
-        masked: whether a valid-pixel mask excluded pixels.
+        masked: whether a valid-pixel mask excluded pixels. With a mask,
+            nphotons is the expected count in the *unmasked* pixels of a
+            pattern (the masked ones add nothing to the mean intensity).
+        masked_pixel_fraction: with a mask, the fraction of all pixels it excluded.
+        masked_intensity_fraction: with a mask, the fraction of the data's
+            intensity that lay in the excluded pixels (None where those
+            pixels held NaN or infinities, so no fraction can be given).
         mean_intensity: mean per-pattern ``sum(x**2)`` (or ``sum(x)``), normalized units.
         implied_nphotons: mean photon counts per pattern this scale gives
             this data, ``intensity_scale**2 * mean_intensity``; equals
@@ -77,7 +96,7 @@ class ScaleRecord(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    schema_version: Literal[1] = SCHEMA_VERSION
+    schema_version: Literal[1, 2] = SCHEMA_VERSION
     physscale_version: str = __version__
     created_utc: AwareDatetime = Field(default_factory=_utc_now)
     intensity_scale: PositiveFinite
@@ -87,10 +106,24 @@ class ScaleRecord(BaseModel):
     method: ScaleMethod
     initial_intensity_scale: PositiveFinite | None = None
     domain: Domain = "amplitude"
-    n_patterns: Annotated[int, Field(ge=1)] | None = None
-    pattern_shape: tuple[Annotated[int, Field(ge=1)], ...] | None = None
-    spatial_dims: tuple[int, ...] | None = None
+    n_patterns: Annotated[int, Field(ge=1, le=MAX_PATTERNS)] | None = None
+    pattern_shape: (
+        Annotated[
+            tuple[Annotated[int, Field(ge=1, le=MAX_PATTERN_SIZE)], ...],
+            Field(min_length=1, max_length=MAX_PATTERN_AXES),
+        ]
+        | None
+    ) = None
+    spatial_dims: (
+        Annotated[
+            tuple[Annotated[int, Field(ge=-64, le=63)], ...],
+            Field(max_length=MAX_PATTERN_AXES),
+        ]
+        | None
+    ) = None
     masked: bool = False
+    masked_pixel_fraction: Fraction | None = None
+    masked_intensity_fraction: Fraction | None = None
     mean_intensity: PositiveFinite | None = None
     implied_nphotons: PositiveFinite | None = None
     data_source: str | None = None
@@ -109,11 +142,22 @@ class ScaleRecord(BaseModel):
         if isinstance(data, dict) and data.get("implied_nphotons") is None:
             s, mean = data.get("intensity_scale"), data.get("mean_intensity")
             if isinstance(s, int | float) and isinstance(mean, int | float):
-                data = {**data, "implied_nphotons": float(s) ** 2 * float(mean)}
+                try:
+                    implied = float(s) * float(s) * float(mean)  # inf, not OverflowError
+                except OverflowError:  # an int beyond the float range
+                    return data  # the field validators refuse it with a clear message
+                data = {**data, "implied_nphotons": implied}
         return data
 
     @model_validator(mode="after")
     def _consistent(self) -> ScaleRecord:
+        try:
+            return self._check_consistency()
+        except (OverflowError, ZeroDivisionError) as exc:
+            # Arithmetic on extreme values: a validation error, never a raw exception.
+            raise ValueError(f"the record's numbers are out of range ({exc})") from None
+
+    def _check_consistency(self) -> ScaleRecord:
         s = self.intensity_scale
 
         def close(a: float, b: float) -> bool:
@@ -151,6 +195,9 @@ class ScaleRecord(BaseModel):
                     f"implied_nphotons {self.implied_nphotons!r} is not "
                     f"intensity_scale**2 * mean_intensity = {implied!r}"
                 )
+        fractions = (self.masked_pixel_fraction, self.masked_intensity_fraction)
+        if not self.masked and any(f is not None for f in fractions):
+            raise ValueError("masked_pixel_fraction and masked_intensity_fraction need masked=True")
         offered = self.nphotons_candidates.get(self.nphotons_source)
         if offered is not None and not close(offered, self.nphotons):
             raise ValueError(

@@ -37,7 +37,7 @@ import torch
 from physscale._version import __version__
 from physscale.errors import DataFileError, DtypeError, IntegrityError, RecordError, UnsafeFileError
 from physscale.io.checkpoint import parse_record_json, require_record
-from physscale.record import SCHEMA_VERSION, ScaleRecord
+from physscale.record import READABLE_SCHEMA_VERSIONS, ScaleRecord
 
 __all__ = ["BUNDLE_FORMAT", "BUNDLE_FORMAT_VERSION", "Bundle", "load_bundle", "save_bundle"]
 
@@ -301,10 +301,11 @@ def _parse_record(data: bytes, where: str) -> ScaleRecord:
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise RecordError(f"{where}: {RECORD_MEMBER} is not valid JSON ({exc})") from None
     version = raw.get("schema_version") if isinstance(raw, dict) else None
-    if version is not None and version != SCHEMA_VERSION:
+    if version is not None and version not in READABLE_SCHEMA_VERSIONS:
+        readable = " and ".join(map(str, READABLE_SCHEMA_VERSIONS))
         raise RecordError(
             f"{where}: {RECORD_MEMBER} has record schema version {version!r}; this "
-            f"physscale ({__version__}) reads version {SCHEMA_VERSION}"
+            f"physscale ({__version__}) reads versions {readable}"
         )
     return parse_record_json(data, f"{where}: {RECORD_MEMBER}")
 

@@ -1,0 +1,86 @@
+"""The validation switch: physscale's value checks, on by default.
+
+Modelled on ``torch.distributions.Distribution.set_default_validate_args``
+and ``torch.autograd.set_detect_anomaly``: one process-wide flag, a setter, a
+context manager that restores the previous state, and a query.
+
+With validation on (the default), every entry point checks the *values* of
+its inputs (NaN, infinities, negative amplitudes, mask weights...), which on
+an accelerator costs one device-to-host synchronization per call. With it
+off, the training hot path (:func:`physscale.scaled_poisson_nll`,
+:class:`physscale.ScaledPoissonNLLLoss`, :class:`physscale.nn.IntensityScaler`)
+makes no host sync and no Python branch on tensor values, so it can be
+captured by ``torch.compile(fullgraph=True)`` and CUDA graphs. Checks that
+need no sync (types, shapes, dtypes, devices, options) always run.
+See ``docs/validation.md`` for what each mode checks.
+
+This flag is the only global state in physscale's core.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from types import TracebackType
+
+__all__ = ["is_validation_enabled", "set_validation", "validation"]
+
+_enabled: bool = True
+
+
+def _check_flag(enabled: object, where: str) -> bool:
+    if not isinstance(enabled, bool):
+        from physscale.errors import OptionError
+
+        raise OptionError(f"{where} takes True or False, got {enabled!r}")
+    return enabled
+
+
+def set_validation(enabled: bool) -> None:
+    """Turn physscale's value checks on (the default) or off, process-wide.
+
+    Args:
+        enabled: ``True`` to check input values (NaN, infinities, negative
+            values, mask weights; one host sync per call on an accelerator),
+            ``False`` for the sync-free hot path. Prefer the scoped
+            :class:`validation` context manager where you can.
+    """
+    global _enabled
+    _enabled = _check_flag(enabled, "set_validation")
+
+
+def is_validation_enabled() -> bool:
+    """Whether physscale's value checks are on (they are by default)."""
+    return _enabled
+
+
+class validation(contextlib.ContextDecorator):  # noqa: N801 - named like torch's switches
+    """Context manager (or decorator) that sets the validation switch within a scope.
+
+    The state is set on entering the ``with`` block and the previous state is
+    restored on leaving it, even on an exception; nesting works.
+
+    Example:
+        >>> import physscale as ps
+        >>> with ps.validation(False):
+        ...     ps.is_validation_enabled()
+        False
+        >>> ps.is_validation_enabled()
+        True
+    """
+
+    def __init__(self, enabled: bool) -> None:
+        self._new = _check_flag(enabled, "validation")
+        self._previous: list[bool] = []
+
+    def __enter__(self) -> validation:
+        self._previous.append(_enabled)
+        set_validation(self._new)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        set_validation(self._previous.pop())

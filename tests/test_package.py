@@ -1,0 +1,54 @@
+"""The package surface: lazily loaded submodules, and what ``import physscale`` imports."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+import physscale as ps
+
+
+def _fresh(code: str) -> dict[str, object]:
+    """Run ``code`` in a fresh interpreter; it prints one JSON object."""
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    result: dict[str, object] = json.loads(out.strip().splitlines()[-1])
+    return result
+
+
+def test_import_physscale_loads_no_optional_dependency_or_submodule() -> None:
+    found = _fresh(
+        "import sys, json, physscale\n"
+        "print(json.dumps({m: m in sys.modules for m in "
+        "['lightning', 'h5py', 'physscale.io', 'physscale.lightning', 'physscale.adapters']}))"
+    )
+    assert found == {
+        "lightning": False,
+        "h5py": False,
+        "physscale.io": False,
+        "physscale.lightning": False,
+        "physscale.adapters": False,
+    }
+
+
+@pytest.mark.parametrize("name", ["io", "nn", "lightning", "adapters"])
+def test_submodules_are_reachable_as_attributes_after_import_physscale(name: str) -> None:
+    found = _fresh(
+        f"import json, physscale\nm = physscale.{name}\nprint(json.dumps({{'name': m.__name__}}))"
+    )
+    assert found == {"name": f"physscale.{name}"}
+
+
+def test_io_attribute_is_the_io_module_with_its_public_functions() -> None:
+    assert callable(ps.io.read_metadata)
+    assert callable(ps.io.load_bundle)
+    assert "io" in dir(ps) and "lightning" in dir(ps)
+
+
+def test_unknown_attribute_is_an_attribute_error() -> None:
+    with pytest.raises(AttributeError, match="no attribute 'nonexistent'"):
+        ps.nonexistent  # noqa: B018
