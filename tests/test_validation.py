@@ -29,9 +29,16 @@ def test_set_validation_switches_globally_and_back() -> None:
 
 
 def test_context_manager_restores_the_previous_state_even_on_error() -> None:
-    with pytest.raises(RuntimeError), ps.validation(False):
-        assert ps.is_validation_enabled() is False
-        raise RuntimeError("boom")
+    seen: list[bool] = []
+
+    def fails() -> None:
+        with ps.validation(False):
+            seen.append(ps.is_validation_enabled())
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        fails()
+    assert seen == [False]
     assert ps.is_validation_enabled() is True
 
 
