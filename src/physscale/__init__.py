@@ -15,6 +15,7 @@ from physscale.accumulator import IntensityAccumulator
 from physscale.attach import attach_intensity_scale, collate_with_scale, scale_for_batch
 from physscale.distributed import derive_from_dataloader
 from physscale.errors import (
+    AmbiguousLayoutError,
     AxisError,
     BroadcastError,
     DataFileError,
@@ -22,6 +23,7 @@ from physscale.errors import (
     EmptyInputError,
     IntegrityError,
     MaskError,
+    MaskWarning,
     NegativeValueError,
     NonFiniteError,
     NphotonsError,
@@ -52,6 +54,7 @@ from physscale.scale import (
 
 __all__ = [
     "SCHEMA_VERSION",
+    "AmbiguousLayoutError",
     "AxisError",
     "BroadcastError",
     "DataFileError",
@@ -60,6 +63,7 @@ __all__ = [
     "IntegrityError",
     "IntensityAccumulator",
     "MaskError",
+    "MaskWarning",
     "NegativeValueError",
     "NonFiniteError",
     "NphotonsError",

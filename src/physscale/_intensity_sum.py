@@ -57,12 +57,20 @@ class IntensitySum:
         pattern_shape: sizes of the spatial axes, in axis order.
         integer_like: True when a sample of the data has integer-valued
             intensities (a sign of raw counts), False otherwise.
+        pixels: number of pixels in the batch (every element of ``x``).
+        masked_pixels: pixels the mask excluded (0 without a mask).
+        masked_total: the intensity the mask excluded: the same sum as
+            ``total`` over the excluded pixels that hold finite values >= 0
+            (NaN, infinities and negative dead-pixel flags are left out).
     """
 
     total: float
     n_patterns: int
     pattern_shape: tuple[int, ...]
     integer_like: bool
+    pixels: int = 0
+    masked_pixels: int = 0
+    masked_total: float = 0.0
 
 
 def _accumulation_device(device: torch.device) -> torch.device:
@@ -136,8 +144,10 @@ def intensity_sum(
     # The native kernel (one fused, threaded pass) when it is built and the data
     # allow it; otherwise the eager blockwise kernel. Same float64 arithmetic.
     native = _native.reduce_dense(x, square=square) if mask is None else None
+    masked_totals: list[float] = []
+    masked_pixels = 0
     if native is None:
-        block_totals, lowest = _eager_sum(x, square, mask)
+        block_totals, lowest, masked_totals, masked_pixels = _eager_sum(x, square, mask)
     else:
         block_totals, lowest = native
     if math.isnan(lowest) or not all(math.isfinite(t) for t in block_totals):
@@ -155,16 +165,21 @@ def intensity_sum(
         n_patterns=n_patterns,
         pattern_shape=pattern_shape,
         integer_like=integer_like,
+        pixels=x.numel(),
+        masked_pixels=masked_pixels,
+        masked_total=math.fsum(masked_totals),
     )
 
 
 def _eager_sum(
     x: torch.Tensor, square: bool, mask: torch.Tensor | None
-) -> tuple[list[float], float]:
+) -> tuple[list[float], float, list[float], int]:
     """Per-block float64 totals and the minimum, in eager PyTorch ops.
 
     Each block of at most ``BLOCK_NUMEL`` elements is converted into one reused
     float64 buffer, then reduced with a dot product (or a sum) and an ``amin``.
+    With a mask, also the per-block intensity of the excluded pixels (finite
+    values >= 0 only) and the number of excluded pixels.
     """
     device = _accumulation_device(x.device)
     limit = BLOCK_NUMEL * (1 if device.type == "cpu" else ACCELERATOR_BLOCK_FACTOR)
@@ -172,6 +187,8 @@ def _eager_sum(
     # Per-block float64 totals and minima stay on the device until the end.
     totals: list[torch.Tensor] = []
     minima: list[torch.Tensor] = []
+    dropped_totals: list[torch.Tensor] = []
+    dropped_counts: list[torch.Tensor] = []
     for index in _blocks(tuple(x.shape), limit):
         block = x[index]
         if mask is None and block.dtype == torch.float64 and block.is_contiguous() \
@@ -181,15 +198,25 @@ def _eager_sum(
             view = buffer[: block.numel()].view(block.shape)
             view.copy_(block)
             if mask is not None:
+                dropped = mask[index].to(device).logical_not()
+                # What the mask takes away, for the record: finite values >= 0 only
+                # (dead pixels often hold NaN or negative flags).
+                kept_out = torch.where(dropped & (view >= 0) & view.isfinite(), view, 0.0)
+                kept_out = kept_out.view(-1)
+                dropped_totals.append(torch.dot(kept_out, kept_out) if square else kept_out.sum())
+                dropped_counts.append(dropped.sum(dtype=torch.float64))
                 # masked_fill, not a multiply: a NaN in a dead pixel must not leak.
-                view.masked_fill_(mask[index].logical_not(), 0.0)
+                view.masked_fill_(dropped, 0.0)
             flat = view.view(-1)
         totals.append(torch.dot(flat, flat) if square else flat.sum())
         # Checked on the cached float64 block: measured faster than on the source.
         minima.append(flat.amin())
     # One device-to-host transfer for the whole pass.
-    stats = torch.stack([torch.stack(minima).amin(), *totals]).tolist()
-    return stats[1:], stats[0]
+    n = len(totals)
+    stats = torch.stack(
+        [torch.stack(minima).amin(), *totals, *dropped_totals, *dropped_counts]
+    ).tolist()
+    return stats[1 : 1 + n], stats[0], stats[1 + n : 1 + 2 * n], int(sum(stats[1 + 2 * n :]))
 
 
 def _units_sample(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:

@@ -11,8 +11,10 @@ correctly rounded sum of every batch's float64 total.
 from __future__ import annotations
 
 import math
+import numbers
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -22,16 +24,34 @@ from physscale._checks import (
     LAYOUTS,
     as_float_tensor,
     as_mask,
+    check_layout,
     check_option,
     positive_finite,
     spatial_axes,
+    split_masked,
 )
-from physscale._intensity_sum import Domain, intensity_sum
-from physscale.errors import EmptyInputError, StateError, UnitsWarning, ZeroIntensityError
+from physscale._intensity_sum import Domain, IntensitySum, intensity_sum
+from physscale.errors import (
+    EmptyInputError,
+    MaskWarning,
+    NonFiniteError,
+    StateError,
+    UnitsWarning,
+    ZeroIntensityError,
+)
 
 __all__ = ["IntensityAccumulator"]
 
-_STATE_VERSION = 1
+_STATE_VERSION = 2
+_READABLE_STATE_VERSIONS = (1, 2)
+_STATE_KEYS_V1 = frozenset({"version", "domain", "spatial_dims", "n_patterns", "total_partials",
+                            "pattern_shape", "integer_like", "masked"})  # fmt: skip
+_STATE_KEYS = _STATE_KEYS_V1 | {"pixels", "masked_pixels", "masked_partials"}
+# Bounds no real dataset reaches (a restored state is validated against them).
+_MAX_COUNT = 2**63 - 1
+_MAX_PATTERN_SIZE = 2**31 - 1
+#: A mask that removes more than this fraction of the intensity is warned about.
+MASK_WARNING_FRACTION = 0.5
 # Shewchuk partials of a float64 sum never need more than this many terms
 # (one per binary exponent band of width 53 over the float64 range).
 _MAX_PARTIALS = 40
@@ -53,7 +73,14 @@ def _unpadded(slots: Sequence[float]) -> tuple[int, ...]:
 
 
 def _grow(partials: list[float], x: float) -> list[float]:
-    """Add ``x`` to a list of non-overlapping partials, exactly (Shewchuk 1997)."""
+    """Add ``x`` to a list of non-overlapping partials, exactly (Shewchuk 1997).
+
+    Returns a new list (the input is not changed), so a refused addition
+    leaves the caller's state as it was.
+
+    Raises:
+        NonFiniteError: the exact sum leaves the float64 range.
+    """
     if x == 0.0:
         return partials
     out: list[float] = []
@@ -61,11 +88,111 @@ def _grow(partials: list[float], x: float) -> list[float]:
         if abs(x) < abs(y):
             x, y = y, x
         hi = x + y
+        if math.isinf(hi):
+            raise NonFiniteError(
+                "the accumulated total intensity exceeds the float64 range (about 1.8e308); "
+                "values this large cannot be normalized amplitudes or intensities"
+            )
         lo = y - (hi - x)
         if lo:
             out.append(lo)
         x = hi
     out.append(x)
+    return out
+
+
+def _grow_all(partials: list[float], values: Sequence[float]) -> list[float]:
+    for v in values:
+        partials = _grow(partials, v)
+    return partials
+
+
+@dataclass
+class _State:
+    """An accumulator's state as plain values: what merge, all_reduce and load fold in."""
+
+    partials: list[float]
+    n_patterns: int
+    pattern_shape: tuple[int, ...] | None
+    integer_like: bool | None
+    masked: bool
+    pixels: int
+    masked_pixels: int | None  # None: unknown (a version-1 state with a mask)
+    masked_partials: list[float]
+
+
+@dataclass
+class _Packed:
+    """What one rank sent in ``all_reduce``: its configuration and its state."""
+
+    domain: Domain
+    spatial_dims: tuple[int, ...]
+    state: _State
+
+
+def _unpack(packed: torch.Tensor) -> _Packed:
+    """Inverse of :meth:`IntensityAccumulator._pack`."""
+    v = packed.tolist()
+    dims_at = 6
+    shape_at = dims_at + 1 + _MAX_PATTERN_DIMS
+    partials_at = shape_at + 1 + _MAX_PATTERN_DIMS
+    masked_at = partials_at + _MAX_PARTIALS
+    shape = _unpadded(v[shape_at:partials_at])
+    return _Packed(
+        domain=next(d for d, code in _DOMAIN_CODES.items() if code == v[3]),
+        spatial_dims=_unpadded(v[dims_at:shape_at]),
+        state=_State(
+            partials=[p for p in v[partials_at:masked_at] if p],
+            n_patterns=int(v[0]),
+            pattern_shape=shape or None,
+            integer_like={-1.0: None, 0.0: False, 1.0: True}[v[1]],
+            masked=bool(v[2]),
+            pixels=int(v[4]),
+            masked_pixels=None if v[5] < 0 else int(v[5]),
+            masked_partials=[p for p in v[masked_at:] if p],
+        ),
+    )
+
+
+def _count(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= _MAX_COUNT:
+        raise StateError(
+            f"state {name} must be a non-negative int (at most 2**63 - 1), got {value!r:.80}"
+        )
+    return value
+
+
+def _int_list(value: Any, name: str, low: int, high: int) -> tuple[int, ...]:
+    ok = isinstance(value, list | tuple) and all(
+        isinstance(v, int) and not isinstance(v, bool) and low <= v <= high for v in value
+    )
+    if not ok:
+        raise StateError(
+            f"state {name} must be a list of ints from {low} to {high}, got {value!r:.80}"
+        )
+    return tuple(value)
+
+
+def _partials(value: Any, name: str) -> list[float]:
+    """A list of finite floats with a finite, non-negative exact sum."""
+    ok = (
+        isinstance(value, list | tuple)
+        and len(value) <= _MAX_PARTIALS
+        and all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in value)
+    )
+    if ok:
+        try:
+            out = [float(v) for v in value]
+            total = math.fsum(out)
+        except (OverflowError, ValueError):
+            ok = False
+        else:
+            ok = all(math.isfinite(v) for v in out) and math.isfinite(total) and total >= 0.0
+    if not ok:
+        raise StateError(
+            f"state {name} must be a list of at most {_MAX_PARTIALS} finite numbers with a "
+            f"finite, non-negative sum, got {value!r:.80}"
+        )
     return out
 
 
@@ -97,6 +224,9 @@ class IntensityAccumulator:
         spatial_axes(_ANY_RANK, spatial_dims, layout)
         dims = LAYOUTS[layout] if layout is not None else spatial_dims
         self.spatial_dims: tuple[int, ...] = tuple(int(d) for d in dims)
+        # Defaulted axes are checked against each batch's shape (the layout guard);
+        # axes the caller named are trusted.
+        self.axes_explicit = layout is not None or spatial_dims is not DEFAULT_SPATIAL_DIMS
         self.reset()
 
     def reset(self) -> None:
@@ -106,6 +236,10 @@ class IntensityAccumulator:
         self._pattern_shape: tuple[int, ...] | None = None
         self._integer_like: bool | None = None
         self._masked = False
+        self._pixels = 0
+        # None once a state without mask statistics (version 1) was folded in.
+        self._masked_pixels: int | None = 0
+        self._masked_partials: list[float] = []
 
     # ------------------------------------------------------------------ update
     def update(self, batch: Any, mask: Any = None) -> IntensityAccumulator:
@@ -115,19 +249,43 @@ class IntensityAccumulator:
             batch: torch.Tensor or numpy.ndarray of normalized amplitudes
                 (or intensities for ``domain="intensity"``), real floating
                 dtype, any shape with the spatial axes given at construction.
-            mask: optional boolean valid-pixel mask broadcastable to ``batch``.
+                A ``numpy.ma.MaskedArray``'s masked entries are left out, as
+                if passed in ``mask``.
+            mask: optional boolean valid-pixel mask (True = use the pixel):
+                the pattern's shape, e.g. ``(H, W)``, applied along the
+                spatial axes in any layout, or any shape that broadcasts to
+                ``batch``. Excluded pixels add nothing to a pattern's sum.
+
+        Raises:
+            AmbiguousLayoutError: the axes were defaulted and ``batch`` looks
+                channels-last (see :func:`physscale.derive_intensity_scale`).
         """
         return self.update_named(batch, mask, "batch")
 
     def update_named(self, batch: Any, mask: Any, name: str) -> IntensityAccumulator:
         """``update``, with error messages calling the data ``name`` (e.g. "x")."""
+        batch, mask = split_masked(batch, mask, name)
         x = as_float_tensor(batch, name)
+        check_layout(x.shape, self.axes_explicit, name)
         axes = spatial_axes(x.ndim, self.spatial_dims)
-        m = None if mask is None else as_mask(mask, x.shape, x.device)
-        part = intensity_sum(x, axes, self.domain, m, name=name)
-        self._masked = self._masked or (m is not None and part.n_patterns > 0)
-        self._fold(part.total, part.n_patterns, part.pattern_shape, part.integer_like)
+        m = None if mask is None else as_mask(mask, x.shape, x.device, axes)
+        self._fold_sum(intensity_sum(x, axes, self.domain, m, name=name), m is not None)
         return self
+
+    def _fold_sum(self, part: IntensitySum, masked: bool) -> None:
+        """Fold one batch's :class:`IntensitySum` in (all or nothing)."""
+        self._fold_state(
+            _State(
+                partials=[part.total],
+                n_patterns=part.n_patterns,
+                pattern_shape=part.pattern_shape,
+                integer_like=part.integer_like,
+                masked=masked,
+                pixels=part.pixels,
+                masked_pixels=part.masked_pixels,
+                masked_partials=[part.masked_total],
+            )
+        )
 
     def update_all(self, batches: Iterable[Any]) -> IntensityAccumulator:
         """``update`` with every batch of an iterable; returns ``self``."""
@@ -135,50 +293,50 @@ class IntensityAccumulator:
             self.update(batch)
         return self
 
-    def _fold(
-        self,
-        total: float,
-        n_patterns: int,
-        pattern_shape: tuple[int, ...] | None,
-        integer_like: bool | None,
-    ) -> None:
-        """Add one batch's (or one rank's) total, count and flags to the state."""
-        if n_patterns == 0:
-            return
-        if self._pattern_shape is not None and pattern_shape != self._pattern_shape:
-            raise StateError(
-                f"pattern shape {pattern_shape} differs from the {self._pattern_shape} seen "
-                f"before; one accumulator must see patterns of one shape"
-            )
-        self._pattern_shape = pattern_shape
-        self._partials = _grow(self._partials, total)
-        self._n_patterns += n_patterns
-        if integer_like is not None:
-            self._integer_like = integer_like and self._integer_like is not False
-
     # ------------------------------------------------------------------ combine
     def merge(self, other: IntensityAccumulator) -> IntensityAccumulator:
         """Fold another accumulator's state into this one; returns ``self``."""
         if not isinstance(other, IntensityAccumulator):
             raise StateError(f"can only merge an IntensityAccumulator, got {type(other).__name__}")
         self._check_compatible(other.domain, other.spatial_dims)
-        self._fold_partials(other._partials, other._n_patterns, other._pattern_shape,
-                            other._integer_like)  # fmt: skip
-        self._masked = self._masked or other._masked
+        self._fold_state(other._state_tuple())
         return self
 
-    def _fold_partials(
-        self,
-        partials: Sequence[float],
-        n_patterns: int,
-        pattern_shape: tuple[int, ...] | None,
-        integer_like: bool | None,
-    ) -> None:
-        # Exact: each partial is added without rounding, the first with the counts.
-        self._fold(partials[0] if partials else 0.0, n_patterns, pattern_shape, integer_like)
-        if n_patterns:
-            for p in partials[1:]:
-                self._partials = _grow(self._partials, p)
+    def _state_tuple(self) -> _State:
+        return _State(
+            partials=list(self._partials),
+            n_patterns=self._n_patterns,
+            pattern_shape=self._pattern_shape,
+            integer_like=self._integer_like,
+            masked=self._masked,
+            pixels=self._pixels,
+            masked_pixels=self._masked_pixels,
+            masked_partials=list(self._masked_partials),
+        )
+
+    def _fold_state(self, other: _State) -> None:
+        """Fold another state in, exactly; all or nothing (a refusal changes nothing)."""
+        if other.n_patterns == 0:
+            return
+        if self._pattern_shape is not None and other.pattern_shape != self._pattern_shape:
+            raise StateError(
+                f"pattern shape {other.pattern_shape} differs from the {self._pattern_shape} "
+                f"seen before; one accumulator must see patterns of one shape"
+            )
+        # Exact: every partial is added without rounding.
+        partials = _grow_all(self._partials, other.partials)
+        masked_partials = _grow_all(self._masked_partials, other.masked_partials)
+        self._partials, self._masked_partials = partials, masked_partials
+        self._pattern_shape = other.pattern_shape
+        self._n_patterns += other.n_patterns
+        if other.integer_like is not None:
+            self._integer_like = other.integer_like and self._integer_like is not False
+        self._masked = self._masked or other.masked
+        self._pixels += other.pixels
+        if self._masked_pixels is None or other.masked_pixels is None:
+            self._masked_pixels = None
+        else:
+            self._masked_pixels += other.masked_pixels
 
     def _check_compatible(self, domain: str, spatial_dims: Sequence[int]) -> None:
         if domain != self.domain:
@@ -221,17 +379,29 @@ class IntensityAccumulator:
         # every rank sees the same gathered data, so every rank refuses alike.
         combined = IntensityAccumulator(self.spatial_dims, self.domain)
         for rank, packed in enumerate(gathered):
-            combined._unpack_into(packed.cpu(), rank)
-        self._partials = combined._partials
-        self._n_patterns = combined._n_patterns
-        self._pattern_shape = combined._pattern_shape
-        self._integer_like = combined._integer_like
-        self._masked = combined._masked
+            state = _unpack(packed.cpu())
+            try:
+                combined._check_compatible(state.domain, state.spatial_dims)
+                combined._fold_state(state.state)
+            except (StateError, NonFiniteError) as exc:
+                raise StateError(f"all_reduce: rank {rank}'s state does not fit: {exc}") from None
+        self._adopt(combined)
         return self
 
+    def _adopt(self, other: IntensityAccumulator) -> None:
+        """Take over ``other``'s state (not its configuration)."""
+        self._partials = other._partials
+        self._n_patterns = other._n_patterns
+        self._pattern_shape = other._pattern_shape
+        self._integer_like = other._integer_like
+        self._masked = other._masked
+        self._pixels = other._pixels
+        self._masked_pixels = other._masked_pixels
+        self._masked_partials = other._masked_partials
+
     def _pack(self) -> torch.Tensor:
-        if len(self._partials) > _MAX_PARTIALS:  # pragma: no cover - impossible for float64
-            raise StateError("internal: too many partials to pack")
+        if len(self._partials) > _MAX_PARTIALS or len(self._masked_partials) > _MAX_PARTIALS:
+            raise StateError("internal: too many partials to pack")  # pragma: no cover
         shape = self._pattern_shape or ()
         if len(shape) > _MAX_PATTERN_DIMS or len(self.spatial_dims) > _MAX_PATTERN_DIMS:
             raise StateError(f"all_reduce supports patterns of at most {_MAX_PATTERN_DIMS} axes")
@@ -240,27 +410,15 @@ class IntensityAccumulator:
             {None: -1.0, False: 0.0, True: 1.0}[self._integer_like],
             float(self._masked),
             _DOMAIN_CODES[self.domain],
+            float(self._pixels),
+            -1.0 if self._masked_pixels is None else float(self._masked_pixels),
             *_padded(self.spatial_dims),
             *_padded(shape),
         ]
-        partials = self._partials + [0.0] * (_MAX_PARTIALS - len(self._partials))
-        return torch.tensor(header + partials, dtype=torch.float64)
-
-    def _unpack_into(self, packed: torch.Tensor, rank: int) -> None:
-        values = packed.tolist()
-        n_patterns = int(values[0])
-        integer_like = {-1.0: None, 0.0: False, 1.0: True}[values[1]]
-        masked = bool(values[2])
-        domain = next(d for d, code in _DOMAIN_CODES.items() if code == values[3])
-        spatial_dims = _unpadded(values[4 : 5 + _MAX_PATTERN_DIMS])
-        shape = _unpadded(values[5 + _MAX_PATTERN_DIMS : 6 + 2 * _MAX_PATTERN_DIMS])
-        partials = [p for p in values[6 + 2 * _MAX_PATTERN_DIMS :] if p]
-        try:
-            self._check_compatible(domain, spatial_dims)
-            self._fold_partials(partials, n_patterns, shape, integer_like)
-        except StateError as exc:
-            raise StateError(f"all_reduce: rank {rank}'s state does not fit: {exc}") from None
-        self._masked = self._masked or masked
+        padding = [0.0] * (_MAX_PARTIALS - len(self._partials))
+        masked_padding = [0.0] * (_MAX_PARTIALS - len(self._masked_partials))
+        values = header + self._partials + padding + self._masked_partials + masked_padding
+        return torch.tensor(values, dtype=torch.float64)
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
@@ -274,41 +432,81 @@ class IntensityAccumulator:
             "pattern_shape": None if self._pattern_shape is None else list(self._pattern_shape),
             "integer_like": self._integer_like,
             "masked": self._masked,
+            "pixels": self._pixels,
+            "masked_pixels": self._masked_pixels,
+            "masked_partials": list(self._masked_partials),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore a state produced by :meth:`state_dict`, validating it."""
+        """Restore a state produced by :meth:`state_dict` (version 1 or 2), validating it.
+
+        Every field is checked (types, ranges, consistency) before anything
+        changes; a refused state raises :class:`~physscale.StateError` and
+        leaves the accumulator as it was.
+        """
         if not isinstance(state, Mapping):
             raise StateError(f"state must be a mapping, got {type(state).__name__}")
-        expected = {"version", "domain", "spatial_dims", "n_patterns", "total_partials",
-                    "pattern_shape", "integer_like", "masked"}  # fmt: skip
+        version = state.get("version")
+        if isinstance(version, bool) or version not in _READABLE_STATE_VERSIONS:
+            raise StateError(
+                f"accumulator state version {version!r} is not supported (this physscale "
+                f"reads versions {', '.join(map(str, _READABLE_STATE_VERSIONS))})"
+            )
+        expected = _STATE_KEYS_V1 if version == 1 else _STATE_KEYS
         if set(state) != expected:
             raise StateError(
-                f"state keys {sorted(state)} do not match the expected {sorted(expected)}"
+                f"state keys {sorted(map(str, state))} do not match the expected "
+                f"{sorted(expected)} of a version-{version} state"
             )
-        if state["version"] != _STATE_VERSION:
+        domain, dims = state["domain"], _int_list(state["spatial_dims"], "spatial_dims", -64, 63)
+        if domain not in _DOMAIN_CODES or not dims or len(dims) > _MAX_PATTERN_DIMS:
             raise StateError(
-                f"accumulator state version {state['version']!r} is not supported "
-                f"(this physscale writes version {_STATE_VERSION})"
+                f"state domain {domain!r} / spatial_dims {state['spatial_dims']!r} are not valid"
             )
-        self._check_compatible(state["domain"], state["spatial_dims"])
-        n = state["n_patterns"]
-        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-            raise StateError(f"state n_patterns must be a non-negative int, got {n!r}")
-        partials = [float(p) for p in state["total_partials"]]
-        if not all(math.isfinite(p) for p in partials) or math.fsum(partials) < 0:
-            raise StateError("state total_partials must be finite with a non-negative sum")
+        self._check_compatible(domain, dims)
+        n = _count(state["n_patterns"], "n_patterns")
         shape = state["pattern_shape"]
-        if (shape is None) != (n == 0):
+        pattern_shape = None
+        if shape is not None:
+            pattern_shape = _int_list(shape, "pattern_shape", 1, _MAX_PATTERN_SIZE)
+            if not pattern_shape or len(pattern_shape) > _MAX_PATTERN_DIMS:
+                raise StateError(f"state pattern_shape must have 1 to 8 sizes, got {shape!r}")
+        if (pattern_shape is None) != (n == 0):
             raise StateError("state pattern_shape must be given exactly when n_patterns > 0")
-        if state["integer_like"] not in (None, True, False):
-            raise StateError(
-                f"state integer_like must be a bool or None, got {state['integer_like']!r}"
+        for flag, allowed in (("integer_like", (None, True, False)), ("masked", (True, False))):
+            if not any(state[flag] is a for a in allowed):
+                raise StateError(f"state {flag} must be one of {allowed}, got {state[flag]!r}")
+        pixels = n * math.prod(pattern_shape or ())
+        masked_pixels: int | None = 0 if not state["masked"] else None
+        masked_partials: list[float] = []
+        if version != 1:
+            if _count(state["pixels"], "pixels") != pixels:
+                raise StateError(
+                    f"state pixels {state['pixels']!r} is not n_patterns x the pattern's "
+                    f"pixel count ({pixels})"
+                )
+            if state["masked_pixels"] is not None:
+                masked_pixels = _count(state["masked_pixels"], "masked_pixels")
+                if masked_pixels > pixels or (masked_pixels and not state["masked"]):
+                    raise StateError(
+                        f"state masked_pixels {masked_pixels} does not fit pixels {pixels} "
+                        f"and masked={state['masked']!r}"
+                    )
+            masked_partials = _partials(state["masked_partials"], "masked_partials")
+        fresh = IntensityAccumulator(self.spatial_dims, self.domain)
+        fresh._fold_state(
+            _State(
+                partials=_partials(state["total_partials"], "total_partials"),
+                n_patterns=n,
+                pattern_shape=pattern_shape,
+                integer_like=state["integer_like"],
+                masked=state["masked"],
+                pixels=pixels,
+                masked_pixels=masked_pixels,
+                masked_partials=masked_partials,
             )
-        self.reset()
-        pattern_shape = None if shape is None else tuple(int(s) for s in shape)
-        self._fold_partials(partials, n, pattern_shape, state["integer_like"])
-        self._masked = bool(state["masked"])
+        )
+        self._adopt(fresh)
 
     # ------------------------------------------------------------------ results
     @property
@@ -337,6 +535,27 @@ class IntensityAccumulator:
     def masked(self) -> bool:
         """Whether any batch was folded in with a valid-pixel mask."""
         return self._masked
+
+    @property
+    def masked_pixel_fraction(self) -> float | None:
+        """With a mask: the fraction of all pixels seen that it excluded (else None)."""
+        if not self._masked or self._masked_pixels is None or self._pixels == 0:
+            return None
+        return self._masked_pixels / self._pixels
+
+    @property
+    def masked_intensity_fraction(self) -> float | None:
+        """With a mask: the fraction of the intensity that lay in excluded pixels.
+
+        The excluded intensity counts the excluded pixels' finite values >= 0
+        (NaN, infinities and negative dead-pixel flags are left out). None
+        without a mask, or when it is unknown (a version-1 state was loaded).
+        """
+        if not self._masked or self._masked_pixels is None:
+            return None
+        removed = math.fsum(self._masked_partials)
+        whole = removed + self.total_intensity
+        return removed / whole if whole > 0.0 else None
 
     @property
     def integer_like(self) -> bool | None:
@@ -372,7 +591,26 @@ class IntensityAccumulator:
         n = positive_finite(nphotons, "nphotons")
         value = self.scale_for(n)
         self._check_units(value, n)
+        self._check_mask(value)
         return torch.tensor(value, dtype=torch.float64)
+
+    def _check_mask(self, scale: float) -> None:
+        removed = self.masked_intensity_fraction
+        if removed is None or removed <= MASK_WARNING_FRACTION:
+            return
+        pixels = self.masked_pixel_fraction or 0.0
+        ratio = math.sqrt(1.0 / (1.0 - removed)) if removed < 1.0 else math.inf
+        warnings.warn(
+            f"the mask removes {removed:.1%} of the data's intensity ({pixels:.1%} of its "
+            f"pixels). nphotons is assigned to the unmasked pixels only, so the scale "
+            f"({scale:.6g}) is {ratio:.3g}x the one derived without the mask. If nphotons "
+            f"counts the photons of whole patterns (a beamstop's region included), derive "
+            f"without the mask; if it counts the photons in the unmasked pixels, or the "
+            f"masked pixels are bad (hot pixels, flags), this is right (silence "
+            f"physscale.MaskWarning)",
+            MaskWarning,
+            stacklevel=3,
+        )
 
     def _check_units(self, scale: float, nphotons: float) -> None:
         kind = "amplitudes" if self.domain == "amplitude" else "intensities"

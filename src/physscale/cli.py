@@ -9,7 +9,8 @@ Without PATH it runs on the example dataset shipped with physscale.
 ``physscale inspect PATH`` shows a record file, a bundle's record and manifest,
 or a dataset's arrays and metadata.
 
-Exit status: 0 success, 1 bad data or files, 2 usage errors. Errors are one
+Exit status: 0 success, 1 bad data or files, 2 usage errors (a bad flag, or a
+missing ``--nphotons`` / ``--layout`` that the data need). Errors are one
 line on stderr; ``--debug`` adds the traceback.
 """
 
@@ -31,10 +32,11 @@ import numpy as np
 from pydantic import ValidationError
 
 from physscale import _native
-from physscale._checks import positive_finite
+from physscale._checks import check_layout, positive_finite
 from physscale._version import __version__
 from physscale.accumulator import IntensityAccumulator
 from physscale.errors import (
+    AmbiguousLayoutError,
     DataFileError,
     MaskError,
     NphotonsError,
@@ -60,6 +62,10 @@ PROG = "physscale"
 PROGRESS_DELAY_S = 0.5
 _PROGRESS_INTERVAL_S = 0.1
 _MAX_RECORD_BYTES = 1 << 20
+
+
+class UsageError(Exception):
+    """An invocation that needs another flag (exit status 2, like argparse's errors)."""
 
 
 # --------------------------------------------------------------------------- progress
@@ -165,7 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG,
         description="The dataset intensity scale s = sqrt(nphotons / mean per-pattern "
         "sum(x**2)) of normalized diffraction amplitudes, with its provenance.",
-        epilog="Exit status: 0 success, 1 bad data or files, 2 usage errors.",
+        epilog="Exit status: 0 success, 1 bad data or files, 2 usage errors (including a "
+        "missing --nphotons or --layout that the data need).",
     )
     kernel = "native kernel" if _native.available() else "eager kernel only"
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__} ({kernel})")
@@ -218,7 +225,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--mask",
         type=Path,
         metavar="PATH",
-        help=".npy boolean valid-pixel mask broadcastable to one chunk, e.g. (H, W)",
+        help=".npy boolean valid-pixel mask (True = use the pixel): the pattern's shape "
+        "(H, W), applied along the spatial axes in either layout, or a shape that "
+        "broadcasts to the data. With a mask, nphotons is the expected count in the "
+        "unmasked pixels of a pattern: masking a bright beamstop region raises the "
+        "scale (the record gives the masked fractions of pixels and intensity)",
     )
     derive.add_argument("--out", type=Path, metavar="FILE", help="write the record JSON here")
     derive.add_argument(
@@ -262,6 +273,21 @@ def _load_mask(path: Path) -> np.ndarray:
     return np.asarray(mask)
 
 
+def _missing_nphotons(path: Path, metadata: Any, exc: NphotonsError) -> str:
+    """The one-line message when neither the flags nor the file give nphotons."""
+    if metadata is None:
+        why = "it has no metadata"
+    elif "was not given" in str(exc):
+        why = 'its metadata has no ["physics_parameters"]["nphotons"]'
+    else:  # a misplaced or misspelled key: the core's message says where it is
+        return f"{path}: {exc}; or pass --nphotons N"
+    return (
+        f"{path}: nphotons is not known: {why}. Pass --nphotons N (expected photons per "
+        f"pattern; overrides the file's metadata) or --nphotons-default N (used only when "
+        f"the metadata gives none)"
+    )
+
+
 def _fmt(value: float) -> str:
     return f"{value:.6g}"
 
@@ -287,6 +313,15 @@ def _summary(record: ScaleRecord, key: str, layout: str | None) -> str:
         f"  patterns         {record.n_patterns} of {shape} pixels "
         f"({record.domain} domain, layout {layout or 'NCHW'}"
         f"{', masked' if record.masked else ''})",
+    ]
+    if record.masked_pixel_fraction is not None:
+        removed = record.masked_intensity_fraction
+        of_intensity = "" if removed is None else f", {removed:.1%} of the intensity"
+        lines.append(
+            f"  mask             excludes {record.masked_pixel_fraction:.1%} of the pixels"
+            f"{of_intensity}; nphotons counts the unmasked pixels only"
+        )
+    lines += [
         f"  mean intensity   {_fmt(record.mean_intensity or 0.0)}    "
         f"(mean per-pattern {kind}, normalized units)",
         f"  implied dose     {_fmt(record.implied_nphotons or 0.0)} photons per pattern",
@@ -310,8 +345,16 @@ def _derive(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
                 f"{PROG}: warning: {message} (metadata ignored; using --nphotons "
                 f"{_fmt(args.nphotons)})\n"
             )
-    # Fail before reading the data when no nphotons can be had.
-    resolve_nphotons(metadata, explicit=args.nphotons, default=args.nphotons_default)
+    # Fail before reading the data when no nphotons can be had, or the layout is unclear.
+    if args.nphotons is None and args.nphotons_default is None:
+        try:
+            resolve_nphotons(metadata)
+        except NphotonsError as exc:
+            raise UsageError(_missing_nphotons(path, metadata, exc)) from None
+    try:
+        check_layout(info.shape, args.layout is not None, str(path), cli=True)
+    except AmbiguousLayoutError as exc:
+        raise UsageError(str(exc)) from None
     mask = _load_mask(args.mask) if args.mask is not None else None
     acc = IntensityAccumulator(domain=args.domain, layout=args.layout)
     progress = Progress(info.shape[0], stream=stderr, enabled=not args.quiet)
@@ -510,6 +553,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "derive":
             return _derive(args, stdout, stderr)
         return _inspect(args, stdout)
+    except UsageError as exc:
+        if args.debug:
+            traceback.print_exc(file=stderr)
+        stderr.write(f"{PROG}: error: {exc}\n")
+        return 2
     except (PhysscaleError, OSError) as exc:
         if args.debug:
             traceback.print_exc(file=stderr)

@@ -279,6 +279,8 @@ def derive_scale_record(
         pattern_shape=acc.pattern_shape,
         spatial_dims=acc.spatial_dims,
         masked=acc.masked,
+        masked_pixel_fraction=acc.masked_pixel_fraction,
+        masked_intensity_fraction=acc.masked_intensity_fraction,
         mean_intensity=acc.mean_intensity,
         data_source=data_source,
     )
