@@ -112,8 +112,10 @@ class PhysicsScaleCallback(pl.Callback):
 
     Args:
         nphotons: explicit photons per pattern (overrides everything).
-        metadata: PtychoPINN-style metadata, or an object with ``.metadata``
-            (e.g. the training data container); wins over ``config``.
+        metadata: PtychoPINN-style metadata, or the training data container
+            holding it (an object with ``.metadata`` or a dict with a
+            ``"metadata"`` entry, read as :func:`physscale.attach_intensity_scale`
+            reads it); wins over ``config``.
         config: a mapping or object with ``nphotons``.
         default: the value of last resort.
         dataloader: the loader to derive from; default the trainer's training
