@@ -314,7 +314,7 @@ def test_collate_takes_every_documented_scale_form_mixed(scales: list[Any]) -> N
     ids=["meta", "sparse"],
 )
 def test_meta_or_sparse_scales_get_a_clear_error(scale: torch.Tensor) -> None:
-    with pytest.raises(ps.DtypeError, match="meta device|dense tensor"):
+    with pytest.raises(ps.DtypeError, match=r"meta device|dense tensor"):
         scale_for_batch(scale, torch.ones(3, 1, 2, 2))
 
 
