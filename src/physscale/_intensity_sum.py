@@ -62,6 +62,8 @@ class IntensitySum:
         masked_total: the intensity the mask excluded: the same sum as
             ``total`` over the excluded pixels that hold finite values >= 0
             (NaN, infinities and negative dead-pixel flags are left out).
+        pattern_totals: with ``per_pattern``, each pattern's total (float64
+            CPU tensor of ``n_patterns`` values, in pattern order), else None.
     """
 
     total: float
@@ -71,6 +73,7 @@ class IntensitySum:
     pixels: int = 0
     masked_pixels: int = 0
     masked_total: float = 0.0
+    pattern_totals: torch.Tensor | None = None
 
 
 def _accumulation_device(device: torch.device) -> torch.device:
@@ -115,6 +118,7 @@ def intensity_sum(
     mask: torch.Tensor | None = None,
     *,
     name: str = "x",
+    per_pattern: bool = False,
 ) -> IntensitySum:
     """Sum the intensity of every pattern of ``x`` in float64.
 
@@ -125,6 +129,7 @@ def intensity_sum(
         mask: optional boolean tensor already expanded to ``x.shape``;
             False pixels contribute nothing.
         name: how error messages refer to ``x``.
+        per_pattern: also return each pattern's total (``pattern_totals``).
 
     A batch with no patterns returns a zero sum over zero patterns.
 
@@ -143,10 +148,15 @@ def intensity_sum(
     square = domain == "amplitude"
     # The native kernel (one fused, threaded pass) when it is built and the data
     # allow it; otherwise the eager blockwise kernel. Same float64 arithmetic.
-    native = _native.reduce_dense(x, square=square) if mask is None else None
+    native = _native.reduce_dense(x, square=square) if mask is None and not per_pattern else None
     masked_totals: list[float] = []
     masked_pixels = 0
-    if native is None:
+    pattern_totals = None
+    if per_pattern:
+        block_totals, lowest, masked_totals, masked_pixels, pattern_totals = _eager_pattern_sums(
+            x, axes, square, mask
+        )
+    elif native is None:
         block_totals, lowest, masked_totals, masked_pixels = _eager_sum(x, square, mask)
     else:
         block_totals, lowest = native
@@ -168,6 +178,7 @@ def intensity_sum(
         pixels=x.numel(),
         masked_pixels=masked_pixels,
         masked_total=math.fsum(masked_totals),
+        pattern_totals=None if pattern_totals is None else pattern_totals.cpu(),
     )
 
 
@@ -198,15 +209,9 @@ def _eager_sum(
             view = buffer[: block.numel()].view(block.shape)
             view.copy_(block)
             if mask is not None:
-                dropped = mask[index].to(device).logical_not()
-                # What the mask takes away, for the record: finite values >= 0 only
-                # (dead pixels often hold NaN or negative flags).
-                kept_out = torch.where(dropped & (view >= 0) & view.isfinite(), view, 0.0)
-                kept_out = kept_out.view(-1)
-                dropped_totals.append(torch.dot(kept_out, kept_out) if square else kept_out.sum())
-                dropped_counts.append(dropped.sum(dtype=torch.float64))
-                # masked_fill, not a multiply: a NaN in a dead pixel must not leak.
-                view.masked_fill_(dropped, 0.0)
+                removed, count = _apply_mask(view, mask[index], square)
+                dropped_totals.append(removed)
+                dropped_counts.append(count)
             flat = view.view(-1)
         totals.append(torch.dot(flat, flat) if square else flat.sum())
         # Checked on the cached float64 block: measured faster than on the source.
@@ -217,6 +222,76 @@ def _eager_sum(
         [torch.stack(minima).amin(), *totals, *dropped_totals, *dropped_counts]
     ).tolist()
     return stats[1 : 1 + n], stats[0], stats[1 + n : 1 + 2 * n], int(sum(stats[1 + 2 * n :]))
+
+
+def _apply_mask(
+    view: torch.Tensor, keep: torch.Tensor, square: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Zero the excluded pixels of a float64 buffer in place.
+
+    Returns (on the buffer's device) the intensity the mask took away, over
+    finite values >= 0 only (dead pixels often hold NaN or negative flags),
+    and the number of excluded pixels.
+    """
+    dropped = keep.to(view.device).logical_not()
+    kept_out = torch.where(dropped & (view >= 0) & view.isfinite(), view, 0.0).view(-1)
+    removed = torch.dot(kept_out, kept_out) if square else kept_out.sum()
+    # masked_fill, not a multiply: a NaN in a dead pixel must not leak.
+    view.masked_fill_(dropped, 0.0)
+    return removed, dropped.sum(dtype=torch.float64)
+
+
+def _eager_pattern_sums(
+    x: torch.Tensor, axes: tuple[int, ...], square: bool, mask: torch.Tensor | None
+) -> tuple[list[float], float, list[float], int, torch.Tensor]:
+    """:func:`_eager_sum`, plus the float64 intensity of every pattern.
+
+    Returns the same four values and a ``(n_patterns,)`` float64 tensor on the
+    accumulation device, in pattern order (the non-spatial axes raveled in C
+    order, e.g. ``(b, c)`` for ``(B, H, W, C)`` with spatial axes 1, 2). Each
+    block is reduced over the spatial axes it holds; a pattern split across
+    blocks (one pattern larger than a block) gets each part added, so memory
+    stays bounded by the block whatever the pattern size.
+    """
+    device = _accumulation_device(x.device)
+    limit = BLOCK_NUMEL * (1 if device.type == "cpu" else ACCELERATOR_BLOCK_FACTOR)
+    buffer = torch.empty(min(limit, x.numel()), dtype=torch.float64, device=device)
+    # Pattern ids laid out like x, with size 1 on the spatial axes (a broadcast view).
+    id_shape = [1 if d in axes else n for d, n in enumerate(x.shape)]
+    ids = torch.arange(math.prod(id_shape), device=device).view(id_shape)
+    sums = torch.zeros(ids.numel(), dtype=torch.float64, device=device)
+    totals: list[torch.Tensor] = []
+    minima: list[torch.Tensor] = []
+    dropped_totals: list[torch.Tensor] = []
+    dropped_counts: list[torch.Tensor] = []
+    for index in _blocks(tuple(x.shape), limit):
+        block = x[index]
+        view = buffer[: block.numel()].view(block.shape)
+        view.copy_(block)
+        if mask is not None:
+            removed, count = _apply_mask(view, mask[index], square)
+            dropped_totals.append(removed)
+            dropped_counts.append(count)
+        minima.append(view.amin())
+        if square:
+            view.mul_(view)  # our own buffer: squaring in place is safe
+        # The block's dimensions: x's, less those an integer index dropped.
+        kept = [d for d in range(x.ndim) if d >= len(index) or not isinstance(index[d], int)]
+        spatial = [i for i, d in enumerate(kept) if d in axes]
+        per_pattern = view.sum(dim=spatial, keepdim=True) if spatial else view
+        id_index = tuple(
+            (0 if isinstance(i, int) else slice(None)) if d in axes else i
+            for d, i in enumerate(index)
+        )
+        block_ids = ids[id_index].expand(per_pattern.shape)
+        sums.index_add_(0, block_ids.reshape(-1), per_pattern.reshape(-1))
+        totals.append(per_pattern.sum())
+    n = len(totals)
+    stats = torch.stack(
+        [torch.stack(minima).amin(), *totals, *dropped_totals, *dropped_counts]
+    ).tolist()
+    dropped = int(sum(stats[1 + 2 * n :]))
+    return stats[1 : 1 + n], stats[0], stats[1 + n : 1 + 2 * n], dropped, sums
 
 
 def _units_sample(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:

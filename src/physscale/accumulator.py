@@ -31,6 +31,7 @@ from physscale._checks import (
     split_masked,
 )
 from physscale._intensity_sum import Domain, IntensitySum, intensity_sum
+from physscale.diagnostics import OutlierRule, PatternStats, flag_outliers, pattern_stats
 from physscale.errors import (
     EmptyInputError,
     MaskWarning,
@@ -46,7 +47,7 @@ _STATE_VERSION = 2
 _READABLE_STATE_VERSIONS = (1, 2)
 _STATE_KEYS_V1 = frozenset({"version", "domain", "spatial_dims", "n_patterns", "total_partials",
                             "pattern_shape", "integer_like", "masked"})  # fmt: skip
-_STATE_KEYS = _STATE_KEYS_V1 | {"pixels", "masked_pixels", "masked_partials"}
+_STATE_KEYS = _STATE_KEYS_V1 | {"pixels", "masked_pixels", "masked_partials", "pattern_totals"}
 # Bounds no real dataset reaches (a restored state is validated against them).
 _MAX_COUNT = 2**63 - 1
 _MAX_PATTERN_SIZE = 2**31 - 1
@@ -119,6 +120,7 @@ class _State:
     pixels: int
     masked_pixels: int | None  # None: unknown (a version-1 state with a mask)
     masked_partials: list[float]
+    pattern_totals: torch.Tensor | None = None  # float64 CPU (n_patterns,), when kept
 
 
 @dataclass
@@ -127,13 +129,14 @@ class _Packed:
 
     domain: Domain
     spatial_dims: tuple[int, ...]
+    keeps: bool  # whether that rank keeps per-pattern totals
     state: _State
 
 
 def _unpack(packed: torch.Tensor) -> _Packed:
     """Inverse of :meth:`IntensityAccumulator._pack`."""
     v = packed.tolist()
-    dims_at = 6
+    dims_at = 7
     shape_at = dims_at + 1 + _MAX_PATTERN_DIMS
     partials_at = shape_at + 1 + _MAX_PATTERN_DIMS
     masked_at = partials_at + _MAX_PARTIALS
@@ -141,6 +144,7 @@ def _unpack(packed: torch.Tensor) -> _Packed:
     return _Packed(
         domain=next(d for d, code in _DOMAIN_CODES.items() if code == v[3]),
         spatial_dims=_unpadded(v[dims_at:shape_at]),
+        keeps=bool(v[6]),
         state=_State(
             partials=[p for p in v[partials_at:masked_at] if p],
             n_patterns=int(v[0]),
@@ -152,6 +156,30 @@ def _unpack(packed: torch.Tensor) -> _Packed:
             masked_partials=[p for p in v[masked_at:] if p],
         ),
     )
+
+
+def _pattern_totals(value: Any, n_patterns: int) -> torch.Tensor | None:
+    """A state's per-pattern totals: None, or ``n_patterns`` finite numbers >= 0."""
+    if value is None:
+        return None
+    ok = (
+        isinstance(value, list | tuple)
+        and len(value) == n_patterns
+        and all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in value)
+    )
+    if ok:
+        try:
+            out = torch.tensor([float(v) for v in value], dtype=torch.float64)
+        except OverflowError:
+            ok = False
+        else:
+            ok = bool(out.isfinite().all()) and bool((out >= 0).all())
+    if not ok:
+        raise StateError(
+            f"state pattern_totals must be null or a list of {n_patterns} finite numbers >= 0 "
+            f"(one per pattern), got {value!r:.80}"
+        )
+    return out
 
 
 def _count(value: Any, name: str) -> int:
@@ -206,6 +234,10 @@ class IntensityAccumulator:
         domain: ``"amplitude"`` (batches hold normalized amplitudes, summed
             as ``x**2``) or ``"intensity"`` (batches hold intensities).
         layout: optional shortcut, ``"NCHW"`` or ``"NHWC"``.
+        keep_pattern_totals: also keep every pattern's own total (8 bytes a
+            pattern), for the diagnostics of :meth:`pattern_stats` and for
+            :meth:`excluding` frames. It uses the eager kernel, which reduces
+            each pattern separately.
 
     Streaming over any iterable of batches gives the same scale as one call
     of :func:`physscale.derive_intensity_scale` on their concatenation, to
@@ -218,8 +250,14 @@ class IntensityAccumulator:
         domain: Domain = "amplitude",
         *,
         layout: str | None = None,
+        keep_pattern_totals: bool = False,
     ) -> None:
         self.domain: Domain = check_option(domain, ("amplitude", "intensity"), "domain")
+        if not isinstance(keep_pattern_totals, bool):
+            raise StateError(
+                f"keep_pattern_totals must be True or False, got {keep_pattern_totals!r}"
+            )
+        self.keep_pattern_totals = keep_pattern_totals
         # Checks types, emptiness and layout conflicts now; ranges per batch.
         spatial_axes(_ANY_RANK, spatial_dims, layout)
         dims = LAYOUTS[layout] if layout is not None else spatial_dims
@@ -240,6 +278,7 @@ class IntensityAccumulator:
         # None once a state without mask statistics (version 1) was folded in.
         self._masked_pixels: int | None = 0
         self._masked_partials: list[float] = []
+        self._pattern_totals: list[torch.Tensor] = []  # float64 CPU pieces, in order
 
     # ------------------------------------------------------------------ update
     def update(self, batch: Any, mask: Any = None) -> IntensityAccumulator:
@@ -269,7 +308,10 @@ class IntensityAccumulator:
         check_layout(x.shape, self.axes_explicit, name)
         axes = spatial_axes(x.ndim, self.spatial_dims)
         m = None if mask is None else as_mask(mask, x.shape, x.device, axes)
-        self._fold_sum(intensity_sum(x, axes, self.domain, m, name=name), m is not None)
+        part = intensity_sum(
+            x, axes, self.domain, m, name=name, per_pattern=self.keep_pattern_totals
+        )
+        self._fold_sum(part, m is not None)
         return self
 
     def _fold_sum(self, part: IntensitySum, masked: bool) -> None:
@@ -284,6 +326,7 @@ class IntensityAccumulator:
                 pixels=part.pixels,
                 masked_pixels=part.masked_pixels,
                 masked_partials=[part.masked_total],
+                pattern_totals=part.pattern_totals,
             )
         )
 
@@ -312,6 +355,7 @@ class IntensityAccumulator:
             pixels=self._pixels,
             masked_pixels=self._masked_pixels,
             masked_partials=list(self._masked_partials),
+            pattern_totals=self.pattern_totals,
         )
 
     def _fold_state(self, other: _State) -> None:
@@ -323,10 +367,17 @@ class IntensityAccumulator:
                 f"pattern shape {other.pattern_shape} differs from the {self._pattern_shape} "
                 f"seen before; one accumulator must see patterns of one shape"
             )
+        if self.keep_pattern_totals and other.pattern_totals is None:
+            raise StateError(
+                "this accumulator keeps per-pattern totals (keep_pattern_totals=True) but the "
+                "state folded in has none; both sides must keep them"
+            )
         # Exact: every partial is added without rounding.
         partials = _grow_all(self._partials, other.partials)
         masked_partials = _grow_all(self._masked_partials, other.masked_partials)
         self._partials, self._masked_partials = partials, masked_partials
+        if self.keep_pattern_totals and other.pattern_totals is not None:
+            self._pattern_totals.append(other.pattern_totals)
         self._pattern_shape = other.pattern_shape
         self._n_patterns += other.n_patterns
         if other.integer_like is not None:
@@ -375,11 +426,26 @@ class IntensityAccumulator:
         mine = self._pack().to(device)
         gathered = [torch.empty_like(mine) for _ in range(dist.get_world_size(group))]
         dist.all_gather(gathered, mine, group=group)
+        states = [_unpack(packed.cpu()) for packed in gathered]
+        # Per-pattern totals travel in a second gather, padded to the longest rank's, and
+        # only when every rank keeps them (every rank decides alike: no rank waits alone).
+        longest = max(st.state.n_patterns for st in states)
+        if all(st.keeps for st in states) and longest:
+            padded = torch.zeros(longest, dtype=torch.float64)
+            own = self.pattern_totals
+            if own is not None:
+                padded[: own.numel()] = own
+            padded = padded.to(device)
+            totals = [torch.empty_like(padded) for _ in states]
+            dist.all_gather(totals, padded, group=group)
+            for st, t in zip(states, totals, strict=True):
+                st.state.pattern_totals = t[: st.state.n_patterns].cpu()
         # Fold into a fresh accumulator so a refused reduction leaves self as it was;
         # every rank sees the same gathered data, so every rank refuses alike.
-        combined = IntensityAccumulator(self.spatial_dims, self.domain)
-        for rank, packed in enumerate(gathered):
-            state = _unpack(packed.cpu())
+        combined = IntensityAccumulator(
+            self.spatial_dims, self.domain, keep_pattern_totals=self.keep_pattern_totals
+        )
+        for rank, state in enumerate(states):
             try:
                 combined._check_compatible(state.domain, state.spatial_dims)
                 combined._fold_state(state.state)
@@ -398,6 +464,7 @@ class IntensityAccumulator:
         self._pixels = other._pixels
         self._masked_pixels = other._masked_pixels
         self._masked_partials = other._masked_partials
+        self._pattern_totals = other._pattern_totals
 
     def _pack(self) -> torch.Tensor:
         if len(self._partials) > _MAX_PARTIALS or len(self._masked_partials) > _MAX_PARTIALS:
@@ -412,6 +479,7 @@ class IntensityAccumulator:
             _DOMAIN_CODES[self.domain],
             float(self._pixels),
             -1.0 if self._masked_pixels is None else float(self._masked_pixels),
+            float(self.keep_pattern_totals),
             *_padded(self.spatial_dims),
             *_padded(shape),
         ]
@@ -435,6 +503,7 @@ class IntensityAccumulator:
             "pixels": self._pixels,
             "masked_pixels": self._masked_pixels,
             "masked_partials": list(self._masked_partials),
+            "pattern_totals": None if self.pattern_totals is None else self.pattern_totals.tolist(),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -479,6 +548,7 @@ class IntensityAccumulator:
         pixels = n * math.prod(pattern_shape or ())
         masked_pixels: int | None = 0 if not state["masked"] else None
         masked_partials: list[float] = []
+        pattern_totals: torch.Tensor | None = None
         if version != 1:
             if _count(state["pixels"], "pixels") != pixels:
                 raise StateError(
@@ -493,7 +563,10 @@ class IntensityAccumulator:
                         f"and masked={state['masked']!r}"
                     )
             masked_partials = _partials(state["masked_partials"], "masked_partials")
-        fresh = IntensityAccumulator(self.spatial_dims, self.domain)
+            pattern_totals = _pattern_totals(state["pattern_totals"], n)
+        fresh = IntensityAccumulator(
+            self.spatial_dims, self.domain, keep_pattern_totals=self.keep_pattern_totals
+        )
         fresh._fold_state(
             _State(
                 partials=_partials(state["total_partials"], "total_partials"),
@@ -504,6 +577,7 @@ class IntensityAccumulator:
                 pixels=pixels,
                 masked_pixels=masked_pixels,
                 masked_partials=masked_partials,
+                pattern_totals=pattern_totals,
             )
         )
         self._adopt(fresh)
@@ -535,6 +609,86 @@ class IntensityAccumulator:
     def masked(self) -> bool:
         """Whether any batch was folded in with a valid-pixel mask."""
         return self._masked
+
+    @property
+    def pattern_totals(self) -> torch.Tensor | None:
+        """Each pattern's total intensity, in the order seen (float64 CPU tensor).
+
+        None unless the accumulator was made with ``keep_pattern_totals=True``.
+        Same units as :attr:`mean_intensity` (normalized ``sum(x**2)`` or ``sum(x)``).
+        """
+        if not self.keep_pattern_totals:
+            return None
+        if len(self._pattern_totals) > 1:
+            self._pattern_totals = [torch.cat(self._pattern_totals)]
+        return (
+            self._pattern_totals[0] if self._pattern_totals else torch.zeros(0, dtype=torch.float64)
+        )
+
+    def _require_totals(self, what: str) -> torch.Tensor:
+        totals = self.pattern_totals
+        if totals is None:
+            raise StateError(
+                f"{what} needs the per-pattern totals: make the accumulator with "
+                f"IntensityAccumulator(..., keep_pattern_totals=True)"
+            )
+        if totals.numel() == 0:
+            raise EmptyInputError("no patterns have been accumulated yet; call update() first")
+        return totals
+
+    def pattern_stats(self, rule: OutlierRule | None = None) -> PatternStats:
+        """The spread of the per-pattern totals and the frames ``rule`` flags.
+
+        See :mod:`physscale.diagnostics`. Nothing is excluded; for that, use
+        :meth:`excluding`. Needs ``keep_pattern_totals=True``.
+        """
+        return pattern_stats(self._require_totals("pattern_stats()"), rule)
+
+    def outlier_frames(self, rule: OutlierRule | None = None) -> list[int]:
+        """Indices of the frames ``rule`` flags (near zero or far from the median)."""
+        near_zero, far = flag_outliers(self._require_totals("outlier_frames()"), rule)
+        return (near_zero | far).nonzero().reshape(-1).tolist()
+
+    def excluding(self, frames: Iterable[int] | torch.Tensor) -> IntensityAccumulator:
+        """A new accumulator over every pattern but ``frames``; this one is unchanged.
+
+        Args:
+            frames: indices of patterns in the order they were accumulated
+                (as :attr:`pattern_totals` and :meth:`pattern_stats` count them).
+
+        The total drops by exactly the excluded patterns' totals. With a mask,
+        the masked fractions of what remains are unknown (None). Needs
+        ``keep_pattern_totals=True``.
+
+        Raises:
+            StateError: no per-pattern totals; indices that are not distinct
+                ints in range; excluding every pattern.
+        """
+        totals = self._require_totals("excluding()")
+        n = totals.numel()
+        index = torch.as_tensor(list(frames) if not isinstance(frames, torch.Tensor) else frames)
+        if index.numel() and (index.dtype.is_floating_point or index.dtype == torch.bool):
+            raise StateError(f"frames must be integer pattern indices, got dtype {index.dtype}")
+        index = index.reshape(-1).to(torch.int64)
+        if index.numel() and (int(index.min()) < 0 or int(index.max()) >= n):
+            raise StateError(f"frame indices must be in [0, {n}), got {index.tolist()[:10]}...")
+        if len(set(index.tolist())) != index.numel():
+            raise StateError("frame indices to exclude must be distinct")
+        if index.numel() >= n:
+            raise StateError(f"excluding all {n} patterns leaves nothing to derive a scale from")
+        keep = torch.ones(n, dtype=torch.bool)
+        keep[index] = False
+        out = IntensityAccumulator(self.spatial_dims, self.domain, keep_pattern_totals=True)
+        out.axes_explicit = self.axes_explicit
+        pixels_each = self._pixels // max(self._n_patterns, 1)
+        out._adopt(self)
+        out._partials = _grow_all(list(self._partials), [-v for v in totals[index].tolist()])
+        out._n_patterns = n - index.numel()
+        out._pixels = self._pixels - index.numel() * pixels_each
+        out._pattern_totals = [totals[keep]]
+        if self._masked and index.numel():
+            out._masked_pixels, out._masked_partials = None, []
+        return out
 
     @property
     def masked_pixel_fraction(self) -> float | None:

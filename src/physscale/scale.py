@@ -39,9 +39,12 @@ def accumulate(
     layout: str | None,
     domain: Domain,
     mask: Any,
+    keep_pattern_totals: bool = False,
 ) -> IntensityAccumulator:
     """One accumulator over all of ``x``; an error if ``x`` holds no pattern."""
-    acc = IntensityAccumulator(spatial_dims, domain, layout=layout).update_named(x, mask, "x")
+    acc = IntensityAccumulator(
+        spatial_dims, domain, layout=layout, keep_pattern_totals=keep_pattern_totals
+    ).update_named(x, mask, "x")
     if acc.n_patterns == 0:
         raise EmptyInputError(f"x is empty (shape {tuple(x.shape)}); there are no patterns")
     return acc
