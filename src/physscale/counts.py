@@ -214,7 +214,7 @@ def scale_from_gain(gain: Any) -> float:
             positive finite real number.
     """
     g = _positive_real(gain, "gain", "a positive real number (y = gain * Poisson(x / gain))")
-    return _finite_power(g, -0.5, "gain", "scale")
+    return float(g**-0.5)  # finite and > 0 for every positive finite float
 
 
 def gain_from_scale(scale: Any) -> float:
@@ -233,18 +233,13 @@ def gain_from_scale(scale: Any) -> float:
         DtypeError, NonFiniteError, NegativeValueError: not a positive finite scale.
     """
     s = scalar_scale(scale, "scale")
-    return _finite_power(s, -2.0, "scale", "gain")
-
-
-def _finite_power(value: float, power: float, name: str, result: str) -> float:
-    """``value ** power``, or a NonFiniteError when it leaves the float range."""
     try:
-        out = value**power
-    except OverflowError:
-        out = math.inf
-    if not math.isfinite(out) or out == 0.0:
+        gain = s**-2.0
+    except OverflowError:  # s below ~1e-154
+        gain = math.inf
+    if not math.isfinite(gain) or gain == 0.0:
         raise NonFiniteError(
-            f"{name} {value!r} has no finite {result} ({name}**{power:g} is outside the "
-            f"float range); it is not a physical {name}"
+            f"scale {s!r} has no finite gain (scale**-2 is outside the float range); "
+            f"it is not a physical intensity scale"
         )
-    return float(out)
+    return float(gain)
