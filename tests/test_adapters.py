@@ -133,7 +133,7 @@ def test_deepinv_per_sample_nll_is_independent_per_sample() -> None:
     for i in range(3):
         lam = (z[i] / gain + bkg).reshape(-1).tolist()
         k = counts[i].reshape(-1).tolist()
-        reference = math.fsum(a - b * math.log(a) for a, b in zip(lam, k))
+        reference = math.fsum(a - b * math.log(a) for a, b in zip(lam, k, strict=True))
         assert float(out[i]) == pytest.approx(reference, rel=1e-12)
     # Scoring one sample alone gives the same value: no batch coupling.
     alone = dinv_adapter.poisson_nll_per_sample(z[1:2], y[1:2], gain=gain, bkg=bkg)

@@ -170,7 +170,7 @@ def test_loss_in_the_slot_gives_the_ports_value_and_gradients(port: dict[str, An
     # parameter's gradient to 1e-4 of its norm.
     assert float(ours) == pytest.approx(float(theirs), rel=1e-6)
     compared = 0
-    for (name, p), q in zip(ours_model.named_parameters(), theirs_model.parameters()):
+    for (name, p), q in zip(ours_model.named_parameters(), theirs_model.parameters(), strict=True):
         if q.grad is None:
             assert p.grad is None, name
             continue
