@@ -40,3 +40,4 @@ print("torch", torch.__version__, "torchvision", torchvision.__version__,
       "deepinv", deepinv.__version__, "ptychi", getattr(ptychi, "__version__", "?"))
 PY
 echo "interop env ready: $venv"
+echo "run: PHYSSCALE_REQUIRE_INTEROP=1 PTYCHOPINN_SRC=/path/to/PtychoPINN $venv/bin/python -m pytest tests/interop tests/test_adapters.py"
