@@ -56,8 +56,9 @@ def test_ptychi_use_poisson_loss_says_what_to_install() -> None:
         ptychi_adapter.use_poisson_loss(object())
 
 
-@pytest.mark.skipif(not _absent("ptycho_torch"), reason="the port is importable here")
 def test_port_save_bundle_says_how_to_get_the_port(tmp_path: Path) -> None:
+    if not _absent("ptycho_torch"):  # checked now: the interop tests may have added it
+        pytest.skip("the port is importable here")
     record = ps.closed_form_scale_record(1e6, 64)
     with pytest.raises(ModuleNotFoundError, match="PtychoPINN"):
         port_adapter.save_bundle({}, tmp_path / "wts.h5", None, record)
