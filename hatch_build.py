@@ -102,6 +102,8 @@ class Outcome(NamedTuple):
     """
 
     built: bool
+    #: "built", "no-compiler", "compile-failed", "disabled" or "unsupported-platform".
+    status: str
     #: The compiler command used (None: none found, or not attempted).
     compiler: str | None
     #: One line: how it was built, or why not.
@@ -127,6 +129,7 @@ def build_kernel(source: Path, output: Path) -> Outcome:
     if found is None:
         return Outcome(
             built=False,
+            status="no-compiler",
             compiler=None,
             reason="no C compiler found (looked for " + ", ".join(searched) + ")",
             searched=searched,
@@ -136,6 +139,7 @@ def build_kernel(source: Path, output: Path) -> Outcome:
     if error is not None:
         return Outcome(
             built=False,
+            status="compile-failed",
             compiler=compiler,
             reason=f"{compiler} could not compile {SOURCE.as_posix()}: {_first_error(error)}",
             searched=searched,
@@ -143,6 +147,7 @@ def build_kernel(source: Path, output: Path) -> Outcome:
     where = shutil.which(found[0]) or found[0]
     return Outcome(
         built=True,
+        status="built",
         compiler=compiler,
         reason=f"compiled with {compiler} ({where})",
         searched=searched,
@@ -167,12 +172,16 @@ class NativeKernelHook(BuildHookInterface):  # type: ignore[type-arg]
         if os.environ.get("PHYSSCALE_NATIVE") == "0" and not require:
             outcome = Outcome(
                 built=False,
+                status="disabled",
                 compiler=None,
                 reason="left out on purpose (PHYSSCALE_NATIVE=0 at build time)",
             )
         elif sys.platform == "win32":
             outcome = Outcome(
-                built=False, compiler=None, reason="the native kernel is not built on Windows"
+                built=False,
+                status="unsupported-platform",
+                compiler=None,
+                reason="the native kernel is not built on Windows",
             )
         else:
             outcome = build_kernel(root / SOURCE, output)

@@ -133,6 +133,7 @@ def test_a_wheel_with_the_kernel_records_the_compiler_that_built_it(
     with build_wheel(tmp_path) as whl:
         outcome = recorded_outcome(whl)
     assert outcome["built"] is True
+    assert outcome["status"] == "built"
     assert outcome["compiler"] == shlex.join(hatch_build._compiler())
     assert str(outcome["reason"]).startswith("compiled with ")
 
@@ -146,6 +147,7 @@ def test_a_wheel_without_the_kernel_records_why_in_one_line(
     with build_wheel(tmp_path) as whl:
         outcome = recorded_outcome(whl)
     assert outcome["built"] is False
+    assert outcome["status"] == "compile-failed"
     assert outcome["compiler"] == f"{tmp_path / 'no-such-cc'} -O2"
     reason = str(outcome["reason"])
     assert "could not compile" in reason
@@ -161,6 +163,7 @@ def test_the_pure_wheel_records_that_the_kernel_was_left_out_on_purpose(
     with build_wheel(tmp_path) as whl:
         outcome = recorded_outcome(whl)
     assert outcome["built"] is False
+    assert outcome["status"] == "disabled"
     assert "PHYSSCALE_NATIVE=0" in str(outcome["reason"])
 
 
@@ -245,6 +248,7 @@ def test_with_no_compiler_at_all_the_build_says_what_it_looked_for(
     only(python_cc="x86_64-conda-linux-gnu-cc")
     outcome = hatch_build.build_kernel(ROOT / hatch_build.SOURCE, Path("unused.so"))
     assert not outcome.built
+    assert outcome.status == "no-compiler"
     assert outcome.compiler is None
     assert "no C compiler found" in outcome.reason
     for looked_for in ("$CC", "x86_64-conda-linux-gnu-cc", "cc", "gcc", "clang"):
