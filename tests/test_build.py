@@ -8,6 +8,7 @@ import shlex
 import shutil
 import sys
 import sysconfig
+import tarfile
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -254,3 +255,17 @@ def test_with_no_compiler_at_all_the_build_says_what_it_looked_for(
     for looked_for in ("$CC", "x86_64-conda-linux-gnu-cc", "cc", "gcc", "clang"):
         assert looked_for in outcome.reason
     assert "\n" not in outcome.reason
+
+
+# --------------------------------------------------------------------------- the sdist
+def test_the_sdist_carries_the_kernel_source_and_no_build_product(tmp_path: Path) -> None:
+    sdist = pytest.importorskip("hatchling.builders.sdist")
+    builder = sdist.SdistBuilder(str(ROOT))
+    path = next(builder.build(directory=str(tmp_path), versions=["standard"]))
+    with tarfile.open(path) as tar:
+        names = {name.split("/", 1)[1] for name in tar.getnames() if "/" in name}
+    assert {"csrc/physscale_native.c", "hatch_build.py", "pyproject.toml"} <= names
+    assert "src/physscale/doctor.py" in names
+    # An editable install leaves both in src/physscale; a wheel built from the
+    # sdist must compile its own.
+    assert not any(n.endswith(("_native_kernel.so", "_native_build.json")) for n in names)
