@@ -249,12 +249,17 @@ def derive_scale_record(
         x_or_accumulator: normalized data (as for
             :func:`physscale.derive_intensity_scale`) or an
             :class:`IntensityAccumulator` that has seen the data.
-        nphotons, metadata, config, default: as for
-            :func:`physscale.resolve_nphotons` (``nphotons`` is the explicit value).
+        nphotons: the explicit value, as for :func:`physscale.resolve_nphotons`.
+        metadata: as for :func:`physscale.resolve_nphotons`.
+        config: as for :func:`physscale.resolve_nphotons`.
+        default: as for :func:`physscale.resolve_nphotons`.
         data_source: free text recorded with the scale (a path, a name).
-        spatial_dims, layout, domain, mask: as for
-            :func:`physscale.derive_intensity_scale`; not allowed with an
-            accumulator, which fixed them already.
+        spatial_dims: as for :func:`physscale.derive_intensity_scale`; this
+            and the next three are not allowed with an accumulator, which
+            fixed them already.
+        layout: as for :func:`physscale.derive_intensity_scale`.
+        domain: as for :func:`physscale.derive_intensity_scale`.
+        mask: as for :func:`physscale.derive_intensity_scale`.
     """
     resolution = resolve_nphotons(metadata, config, explicit=nphotons, default=default)
     if isinstance(x_or_accumulator, IntensityAccumulator):
