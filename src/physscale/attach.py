@@ -156,8 +156,10 @@ def attach_intensity_scale(
             *training* scale, never one derived from their own data.
         key: the field holding the data, a ``(..., H, W)`` (or NHWC) real
             float tensor or array of normalized amplitudes.
-        layout, spatial_dims, domain, mask: as for
-            :func:`physscale.derive_intensity_scale`.
+        layout: as for :func:`physscale.derive_intensity_scale`.
+        spatial_dims: as for :func:`physscale.derive_intensity_scale`.
+        domain: as for :func:`physscale.derive_intensity_scale`.
+        mask: as for :func:`physscale.derive_intensity_scale`.
         data_source: free text stored in the record.
         overwrite: replace a record already attached; by default attaching
             twice is an error, so the scale is derived once.

@@ -9,6 +9,9 @@ Without PATH it runs on the example dataset shipped with physscale.
 ``physscale inspect PATH`` shows a record file, a bundle's record and manifest,
 or a dataset's arrays and metadata.
 
+``physscale doctor`` reports versions, the kernel in use (and, without the
+native one, why and how to get it) and the optional packages found.
+
 Exit status: 0 success, 1 bad data or files, 2 usage errors (a bad flag, or a
 missing ``--nphotons`` / ``--layout`` that the data need). Errors are one
 line on stderr; ``--debug`` adds the traceback.
@@ -31,9 +34,8 @@ from typing import Any, TextIO
 import numpy as np
 from pydantic import ValidationError
 
-from physscale import _native
+from physscale import doctor
 from physscale._checks import check_layout, positive_finite
-from physscale._version import __version__
 from physscale.accumulator import IntensityAccumulator
 from physscale.errors import (
     AmbiguousLayoutError,
@@ -174,8 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Exit status: 0 success, 1 bad data or files, 2 usage errors (including a "
         "missing --nphotons or --layout that the data need).",
     )
-    kernel = "native kernel" if _native.available() else "eager kernel only"
-    parser.add_argument("--version", action="version", version=f"{PROG} {__version__} ({kernel})")
+    parser.add_argument("--version", action=doctor.VersionAction)
     _add_common(parser, top=True)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
@@ -253,6 +254,16 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("path", metavar="PATH", type=Path, help="the file to inspect")
     inspect.add_argument("--json", action="store_true", help="print JSON instead of text")
     _add_common(inspect, top=False)
+
+    doc = sub.add_parser(
+        "doctor",
+        help="report versions, the kernel in use (and why), optional packages",
+        description="Report physscale's and its dependencies' versions, the kernel in use and, "
+        "without the native one, why and how to get it, the optional packages found, the "
+        "validation switch, and torch's threads and devices. Exit status 0.",
+    )
+    doc.add_argument("--json", action="store_true", help="print JSON instead of text")
+    _add_common(doc, top=False)
     return parser
 
 
@@ -552,6 +563,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "derive":
             return _derive(args, stdout, stderr)
+        if args.command == "doctor":
+            data = doctor.report()
+            stdout.write(json.dumps(data, indent=2) if args.json else doctor.format_report(data))
+            stdout.write("\n")
+            return 0
         return _inspect(args, stdout)
     except UsageError as exc:
         if args.debug:

@@ -122,8 +122,11 @@ class PhysicsScaleCallback(pl.Callback):
             dataloader (with Lightning's DistributedSampler under DDP).
         key: where a batch keeps its normalized amplitudes (dict key or
             tuple index; see :func:`physscale.distributed.batch_data`).
-        spatial_dims, layout, domain, mask: the batch layout, as for
+        spatial_dims: the batch's spatial axes, as for
             :func:`physscale.derive_intensity_scale`.
+        layout: as for :func:`physscale.derive_intensity_scale`.
+        domain: as for :func:`physscale.derive_intensity_scale`.
+        mask: as for :func:`physscale.derive_intensity_scale`.
         scaler_attribute: dotted path of the module's IntensityScaler, if
             it holds several.
         data_source: free text stored in the record.

@@ -277,12 +277,17 @@ def derive_scale_record(
         x_or_accumulator: normalized data (as for
             :func:`physscale.derive_intensity_scale`) or an
             :class:`IntensityAccumulator` that has seen the data.
-        nphotons, metadata, config, default: as for
-            :func:`physscale.resolve_nphotons` (``nphotons`` is the explicit value).
+        nphotons: the explicit value, as for :func:`physscale.resolve_nphotons`.
+        metadata: as for :func:`physscale.resolve_nphotons`.
+        config: as for :func:`physscale.resolve_nphotons`.
+        default: as for :func:`physscale.resolve_nphotons`.
         data_source: free text recorded with the scale (a path, a name).
-        spatial_dims, layout, domain, mask: as for
-            :func:`physscale.derive_intensity_scale`; not allowed with an
-            accumulator, which fixed them already.
+        spatial_dims: as for :func:`physscale.derive_intensity_scale`; this
+            and the next three are not allowed with an accumulator, which
+            fixed them already.
+        layout: as for :func:`physscale.derive_intensity_scale`.
+        domain: as for :func:`physscale.derive_intensity_scale`.
+        mask: as for :func:`physscale.derive_intensity_scale`.
         diagnostics: for array input, keep every pattern's total and put
             their spread and the flagged frames in ``record.pattern_stats``.
             An accumulator made with ``keep_pattern_totals=True`` always gives them.

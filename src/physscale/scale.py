@@ -100,9 +100,10 @@ def derive_intensity_scale(
         without float64): the amplitude factor ``s``; counts are ``(s * x)**2``.
 
     Raises:
-        DtypeError, EmptyInputError, NonFiniteError, NegativeValueError,
-        ZeroIntensityError, AxisError (AmbiguousLayoutError among them),
-        MaskError, NphotonsError, OptionError (all :class:`physscale.PhysscaleError`).
+        PhysscaleError: a subclass that says what was wrong: DtypeError,
+            EmptyInputError, NonFiniteError, NegativeValueError,
+            ZeroIntensityError, AxisError (AmbiguousLayoutError among them),
+            MaskError, NphotonsError or OptionError.
 
     Example:
         >>> import torch, physscale

@@ -175,7 +175,9 @@ def attach(
     Args:
         container: the port's ``PtychoDataContainerTorch`` (or a dict with
             ``"X"``), ``X`` normalized amplitudes ``(n, N, N, C)``.
-        nphotons, config, default: as for :func:`physscale.resolve_nphotons`.
+        nphotons: the explicit value, as for :func:`physscale.resolve_nphotons`.
+        config: as for :func:`physscale.resolve_nphotons`.
+        default: as for :func:`physscale.resolve_nphotons`.
         record: attach this record instead of deriving one (validation, test
             and inference containers carry the *training* scale).
         overwrite: replace a ``physscale_record`` already attached.
@@ -264,7 +266,8 @@ def install_loss(
         model: the port's ``PtychoPINN_Lightning`` (unsupervised, amplitude
             forward, Poisson loss: the path that multiplies by
             ``physics_scaling_constant`` before calling ``self.Loss``).
-        eps, persistent: as for :func:`poisson_loss`.
+        eps: as for :func:`poisson_loss`.
+        persistent: as for :func:`poisson_loss`.
 
     Returns:
         The installed loss module.
