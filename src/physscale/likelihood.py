@@ -22,14 +22,26 @@ Where ``eps`` enters: only inside the logarithm of the rate, as
 formula. Below ``eps`` the value is frozen at ``log(eps)`` but the gradient
 in ``lam`` stays ``1 - k / max(lam, eps)``, finite and pointing towards the
 data, so a pixel predicted dark where photons were seen can recover.
+``eps=0`` removes the floor: ``k*log(lam)`` is then taken as 0 where ``k == 0``
+(``xlogy``), so the value and every gradient are the unfloored formula's,
+``torch.distributions.Poisson``'s included, except that a pixel with rate and
+counts both 0 contributes 0 with a finite gradient (the distribution's
+autograd gives NaN there).
 
 The work is one :class:`torch.autograd.Function` with the analytic gradient:
 no chain of autograd temporaries, two saved tensors (the floored rate and the
 counts). ``tf``, ``stirling`` and ``exact`` compute in float32 (float64 for
-float64 inputs); ``deviance`` always computes in float64 (float32 on Apple MPS,
-which has no float64) because its value is a small difference of large numbers.
-Autocast is switched off inside: the loss is float32 or better whatever the
-ambient autocast dtype.
+float64 inputs, or where float32 cannot hold the rate: see
+:func:`scaled_poisson_nll`); ``deviance`` always computes in float64 (float32
+on Apple MPS, which has no float64) because its value is a small difference of
+large numbers. Autocast is switched off inside: the loss is float32 or better
+whatever the ambient autocast dtype.
+
+Value checks (NaN, negatives, mask weights, units) need one device-to-host
+transfer and run only while :func:`physscale.is_validation_enabled`; with them
+off the call makes no host sync and takes no branch on tensor values, so it
+compiles with ``torch.compile(fullgraph=True)`` and can be captured in a CUDA
+graph. See ``docs/validation.md``.
 """
 
 from __future__ import annotations
@@ -37,12 +49,15 @@ from __future__ import annotations
 import contextlib
 import math
 import numbers
+import warnings
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 import torch
 
 from physscale._checks import check_option
+from physscale._validation import is_validation_enabled
 from physscale.errors import (
     BroadcastError,
     DtypeError,
@@ -50,6 +65,7 @@ from physscale.errors import (
     MaskError,
     NegativeValueError,
     NonFiniteError,
+    UnitsWarning,
 )
 from physscale.record import ScaleRecord
 
@@ -68,9 +84,27 @@ REDUCTIONS: tuple[Reduction, ...] = ("mean", "sum", "none", "per_sample")
 _DEVIANCE_SERIES_BELOW = 1e-2
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 
+#: A scale, count scale (squared) or background known on the host above which
+#: the loss computes in float64 even for float32 inputs, without looking at the
+#: data: normalized per-pixel intensities stay far below 1e6, so float32 then
+#: holds every rate and the sum of 1e10 elements' terms with a wide margin.
+_HOST_FLOAT32_LIMIT = 1e18
+#: Bound on the reduced value below which float32 is used (checks on: measured).
+_FLOAT32_SAFE_TOTAL = float(torch.finfo(torch.float32).max) / 8.0
+#: How many leading obs values the units check samples (as derive does).
+_UNITS_SAMPLE = 4096
+
 
 def _positive_real(value: Any, where: str, what: str) -> float:
     """``value`` as a positive finite float; DtypeError/NonFiniteError/NegativeValueError."""
+    out = _real(value, where, what)
+    if out <= 0.0:
+        raise NegativeValueError(f"{where} must be > 0, got {out!r}")
+    return out
+
+
+def _real(value: Any, where: str, what: str) -> float:
+    """``value`` as a finite float; DtypeError/NonFiniteError."""
     raw = value
     if isinstance(value, torch.Tensor | np.ndarray):
         if value.ndim > 1 or (value.ndim == 1 and value.shape[0] != 1):
@@ -78,17 +112,29 @@ def _positive_real(value: Any, where: str, what: str) -> float:
                 f"{where} must be a single number here, got an array of shape {tuple(value.shape)}"
             )
         if value.dtype in (torch.bool, np.bool_) or (
-            isinstance(value, torch.Tensor) and value.is_complex()
+            isinstance(value, torch.Tensor) and (value.is_complex() or value.device.type == "meta")
         ):
-            raise DtypeError(f"{where} must be a real number, got dtype {value.dtype}")
+            raise DtypeError(f"{where} must be a real number, got a {value.dtype} {value!r}")
         value = value.reshape(()).item() if isinstance(value, np.ndarray) else value.item()
     if isinstance(value, bool | np.bool_) or not isinstance(value, numbers.Real):
         raise DtypeError(f"{where} must be {what}, got {type(raw).__name__} {raw!r}")
-    out = float(value)
+    try:
+        out = float(value)
+    except OverflowError:  # a Python int beyond the float range
+        raise NonFiniteError(f"{where} must be finite, got {raw!r}") from None
     if not math.isfinite(out):
         raise NonFiniteError(f"{where} must be finite, got {out!r}")
-    if out <= 0.0:
-        raise NegativeValueError(f"{where} must be > 0, got {out!r}")
+    return out
+
+
+def _eps_value(eps: Any) -> float:
+    """The rate floor: a finite number of photon counts >= 0 (0: no floor)."""
+    out = _real(eps, "eps", "a real number >= 0 (photon counts; 0 means no floor)")
+    if out < 0.0:
+        raise NegativeValueError(
+            f"eps must be >= 0 (a floor on the rate in photon counts; 0 means no floor), "
+            f"got {out!r}"
+        )
     return out
 
 
@@ -111,6 +157,12 @@ def scalar_scale(value: Any, where: str = "scale") -> float:
 
 
 # --------------------------------------------------------------------------- the kernel
+#
+# Arguments, in order: p, o (prediction and observation, compute dtype, masked),
+# s (0-d or per-batch scale), t (the count scale, or None when it is s), b
+# (background or None), m (0/1 mask, only when a background needs masking),
+# domain, form, reduction, eps, count (the number of unmasked elements for
+# "mean": a Python float, or a 0-d tensor when it is known only on the device).
 
 
 def _rate_and_counts(
@@ -139,12 +191,12 @@ def _deviance(
     p: torch.Tensor,
     o: torch.Tensor,
     s: torch.Tensor,
-    t: torch.Tensor,
+    t: torch.Tensor | None,
     b: torch.Tensor | None,
     lam_c: torch.Tensor,
     k: torch.Tensor,
     amplitude: bool,
-    same_scale: bool,
+    eps: float,
 ) -> torch.Tensor:
     """``k * (u - log1p(u))`` with ``u = (lam - k) / k`` formed without cancellation.
 
@@ -152,12 +204,12 @@ def _deviance(
     """
     # lam - k straight from the inputs: no difference of two large squares.
     if amplitude:
-        if same_scale:
+        if t is None:
             d = torch.sub(p, o).mul_(p + o).mul_(s * s)
         else:
             a, a_obs = p * s, o * t
             d = torch.sub(a, a_obs).mul_(a.add_(a_obs))
-    elif same_scale:
+    elif t is None:
         d = torch.sub(p, o).mul_(s * s)
     else:
         d = torch.mul(p, s * s).sub_(o * (t * t))
@@ -178,20 +230,46 @@ def _deviance(
     # Elsewhere u - log(max(lam, eps) / k), directly.
     general = torch.div(lam_c, k_safe).log_().neg_().add_(u)
     general = general.mul_(small.neg_().add_(1.0)).add_(series)
-    return general.mul_(k_safe)
+    out = general.mul_(k_safe)
+    if eps == 0.0:
+        # No floor: log(0) is -inf, and 0 * inf above is NaN where rate and counts are
+        # both 0; the deviance is exactly 0 there (and +inf where only the rate is 0).
+        out = out.masked_fill_((lam_c == 0).logical_and_(k == 0), 0.0)
+    return out
+
+
+def _log_rate_weight(k: torch.Tensor, lam_c: torch.Tensor, eps: float) -> torch.Tensor:
+    """``k * log(lam_c)``; with no floor (eps == 0), 0 where ``k == 0`` (``xlogy``)."""
+    if eps > 0.0:
+        return k * torch.log(lam_c)
+    return torch.xlogy(k, lam_c)
+
+
+def _counts_over_rate(k: torch.Tensor, lam_c: torch.Tensor, eps: float) -> torch.Tensor:
+    """``k / lam_c``, a new tensor; with no floor, 0 where ``k == 0`` (xlogy's gradient)."""
+    ratio = torch.div(k, lam_c)
+    if eps == 0.0:
+        ratio = ratio.masked_fill_(k == 0, 0.0)
+    return ratio
 
 
 def _d_value_d_counts(form: str, k: torch.Tensor, lam_c: torch.Tensor, eps: float) -> torch.Tensor:
     """Derivative of the elementwise value in the counts ``k`` (differs between forms)."""
-    out = torch.log(lam_c).neg_()
+    # With no floor, d/dk xlogy(k, lam) is log(lam), taken as 0 where k == 0 (torch's rule).
+    log_lam = torch.log(lam_c) if eps > 0.0 else torch.xlogy(k.ne(0).to(k.dtype), lam_c)
+    out = log_lam.neg_()
     if form == "stirling":
         kc = k.clamp_min(1.0)
         out = out + (k > 1).to(k.dtype) * (torch.log(kc) + 0.5 / kc)
     elif form == "exact":
         out = out + torch.digamma(k + 1.0)
     elif form == "deviance":
-        # d/dk (-k log(lam/k) - k) = log k - log lam; -inf at k == 0, floored like lam.
-        out = out + torch.log(k.clamp_min(eps))
+        # d/dk (-k log(lam/k) - k) = log k - log lam; -inf at k == 0, floored like lam
+        # (0 there with no floor, as xlogy's gradient).
+        if eps > 0.0:
+            out = out + torch.log(k.clamp_min(eps))
+        else:
+            out = out + torch.xlogy(k.ne(0).to(k.dtype), k)
     return out
 
 
@@ -233,32 +311,38 @@ def _nll_forward(
     p: torch.Tensor,
     o: torch.Tensor,
     s: torch.Tensor,
-    t: torch.Tensor,
+    t: torch.Tensor | None,
     b: torch.Tensor | None,
     m: torch.Tensor | None,
     domain: str,
     form: str,
     reduction: str,
     eps: float,
-    count: float,
-    same_scale: bool,
+    count: float | torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The value, and the floored rate and counts the backward pass needs."""
     amplitude = domain == "amplitude"
-    lam, k = _rate_and_counts(p, o, s, t, b, amplitude)
+    lam, k = _rate_and_counts(p, o, s, s if t is None else t, b, amplitude)
     if form == "deviance":
         lam_c = lam.clamp_min_(eps)  # in place: the deviance needs only the floored rate
-        elem = _deviance(p, o, s, t, b, lam_c, k, amplitude, same_scale)
+        elem = _deviance(p, o, s, t, b, lam_c, k, amplitude, eps)
     elif form == "tf" and m is None and reduction in ("mean", "sum"):
         # The common case: sum(lam) - k . log(max(lam, eps)), no elementwise temporary.
         lam_sum = lam.sum()
         lam_c = lam.clamp_min_(eps)
-        total = lam_sum - torch.dot(k.reshape(-1), torch.log(lam_c).reshape(-1))
+        if eps > 0.0:
+            k_log = torch.dot(k.reshape(-1), torch.log(lam_c).reshape(-1))
+        else:
+            k_log = torch.xlogy(k, lam_c).sum()
+        total = lam_sum - k_log
         return (total / count if reduction == "mean" else total), lam_c, k
     else:
         # lam - k * log(max(lam, eps)), written over lam.
         lam_c = lam.clamp_min(eps)
-        elem = lam.addcmul_(k, torch.log(lam_c), value=-1.0)
+        if eps > 0.0:
+            elem = lam.addcmul_(k, torch.log(lam_c), value=-1.0)
+        else:
+            elem = lam.sub_(_log_rate_weight(k, lam_c, eps))
         if form == "stirling":
             # (k + 1/2) log k - k + log(2 pi)/2 where k > 1 (k floored at 1 so log is finite).
             kc = k.clamp_min(1.0)
@@ -280,30 +364,34 @@ def _nll_forward(
 
 
 def _save(ctx: Any, args: tuple[Any, ...], lam_c: torch.Tensor, k: torch.Tensor) -> None:
-    p, o, s, t, b, m, domain, form, reduction, eps, count, _ = args
-    ctx.save_for_backward(p, o, s, t, b, m, lam_c, k)
-    ctx.config = (domain, form, reduction, eps, count, p.shape)
+    p, o, s, t, b, m, domain, form, reduction, eps, count = args
+    count_t = count if isinstance(count, torch.Tensor) else None
+    count_f = None if count_t is not None else count
+    ctx.save_for_backward(p, o, s, t, b, m, lam_c, k, count_t)
+    ctx.config = (domain, form, reduction, eps, count_f, p.shape)
 
 
 def _nll_backward(ctx: Any, grad: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
     """Analytic gradients of :func:`_nll_forward` for the inputs that need one."""
-    p, o, s, t, b, m, lam_c, k = ctx.saved_tensors
-    domain, form, reduction, eps, count, shape = ctx.config
+    p, o, s, t, b, m, lam_c, k, count_t = ctx.saved_tensors
+    domain, form, reduction, eps, count_f, shape = ctx.config
     amplitude = domain == "amplitude"
     need = ctx.needs_input_grad
     if grad is None:
-        return (None,) * 12
+        return (None,) * 11
     if reduction == "mean":
-        g = grad / count
+        g = grad / (count_f if count_t is None else count_t)
     elif reduction == "per_sample":
         g = grad.reshape(grad.shape[0], *([1] * (len(shape) - 1)))
     else:
         g = grad
     gp = go = gs = gt = gb = None
+    # With one scale for rate and counts (t is None), s also reaches the counts.
+    need_s_counts = t is None and need[2]
 
     if need[2] or need[4]:
         # d value / d lam = 1 - k / max(lam, eps), the same for every form.
-        g_lam = torch.div(k, lam_c).sub_(1.0).mul_(-g)
+        g_lam = _counts_over_rate(k, lam_c, eps).sub_(1.0).mul_(-g)
         if m is not None:
             g_lam = g_lam.mul_(m)
         if need[4]:
@@ -313,16 +401,23 @@ def _nll_backward(ctx: Any, grad: torch.Tensor | None) -> tuple[torch.Tensor | N
     elif need[0]:
         # Only the prediction, in one buffer: (1 - k/lam) * 2 s**2 p g (amplitude) or
         # (1 - k/lam) s**2 g (intensity). Masked pixels have p = 0, so no mask here.
-        gp = torch.div(k, lam_c).sub_(1.0)
+        gp = _counts_over_rate(k, lam_c, eps).sub_(1.0)
         gp = gp.mul_(p).mul_(-2.0 * s * s * g) if amplitude else gp.mul_(-(s * s) * g)
 
-    if need[1] or need[3]:
+    if need[1] or need[3] or need_s_counts:
         g_k = _d_value_d_counts(form, k, lam_c, eps).mul_(g)
         if m is not None:
             g_k = g_k.mul_(m)
-        go, gt = _through_scaling(g_k, o, t, amplitude, need[1], need[3])
+        go, g_count_scale = _through_scaling(
+            g_k, o, s if t is None else t, amplitude, need[1], need[3] or need_s_counts
+        )
+        if t is None:
+            if g_count_scale is not None:
+                gs = g_count_scale if gs is None else gs + g_count_scale
+        else:
+            gt = g_count_scale
 
-    return gp, go, gs, gt, gb, None, None, None, None, None, None, None
+    return gp, go, gs, gt, gb, None, None, None, None, None, None
 
 
 class _ScaledPoissonNLL(torch.autograd.Function):
@@ -332,7 +427,7 @@ class _ScaledPoissonNLL(torch.autograd.Function):
     (``p``, ``o`` zero where the mask is 0). Old-style (``forward(ctx, ...)``)
     because its ``apply`` skips the per-call signature binding that
     ``setup_context`` Functions pay; :class:`_ScaledPoissonNLLTransformable`
-    is the same computation for ``torch.func`` transforms.
+    is the same computation for ``torch.func`` transforms and ``torch.compile``.
     """
 
     @staticmethod
@@ -372,32 +467,60 @@ class _ScaledPoissonNLLTransformable(torch.autograd.Function):
         return _nll_backward(ctx, grads[0])
 
 
-# --------------------------------------------------------------------------- validation
+# --------------------------------------------------------------------------- input coercion
+# Everything here looks at types, shapes, dtypes and devices only: no tensor value, so it
+# runs whatever the validation switch says.
 
 
-def _input_tensor(x: Any, name: str, what: str) -> torch.Tensor:
+def _dense(x: torch.Tensor, name: str, error: type[Exception] = DtypeError) -> None:
+    if x.layout != torch.strided:
+        raise error(
+            f"{name} must be a dense tensor, got layout {x.layout}; convert it with "
+            f"{name}.to_dense()"
+        )
+
+
+def _input_tensor(x: Any, name: str, domain: str) -> torch.Tensor:
+    kind = "amplitudes" if domain == "amplitude" else "intensities"
     if not isinstance(x, torch.Tensor):
         raise DtypeError(
-            f"{name} must be a torch.Tensor of {what}, got {type(x).__name__}; "
+            f"{name} must be a torch.Tensor of normalized {kind}, got {type(x).__name__}; "
             f"use torch.as_tensor(...) for numpy data"
         )
-    if x.is_complex() or not x.is_floating_point():
+    _dense(x, name)
+    if x.is_complex():
+        if domain == "amplitude":
+            modulus = f"its modulus: pass {name}.abs()"
+        else:
+            modulus = f"its squared modulus: pass {name}.abs()**2"
         raise DtypeError(
-            f"{name} must hold real floating-point {what} (float16, bfloat16, float32 or "
-            f"float64), got dtype {x.dtype}"
-            + ("; take .abs() of complex wavefields first" if x.is_complex() else "")
+            f"{name} must hold real floating-point normalized {kind}, got the complex dtype "
+            f"{x.dtype}; a complex wavefield's {kind[:-1]} is {modulus}"
+        )
+    if not x.is_floating_point():
+        if name == "obs":
+            hint = (
+                "; for raw detector counts either normalize them first (ps.normalize_counts "
+                "returns normalized amplitudes and the record whose scale maps them back to "
+                "the counts) or use the count-native loss: domain='intensity', scale=1.0, "
+                "obs=counts.float(), with pred the predicted counts"
+            )
+        else:
+            hint = f"; {name} is the model's output, which is floating point"
+        raise DtypeError(
+            f"{name} must hold real floating-point normalized {kind} (float16, bfloat16, "
+            f"float32 or float64), got dtype {x.dtype}{hint}"
         )
     return x
 
 
-def _per_batch_tensor(
-    x: torch.Tensor, name: str, shape: torch.Size, dtype: torch.dtype
-) -> torch.Tensor:
+def _per_batch_tensor(x: torch.Tensor, name: str, shape: torch.Size) -> torch.Tensor:
     """A scale tensor: one element, or the data's rank with each size 1 or the data's."""
+    _dense(x, name)
     if x.is_complex() or not x.is_floating_point():
         raise DtypeError(f"{name} must be a real floating-point tensor, got dtype {x.dtype}")
     if x.numel() == 1:
-        return x.reshape(()).to(dtype)
+        return x.reshape(())
     fits = x.ndim == len(shape) and all(a in (1, n) for a, n in zip(x.shape, shape, strict=True))
     if not fits:
         hint = (
@@ -413,34 +536,51 @@ def _per_batch_tensor(
             f"because trailing-axis broadcasting would silently apply it along the wrong "
             f"axis{hint}"
         )
-    return x.to(dtype)
+    return x
 
 
-def _scale_tensor(
-    scale: Any, name: str, shape: torch.Size, dtype: torch.dtype, device: torch.device
-) -> tuple[torch.Tensor, bool]:
-    """``(tensor, needs_value_check)`` for a scale given in any accepted way.
+def _meta_mismatch(x: torch.Tensor, name: str, device: torch.device) -> None:
+    if (x.device.type == "meta") != (device.type == "meta"):
+        raise DtypeError(
+            f"{name} is on {x.device} but the data are on {device}; a meta tensor holds no "
+            f"values, so both must be real tensors (or both meta, with checks off)"
+        )
 
-    Tensors are checked later, in the one host sync of :func:`_check_values`.
-    """
+
+def _on_device(x: torch.Tensor, name: str, device: torch.device) -> torch.Tensor:
+    """``x`` on the data's device. A copy from the CPU is asynchronous: no host sync."""
+    if x.device == device:
+        return x
+    _meta_mismatch(x, name, device)
+    return x.to(device, non_blocking=x.device.type == "cpu")
+
+
+def _scale_input(
+    scale: Any, name: str, shape: torch.Size, device: torch.device
+) -> tuple[torch.Tensor | None, float | None]:
+    """``(tensor, None)`` for a scale tensor, ``(None, value)`` for a scale known on the host."""
     if isinstance(scale, torch.Tensor):
-        t = _per_batch_tensor(scale, name, shape, dtype)
+        t = _per_batch_tensor(scale, name, shape)
         if t.device != device:
+            _meta_mismatch(t, name, device)
             if t.ndim != 0:
                 raise BroadcastError(
                     f"{name} is on {t.device} but the data are on {device}; move it with "
                     f"{name}.to(pred.device)"
                 )
-            t = t.to(device)
-        return t, True
-    value = scalar_scale(scale, name)
-    return torch.scalar_tensor(value, dtype=dtype, device=device), False
+            # A 0-d CPU tensor is a scalar to every device's kernels: no copy, no sync.
+            if t.device.type != "cpu":
+                t = t.to(device)
+        return t, None
+    return None, scalar_scale(scale, name)
 
 
-def _background_tensor(
-    background: Any, shape: torch.Size, dtype: torch.dtype, device: torch.device
-) -> tuple[torch.Tensor | None, bool]:
+def _background_input(
+    background: Any, shape: torch.Size, device: torch.device
+) -> tuple[torch.Tensor | None, float]:
+    """``(tensor, 0.0)`` for a background tensor, ``(None, value)`` for a number."""
     if isinstance(background, torch.Tensor):
+        _dense(background, "background")
         if background.is_complex() or not background.is_floating_point():
             raise DtypeError(
                 f"background must be a real floating-point tensor (photon counts), got dtype "
@@ -452,7 +592,7 @@ def _background_tensor(
                 f"shape {tuple(shape)}; give a scalar, a per-pixel (H, W) map, or a tensor "
                 f"broadcastable to the data"
             )
-        return background.to(device=device, dtype=dtype), True
+        return _on_device(background, "background", device), 0.0
     if isinstance(background, bool | np.bool_) or not isinstance(background, numbers.Real):
         raise DtypeError(
             f"background must be a real number or tensor of photon counts, got "
@@ -462,15 +602,11 @@ def _background_tensor(
     if not math.isfinite(value) or value < 0.0:
         err = NonFiniteError if not math.isfinite(value) else NegativeValueError
         raise err(f"background must be a finite number of photon counts >= 0, got {value!r}")
-    if value == 0.0:
-        return None, False
-    return torch.scalar_tensor(value, dtype=dtype, device=device), False
+    return None, value
 
 
-def _mask_tensor(
-    mask: Any, shape: torch.Size, dtype: torch.dtype, device: torch.device
-) -> tuple[torch.Tensor, bool]:
-    """``(0/1 float mask, needs_value_check)``; bool, or real 0/1 weights."""
+def _mask_input(mask: Any, shape: torch.Size, device: torch.device) -> tuple[torch.Tensor, bool]:
+    """``(mask on the data's device, holds_weights)``: bool, or real 0/1 weights."""
     if isinstance(mask, np.ndarray):
         if mask.dtype != np.bool_ and mask.dtype.kind != "f":
             raise MaskError(f"mask must be boolean or 0/1 floats, got numpy dtype {mask.dtype}")
@@ -480,6 +616,7 @@ def _mask_tensor(
             f"mask must be a boolean (True = valid pixel) torch.Tensor or numpy.ndarray, "
             f"got {type(mask).__name__}"
         )
+    _dense(mask, "mask", MaskError)
     if mask.dtype != torch.bool and (mask.is_complex() or not mask.is_floating_point()):
         raise MaskError(
             f"mask must be boolean (True = valid pixel) or 0/1 floating weights, got dtype "
@@ -489,7 +626,12 @@ def _mask_tensor(
         raise MaskError(
             f"mask of shape {tuple(mask.shape)} does not broadcast to the data shape {tuple(shape)}"
         )
-    return mask.detach().to(device=device, dtype=dtype), mask.dtype != torch.bool
+    if mask.device != device and (mask.device.type == "meta") != (device.type == "meta"):
+        raise MaskError(
+            f"mask is on {mask.device} but the data are on {device}; a meta tensor holds no "
+            f"values, so both must be real tensors (or both meta, with checks off)"
+        )
+    return _on_device(mask.detach(), "mask", device), mask.dtype != torch.bool
 
 
 def _broadcasts_to(shape: torch.Size, target: torch.Size) -> bool:
@@ -520,10 +662,53 @@ def _autocast_off(device_type: str) -> contextlib.AbstractContextManager[Any]:
     return contextlib.nullcontext()
 
 
+def _is_compiling() -> bool:
+    compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None)
+    return bool(compiling()) if compiling is not None else False
+
+
 def _under_functorch() -> bool:
     # Inside vmap/grad/jacrev: data-dependent checks (a host sync) are impossible there.
     peek = getattr(torch._C._functorch, "peek_interpreter_stack", None)
     return peek is not None and peek() is not None
+
+
+# --------------------------------------------------------------------------- value checks
+
+
+@dataclass
+class _Checked:
+    """What the one host sync of :func:`_check_values` learned."""
+
+    count: float | None  # unmasked elements (None without a mask)
+    abs_max: dict[str, float]  # largest magnitude of each checked tensor
+    exactly_one: dict[str, bool]  # whether a checked tensor is 1 everywhere
+    looks_like_counts: bool  # obs's sampled intensities are whole numbers
+    obs_whole: bool  # obs itself is whole-valued (counts given as amplitudes)
+
+
+def _whole(v: torch.Tensor) -> torch.Tensor:
+    """1 if every value of ``v`` is a whole number (to derive's tolerance), else 0."""
+    return (v - v.round()).abs().le_(1e-4 + 1e-5 * v.abs()).all()
+
+
+def _units_parts(o: torch.Tensor, amplitude: bool) -> list[torch.Tensor]:
+    """Device-side statistics of obs's leading values for the raw-counts heuristic.
+
+    The rule is derive's (``physscale.accumulator``): at least 16 sampled
+    intensities >= 1, the largest >= 2, and every one a whole number.
+    """
+    x = o.detach()
+    if x.ndim > 0 and x.numel() > _UNITS_SAMPLE:
+        # Leading patterns only: the reshape below then copies at most that slice.
+        per_item = x.numel() // x.shape[0]
+        x = x[: max(1, -(-_UNITS_SAMPLE // per_item))]
+    a = x.reshape(-1)[:_UNITS_SAMPLE]
+    v = a * a if amplitude else a
+    parts = [v.ge(1.0).sum(), v.amax(), _whole(v)]
+    if amplitude:
+        parts.append(_whole(a))
+    return parts
 
 
 def _check_values(
@@ -533,29 +718,37 @@ def _check_values(
     extras: list[tuple[str, torch.Tensor, str, bool]],
     m: torch.Tensor | None,
     weights: bool,
-) -> float | None:
-    """One host sync for every value check; returns the unmasked element count.
+    units: bool = False,
+) -> _Checked:
+    """One host sync for every value check.
 
-    Checks NaN/Inf and negatives in ``p``, ``o`` (already masked) and each
-    ``(name, tensor, what, strictly_positive)`` in ``extras``, and that mask
-    weights are 0 or 1.
+    Checks NaN/Inf in ``p`` and ``o`` (already masked), negatives in ``o`` (and
+    in ``p`` in the intensity domain), each ``(name, tensor, what,
+    strictly_positive)`` in ``extras``, and that mask weights are 0 or 1; with
+    ``units``, also samples obs for the raw-counts heuristic.
     """
-    kind = "amplitudes" if domain == "amplitude" else "intensities"
+    amplitude = domain == "amplitude"
+    kind = "amplitudes" if amplitude else "intensities"
     checked = [("pred", p, f"predicted {kind}", False), ("obs", o, f"observed {kind}", False)]
     checked += extras
+    wide = _widest(p.device)
     parts: list[torch.Tensor] = []
     for _, x, _, _ in checked:
-        parts += torch.aminmax(x.detach())
+        parts += torch.aminmax(x.detach().to(device=p.device))
+    n_mask = len(parts)
     if m is not None:
         # The unmasked count in float64 (exact for any realistic size) where the device has it.
-        wide = _widest(p.device)
-        parts = [q.to(wide) for q in parts]
         parts.append(m.sum(dtype=wide) * (p.numel() / m.numel()))
         if weights:
-            parts.append((m * (1.0 - m)).abs().amax().to(wide))
+            parts.append((m * (1.0 - m)).abs().amax())
+    n_units = len(parts)
+    if units:
+        parts += _units_parts(o, amplitude)
     # One stack, one device-to-host transfer for every check.
-    stats = torch.stack(parts).tolist()
+    stats = torch.stack([q.to(wide) for q in parts]).tolist()
 
+    abs_max: dict[str, float] = {}
+    exactly_one: dict[str, bool] = {}
     for i, (name, x, what, strict) in enumerate(checked):
         lo, hi = stats[2 * i], stats[2 * i + 1]
         if not (math.isfinite(lo) and math.isfinite(hi)):
@@ -566,27 +759,85 @@ def _check_values(
                 f"{name} ({what}) holds {n_nan} NaN and {n_inf} infinite value(s){where}; "
                 f"every value must be finite"
             )
-        if lo < 0.0 or (strict and lo <= 0.0):
+        signed = name == "pred" and amplitude  # (s * pred)**2 is a rate for any real pred
+        if not signed and (lo < 0.0 or (strict and lo <= 0.0)):
             bound = "> 0" if strict else ">= 0"
-            hint = (
-                " (clip detector noise with .clamp(min=0), or mask those pixels)"
-                if name in ("pred", "obs")
-                else ""
-            )
+            if name == "pred":
+                hint = (
+                    " (a model predicting intensities must end in a non-negative activation "
+                    "such as torch.nn.functional.softplus, or predict amplitudes and use "
+                    "domain='amplitude', where any real output squares to a rate)"
+                )
+            elif name == "obs":
+                hint = " (clip detector noise with .clamp(min=0), or mask those pixels)"
+            else:
+                hint = ""
             raise NegativeValueError(
                 f"{name} ({what}) must be {bound} everywhere, got a minimum of {lo!r}{hint}"
             )
-    if m is None:
-        return None
-    count = stats[2 * len(checked)]
-    if weights and stats[2 * len(checked) + 1] != 0.0:
-        raise MaskError(
-            "mask weights must be exactly 0 or 1 (or give a boolean mask); fractional "
-            "weights are not a valid-pixel mask"
+        abs_max[name] = max(-lo, hi)
+        exactly_one[name] = lo == 1.0 and hi == 1.0
+    count = None
+    if m is not None:
+        count = stats[n_mask]
+        if weights and stats[n_mask + 1] != 0.0:
+            raise MaskError(
+                "mask weights must be exactly 0 or 1 (or give a boolean mask); fractional "
+                "weights are not a valid-pixel mask"
+            )
+        if count == 0.0:
+            raise MaskError("the mask excludes every element; there is nothing to compare")
+    looks_like_counts = obs_whole = False
+    if units:
+        n_ge1, v_max, whole = stats[n_units : n_units + 3]
+        looks_like_counts = n_ge1 >= 16 and v_max >= 2.0 and whole == 1.0
+        obs_whole = amplitude and stats[n_units + 3] == 1.0
+    return _Checked(count, abs_max, exactly_one, looks_like_counts, obs_whole)
+
+
+def _warn_raw_counts(domain: str, count_scale: float | None, obs_whole: bool) -> None:
+    """The loss's UnitsWarning; ``count_scale`` is None when it is a tensor."""
+    kind = "amplitudes" if domain == "amplitude" else "intensities"
+    k = "(count_scale * obs)**2" if domain == "amplitude" else "count_scale**2 * obs"
+    scale = "a tensor" if count_scale is None else f"{count_scale:.6g}"
+    if domain == "amplitude" and obs_whole:
+        what = (
+            "obs look like raw photon counts given as amplitudes: they are whole numbers, "
+            f"and with domain='amplitude' the counts are {k}, their squares"
         )
-    if count == 0.0:
-        raise MaskError("the mask excludes every element; there is nothing to compare")
-    return float(count)
+    else:
+        what = (
+            f"obs look like raw photon counts, not normalized {kind}: the sampled "
+            f"{'squared amplitudes' if domain == 'amplitude' else 'intensities'} are whole "
+            f"numbers, and the loss turns obs into counts as {k} with count scale {scale}"
+        )
+    warnings.warn(
+        f"{what}. Normalize the counts first (ps.normalize_counts returns normalized "
+        "amplitudes and the record whose scale maps them back to the counts), or use the "
+        "count-native loss on the counts themselves: domain='intensity', scale=1.0, pred the "
+        "predicted counts. If these are normalized values, silence physscale.UnitsWarning",
+        UnitsWarning,
+        stacklevel=3,
+    )
+
+
+def _needs_float64(max_rate: float, max_counts: float, numel: int, eps: float) -> bool:
+    """Whether float32 could overflow on these rates and counts (checks on: measured)."""
+    biggest = max(max_rate, max_counts)
+    if biggest == 0.0:
+        return False
+    # |value| <= lam + k |log lam| + k log k + ...: at most (2 + 2 |log|) times the larger.
+    log_size = max(abs(math.log(biggest)), abs(math.log(eps)) if eps > 0.0 else 0.0, 1.0)
+    return numel * biggest * (2.0 + 2.0 * log_size) > _FLOAT32_SAFE_TOTAL
+
+
+def _square(x: float) -> float:
+    return x * x  # inf on overflow, never OverflowError
+
+
+def _known(x: float | None) -> float:
+    assert x is not None  # a scale is either a tensor or known on the host
+    return x
 
 
 # --------------------------------------------------------------------------- public API
@@ -610,12 +861,14 @@ def scaled_poisson_nll(
     Rate ``lam = (s*pred)**2 + background`` and counts ``k = (t*obs)**2``
     (amplitude domain) or ``lam = s**2*pred + background``, ``k = t**2*obs``
     (intensity domain), with ``s = scale`` and ``t = count_scale`` (default
-    ``scale``). See the module docstring and ``docs/poisson-nll.md`` for the forms.
+    ``scale``). See the module docstring and ``docs/poisson-nll.md`` for the
+    forms, and ``docs/validation.md`` for what is checked when.
 
     Args:
-        pred: (B, ...) predicted normalized amplitudes (``domain="amplitude"``)
-            or normalized intensities (``"intensity"``); real floating tensor,
-            >= 0, any device. Gradients flow to it.
+        pred: (B, ...) predicted normalized amplitudes (``domain="amplitude"``;
+            any real value, since ``(s*pred)**2`` is a rate for any sign) or
+            normalized intensities (``"intensity"``; >= 0); real floating
+            tensor, any device. Gradients flow to it.
         obs: observed normalized amplitudes or intensities, same shape and
             units as ``pred``, >= 0.
         scale: the intensity scale ``s`` (amplitude factor, counts are
@@ -623,6 +876,8 @@ def scaled_poisson_nll(
             :class:`~physscale.ScaleRecord`, or a tensor with the data's rank
             and each size 1 or the data's, e.g. ``(B, 1, 1, 1)`` per sample. A
             ``(B,)`` tensor is refused (it would broadcast along the last axis).
+            ``scale=1`` with ``domain="intensity"`` is the count-native loss:
+            ``pred`` and ``obs`` are then photon counts.
         domain: ``"amplitude"`` or ``"intensity"``.
         form: ``"tf"`` (default; what TF training minimizes), ``"stirling"``,
             ``"exact"`` or ``"deviance"`` (float64 internally; 0 where
@@ -637,7 +892,11 @@ def scaled_poisson_nll(
             (not to the counts): a number >= 0 or a tensor broadcastable to the
             data (e.g. a per-pixel ``(H, W)`` map), in counts.
         eps: floor on the rate inside the logarithm, ``log(max(lam, eps))``, in
-            counts; positive.
+            counts, >= 0. ``0`` means no floor, with ``k*log(lam)`` taken as 0
+            where ``k == 0``: the unfloored formula's value and gradients
+            (``torch.distributions.Poisson``'s, as in PtychoPINN's PyTorch
+            port), finite where rate and counts are both 0, ``+inf`` where
+            only the rate is.
         count_scale: the scale ``t`` that turns ``obs`` into counts, if it is
             not ``scale`` (e.g. the data's fixed scale while ``scale`` is a
             trainable one, as in TF). Same accepted types as ``scale``; a
@@ -645,20 +904,30 @@ def scaled_poisson_nll(
             data's derived scale), any other record its ``intensity_scale``.
 
     Returns:
-        float32 tensor (float64 if ``pred`` or ``obs`` is float64): 0-d for
-        ``"mean"``/``"sum"``, ``(B,)`` for ``"per_sample"``, the data shape for
-        ``"none"``. Values are in nats.
+        float32 tensor (float64 if ``pred`` or ``obs`` is float64, or when
+        float32 cannot hold the rates: a scale, count scale or background known
+        on the host beyond 1e9, 1e9 or 1e18, or, with validation on, measured
+        rates whose sum would pass ~1e37): 0-d for ``"mean"``/``"sum"``,
+        ``(B,)`` for ``"per_sample"``, the data shape for ``"none"``. Values
+        are in nats.
 
     Raises:
-        DtypeError, BroadcastError, NonFiniteError, NegativeValueError,
-        MaskError, OptionError, EmptyInputError: each says what was wrong.
+        DtypeError, BroadcastError, MaskError, OptionError, EmptyInputError:
+            always checked (types, shapes, devices, options).
+        NonFiniteError, NegativeValueError, MaskError: value checks, only with
+            validation on (:func:`physscale.set_validation`).
+
+    Warns:
+        physscale.UnitsWarning: with validation on, when ``obs`` look like raw
+            photon counts rather than normalized values (as derive warns),
+            except for the count-native use (count scale exactly 1 on counts).
     """
     domain = check_option(domain, DOMAINS, "domain")
     form = check_option(form, FORMS, "form")
     reduction = check_option(reduction, REDUCTIONS, "reduction")
-    kind = "amplitudes" if domain == "amplitude" else "intensities"
-    pred = _input_tensor(pred, "pred", f"normalized {kind}")
-    obs = _input_tensor(obs, "obs", f"normalized {kind}")
+    amplitude = domain == "amplitude"
+    pred = _input_tensor(pred, "pred", domain)
+    obs = _input_tensor(obs, "obs", domain)
     if pred.shape != obs.shape:
         raise BroadcastError(
             f"pred has shape {tuple(pred.shape)} but obs has shape {tuple(obs.shape)}; the "
@@ -670,62 +939,129 @@ def scaled_poisson_nll(
         raise EmptyInputError(f"pred and obs are empty (shape {tuple(pred.shape)})")
     if reduction == "per_sample" and pred.ndim == 0:
         raise BroadcastError("reduction='per_sample' needs a batch axis; pred is 0-d")
-    eps = _positive_real(eps, "eps", "a positive real number (photon counts)")
+    eps = _eps_value(eps)
 
     shape, device = pred.shape, pred.device
-    wide = pred.dtype == torch.float64 or obs.dtype == torch.float64
+    # Inside torch.func transforms a data-dependent check is impossible; under
+    # torch.compile the checks would break the graph, so they follow the switch too.
+    transformed = not _is_compiling() and _under_functorch()
+    validate = is_validation_enabled() and not transformed
+    if validate and device.type == "meta":
+        raise DtypeError(
+            "pred and obs are on the meta device, which holds no values, so the value "
+            "checks cannot run; give real tensors, or turn the checks off with "
+            "ps.validation(False) to trace shapes and dtypes"
+        )
+
+    s_in, s_host = _scale_input(scale, "scale", shape, device)
+    if isinstance(count_scale, ScaleRecord):
+        # Counts live at the data's scale: for a trained record, where training began.
+        count_scale = count_scale.data_scale
+    t_in, t_host = (None, s_host)
+    if count_scale is not None:
+        t_in, t_host = _scale_input(count_scale, "count_scale", shape, device)
+    # The tensor (if any) that turns obs into counts, and its name in the checks.
+    t_tensor, t_name = (s_in, "scale") if count_scale is None else (t_in, "count_scale")
+    b_in, b_host = _background_input(background, shape, device)
+    m_in, weights = (None, False) if mask is None else _mask_input(mask, shape, device)
+
+    # Precision from what the host knows: float64 data, or scales (or a background)
+    # so large that float32 would overflow on any normalized data.
+    host_big = max(_square(s_host or 0.0), _square(t_host or 0.0), b_host) > _HOST_FLOAT32_LIMIT
+    wide = pred.dtype == torch.float64 or obs.dtype == torch.float64 or host_big
     out_dtype = torch.float64 if wide else torch.float32
-    dtype = _widest(device) if form == "deviance" else out_dtype
 
-    with _autocast_off(device.type):
-        s, s_check = _scale_tensor(scale, "scale", shape, dtype, device)
-        if isinstance(count_scale, ScaleRecord):
-            # Counts live at the data's scale: for a trained record, where training began.
-            count_scale = count_scale.data_scale
-        same_scale = count_scale is None
-        if same_scale:
-            t, t_check = s, False
+    def cast(dtype: torch.dtype, select: bool) -> tuple[Any, ...]:
+        if s_in is None:
+            s = torch.scalar_tensor(_known(s_host), dtype=dtype, device=device)
         else:
-            t, t_check = _scale_tensor(count_scale, "count_scale", shape, dtype, device)
-        b, b_check = _background_tensor(background, shape, dtype, device)
-        m, weights = (None, False) if mask is None else _mask_tensor(mask, shape, dtype, device)
-
+            s = s_in.to(dtype)
+        if count_scale is None:
+            t = None
+        elif t_in is None:
+            t = torch.scalar_tensor(_known(t_host), dtype=dtype, device=device)
+        else:
+            t = t_in.to(dtype)
+        if b_in is not None:
+            b: torch.Tensor | None = b_in.to(dtype)
+        elif b_host != 0.0:
+            b = torch.scalar_tensor(b_host, dtype=dtype, device=device)
+        else:
+            b = None
+        m = None if m_in is None else m_in.to(dtype)
         p = pred if pred.dtype == dtype else pred.to(dtype)
         o = obs if obs.dtype == dtype else obs.to(dtype)
         if m is not None:
-            # A float multiply zeroes masked pixels fast; NaN/Inf there is handled below.
-            p, o = p * m, o * m
+            if select:
+                # Dead pixels may hold NaN/Inf (0 * NaN is NaN): select, don't multiply.
+                keep = m != 0
+                zero = torch.zeros((), dtype=dtype, device=device)
+                p, o = torch.where(keep, p, zero), torch.where(keep, o, zero)
+            else:
+                p, o = p * m, o * m  # faster; a NaN in a dead pixel is caught and redone
+        return p, o, s, t, b, m
 
-        extras: list[tuple[str, torch.Tensor, str, bool]] = []
-        for name, x, check in (("scale", s, s_check), ("count_scale", t, t_check)):
-            if check:
-                extras.append((name, x, "intensity scale", True))
-        if b is not None and b_check:
-            extras.append(("background", b, "background counts", False))
-        count = float(pred.numel())
-        transformed = _under_functorch()
-        if not transformed:
+    count: float | torch.Tensor = float(pred.numel())
+    with _autocast_off(device.type):
+        dtype = _widest(device) if form == "deviance" else out_dtype
+        p, o, s, t, b, m = cast(dtype, select=not validate)
+        if validate:
+            extras: list[tuple[str, torch.Tensor, str, bool]] = []
+            if s_in is not None:
+                extras.append(("scale", s, "intensity scale", True))
+            if t_in is not None and t is not None:
+                extras.append(("count_scale", t, "intensity scale", True))
+            if b_in is not None and b is not None:
+                extras.append(("background", b, "background counts", False))
             try:
-                unmasked = _check_values(p, o, domain, extras, m, weights)
+                checked = _check_values(p, o, domain, extras, m, weights, units=True)
             except NonFiniteError:
                 if m is None:
                     raise
-                # Dead pixels may hold NaN/Inf (0 * NaN is NaN): select instead of
-                # multiplying, then check again (raises if an unmasked pixel is bad).
-                keep = m != 0
-                zero = torch.zeros((), dtype=dtype, device=device)
-                p = torch.where(keep, pred.to(dtype), zero)
-                o = torch.where(keep, obs.to(dtype), zero)
-                unmasked = _check_values(p, o, domain, extras, m, weights)
-            count = count if unmasked is None else unmasked
-        elif m is not None:
-            count = float(m.sum(dtype=_widest(device))) * (p.numel() / m.numel())
+                # Raises again if an unmasked pixel is bad.
+                p, o, s, t, b, m = cast(dtype, select=True)
+                checked = _check_values(p, o, domain, extras, m, weights, units=True)
+            if checked.count is not None:
+                count = checked.count
+            # The measured rates and counts decide the precision float32 inputs need.
+            big_s = checked.abs_max["scale"] if s_in is not None else _known(s_host)
+            big_t = checked.abs_max[t_name] if t_tensor is not None else _known(t_host)
+            big_b = checked.abs_max["background"] if b_in is not None else b_host
+            if amplitude:
+                max_rate = _square(big_s * checked.abs_max["pred"]) + big_b
+                max_counts = _square(big_t * checked.abs_max["obs"])
+            else:
+                max_rate = _square(big_s) * checked.abs_max["pred"] + big_b
+                max_counts = _square(big_t) * checked.abs_max["obs"]
+            if not (math.isfinite(max_rate) and math.isfinite(max_counts)):
+                raise NonFiniteError(
+                    f"the rate or the counts overflow float64: scale {big_s:.6g} on "
+                    f"predictions up to {checked.abs_max['pred']:.6g} and count scale "
+                    f"{big_t:.6g} on observations up to {checked.abs_max['obs']:.6g}; "
+                    "pred and obs must be normalized values, with the scale that maps "
+                    "them to photon counts"
+                )
+            if out_dtype != torch.float64 and _needs_float64(
+                max_rate, max_counts, pred.numel(), eps
+            ):
+                out_dtype = torch.float64
+                dtype = _widest(device)
+                p, o, s, t, b, m = cast(dtype, select=True)
+            if checked.looks_like_counts:
+                # Count-native use: a count scale of exactly 1 on counts (amplitudes that
+                # are themselves whole are counts given as amplitudes, and still warn).
+                t_is_one = t_host == 1.0 if t_tensor is None else checked.exactly_one[t_name]
+                if not t_is_one or checked.obs_whole:
+                    _warn_raw_counts(domain, t_host, checked.obs_whole)
+        elif m is not None and reduction == "mean":
+            # Known only on the device: the count stays a tensor (no sync).
+            count = m.sum(dtype=dtype) * (pred.numel() / m.numel())
 
         # The mask already zeroed p and o; the kernel needs it only for the background.
         m_kernel = m if b is not None else None
-        args = (p, o, s, t, b, m_kernel, domain, form, reduction, eps, count, same_scale)
+        args = (p, o, s, t, b, m_kernel, domain, form, reduction, eps, count)
         out: torch.Tensor
-        if transformed:
+        if transformed or _is_compiling():
             out = _ScaledPoissonNLLTransformable.apply(*args)[0]  # type: ignore[no-untyped-call]
         else:
             out = _ScaledPoissonNLL.apply(*args)  # type: ignore[no-untyped-call]
