@@ -56,3 +56,24 @@ def peak_extra_mib(fn: Callable[[], Any]) -> float:
     before = _status_kib("VmRSS")
     fn()
     return (_status_kib("VmHWM") - before) / 1024.0
+
+
+def synchronized(fns: dict[str, Callable[[], Any]], device: str) -> dict[str, Callable[[], Any]]:
+    """``fns`` wrapped to wait for the device at the end of each call (CUDA is asynchronous).
+
+    Pass the result to :func:`interleaved_seconds`: each timed call then covers the
+    kernels it launched, not only their launch. On the CPU the functions are unchanged.
+    """
+    if not device.startswith("cuda"):
+        return dict(fns)
+    import torch
+
+    def wrap(fn: Callable[[], Any]) -> Callable[[], Any]:
+        def call() -> Any:
+            out = fn()
+            torch.cuda.synchronize()
+            return out
+
+        return call
+
+    return {name: wrap(fn) for name, fn in fns.items()}

@@ -197,6 +197,44 @@ def test_every_option_of_the_loss_captures_without_a_graph_break(options: dict[s
     torch.testing.assert_close(got_grad, want_grad, rtol=1e-12, atol=0)
 
 
+def test_evaluation_without_grad_compiles_fullgraph_too() -> None:
+    # No input requires grad: torch.compile then inlines the Function's forward.
+    gen = torch.Generator().manual_seed(2)
+    obs = torch.rand(2, 1, 6, 6, generator=gen)
+    pred = obs + 0.1
+    mask = torch.rand(6, 6, generator=gen) > 0.2
+
+    def loss(p: torch.Tensor, o: torch.Tensor) -> torch.Tensor:
+        return ps.scaled_poisson_nll(p, o, 30.0, mask=mask) + ps.scaled_poisson_nll(
+            p, o, torch.tensor(2.0), form="deviance", reduction="per_sample", eps=0.0
+        )
+
+    with ps.validation(False):
+        got = torch.compile(loss, fullgraph=True, backend="aot_eager")(pred, obs)
+        with torch.no_grad():
+            got_no_grad = torch.compile(loss, fullgraph=True, backend="aot_eager")(pred, obs)
+        want = loss(pred, obs)
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=0)
+    torch.testing.assert_close(got_no_grad, want, rtol=1e-6, atol=0)
+
+
+def test_a_compiled_loss_follows_the_switch_when_it_changes_later() -> None:
+    # The switch is read while tracing and guarded: turning checks back on re-traces,
+    # so a compiled function never silently keeps skipping them.
+    obs = torch.rand(2, 1, 6, 6)
+    bad = obs.clone()
+    bad[0, 0, 0, 0] = float("nan")
+
+    def loss(p: torch.Tensor, o: torch.Tensor) -> torch.Tensor:
+        return ps.scaled_poisson_nll(p, o, 30.0)
+
+    compiled = torch.compile(loss, backend="eager")
+    with ps.validation(False):
+        assert torch.isnan(compiled(bad, obs))
+    with pytest.raises(ps.NonFiniteError, match="1 NaN"):
+        compiled(bad, obs)
+
+
 def test_with_checks_on_the_value_check_is_a_graph_break() -> None:
     obs = torch.rand(2, 1, 6, 6)
 

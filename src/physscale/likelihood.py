@@ -149,6 +149,8 @@ def scalar_scale(value: Any, where: str = "scale") -> float:
         NonFiniteError: NaN or infinite.
         NegativeValueError: zero or negative.
     """
+    if type(value) is float and 0.0 < value < math.inf:
+        return value
     if isinstance(value, ScaleRecord):
         return float(value.intensity_scale)
     return _positive_real(
@@ -159,17 +161,23 @@ def scalar_scale(value: Any, where: str = "scale") -> float:
 # --------------------------------------------------------------------------- the kernel
 #
 # Arguments, in order: p, o (prediction and observation, compute dtype, masked),
-# s (0-d or per-batch scale), t (the count scale, or None when it is s), b
+# s (a Python float, or a 0-d or per-batch tensor scale), t (the count scale, the
+# same kinds, or None when it is s), b
 # (background or None), m (0/1 mask, only when a background needs masking),
 # domain, form, reduction, eps, count (the number of unmasked elements for
 # "mean": a Python float, or a 0-d tensor when it is known only on the device).
 
 
+#: A scale inside the kernel: a tensor, or a Python number when the host knows it (no
+#: fill kernel to make a 0-d tensor, and scalar arithmetic on the host).
+Scale = torch.Tensor | float
+
+
 def _rate_and_counts(
     p: torch.Tensor,
     o: torch.Tensor,
-    s: torch.Tensor,
-    t: torch.Tensor,
+    s: Scale,
+    t: Scale,
     b: torch.Tensor | None,
     amplitude: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -190,8 +198,8 @@ def _rate_and_counts(
 def _deviance(
     p: torch.Tensor,
     o: torch.Tensor,
-    s: torch.Tensor,
-    t: torch.Tensor | None,
+    s: Scale,
+    t: Scale | None,
     b: torch.Tensor | None,
     lam_c: torch.Tensor,
     k: torch.Tensor,
@@ -288,7 +296,7 @@ def _sum_to(x: torch.Tensor, shape: torch.Size) -> torch.Tensor:
 def _through_scaling(
     g_y: torch.Tensor,
     x: torch.Tensor,
-    c: torch.Tensor,
+    c: Scale,
     amplitude: bool,
     need_x: bool,
     need_c: bool,
@@ -300,6 +308,7 @@ def _through_scaling(
     """
     g_c = g_x = None
     if need_c:
+        assert isinstance(c, torch.Tensor)  # only tensors require grad
         dy_dc = x * x if amplitude else x
         g_c = _sum_to(g_y * dy_dc, c.shape) * (2.0 * c)
     if need_x:
@@ -310,8 +319,8 @@ def _through_scaling(
 def _nll_forward(
     p: torch.Tensor,
     o: torch.Tensor,
-    s: torch.Tensor,
-    t: torch.Tensor | None,
+    s: Scale,
+    t: Scale | None,
     b: torch.Tensor | None,
     m: torch.Tensor | None,
     domain: str,
@@ -365,33 +374,40 @@ def _nll_forward(
 
 def _save(ctx: Any, args: tuple[Any, ...], lam_c: torch.Tensor, k: torch.Tensor) -> None:
     p, o, s, t, b, m, domain, form, reduction, eps, count = args
-    count_t = count if isinstance(count, torch.Tensor) else None
-    count_f = None if count_t is not None else count
-    ctx.save_for_backward(p, o, s, t, b, m, lam_c, k, count_t)
-    ctx.config = (domain, form, reduction, eps, count_f, p.shape)
+    # Tensors are saved; Python numbers (a scale known on the host, a count) ride along.
+    s_t, s_f = (s, None) if isinstance(s, torch.Tensor) else (None, s)
+    t_t, t_f = (t, None) if isinstance(t, torch.Tensor) else (None, t)
+    count_t, count_f = (count, None) if isinstance(count, torch.Tensor) else (None, count)
+    ctx.save_for_backward(p, o, s_t, t_t, b, m, lam_c, k, count_t)
+    ctx.config = (domain, form, reduction, eps, count_f, s_f, t_f, p.shape)
 
 
 def _nll_backward(ctx: Any, grad: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
     """Analytic gradients of :func:`_nll_forward` for the inputs that need one."""
-    p, o, s, t, b, m, lam_c, k, count_t = ctx.saved_tensors
-    domain, form, reduction, eps, count_f, shape = ctx.config
+    p, o, s_t, t_t, b, m, lam_c, k, count_t = ctx.saved_tensors
+    domain, form, reduction, eps, count_f, s_f, t_f, shape = ctx.config
+    s = s_f if s_t is None else s_t
+    t = t_f if t_t is None else t_t
     amplitude = domain == "amplitude"
     need = ctx.needs_input_grad
     if grad is None:
         return (None,) * 11
-    if reduction == "mean":
-        g = grad / (count_f if count_t is None else count_t)
-    elif reduction == "per_sample":
-        g = grad.reshape(grad.shape[0], *([1] * (len(shape) - 1)))
-    else:
-        g = grad
+    if reduction == "per_sample":
+        grad = grad.reshape(grad.shape[0], *([1] * (len(shape) - 1)))
     gp = go = gs = gt = gb = None
     # With one scale for rate and counts (t is None), s also reaches the counts.
     need_s_counts = t is None and need[2]
 
+    def scaled_grad(factor: Any) -> torch.Tensor:
+        # factor * grad (/ count for "mean"): one operation when the factor is a number.
+        if reduction == "mean":
+            factor = factor / (count_f if count_t is None else count_t)
+        out: torch.Tensor = grad * factor
+        return out
+
     if need[2] or need[4]:
         # d value / d lam = 1 - k / max(lam, eps), the same for every form.
-        g_lam = _counts_over_rate(k, lam_c, eps).sub_(1.0).mul_(-g)
+        g_lam = _counts_over_rate(k, lam_c, eps).sub_(1.0).mul_(scaled_grad(-1.0))
         if m is not None:
             g_lam = g_lam.mul_(m)
         if need[4]:
@@ -399,13 +415,16 @@ def _nll_backward(ctx: Any, grad: torch.Tensor | None) -> tuple[torch.Tensor | N
             gb = _sum_to(g_lam, b.shape)
         gp, gs = _through_scaling(g_lam, p, s, amplitude, need[0], need[2])
     elif need[0]:
-        # Only the prediction, in one buffer: (1 - k/lam) * 2 s**2 p g (amplitude) or
+        # Only the prediction, in one buffer: (1 - k/lam) p 2 s**2 g (amplitude) or
         # (1 - k/lam) s**2 g (intensity). Masked pixels have p = 0, so no mask here.
         gp = _counts_over_rate(k, lam_c, eps).sub_(1.0)
-        gp = gp.mul_(p).mul_(-2.0 * s * s * g) if amplitude else gp.mul_(-(s * s) * g)
+        if amplitude:
+            gp = gp.mul_(p).mul_(scaled_grad(-2.0 * s * s))
+        else:
+            gp = gp.mul_(scaled_grad(-(s * s)))
 
     if need[1] or need[3] or need_s_counts:
-        g_k = _d_value_d_counts(form, k, lam_c, eps).mul_(g)
+        g_k = _d_value_d_counts(form, k, lam_c, eps).mul_(scaled_grad(1.0))
         if m is not None:
             g_k = g_k.mul_(m)
         go, g_count_scale = _through_scaling(
@@ -451,8 +470,22 @@ class _ScaledPoissonNLLTransformable(torch.autograd.Function):
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(*args: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return _nll_forward(*args)
+    def forward(
+        p: torch.Tensor,
+        o: torch.Tensor,
+        s: Scale,
+        t: Scale | None,
+        b: torch.Tensor | None,
+        m: torch.Tensor | None,
+        domain: str,
+        form: str,
+        reduction: str,
+        eps: float,
+        count: float | torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        # Spelled out, not *args: with no input requiring grad, torch.compile inlines
+        # forward and passes a ctx unless the parameter count matches the inputs.
+        return _nll_forward(p, o, s, t, b, m, domain, form, reduction, eps, count)
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
@@ -579,6 +612,8 @@ def _background_input(
     background: Any, shape: torch.Size, device: torch.device
 ) -> tuple[torch.Tensor | None, float]:
     """``(tensor, 0.0)`` for a background tensor, ``(None, value)`` for a number."""
+    if type(background) is float and 0.0 <= background < math.inf:
+        return None, background
     if isinstance(background, torch.Tensor):
         _dense(background, "background")
         if background.is_complex() or not background.is_floating_point():
@@ -662,9 +697,11 @@ def _autocast_off(device_type: str) -> contextlib.AbstractContextManager[Any]:
     return contextlib.nullcontext()
 
 
+_compiler_is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None)
+
+
 def _is_compiling() -> bool:
-    compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None)
-    return bool(compiling()) if compiling is not None else False
+    return bool(_compiler_is_compiling()) if _compiler_is_compiling is not None else False
 
 
 def _under_functorch() -> bool:
@@ -922,9 +959,13 @@ def scaled_poisson_nll(
             photon counts rather than normalized values (as derive warns),
             except for the count-native use (count scale exactly 1 on counts).
     """
-    domain = check_option(domain, DOMAINS, "domain")
-    form = check_option(form, FORMS, "form")
-    reduction = check_option(reduction, REDUCTIONS, "reduction")
+    # Fast paths first: this runs on every training step.
+    if type(domain) is not str or domain not in DOMAINS:
+        domain = check_option(domain, DOMAINS, "domain")
+    if type(form) is not str or form not in FORMS:
+        form = check_option(form, FORMS, "form")
+    if type(reduction) is not str or reduction not in REDUCTIONS:
+        reduction = check_option(reduction, REDUCTIONS, "reduction")
     amplitude = domain == "amplitude"
     pred = _input_tensor(pred, "pred", domain)
     obs = _input_tensor(obs, "obs", domain)
@@ -939,12 +980,14 @@ def scaled_poisson_nll(
         raise EmptyInputError(f"pred and obs are empty (shape {tuple(pred.shape)})")
     if reduction == "per_sample" and pred.ndim == 0:
         raise BroadcastError("reduction='per_sample' needs a batch axis; pred is 0-d")
-    eps = _eps_value(eps)
+    if type(eps) is not float or not 0.0 <= eps < math.inf:
+        eps = _eps_value(eps)
 
     shape, device = pred.shape, pred.device
     # Inside torch.func transforms a data-dependent check is impossible; under
     # torch.compile the checks would break the graph, so they follow the switch too.
-    transformed = not _is_compiling() and _under_functorch()
+    compiling = _is_compiling()
+    transformed = not compiling and _under_functorch()
     validate = is_validation_enabled() and not transformed
     if validate and device.type == "meta":
         raise DtypeError(
@@ -972,16 +1015,11 @@ def scaled_poisson_nll(
     out_dtype = torch.float64 if wide else torch.float32
 
     def cast(dtype: torch.dtype, select: bool) -> tuple[Any, ...]:
-        if s_in is None:
-            s = torch.scalar_tensor(_known(s_host), dtype=dtype, device=device)
-        else:
-            s = s_in.to(dtype)
-        if count_scale is None:
-            t = None
-        elif t_in is None:
-            t = torch.scalar_tensor(_known(t_host), dtype=dtype, device=device)
-        else:
-            t = t_in.to(dtype)
+        # A scale the host knows stays a Python number (the kernels take it as a scalar).
+        s: Scale = _known(s_host) if s_in is None else s_in.to(dtype)
+        t: Scale | None = None
+        if count_scale is not None:
+            t = _known(t_host) if t_in is None else t_in.to(dtype)
         if b_in is not None:
             b: torch.Tensor | None = b_in.to(dtype)
         elif b_host != 0.0:
@@ -995,8 +1033,7 @@ def scaled_poisson_nll(
             if select:
                 # Dead pixels may hold NaN/Inf (0 * NaN is NaN): select, don't multiply.
                 keep = m != 0
-                zero = torch.zeros((), dtype=dtype, device=device)
-                p, o = torch.where(keep, p, zero), torch.where(keep, o, zero)
+                p, o = torch.where(keep, p, 0.0), torch.where(keep, o, 0.0)
             else:
                 p, o = p * m, o * m  # faster; a NaN in a dead pixel is caught and redone
         return p, o, s, t, b, m
@@ -1007,9 +1044,9 @@ def scaled_poisson_nll(
         p, o, s, t, b, m = cast(dtype, select=not validate)
         if validate:
             extras: list[tuple[str, torch.Tensor, str, bool]] = []
-            if s_in is not None:
+            if isinstance(s, torch.Tensor):
                 extras.append(("scale", s, "intensity scale", True))
-            if t_in is not None and t is not None:
+            if isinstance(t, torch.Tensor):
                 extras.append(("count_scale", t, "intensity scale", True))
             if b_in is not None and b is not None:
                 extras.append(("background", b, "background counts", False))
@@ -1054,14 +1091,15 @@ def scaled_poisson_nll(
                 if not t_is_one or checked.obs_whole:
                     _warn_raw_counts(domain, t_host, checked.obs_whole)
         elif m is not None and reduction == "mean":
-            # Known only on the device: the count stays a tensor (no sync).
-            count = m.sum(dtype=dtype) * (pred.numel() / m.numel())
+            # Known only on the device: the count stays a tensor (no sync), in float64
+            # where the device has it, so that it is exact at any size.
+            count = m.sum(dtype=_widest(device)) * (pred.numel() / m.numel())
 
         # The mask already zeroed p and o; the kernel needs it only for the background.
         m_kernel = m if b is not None else None
         args = (p, o, s, t, b, m_kernel, domain, form, reduction, eps, count)
         out: torch.Tensor
-        if transformed or _is_compiling():
+        if transformed or compiling:
             out = _ScaledPoissonNLLTransformable.apply(*args)[0]  # type: ignore[no-untyped-call]
         else:
             out = _ScaledPoissonNLL.apply(*args)  # type: ignore[no-untyped-call]
