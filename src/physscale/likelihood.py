@@ -95,6 +95,14 @@ _FLOAT32_SAFE_TOTAL = float(torch.finfo(torch.float32).max) / 8.0
 _UNITS_SAMPLE = 4096
 
 
+_compiler_is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None)
+
+
+def _is_compiling() -> bool:
+    """Whether torch.compile is tracing this call (False on a torch without it)."""
+    return bool(_compiler_is_compiling()) if _compiler_is_compiling is not None else False
+
+
 def _positive_real(value: Any, where: str, what: str) -> float:
     """``value`` as a positive finite float; DtypeError/NonFiniteError/NegativeValueError."""
     out = _real(value, where, what)
@@ -162,10 +170,10 @@ def scalar_scale(value: Any, where: str = "scale") -> float:
 #
 # Arguments, in order: p, o (prediction and observation, compute dtype, masked),
 # s (a Python float, or a 0-d or per-batch tensor scale), t (the count scale, the
-# same kinds, or None when it is s), b
-# (background or None), m (0/1 mask, only when a background needs masking),
-# domain, form, reduction, eps, count (the number of unmasked elements for
-# "mean": a Python float, or a 0-d tensor when it is known only on the device).
+# same kinds, or None when it is s), b (the background: a Python float, a tensor,
+# or None), m (0/1 mask, only when a background needs masking), domain, form,
+# reduction, eps, count (the number of unmasked elements for "mean": a Python
+# float, or a 0-d tensor when it is known only on the device).
 
 
 #: A scale inside the kernel: a tensor, or a Python number when the host knows it (no
@@ -178,7 +186,7 @@ def _rate_and_counts(
     o: torch.Tensor,
     s: Scale,
     t: Scale,
-    b: torch.Tensor | None,
+    b: Scale | None,
     amplitude: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     if amplitude:
@@ -200,7 +208,7 @@ def _deviance(
     o: torch.Tensor,
     s: Scale,
     t: Scale | None,
-    b: torch.Tensor | None,
+    b: Scale | None,
     lam_c: torch.Tensor,
     k: torch.Tensor,
     amplitude: bool,
@@ -304,15 +312,23 @@ def _through_scaling(
     """Gradients in ``x`` and ``c`` given the gradient ``g_y`` in ``y = (c*x)**2`` or ``c**2*x``.
 
     The rate (``p``, ``s``) and the counts (``o``, ``t``) are the same function of their
-    inputs. The gradient in ``x`` is written over ``g_y``.
+    inputs. The gradients are written over ``g_y``.
     """
-    g_c = g_x = None
-    if need_c:
-        assert isinstance(c, torch.Tensor)  # only tensors require grad
-        dy_dc = x * x if amplitude else x
-        g_c = _sum_to(g_y * dy_dc, c.shape) * (2.0 * c)
-    if need_x:
-        g_x = g_y.mul_(x).mul_(2.0 * c * c) if amplitude else g_y.mul_(c * c)
+    if not need_c:
+        if not need_x:
+            return None, None
+        return (g_y.mul_(x).mul_(2.0 * c * c) if amplitude else g_y.mul_(c * c)), None
+    assert isinstance(c, torch.Tensor)  # only tensors require grad
+    # One shared factor u for both, the way autograd would chain them, so that a compiler
+    # computes both gradients in one pass: amplitude dy/dx = 2 c**2 x = u c / g and
+    # dy/dc = 2 c x**2 = u x / g with u = 2 c x g; intensity u = c g, dy/dc = 2 u x / g.
+    # (The order matters to inductor: the gradient in x first, then the reduction,
+    # fuses into one loop; the other way round it takes two.)
+    u = g_y.mul_(x).mul_(2.0 * c) if amplitude else g_y.mul_(c)
+    g_x = u * c if need_x else None
+    g_c = _sum_to(u.mul_(x), c.shape)
+    if not amplitude:
+        g_c = g_c.mul_(2.0)
     return g_x, g_c
 
 
@@ -321,7 +337,7 @@ def _nll_forward(
     o: torch.Tensor,
     s: Scale,
     t: Scale | None,
-    b: torch.Tensor | None,
+    b: Scale | None,
     m: torch.Tensor | None,
     domain: str,
     form: str,
@@ -335,8 +351,9 @@ def _nll_forward(
     if form == "deviance":
         lam_c = lam.clamp_min_(eps)  # in place: the deviance needs only the floored rate
         elem = _deviance(p, o, s, t, b, lam_c, k, amplitude, eps)
-    elif form == "tf" and m is None and reduction in ("mean", "sum"):
-        # The common case: sum(lam) - k . log(max(lam, eps)), no elementwise temporary.
+    elif form == "tf" and m is None and reduction in ("mean", "sum") and not _is_compiling():
+        # The common case, eagerly: sum(lam) - k . log(max(lam, eps)), no elementwise
+        # temporary. (A compiler fuses the plain formula below into one loop instead.)
         lam_sum = lam.sum()
         lam_c = lam.clamp_min_(eps)
         if eps > 0.0:
@@ -377,14 +394,15 @@ def _save(ctx: Any, args: tuple[Any, ...], lam_c: torch.Tensor, k: torch.Tensor)
     # Tensors are saved; Python numbers (a scale known on the host, a count) ride along.
     s_t, s_f = (s, None) if isinstance(s, torch.Tensor) else (None, s)
     t_t, t_f = (t, None) if isinstance(t, torch.Tensor) else (None, t)
+    b_t = b if isinstance(b, torch.Tensor) else None  # backward needs only a tensor's shape
     count_t, count_f = (count, None) if isinstance(count, torch.Tensor) else (None, count)
-    ctx.save_for_backward(p, o, s_t, t_t, b, m, lam_c, k, count_t)
+    ctx.save_for_backward(p, o, s_t, t_t, b_t, m, lam_c, k, count_t)
     ctx.config = (domain, form, reduction, eps, count_f, s_f, t_f, p.shape)
 
 
 def _nll_backward(ctx: Any, grad: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
     """Analytic gradients of :func:`_nll_forward` for the inputs that need one."""
-    p, o, s_t, t_t, b, m, lam_c, k, count_t = ctx.saved_tensors
+    p, o, s_t, t_t, b, m, lam_c, k, count_t = ctx.saved_tensors  # b: a tensor or None
     domain, form, reduction, eps, count_f, s_f, t_f, shape = ctx.config
     s = s_f if s_t is None else s_t
     t = t_f if t_t is None else t_t
@@ -411,7 +429,7 @@ def _nll_backward(ctx: Any, grad: torch.Tensor | None) -> tuple[torch.Tensor | N
         if m is not None:
             g_lam = g_lam.mul_(m)
         if need[4]:
-            assert b is not None
+            assert b is not None  # only a tensor background requires grad
             gb = _sum_to(g_lam, b.shape)
         gp, gs = _through_scaling(g_lam, p, s, amplitude, need[0], need[2])
     elif need[0]:
@@ -475,7 +493,7 @@ class _ScaledPoissonNLLTransformable(torch.autograd.Function):
         o: torch.Tensor,
         s: Scale,
         t: Scale | None,
-        b: torch.Tensor | None,
+        b: Scale | None,
         m: torch.Tensor | None,
         domain: str,
         form: str,
@@ -695,13 +713,6 @@ def _autocast_off(device_type: str) -> contextlib.AbstractContextManager[Any]:
     if enabled:
         return torch.autocast(device_type=device_type, enabled=False)
     return contextlib.nullcontext()
-
-
-_compiler_is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None)
-
-
-def _is_compiling() -> bool:
-    return bool(_compiler_is_compiling()) if _compiler_is_compiling is not None else False
 
 
 def _under_functorch() -> bool:
@@ -1020,12 +1031,11 @@ def scaled_poisson_nll(
         t: Scale | None = None
         if count_scale is not None:
             t = _known(t_host) if t_in is None else t_in.to(dtype)
+        b: Scale | None = None
         if b_in is not None:
-            b: torch.Tensor | None = b_in.to(dtype)
+            b = b_in.to(dtype)
         elif b_host != 0.0:
-            b = torch.scalar_tensor(b_host, dtype=dtype, device=device)
-        else:
-            b = None
+            b = b_host
         m = None if m_in is None else m_in.to(dtype)
         p = pred if pred.dtype == dtype else pred.to(dtype)
         o = obs if obs.dtype == dtype else obs.to(dtype)
@@ -1048,7 +1058,7 @@ def scaled_poisson_nll(
                 extras.append(("scale", s, "intensity scale", True))
             if isinstance(t, torch.Tensor):
                 extras.append(("count_scale", t, "intensity scale", True))
-            if b_in is not None and b is not None:
+            if isinstance(b, torch.Tensor):
                 extras.append(("background", b, "background counts", False))
             try:
                 checked = _check_values(p, o, domain, extras, m, weights, units=True)
