@@ -2,7 +2,8 @@
 
 The step: ``opt.zero_grad(); loss = loss_fn(model(x * s), x); loss.backward();
 opt.step()`` with a light two-layer convolutional amplitude model (so that the
-loss is a visible share of the step) whose physics scale is
+loss is a visible share of the step; ``--width 0``: only a learned per-pixel
+gain, so that the loss is most of the step) whose physics scale is
 a trainable :class:`physscale.nn.IntensityScaler` (rate at ``exp(log_scale)``,
 counts at the data's scale, as TF trains it), SGD, float32, on ``--device``.
 The losses, each computing the same rate ``lam`` and counts ``k``:
@@ -30,7 +31,8 @@ The last line printed is one JSON object (for scripts)::
      "eager_off_vs_inline": 0.8, "eager_off_vs_f": 0.8, "median_ms": {...}, ...}
 
 Run: ``python benchmarks/bench_train_step.py [--device cpu|cuda] [--repeats 30]
-[--threads N] [--quick] [--one-graph] [--no-compile]``. ``--quick`` uses a small
+[--threads N] [--batch B] [--size N] [--width W] [--quick] [--one-graph]
+[--no-compile]``. ``--quick`` uses a small
 batch and 15 rounds; most of its time is compiling (about 20-40 s on a cold
 inductor cache on a 2-core CPU, a few seconds warm).
 """
@@ -58,18 +60,25 @@ TARGET_COMPILED = 1.1
 class AmplitudeNet(torch.nn.Module):
     """Normalized amplitudes in, normalized amplitudes out; the scale at the boundary."""
 
-    def __init__(self, scale: float, width: int) -> None:
+    def __init__(self, scale: float, width: int, size: int) -> None:
         super().__init__()
         self.scaler = IntensityScaler(scale, trainable=True)
-        # Deliberately light, so that the loss is a visible share of the step.
-        self.net = torch.nn.Sequential(
-            torch.nn.Conv2d(1, width, 3, padding=1),
-            torch.nn.Tanh(),
-            torch.nn.Conv2d(width, 1, 3, padding=1),
-        )
+        # Deliberately light, so that the loss is a visible share of the step. Width 0:
+        # only a learned per-pixel gain, so that the loss is most of the step.
+        self.net: torch.nn.Module
+        if width > 0:
+            self.net = torch.nn.Sequential(
+                torch.nn.Conv2d(1, width, 3, padding=1),
+                torch.nn.Tanh(),
+                torch.nn.Conv2d(width, 1, 3, padding=1),
+            )
+        else:
+            self.gain = torch.nn.Parameter(torch.ones(1, 1, size, size))
+            self.net = torch.nn.Identity()
 
     def forward(self, x_physical: torch.Tensor) -> torch.Tensor:
-        return self.net(self.scaler.normalize(x_physical))
+        out: torch.Tensor = self.net(self.scaler.normalize(x_physical))
+        return out * self.gain if hasattr(self, "gain") else out
 
 
 LossFn = Callable[[AmplitudeNet, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -152,7 +161,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--batch", type=int, default=None, help="patterns per step")
     parser.add_argument("--size", type=int, default=64, help="pattern side N (N x N)")
-    parser.add_argument("--width", type=int, default=4, help="channels of the hidden layer")
+    parser.add_argument(
+        "--width",
+        type=int,
+        default=4,
+        help="channels of the hidden layer; 0: no network, a per-pixel gain (loss-bound step)",
+    )
     parser.add_argument("--quick", action="store_true", help="small batch, few rounds")
     parser.add_argument(
         "--one-graph", action="store_true", help="compile the whole step as one graph"
@@ -180,7 +194,7 @@ def main() -> None:
     n = args.size
     scale = float(ps.closed_form_intensity_scale(1e6, (n, n)))
     torch.manual_seed(0)
-    base = AmplitudeNet(scale, args.width)
+    base = AmplitudeNet(scale, args.width, n)
     base.loss = ScaledPoissonNLLLoss(base.scaler)
     base.to(device)
     gen = torch.Generator().manual_seed(1)
@@ -231,6 +245,7 @@ def main() -> None:
         "quick": args.quick,
         "repeats": repeats,
         "batch": list(data.shape),
+        "width": args.width,
         "compile": compile_mode,
         "median_ms": {name: statistics.median(ts) * 1e3 for name, ts in times.items()},
         "eager_on_vs_off": median_ratio(times["ours, checks on"], times[base_name]),
