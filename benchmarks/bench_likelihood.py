@@ -12,8 +12,9 @@ Amplitude domain, ``form="tf"``, ``reduction="mean"``, float32, on ``--device``:
 
 Target (issue 12): ``checks off`` takes at most 0.8x the time of (b).
 
-The methods run interleaved, round after round and in a rotating order, so
-load on a shared machine hits them alike; the script reports median times and
+The methods run interleaved, round after round, in a fresh random order each
+round (so that neither load on a shared machine nor the state a predecessor
+leaves in the caches and the allocator favours one); the script reports median times and
 the median of the per-round ratios. On CUDA each timed call ends with
 ``torch.cuda.synchronize()``. Peak extra memory: on the CPU the largest number of
 bytes held by tensors created during one forward + backward (a dispatch-mode
@@ -44,7 +45,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from _common import interleaved_seconds, median_ratio, synchronized
+from _common import median_ratio, shuffled_seconds, synchronized
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
@@ -172,12 +173,12 @@ def bench_shape(shape: tuple[int, ...], repeats: int, device: str) -> dict[str, 
         )
         print(f"  check {name:28s} value {value / factor:.6e}  grad agrees with (b): {same}")
 
-    # Rotating order each round: whoever runs right after a baseline inherits its
-    # cache and allocator state, so no method always goes first.
+    # A random order each round: whoever runs right after another inherits its cache
+    # and allocator state, so no method may always follow the same one.
     timed = synchronized(
         {name: (lambda fn=fn: step(fn, pred)) for name, fn in methods.items()}, device
     )
-    times = interleaved_seconds(timed, repeats, warmup=3)
+    times = shuffled_seconds(timed, repeats, warmup=3)
     peaks = {
         name: peak_extra_bytes(lambda fn=fn: step(fn, pred), (pred, obs))
         for name, fn in methods.items()
@@ -227,7 +228,7 @@ def bench_forms(shape: tuple[int, ...], repeats: int, device: str) -> dict[str, 
     timed = synchronized(
         {name: checks_off(lambda fn=fn: step(fn, pred)) for name, fn in variants.items()}, device
     )
-    times = interleaved_seconds(timed, repeats, warmup=1)
+    times = shuffled_seconds(timed, repeats, warmup=1)
     base = times["form='tf'"]
     print(f"\nforms and options, shape {shape}, forward + backward, checks off")
     ratios = {}

@@ -20,8 +20,9 @@ The losses, each computing the same rate ``lam`` and counts ``k``:
 
 Target (issue 12): ``compiled ours`` within 1.1x of ``compiled inline``.
 
-Every step runs interleaved with the others in a rotating order, each variant
-on its own copy of the same model; on CUDA each timed step ends with
+Every step runs interleaved with the others in a fresh random order each
+round, each variant on its own copy of the same model; on CUDA each timed step
+ends with
 ``torch.cuda.synchronize()``. Compilation happens in the warm-up, before timing.
 
 The last line printed is one JSON object (for scripts)::
@@ -49,7 +50,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from _common import interleaved_seconds, median_ratio, synchronized
+from _common import median_ratio, shuffled_seconds, synchronized
 
 import physscale as ps
 from physscale.nn import IntensityScaler, ScaledPoissonNLLLoss
@@ -227,7 +228,7 @@ def main() -> None:
     for name, value in values.items():
         print(f"  first-step loss {name:22s} {value:.6e}")
     print(f"  first steps (compiling included): {warm_s:.1f} s")
-    times = interleaved_seconds(synchronized(fns, device), repeats, warmup=2)
+    times = shuffled_seconds(synchronized(fns, device), repeats, warmup=2)
 
     base_name = "ours, checks off"
     print(f"\n  {'step':22s} {'median ms':>10s} {'x ours, checks off':>19s}")
