@@ -22,8 +22,8 @@ Target (issue 12): ``compiled ours`` within 1.1x of ``compiled inline``.
 
 Every step runs interleaved with the others in a fresh random order each
 round, each variant on its own copy of the same model; on CUDA each timed step
-ends with
-``torch.cuda.synchronize()``. Compilation happens in the warm-up, before timing.
+ends with ``torch.cuda.synchronize()``. Compilation happens in the warm-up,
+before timing.
 
 The last line printed is one JSON object (for scripts)::
 
