@@ -7,8 +7,11 @@ digits, never by calling the function under test twice.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import shutil
+import warnings
+from collections.abc import Iterator
 from decimal import Decimal, getcontext
 from typing import Any
 
@@ -35,9 +38,18 @@ DOMAINS = ("amplitude", "intensity")
 EPS = 1e-12
 
 # The formulas hold for any numbers, whole ones included (hypothesis likes 2.0): the
-# raw-counts heuristic is tested on its own below, with the warning as an error again.
+# raw-counts heuristic is tested on its own below, recording warnings explicitly (a
+# function's filterwarnings mark would not override this module-wide one).
 pytestmark = pytest.mark.filterwarnings("ignore::physscale.UnitsWarning")
-units_errors = pytest.mark.filterwarnings("error::physscale.UnitsWarning")
+
+
+@contextlib.contextmanager
+def no_units_warning() -> Iterator[None]:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    assert [str(w.message) for w in caught if issubclass(w.category, ps.UnitsWarning)] == []
+
 
 # --------------------------------------------------------------------------- references
 
@@ -859,14 +871,14 @@ def test_raw_counts_as_obs_warn_like_derive_does() -> None:
         ps.scaled_poisson_nll(counts, counts, 1.0)
 
 
-@units_errors
 def test_count_native_use_does_not_warn() -> None:
     # Scale exactly 1 on counts: the data are counts, and the loss treats them as such.
     counts = raw_counts()
     pred = counts + 0.5
-    ps.scaled_poisson_nll(pred, counts, 1.0, domain="intensity")
-    ps.scaled_poisson_nll(pred, counts, torch.tensor(1.0), domain="intensity")
-    ps.scaled_poisson_nll(pred.sqrt(), counts.sqrt(), 1.0)  # amplitudes = sqrt(counts)
+    with no_units_warning():
+        ps.scaled_poisson_nll(pred, counts, 1.0, domain="intensity")
+        ps.scaled_poisson_nll(pred, counts, torch.tensor(1.0), domain="intensity")
+        ps.scaled_poisson_nll(pred.sqrt(), counts.sqrt(), 1.0)  # amplitudes = sqrt(counts)
     rates, ks = pred.flatten().tolist(), counts.flatten().tolist()
     want = math.fsum(lam - k * math.log(lam) for lam, k in zip(rates, ks, strict=True))
     got = ps.scaled_poisson_nll(
@@ -875,9 +887,25 @@ def test_count_native_use_does_not_warn() -> None:
     assert float(got) == pytest.approx(want, rel=1e-12)
 
 
-@units_errors
+def test_a_scale_that_maps_whole_obs_to_whole_counts_does_not_warn() -> None:
+    # A detector gain (deepinv, y = gain * Poisson(x / gain)): obs = y are whole, and the
+    # scale gain**-0.5 turns them into whole counts k = y / gain. That is deliberate.
+    gain = 4.0
+    y = gain * raw_counts()
+    per_sample = torch.full((4, 1, 1, 1), gain**-0.5)
+    with no_units_warning():
+        ps.scaled_poisson_nll(y + 0.5, y, gain**-0.5, domain="intensity")
+        ps.scaled_poisson_nll(y + 0.5, y, per_sample, domain="intensity")
+        ps.scaled_poisson_nll(y + 0.5, y, 31.25, count_scale=gain**-0.5, domain="intensity")
+    # The same obs at a scale that does not map them to whole counts: raw counts, even
+    # where every pixel is bright (k ~ 1e5 here).
+    with pytest.warns(ps.UnitsWarning, match="raw photon counts"):
+        ps.scaled_poisson_nll(y + 0.5, y, 31.25, domain="intensity")
+
+
 def test_normalized_data_do_not_warn() -> None:
     gen = torch.Generator().manual_seed(14)
     obs = torch.rand(4, 1, 8, 8, generator=gen)
-    ps.scaled_poisson_nll(obs + 0.1, obs, 31.25)
-    ps.scaled_poisson_nll(obs + 0.1, obs, 31.25, domain="intensity")
+    with no_units_warning():
+        ps.scaled_poisson_nll(obs + 0.1, obs, 31.25)
+        ps.scaled_poisson_nll(obs + 0.1, obs, 31.25, domain="intensity")

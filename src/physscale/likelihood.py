@@ -93,6 +93,9 @@ _HOST_FLOAT32_LIMIT = 1e18
 _FLOAT32_SAFE_TOTAL = float(torch.finfo(torch.float32).max) / 8.0
 #: How many leading obs values the units check samples (as derive does).
 _UNITS_SAMPLE = 4096
+#: Relative tolerance for "the count scale maps whole obs to whole counts": eight
+#: float32 roundings (derive's 1e-5 would call any count above ~5e4 whole).
+_COUNTS_WHOLE_REL = 8.0 * float(torch.finfo(torch.float32).eps)
 
 
 _compiler_is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None)
@@ -732,28 +735,42 @@ class _Checked:
     abs_max: dict[str, float]  # largest magnitude of each checked tensor
     exactly_one: dict[str, bool]  # whether a checked tensor is 1 everywhere
     looks_like_counts: bool  # obs's sampled intensities are whole numbers
+    counts_whole: bool  # ... and the count scale turns them into whole counts
     obs_whole: bool  # obs itself is whole-valued (counts given as amplitudes)
 
 
-def _whole(v: torch.Tensor) -> torch.Tensor:
-    """1 if every value of ``v`` is a whole number (to derive's tolerance), else 0."""
-    return (v - v.round()).abs().le_(1e-4 + 1e-5 * v.abs()).all()
+def _whole(v: torch.Tensor, rel: float = 1e-5) -> torch.Tensor:
+    """1 if every value of ``v`` is within ``1e-4 + rel*|v|`` of a whole number, else 0.
+
+    The default is derive's tolerance for sampled intensities.
+    """
+    return (v - v.round()).abs().le_(1e-4 + rel * v.abs()).all()
 
 
-def _units_parts(o: torch.Tensor, amplitude: bool) -> list[torch.Tensor]:
+def _units_parts(o: torch.Tensor, amplitude: bool, t: Scale) -> list[torch.Tensor]:
     """Device-side statistics of obs's leading values for the raw-counts heuristic.
 
     The rule is derive's (``physscale.accumulator``): at least 16 sampled
-    intensities >= 1, the largest >= 2, and every one a whole number.
+    intensities >= 1, the largest >= 2, and every one a whole number. Also:
+    whether the count scale ``t`` turns them into whole counts (a deliberate
+    scale, e.g. ``gain**-0.5`` of an integer detector gain), and whether
+    amplitudes are themselves whole (counts given as amplitudes). The counts
+    get a tolerance of a few float32 roundings (the rounding of sqrt, square
+    and product), tighter than derive's, so that bright raw counts times an
+    arbitrary scale are not mistaken for whole counts.
     """
     x = o.detach()
     if x.ndim > 0 and x.numel() > _UNITS_SAMPLE:
-        # Leading patterns only: the reshape below then copies at most that slice.
+        # Leading patterns only: the reshapes below then copy at most that slice.
         per_item = x.numel() // x.shape[0]
         x = x[: max(1, -(-_UNITS_SAMPLE // per_item))]
+    if isinstance(t, torch.Tensor) and t.ndim > 0 and t.shape[0] > 1:
+        t = t[: x.shape[0]]  # a per-sample scale, for the same leading patterns
     a = x.reshape(-1)[:_UNITS_SAMPLE]
     v = a * a if amplitude else a
-    parts = [v.ge(1.0).sum(), v.amax(), _whole(v)]
+    k = (x * t) ** 2 if amplitude else x * (t * t)
+    k_whole = _whole(k.reshape(-1)[:_UNITS_SAMPLE], rel=_COUNTS_WHOLE_REL)
+    parts = [v.ge(1.0).sum(), v.amax(), _whole(v), k_whole]
     if amplitude:
         parts.append(_whole(a))
     return parts
@@ -766,14 +783,14 @@ def _check_values(
     extras: list[tuple[str, torch.Tensor, str, bool]],
     m: torch.Tensor | None,
     weights: bool,
-    units: bool = False,
+    count_scale: Scale | None = None,
 ) -> _Checked:
     """One host sync for every value check.
 
     Checks NaN/Inf in ``p`` and ``o`` (already masked), negatives in ``o`` (and
     in ``p`` in the intensity domain), each ``(name, tensor, what,
-    strictly_positive)`` in ``extras``, and that mask weights are 0 or 1; with
-    ``units``, also samples obs for the raw-counts heuristic.
+    strictly_positive)`` in ``extras``, and that mask weights are 0 or 1; given
+    the ``count_scale``, also samples obs for the raw-counts heuristic.
     """
     amplitude = domain == "amplitude"
     kind = "amplitudes" if amplitude else "intensities"
@@ -790,8 +807,8 @@ def _check_values(
         if weights:
             parts.append((m * (1.0 - m)).abs().amax())
     n_units = len(parts)
-    if units:
-        parts += _units_parts(o, amplitude)
+    if count_scale is not None:
+        parts += _units_parts(o, amplitude, count_scale)
     # One stack, one device-to-host transfer for every check.
     stats = torch.stack([q.to(wide) for q in parts]).tolist()
 
@@ -835,12 +852,13 @@ def _check_values(
             )
         if count == 0.0:
             raise MaskError("the mask excludes every element; there is nothing to compare")
-    looks_like_counts = obs_whole = False
-    if units:
-        n_ge1, v_max, whole = stats[n_units : n_units + 3]
+    looks_like_counts = counts_whole = obs_whole = False
+    if count_scale is not None:
+        n_ge1, v_max, whole, k_whole = stats[n_units : n_units + 4]
         looks_like_counts = n_ge1 >= 16 and v_max >= 2.0 and whole == 1.0
-        obs_whole = amplitude and stats[n_units + 3] == 1.0
-    return _Checked(count, abs_max, exactly_one, looks_like_counts, obs_whole)
+        counts_whole = k_whole == 1.0
+        obs_whole = amplitude and stats[n_units + 4] == 1.0
+    return _Checked(count, abs_max, exactly_one, looks_like_counts, counts_whole, obs_whole)
 
 
 def _warn_raw_counts(domain: str, count_scale: float | None, obs_whole: bool) -> None:
@@ -857,7 +875,8 @@ def _warn_raw_counts(domain: str, count_scale: float | None, obs_whole: bool) ->
         what = (
             f"obs look like raw photon counts, not normalized {kind}: the sampled "
             f"{'squared amplitudes' if domain == 'amplitude' else 'intensities'} are whole "
-            f"numbers, and the loss turns obs into counts as {k} with count scale {scale}"
+            f"numbers, and the counts the loss makes of them, {k} with count scale "
+            f"{scale}, are not"
         )
     warnings.warn(
         f"{what}. Normalize the counts first (ps.normalize_counts returns normalized "
@@ -1060,14 +1079,17 @@ def scaled_poisson_nll(
                 extras.append(("count_scale", t, "intensity scale", True))
             if isinstance(b, torch.Tensor):
                 extras.append(("background", b, "background counts", False))
+            # The units check allows for the rounding of the data as given (float32
+            # data computed in float64 still carry float32's).
+            units = s if t is None else t  # the count scale, for the units check
             try:
-                checked = _check_values(p, o, domain, extras, m, weights, units=True)
+                checked = _check_values(p, o, domain, extras, m, weights, units)
             except NonFiniteError:
                 if m is None:
                     raise
                 # Raises again if an unmasked pixel is bad.
                 p, o, s, t, b, m = cast(dtype, select=True)
-                checked = _check_values(p, o, domain, extras, m, weights, units=True)
+                checked = _check_values(p, o, domain, extras, m, weights, units)
             if checked.count is not None:
                 count = checked.count
             # The measured rates and counts decide the precision float32 inputs need.
@@ -1094,12 +1116,14 @@ def scaled_poisson_nll(
                 out_dtype = torch.float64
                 dtype = _widest(device)
                 p, o, s, t, b, m = cast(dtype, select=True)
-            if checked.looks_like_counts:
-                # Count-native use: a count scale of exactly 1 on counts (amplitudes that
-                # are themselves whole are counts given as amplitudes, and still warn).
-                t_is_one = t_host == 1.0 if t_tensor is None else checked.exactly_one[t_name]
-                if not t_is_one or checked.obs_whole:
-                    _warn_raw_counts(domain, t_host, checked.obs_whole)
+            # Whole obs are raw counts unless the count scale keeps them counts: exactly
+            # 1 (count-native use), or a deliberate scale that maps them to whole counts,
+            # such as an integer detector gain's gain**-0.5. Whole amplitudes are counts
+            # given as amplitudes, whatever the scale.
+            t_is_one = t_host == 1.0 if t_tensor is None else checked.exactly_one[t_name]
+            counts_kept = t_is_one or checked.counts_whole
+            if checked.looks_like_counts and (checked.obs_whole or not counts_kept):
+                _warn_raw_counts(domain, t_host, checked.obs_whole)
         elif m is not None and reduction == "mean":
             # Known only on the device: the count stays a tensor (no sync), in float64
             # where the device has it, so that it is exact at any size.
