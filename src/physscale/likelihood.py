@@ -979,15 +979,17 @@ def scaled_poisson_nll(
         are in nats.
 
     Raises:
-        DtypeError, BroadcastError, MaskError, OptionError, EmptyInputError:
-            always checked (types, shapes, devices, options).
-        NonFiniteError, NegativeValueError, MaskError: value checks, only with
-            validation on (:func:`physscale.set_validation`).
+        PhysscaleError: a subclass that says what was wrong. Always checked
+            (types, shapes, devices, options): DtypeError, BroadcastError,
+            MaskError, OptionError or EmptyInputError. Only with validation on
+            (:func:`physscale.set_validation`, the default): NonFiniteError,
+            NegativeValueError, or MaskError for mask weights.
 
     Warns:
-        physscale.UnitsWarning: with validation on, when ``obs`` look like raw
-            photon counts rather than normalized values (as derive warns),
-            except for the count-native use (count scale exactly 1 on counts).
+        UnitsWarning: with validation on, when ``obs`` look like raw photon
+            counts rather than normalized values (as derive warns), unless the
+            count scale keeps them counts (exactly 1, the count-native use, or
+            a scale that maps them to whole counts).
     """
     # Fast paths first: this runs on every training step.
     if type(domain) is not str or domain not in DOMAINS:
