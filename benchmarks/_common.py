@@ -56,3 +56,51 @@ def peak_extra_mib(fn: Callable[[], Any]) -> float:
     before = _status_kib("VmRSS")
     fn()
     return (_status_kib("VmHWM") - before) / 1024.0
+
+
+def synchronized(fns: dict[str, Callable[[], Any]], device: str) -> dict[str, Callable[[], Any]]:
+    """``fns`` wrapped to wait for the device at the end of each call (CUDA is asynchronous).
+
+    Pass the result to :func:`interleaved_seconds`: each timed call then covers the
+    kernels it launched, not only their launch. On the CPU the functions are unchanged.
+    """
+    if not device.startswith("cuda"):
+        return dict(fns)
+    import torch
+
+    def wrap(fn: Callable[[], Any]) -> Callable[[], Any]:
+        def call() -> Any:
+            out = fn()
+            torch.cuda.synchronize()
+            return out
+
+        return call
+
+    return {name: wrap(fn) for name, fn in fns.items()}
+
+
+def shuffled_seconds(
+    fns: dict[str, Callable[[], Any]], repeats: int, warmup: int = 1, seed: int = 0
+) -> dict[str, list[float]]:
+    """Like :func:`interleaved_seconds`, with a fresh random order every round.
+
+    A rotating order keeps each method's predecessor fixed (method i always runs
+    right after method i - 1, whose cache and allocator state it inherits); a
+    random order varies the neighbours too, so that state averages out.
+    """
+    import random
+
+    rng = random.Random(seed)
+    names = list(fns)
+    for _ in range(warmup):
+        for name in names:
+            fns[name]()
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for _ in range(repeats):
+        order = names[:]
+        rng.shuffle(order)
+        for name in order:
+            start = time.perf_counter()
+            fns[name]()
+            times[name].append(time.perf_counter() - start)
+    return times

@@ -7,8 +7,11 @@ digits, never by calling the function under test twice.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import shutil
+import warnings
+from collections.abc import Iterator
 from decimal import Decimal, getcontext
 from typing import Any
 
@@ -33,6 +36,20 @@ from physscale.errors import (
 FORMS = ("tf", "stirling", "exact", "deviance")
 DOMAINS = ("amplitude", "intensity")
 EPS = 1e-12
+
+# The formulas hold for any numbers, whole ones included (hypothesis likes 2.0): the
+# raw-counts heuristic is tested on its own below, recording warnings explicitly (a
+# function's filterwarnings mark would not override this module-wide one).
+pytestmark = pytest.mark.filterwarnings("ignore::physscale.UnitsWarning")
+
+
+@contextlib.contextmanager
+def no_units_warning() -> Iterator[None]:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    assert [str(w.message) for w in caught if issubclass(w.category, ps.UnitsWarning)] == []
+
 
 # --------------------------------------------------------------------------- references
 
@@ -524,7 +541,6 @@ GOOD = torch.ones(2, 1, 3, 3)
 @pytest.mark.parametrize(
     ("pred", "obs", "error", "match"),
     [
-        (-GOOD, GOOD, NegativeValueError, r"pred \(predicted amplitudes\) must be >= 0"),
         (GOOD, GOOD - 2, NegativeValueError, r"obs \(observed amplitudes\) must be >= 0"),
         (GOOD * float("nan"), GOOD, NonFiniteError, r"pred .* holds 18 NaN and 0 infinite"),
         (GOOD, GOOD * float("inf"), NonFiniteError, r"obs .* holds 0 NaN and 18 infinite"),
@@ -555,7 +571,8 @@ def test_a_batch_vector_scale_is_refused_not_broadcast_along_the_last_axis() -> 
         ({"form": "full"}, OptionError, r"form must be one of 'tf', 'stirling'.*got 'full'"),
         ({"reduction": "avg"}, OptionError, r"reduction must be one of .*got 'avg'"),
         ({"domain": "counts"}, OptionError, r"domain must be one of .*got 'counts'"),
-        ({"eps": 0.0}, NegativeValueError, r"eps must be > 0, got 0.0"),
+        ({"eps": -1e-12}, NegativeValueError, r"eps must be >= 0 .*0 means no floor.*got -1e-12"),
+        ({"eps": float("nan")}, NonFiniteError, r"eps must be finite"),
         ({"background": -1.0}, NegativeValueError, r"background must be a finite .* got -1.0"),
         ({"background": float("nan")}, NonFiniteError, r"background must be a finite"),
         ({"background": torch.ones(4)}, BroadcastError, r"background of shape \(4,\) does not"),
@@ -611,3 +628,284 @@ def test_a_trained_record_as_count_scale_keeps_the_counts_at_the_data_scale() ->
     assert float(ps.scaled_poisson_nll(pred, obs, derived, count_scale=derived)) == float(
         ps.scaled_poisson_nll(pred, obs, 31.25)
     )
+
+
+# --------------------------------------------------------------------------- amplitude sign
+
+
+@given(pairs(st.floats(-10.0, 10.0)), scales, st.sampled_from(FORMS))
+def test_any_real_predicted_amplitude_is_a_valid_rate(
+    data: tuple[np.ndarray, np.ndarray], s: float, form: str
+) -> None:
+    # (s * pred)**2 is a rate for any real pred: a plain Conv2d output is fine.
+    pred, obs = data
+    obs = np.abs(obs)
+    p = t64(pred, grad=True)
+    got = ps.scaled_poisson_nll(p, t64(obs), s, form=form, reduction="sum")
+    want, size = ref_sum(pred, obs, s, form, "amplitude")
+    assert float(got.detach()) == pytest.approx(want, rel=0, abs=1e-12 * size + 1e-300)
+    got.backward()
+    # d/dp of (sp)^2 - k log (sp)^2 is 2 s^2 p - 2 k / p (the floor aside): odd in p.
+    q = t64(np.abs(pred), grad=True)
+    ps.scaled_poisson_nll(q, t64(obs), s, form=form, reduction="sum").backward()
+    assert p.grad is not None
+    assert q.grad is not None
+    torch.testing.assert_close(p.grad, q.grad * torch.sign(t64(pred)), rtol=1e-12, atol=0)
+
+
+def test_a_negative_predicted_intensity_is_refused_with_an_activation_hint() -> None:
+    pred = -torch.ones(2, 1, 3, 3)
+    with pytest.raises(NegativeValueError, match=r"pred \(predicted intensities\).*softplus"):
+        ps.scaled_poisson_nll(pred, torch.ones(2, 1, 3, 3), 2.0, domain="intensity")
+    with pytest.raises(NegativeValueError, match=r"obs \(observed amplitudes\) must be >= 0"):
+        ps.scaled_poisson_nll(torch.ones(2, 1, 3, 3), pred, 2.0)
+
+
+# --------------------------------------------------------------------------- hints
+
+
+@pytest.mark.parametrize(
+    ("domain", "match"),
+    [("amplitude", r"complex64.*pred.abs\(\)"), ("intensity", r"complex64.*pred.abs\(\)\*\*2")],
+)
+def test_complex_input_is_told_to_take_the_modulus_for_its_domain(domain: str, match: str) -> None:
+    with pytest.raises(DtypeError, match=match) as info:
+        ps.scaled_poisson_nll(GOOD.to(torch.complex64), GOOD, 2.0, domain=domain)
+    assert "integer" not in str(info.value)
+
+
+def test_integer_counts_as_obs_are_pointed_to_normalizing_or_the_count_native_loss() -> None:
+    counts = torch.ones(2, 1, 3, 3, dtype=torch.int64)
+    with pytest.raises(DtypeError, match=r"obs .*int64.*normalize_counts.*domain='intensity'"):
+        ps.scaled_poisson_nll(GOOD, counts, 2.0)
+
+
+@pytest.mark.parametrize("name", ["pred", "obs", "scale", "background"])
+def test_sparse_inputs_are_a_clear_dtype_error(name: str) -> None:
+    args: dict[str, Any] = {"pred": GOOD, "obs": GOOD, "scale": torch.tensor(2.0)}
+    if name == "background":
+        args["background"] = torch.ones(3, 3).to_sparse()
+    else:
+        args[name] = args[name].to_sparse()
+    with pytest.raises(DtypeError, match=rf"{name} must be a dense tensor.*to_dense\(\)"):
+        ps.scaled_poisson_nll(**args)
+
+
+def test_a_sparse_mask_is_a_clear_mask_error() -> None:
+    mask = torch.ones(3, 3, dtype=torch.bool).to_sparse()
+    with pytest.raises(MaskError, match=r"mask must be a dense tensor.*to_dense\(\)"):
+        ps.scaled_poisson_nll(GOOD, GOOD, 2.0, mask=mask)
+
+
+def test_meta_inputs_with_checks_on_are_a_clear_error() -> None:
+    meta = torch.ones(2, 1, 3, 3, device="meta")
+    with pytest.raises(DtypeError, match=r"meta device.*no values.*ps.validation\(False\)"):
+        ps.scaled_poisson_nll(meta, meta, 2.0)
+    # A meta mask, background or scale next to real data is a device mismatch, not a crash.
+    for kwargs in (
+        {"mask": torch.ones(3, 3, dtype=torch.bool, device="meta")},
+        {"background": torch.ones(3, 3, device="meta")},
+        {"scale": torch.ones((), device="meta")},
+    ):
+        with pytest.raises(ps.PhysscaleError, match=r"meta"):
+            ps.scaled_poisson_nll(GOOD, GOOD, **{"scale": 2.0, **kwargs})
+
+
+# --------------------------------------------------------------------------- range
+
+
+@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("domain", DOMAINS)
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none", "per_sample"])
+def test_a_scale_beyond_float32_range_gives_the_float64_value_not_nan(
+    form: str, domain: str, reduction: str
+) -> None:
+    # Issue 11: scale=1e19 on valid float32 inputs gave NaN (the rate overflows float32).
+    gen = torch.Generator().manual_seed(11)
+    obs = torch.rand(2, 1, 3, 3, generator=gen) + 0.5
+    pred = obs * 1.1
+    s = 1e19
+    got = ps.scaled_poisson_nll(pred, obs, s, form=form, domain=domain, reduction=reduction)
+    assert torch.isfinite(got).all()
+    flat = got.double().flatten().tolist()
+    p64, o64 = pred.double().flatten().tolist(), obs.double().flatten().tolist()
+    terms = [ref_terms(p, o, s, form, domain) for p, o in zip(p64, o64, strict=True)]
+    if reduction == "none":
+        for g, (want, size) in zip(flat, terms, strict=True):
+            assert g == pytest.approx(want, abs=1e-12 * size)
+    elif reduction == "per_sample":
+        for i, g in enumerate(flat):
+            part = terms[9 * i : 9 * (i + 1)]
+            want = math.fsum(v for v, _ in part)
+            assert g == pytest.approx(want, abs=1e-12 * math.fsum(m for _, m in part))
+    else:
+        want = math.fsum(v for v, _ in terms) / (len(terms) if reduction == "mean" else 1)
+        size = math.fsum(m for _, m in terms)
+        assert flat[0] == pytest.approx(want, abs=1e-12 * size)
+
+
+def test_a_rate_beyond_float32_from_large_predictions_is_computed_in_float64() -> None:
+    # A float32 prediction of 1e20 at scale 1: the rate 1e40 overflows float32 but not float64.
+    pred = torch.full((1, 1, 2, 2), 1e20)
+    obs = torch.full((1, 1, 2, 2), 1e20)
+    got = ps.scaled_poisson_nll(pred, obs, 1.0, reduction="sum")
+    lam = float(np.float32(1e20)) ** 2
+    assert float(got) == pytest.approx(4 * (lam - lam * math.log(lam)), rel=1e-12)
+
+
+def test_a_rate_beyond_float64_is_a_clear_error_with_checks_on() -> None:
+    pred = torch.full((1, 1, 2, 2), 1e200, dtype=torch.float64)
+    with pytest.raises(NonFiniteError, match=r"the rate or the counts overflow float64"):
+        ps.scaled_poisson_nll(pred, pred, 1e150)
+
+
+# --------------------------------------------------------------------------- the unfloored rate
+
+
+def port_loss(pred: torch.Tensor, obs: torch.Tensor, s: float) -> torch.Tensor:
+    """PtychoPINN's PyTorch port: -Independent(Poisson((s pred)^2), 3).log_prob((s obs)^2)."""
+    dist = torch.distributions.Poisson((s * pred) ** 2, validate_args=False)
+    return -torch.distributions.Independent(dist, 3).log_prob((s * obs) ** 2)
+
+
+@given(st.integers(0, 2**32 - 1), scales, st.floats(0.0, 1.0))
+def test_eps_0_reproduces_the_ports_value_and_gradients_exactly(
+    seed: int, s: float, dark_fraction: float
+) -> None:
+    rng = np.random.default_rng(seed)
+    shape = (2, 1, 4, 4)
+    # Rates far below the default floor (1e-12 counts) where photons were counted.
+    pred = rng.random(shape) * 1e-9 / s
+    bright = rng.random(shape) >= dark_fraction
+    pred[bright] = rng.random(int(bright.sum())) + 0.1
+    obs = rng.random(shape) + 0.05
+    ours_p, port_p = t64(pred, grad=True), t64(pred, grad=True)
+    ours_o, port_o = t64(obs, grad=True), t64(obs, grad=True)
+    ours = ps.scaled_poisson_nll(ours_p, ours_o, s, form="exact", reduction="per_sample", eps=0.0)
+    port = port_loss(port_p, port_o, s)
+    torch.testing.assert_close(ours, port, rtol=1e-13, atol=0)
+    (ours.sum()).backward()
+    (port.sum()).backward()
+    assert ours_p.grad is not None
+    assert ours_o.grad is not None
+    torch.testing.assert_close(ours_p.grad, port_p.grad, rtol=1e-12, atol=0)
+    torch.testing.assert_close(ours_o.grad, port_o.grad, rtol=1e-12, atol=0)
+
+
+def test_the_default_floor_differs_from_the_port_where_the_rate_is_below_it() -> None:
+    # Documented: 1 - k/max(lam, eps) vs the unfloored 1 - k/lam.
+    pred = torch.tensor([[[[1e-8]]]], dtype=torch.float64, requires_grad=True)
+    obs = torch.tensor([[[[1.0]]]], dtype=torch.float64)
+    ps.scaled_poisson_nll(pred, obs, 1.0, form="exact", reduction="sum").backward()
+    assert pred.grad is not None
+    floored = float(pred.grad)
+    assert floored == pytest.approx((1 - 1.0 / 1e-12) * 2 * 1e-8, rel=1e-12)
+    pred.grad = None
+    ps.scaled_poisson_nll(pred, obs, 1.0, form="exact", reduction="sum", eps=0.0).backward()
+    assert float(pred.grad) == pytest.approx(2 * 1e-8 - 2 * 1.0 / 1e-8, rel=1e-12)
+
+
+@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("domain", DOMAINS)
+def test_eps_0_gives_0_and_finite_gradients_where_rate_and_counts_are_both_0(
+    form: str, domain: str
+) -> None:
+    # The port gives a NaN gradient there (0 * log 0 in its autograd); we give xlogy's 0.
+    pred = torch.tensor([[0.0, 0.0, 1.0, 2.0]], dtype=torch.float64, requires_grad=True)
+    obs = torch.tensor([[0.0, 0.0, 0.0, 2.0]], dtype=torch.float64, requires_grad=True)
+    scale = torch.tensor(3.0, dtype=torch.float64, requires_grad=True)
+    loss = ps.scaled_poisson_nll(
+        pred, obs, scale, form=form, domain=domain, reduction="none", eps=0.0
+    )
+    assert loss[0, 0] == 0
+    assert torch.isfinite(loss).all()
+    loss.sum().backward()
+    for x in (pred, obs, scale):
+        assert x.grad is not None
+        assert torch.isfinite(x.grad).all()
+    # d/dlam (lam - k log lam) at k = 0 is 1: the zero pixels pull nothing in amplitude.
+    assert pred.grad[0, 0] == (0.0 if domain == "amplitude" else 9.0)
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_eps_0_makes_an_impossible_observation_infinite(form: str) -> None:
+    # Rate 0 where photons were counted: -log Poisson(k; 0) is +inf, as in torch.distributions.
+    pred = torch.tensor([[0.0, 1.0]], dtype=torch.float64)
+    obs = torch.tensor([[1.0, 1.0]], dtype=torch.float64)
+    got = ps.scaled_poisson_nll(pred, obs, 2.0, form=form, reduction="none", eps=0.0)
+    assert got[0, 0] == math.inf
+    assert math.isfinite(float(got[0, 1]))
+
+
+@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("domain", DOMAINS)
+def test_gradcheck_with_eps_0(form: str, domain: str) -> None:
+    gen = torch.Generator().manual_seed(12)
+    pred = (torch.rand(2, 1, 3, 3, generator=gen, dtype=torch.float64) + 0.2).requires_grad_()
+    obs = (torch.rand(2, 1, 3, 3, generator=gen, dtype=torch.float64) + 0.1).requires_grad_()
+    scale = torch.tensor(1.7, dtype=torch.float64, requires_grad=True)
+
+    def f(p: torch.Tensor, o: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        return ps.scaled_poisson_nll(p, o, s, form=form, domain=domain, eps=0.0)
+
+    assert torch.autograd.gradcheck(f, (pred, obs, scale))
+
+
+# --------------------------------------------------------------------------- units
+
+
+def raw_counts(shape: tuple[int, ...] = (4, 1, 8, 8), seed: int = 13) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.poisson(torch.full(shape, 40.0), generator=gen)
+
+
+def test_raw_counts_as_obs_warn_like_derive_does() -> None:
+    counts = raw_counts()
+    with pytest.warns(ps.UnitsWarning, match=r"obs look like raw photon counts.*normalize_counts"):
+        ps.scaled_poisson_nll(counts, counts, 31.25, domain="intensity")
+    # Amplitudes whose squares are whole counts: the square roots of raw counts.
+    with pytest.warns(ps.UnitsWarning, match=r"obs look like raw photon counts"):
+        ps.scaled_poisson_nll(counts.sqrt(), counts.sqrt(), 31.25)
+    # Counts given as amplitudes at scale 1: the loss would square the counts.
+    with pytest.warns(ps.UnitsWarning, match=r"domain='intensity'"):
+        ps.scaled_poisson_nll(counts, counts, 1.0)
+
+
+def test_count_native_use_does_not_warn() -> None:
+    # Scale exactly 1 on counts: the data are counts, and the loss treats them as such.
+    counts = raw_counts()
+    pred = counts + 0.5
+    with no_units_warning():
+        ps.scaled_poisson_nll(pred, counts, 1.0, domain="intensity")
+        ps.scaled_poisson_nll(pred, counts, torch.tensor(1.0), domain="intensity")
+        ps.scaled_poisson_nll(pred.sqrt(), counts.sqrt(), 1.0)  # amplitudes = sqrt(counts)
+    rates, ks = pred.flatten().tolist(), counts.flatten().tolist()
+    want = math.fsum(lam - k * math.log(lam) for lam, k in zip(rates, ks, strict=True))
+    got = ps.scaled_poisson_nll(
+        pred.double(), counts.double(), 1.0, domain="intensity", reduction="sum"
+    )
+    assert float(got) == pytest.approx(want, rel=1e-12)
+
+
+def test_a_scale_that_maps_whole_obs_to_whole_counts_does_not_warn() -> None:
+    # A detector gain (deepinv, y = gain * Poisson(x / gain)): obs = y are whole, and the
+    # scale gain**-0.5 turns them into whole counts k = y / gain. That is deliberate.
+    gain = 4.0
+    y = gain * raw_counts()
+    per_sample = torch.full((4, 1, 1, 1), gain**-0.5)
+    with no_units_warning():
+        ps.scaled_poisson_nll(y + 0.5, y, gain**-0.5, domain="intensity")
+        ps.scaled_poisson_nll(y + 0.5, y, per_sample, domain="intensity")
+        ps.scaled_poisson_nll(y + 0.5, y, 31.25, count_scale=gain**-0.5, domain="intensity")
+    # The same obs at a scale that does not map them to whole counts: raw counts, even
+    # where every pixel is bright (k ~ 1e5 here).
+    with pytest.warns(ps.UnitsWarning, match="raw photon counts"):
+        ps.scaled_poisson_nll(y + 0.5, y, 31.25, domain="intensity")
+
+
+def test_normalized_data_do_not_warn() -> None:
+    gen = torch.Generator().manual_seed(14)
+    obs = torch.rand(4, 1, 8, 8, generator=gen)
+    with no_units_warning():
+        ps.scaled_poisson_nll(obs + 0.1, obs, 31.25)
+        ps.scaled_poisson_nll(obs + 0.1, obs, 31.25, domain="intensity")

@@ -239,8 +239,8 @@ def test_resuming_from_a_trained_record_keeps_the_counts_at_the_data_scale() -> 
 @pytest.mark.parametrize(
     ("kwargs", "error", "match"),
     [
-        ({"eps": "a"}, DtypeError, r"eps must be a positive real number .*got str 'a'"),
-        ({"eps": 0.0}, NegativeValueError, r"eps must be > 0, got 0.0"),
+        ({"eps": "a"}, DtypeError, r"eps must be a real number >= 0 .*got str 'a'"),
+        ({"eps": -1.0}, NegativeValueError, r"eps must be >= 0 .*got -1.0"),
         ({"eps": float("nan")}, NonFiniteError, r"eps must be finite"),
         ({"mask": [1, 2]}, MaskError, r"mask must be a boolean .*got list"),
         ({"mask": torch.tensor([1, 0])}, MaskError, r"got dtype torch.int64; use mask.bool\(\)"),
@@ -280,3 +280,62 @@ def test_valid_numpy_and_float_masks_are_accepted_and_used() -> None:
     for mask in (keep, keep.astype(np.float32), torch.from_numpy(keep).double()):
         got = ScaledPoissonNLLLoss(3.0, mask=mask)(pred, obs)
         torch.testing.assert_close(got, want, rtol=1e-12, atol=0)
+
+
+# --------------------------------------------------------------------------- in a host model
+
+
+class HostModel(torch.nn.Module):
+    """A stand-in for a host code's model with a loss slot (PtychoPINN's port has one)."""
+
+    def __init__(self, loss: torch.nn.Module | None = None) -> None:
+        super().__init__()
+        self.net = torch.nn.Conv2d(2, 2, 3, padding=1)
+        if loss is not None:
+            self.Loss = loss  # the host's attribute name
+
+
+def test_a_non_persistent_fixed_scale_adds_no_key_to_a_host_models_state_dict() -> None:
+    # An existing checkpoint, saved before physscale was in the model.
+    old = HostModel()
+    buffer = io.BytesIO()
+    torch.save(old.state_dict(), buffer)
+    record = ps.closed_form_scale_record(1e6, 64)
+    new = HostModel(ScaledPoissonNLLLoss(record, form="exact", persistent=False))
+    assert set(new.state_dict()) == set(old.state_dict())
+    buffer.seek(0)
+    new.load_state_dict(torch.load(buffer, weights_only=True), strict=True)
+    # ... and the other direction: the new model's checkpoint loads into the old one.
+    old.load_state_dict(new.state_dict(), strict=True)
+    # The scale is still a buffer that moves with the model, and the loss is unchanged.
+    assert new.Loss.scale is not None
+    assert float(new.Loss.scale) == 31.25
+    assert new.Loss.scale.dtype == torch.float64
+    pred, obs = batch(10)
+    want = ps.scaled_poisson_nll(pred, obs, 31.25, form="exact")
+    torch.testing.assert_close(new.Loss(pred, obs), want, rtol=0, atol=0)
+
+
+def test_the_default_keeps_saving_the_fixed_scale() -> None:
+    model = HostModel(ScaledPoissonNLLLoss(31.25))
+    assert "Loss.scale" in model.state_dict()
+    with pytest.raises(RuntimeError, match=r"Missing key\(s\).*Loss.scale"):
+        model.load_state_dict(HostModel().state_dict(), strict=True)
+
+
+def test_persistent_must_be_a_bool_and_is_only_for_a_fixed_scale() -> None:
+    with pytest.raises(OptionError, match=r"persistent must be True or False"):
+        ScaledPoissonNLLLoss(2.0, persistent="no")  # type: ignore[arg-type]
+    with pytest.raises(OptionError, match=r"Register the scaler on the host model"):
+        ScaledPoissonNLLLoss(IntensityScaler(2.0, trainable=True), persistent=False)
+
+
+def test_the_module_takes_eps_0_like_the_function() -> None:
+    pred, obs = batch(11)
+    pred[0, 0, 0, 0] = 0.0
+    obs[0, 0, 0, 0] = 0.0
+    got = ScaledPoissonNLLLoss(3.0, form="exact", eps=0.0, reduction="per_sample")(pred, obs)
+    want = -torch.distributions.Independent(
+        torch.distributions.Poisson((3.0 * pred) ** 2, validate_args=False), 3
+    ).log_prob((3.0 * obs) ** 2)
+    torch.testing.assert_close(got, want, rtol=1e-13, atol=0)

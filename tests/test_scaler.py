@@ -308,3 +308,59 @@ def test_a_diverged_log_scale_is_a_record_error_not_an_overflow(log_value: float
         scaler.log_scale.fill_(log_value)
     with pytest.raises(ps.RecordError, match="training diverged"):
         scaler.to_record()
+
+
+# --------------------------------------------------------------------------- range
+
+
+def far_record(scale: float) -> ps.ScaleRecord:
+    return ps.ScaleRecord(
+        intensity_scale=scale, nphotons=1e6, nphotons_source="explicit", method="explicit"
+    )
+
+
+@pytest.mark.parametrize("value", [1e39, 5e38, 1e-39, 1e-46, 1e300, 1e-300])
+def test_a_record_beyond_float32_keeps_its_scale_representable(value: float) -> None:
+    # Issue 11: float32's exp turned valid records of 1e39 into inf and 1e-46 into 0.
+    record = far_record(value)
+    scaler = IntensityScaler.from_record(record)
+    assert scaler.log_scale.dtype == torch.float64
+    # exp of a float64 log: relative error up to |log s| times float64's eps.
+    rel = 2 * abs(math.log(value)) * torch.finfo(torch.float64).eps
+    assert float(scaler.scale) == pytest.approx(value, rel=rel)
+    assert scaler.to_record() is record
+    x = torch.tensor([1.0, 2.0], dtype=torch.float64)
+    torch.testing.assert_close(scaler.denormalize(x), x * value, rtol=rel, atol=0)
+    # A float32 cast of the module keeps the float64 log-scale: float32 cannot hold it.
+    scaler.float()
+    assert scaler.log_scale.dtype == torch.float64
+    assert float(scaler.scale) == pytest.approx(value, rel=rel)
+
+
+def test_a_scale_within_float32_keeps_the_float32_log_scale() -> None:
+    for value in (1e-30, 1.0, 1e30):
+        assert IntensityScaler(value).log_scale.dtype == torch.float32
+
+
+def test_asking_for_a_float32_log_scale_that_cannot_hold_the_scale_is_refused() -> None:
+    with pytest.raises(DtypeError, match=r"float32 cannot hold .*1e\+39.*torch.float64"):
+        IntensityScaler(1e39, dtype=torch.float32)
+
+
+def test_a_loss_with_a_scaler_beyond_float32_gives_the_float64_value() -> None:
+    s = 1e39
+    scaler = IntensityScaler.from_record(far_record(s), trainable=True)
+    obs = torch.rand(2, 1, 3, 3, generator=torch.Generator().manual_seed(3)) + 0.5
+    pred = obs * 1.1
+    value = ps.ScaledPoissonNLLLoss(scaler)(pred, obs)
+    assert value.dtype == torch.float64
+    p64, o64 = pred.double().flatten().tolist(), obs.double().flatten().tolist()
+    terms = [
+        (s * p) ** 2 - (s * o) ** 2 * math.log((s * p) ** 2) for p, o in zip(p64, o64, strict=True)
+    ]
+    assert float(value) == pytest.approx(math.fsum(terms) / len(terms), rel=1e-12)
+    value.backward()
+    assert scaler.log_scale.grad is not None
+    assert math.isfinite(float(scaler.log_scale.grad))
+    with ps.validation(False):
+        assert float(ps.ScaledPoissonNLLLoss(scaler)(pred, obs)) == float(value)

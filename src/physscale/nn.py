@@ -19,12 +19,12 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from physscale._checks import check_option, positive_finite
-from physscale.errors import DtypeError, MaskError, RecordError
+from physscale._validation import is_validation_enabled
+from physscale.errors import DtypeError, MaskError, OptionError, RecordError
 from physscale.likelihood import (
     DOMAINS,
     FORMS,
@@ -32,10 +32,10 @@ from physscale.likelihood import (
     Domain,
     Form,
     Reduction,
-    _background_tensor,
+    _background_input,
     _check_values,
-    _mask_tensor,
-    _positive_real,
+    _eps_value,
+    _mask_input,
     _widest,
     scalar_scale,
     scaled_poisson_nll,
@@ -48,6 +48,17 @@ __all__ = ["IntensityScaler", "ScaledPoissonNLLLoss"]
 _EXTRA_STATE_FORMAT = "physscale.IntensityScaler/1"
 
 _FLOAT32_EPS = torch.finfo(torch.float32).eps
+# log-scales whose exp float32 holds as a normal number, with a margin for the
+# rounding of the log itself (float32 spacing near 88 is 7.6e-6).
+_FLOAT32_LOG_RANGE = (
+    math.log(torch.finfo(torch.float32).tiny) + 1e-4,
+    math.log(torch.finfo(torch.float32).max) - 1e-4,
+)
+
+
+def _float32_holds(log_value: float) -> bool:
+    """Whether ``exp(log_value)`` is a normal float32 number."""
+    return _FLOAT32_LOG_RANGE[0] <= log_value <= _FLOAT32_LOG_RANGE[1]
 
 
 def _coarser_than_float32(dtype: torch.dtype) -> bool:
@@ -107,9 +118,12 @@ class IntensityScaler(nn.Module):
         nphotons: photons per pattern the scale stands for. Only for a bare
             scale, and only needed by :meth:`to_record` (a record requires
             nphotons); a ``ScaleRecord`` carries its own.
-        dtype: dtype of ``log_scale``, ``torch.float32`` (default, like TF's
-            variable) or ``torch.float64``; it follows ``module.double()`` and
-            ``module.float()`` afterwards, never a cast below float32.
+        dtype: dtype of ``log_scale``, ``torch.float32`` (the default, like
+            TF's variable) or ``torch.float64``; it follows ``module.double()``
+            and ``module.float()`` afterwards, never a cast below float32. A
+            scale float32 cannot hold as a normal number (beyond about 1e-38 to
+            3e38) gets a float64 ``log_scale`` by default, kept through
+            ``.float()``; asking for float32 then is a ``DtypeError``.
     """
 
     log_scale: nn.Parameter
@@ -131,15 +145,22 @@ class IntensityScaler(nn.Module):
                 "nphotons comes from the ScaleRecord; do not pass nphotons with a record "
                 f"(the record says {record.nphotons!r})"
             )
-        if dtype is None:
-            dtype = torch.float32
-        if dtype not in (torch.float32, torch.float64):
+        if dtype is not None and dtype not in (torch.float32, torch.float64):
             raise DtypeError(
                 f"IntensityScaler dtype must be torch.float32 or torch.float64, got {dtype!r}; "
                 "a coarser log-scale would round the physics scale (cast the model with "
                 ".half() instead: the scaler keeps log_scale in float32)"
             )
         start = scalar_scale(scale_or_record, "IntensityScaler scale")
+        holds = _float32_holds(math.log(start))
+        if dtype is None:
+            dtype = torch.float32 if holds else torch.float64
+        elif dtype == torch.float32 and not holds:
+            raise DtypeError(
+                f"float32 cannot hold the scale {start!r} (exp of a float32 log-scale "
+                f"overflows or underflows beyond about 1e-38 to 3e38); use "
+                f"dtype=torch.float64, or leave dtype out to get it"
+            )
         self._record: ScaleRecord | None = record
         self._initial_scale: float = start if record is None else record.data_scale
         self._nphotons: float | None = (
@@ -157,11 +178,23 @@ class IntensityScaler(nn.Module):
         before_grad = None if grad is None else grad.detach()
         out = super()._apply(fn, recurse)  # type: ignore[no-untyped-call]
         kept = _kept_precision(before, self.log_scale)
+        if kept is None and self._beyond_float32(before):
+            # .float() of a scale float32 cannot hold: keep the float64 log-scale.
+            kept = before.detach().to(self.log_scale.device, _widest(self.log_scale.device))
         if kept is not None:
             self.log_scale.data = kept
             if before_grad is not None:
                 self.log_scale.grad = before_grad.to(device=kept.device, dtype=kept.dtype)
         return out
+
+    def _beyond_float32(self, before: torch.Tensor) -> bool:
+        # Only a float64 log-scale cast to float32 needs a look at its value (one read,
+        # when the module is cast, never in forward); meta tensors have none.
+        if not (before.dtype == torch.float64 and self.log_scale.dtype == torch.float32):
+            return False
+        if before.device.type == "meta":
+            return False
+        return not _float32_holds(float(before))
 
     @classmethod
     def from_record(cls, record: ScaleRecord, trainable: bool = False) -> IntensityScaler:
@@ -317,36 +350,35 @@ class IntensityScaler(nn.Module):
 
 
 def _mask_buffer(mask: Any) -> torch.Tensor:
-    """``mask`` validated (boolean or 0/1 floats, not all excluded) as a detached tensor."""
-    # The data shape is unknown here: check against the mask's own shape, keep its dtype
-    # and device (forward converts it), and check the values once, now.
+    """``mask`` checked (boolean or 0/1 floats, not all excluded) as a detached tensor.
+
+    The data shape is unknown here: the mask is checked against its own shape,
+    keeps its dtype and device (forward converts it), and its values are
+    checked now, once, when validation is on (a host sync).
+    """
     shape = torch.Size(getattr(mask, "shape", ()))
-    if isinstance(mask, torch.Tensor):
-        dtype, device = mask.dtype, mask.device
-    else:
-        is_bool = isinstance(mask, np.ndarray) and mask.dtype == np.bool_
-        dtype, device = (torch.bool if is_bool else torch.float64), torch.device("cpu")
-    tensor, weights = _mask_tensor(mask, shape, dtype, device)
+    device = mask.device if isinstance(mask, torch.Tensor) else torch.device("cpu")
+    tensor, weights = _mask_input(mask, shape, device)
     if tensor.numel() == 0:
         raise MaskError(f"mask of shape {tuple(tensor.shape)} is empty; give an (H, W) mask")
-    if tensor.device.type != "meta":
+    if is_validation_enabled() and tensor.device.type != "meta":
         zero = torch.zeros((), device=tensor.device)
-        _check_values(zero, zero, "amplitude", [], tensor, weights)
+        _check_values(zero, zero, "amplitude", [], tensor.to(torch.float64), weights)
     return tensor
 
 
 def _background_buffer(background: Any) -> tuple[torch.Tensor | None, float]:
-    """``(map, 0.0)`` for a tensor, ``(None, value)`` for a number; validated once, now."""
+    """``(map, 0.0)`` for a tensor, ``(None, value)`` for a number; checked once, now."""
     if isinstance(background, torch.Tensor):
-        b, _ = _background_tensor(background, background.shape, background.dtype, background.device)
+        b, _ = _background_input(background, background.shape, background.device)
         assert b is not None
-        if b.device.type != "meta":
+        if is_validation_enabled() and b.device.type != "meta":
             zero = torch.zeros((), device=b.device)
             extras = [("background", b, "background counts", False)]
             _check_values(zero, zero, "amplitude", extras, None, False)
         return b.detach(), 0.0
-    _background_tensor(background, torch.Size(()), torch.float64, torch.device("cpu"))
-    return None, float(background)
+    _, value = _background_input(background, torch.Size(()), torch.device("cpu"))
+    return None, value
 
 
 class ScaledPoissonNLLLoss(nn.Module):
@@ -366,8 +398,8 @@ class ScaledPoissonNLLLoss(nn.Module):
         domain: as for :func:`physscale.scaled_poisson_nll`.
         form: as for :func:`physscale.scaled_poisson_nll`.
         reduction: as for :func:`physscale.scaled_poisson_nll`.
-        eps: as for :func:`physscale.scaled_poisson_nll`: a positive finite
-            number of photon counts.
+        eps: as for :func:`physscale.scaled_poisson_nll`: a finite number of
+            photon counts >= 0 (0 means no floor: the unfloored likelihood).
         mask: optional valid-pixel mask, a tensor or numpy array of booleans
             (True = valid) or 0/1 floats, broadcastable to every batch, e.g.
             ``(H, W)``, excluding not every pixel; a non-persistent buffer
@@ -375,9 +407,19 @@ class ScaledPoissonNLLLoss(nn.Module):
         background: background counts per pixel added to the rate, a finite
             number >= 0 or a real floating tensor of finite values >= 0
             broadcastable to every batch (a non-persistent buffer when a tensor).
+        persistent: whether the fixed scale is saved in ``state_dict`` (the
+            default, as 0.1 did). ``False`` keeps it out, so putting the loss
+            into a host model (e.g. a ``Loss`` slot of PtychoPINN's PyTorch
+            port) adds no key to the host's ``state_dict`` and existing
+            checkpoints still load with ``strict=True``; the scale then comes
+            from the constructor argument, not from a loaded state. Only for a
+            fixed scale: a scaler's ``log_scale`` is a parameter whose trained
+            value must be saved (register the scaler on the model).
 
     Every argument is checked here, with the same checks (and errors) as
-    :func:`physscale.scaled_poisson_nll`; the shapes against the data are
+    :func:`physscale.scaled_poisson_nll`; value checks (the mask's weights, the
+    background's values) run when validation is on
+    (:func:`physscale.set_validation`), and the shapes against the data are
     checked at each forward. Casting the module (``.half()``, ``.bfloat16()``)
     keeps the fixed scale in float64 and a background map in float32 or better.
 
@@ -400,14 +442,24 @@ class ScaledPoissonNLLLoss(nn.Module):
         mask: torch.Tensor | None = None,
         background: float | torch.Tensor = 0.0,
         eps: float = 1e-12,
+        persistent: bool = True,
     ) -> None:
         super().__init__()
         self.domain: Domain = check_option(domain, DOMAINS, "domain")
         self.form: Form = check_option(form, FORMS, "form")
         self.reduction: Reduction = check_option(reduction, REDUCTIONS, "reduction")
-        self.eps = _positive_real(eps, "eps", "a positive real number (photon counts)")
+        self.eps = _eps_value(eps)
+        if not isinstance(persistent, bool):
+            raise OptionError(f"persistent must be True or False, got {persistent!r}")
         self.scaler: IntensityScaler | None
         if isinstance(scale, IntensityScaler):
+            if not persistent:
+                raise OptionError(
+                    "persistent=False keeps a fixed scale out of state_dict; a scaler's "
+                    "log_scale is a parameter whose trained value must be saved. Register the "
+                    "scaler on the host model, or give the loss a fixed scale (a number or a "
+                    "ScaleRecord) with persistent=False"
+                )
             self.scaler = scale
             self.register_buffer("scale", None)
         else:
@@ -419,7 +471,9 @@ class ScaledPoissonNLLLoss(nn.Module):
                 )
             self.scaler = None
             value = scalar_scale(scale, "ScaledPoissonNLLLoss scale")
-            self.register_buffer("scale", torch.tensor(value, dtype=torch.float64))
+            self.register_buffer(
+                "scale", torch.tensor(value, dtype=torch.float64), persistent=persistent
+            )
         self.register_buffer("mask", None if mask is None else _mask_buffer(mask), persistent=False)
         background_map, self.background_value = _background_buffer(background)
         self.register_buffer("background_map", background_map, persistent=False)
