@@ -44,6 +44,9 @@ __all__ = ["TEMP_MARK", "TargetAppearedError", "atomic_write", "locked", "temp_p
 
 #: What every temporary file's name holds after the target's name.
 TEMP_MARK = ".physscale-tmp-"
+# A temporary file is created under this mark and renamed to TEMP_MARK once
+# its writer holds the lock, so a live writer's file is never seen unlocked.
+_BIRTH_MARK = ".physscale-new-"
 
 #: Without flock, leftovers older than this are taken for dead writers' (seconds).
 _STALE_AGE_S = 3600.0
@@ -102,13 +105,17 @@ def remove_leftovers(target: Path) -> list[Path]:
         The paths removed.
     """
     prefix = temp_prefix(target)
+    newborn = f".{target.name}{_BIRTH_MARK}"
     removed: list[Path] = []
     try:
-        entries = [e for e in os.scandir(target.parent) if e.name.startswith(prefix)]
+        entries = [e for e in os.scandir(target.parent) if e.name.startswith((prefix, newborn))]
     except OSError:
         return removed
     for entry in entries:
         path = Path(entry.path)
+        # A writer killed between creating and renaming its file (microseconds):
+        # the file is not locked yet, so only its age tells it is dead.
+        young = entry.name.startswith(newborn)
         try:
             fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | os.O_NONBLOCK)
         except OSError:
@@ -117,10 +124,9 @@ def remove_leftovers(target: Path) -> list[Path]:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
                 continue
-            if fcntl is None:  # pragma: no cover - Windows
-                if time.time() - st.st_mtime < _STALE_AGE_S:
-                    continue
-            elif not _try_lock(fd):
+            if (fcntl is None or young) and time.time() - st.st_mtime < _STALE_AGE_S:
+                continue
+            if fcntl is not None and not _try_lock(fd):
                 continue  # a live writer holds it
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
@@ -134,17 +140,26 @@ def _create_temp(target: Path) -> tuple[int, Path]:
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
     flags |= getattr(os, "O_BINARY", 0)
     for _ in range(100):
-        tmp = target.with_name(f"{temp_prefix(target)}{secrets.token_hex(6)}")
+        token = secrets.token_hex(6)
+        born = target.with_name(f".{target.name}{_BIRTH_MARK}{token}")
         try:
             # 0o666: the kernel applies the umask, as for any new file.
-            fd = os.open(tmp, flags, 0o666)
+            fd = os.open(born, flags, 0o666)
         except FileExistsError:  # pragma: no cover - 48 random bits
             continue
         except OSError as exc:
             raise DataFileError(
                 f"{target}: cannot write in {target.parent} ({exc.strerror or exc})"
             ) from None
-        _try_lock(fd)  # marks it as live for remove_leftovers
+        try:
+            _try_lock(fd)  # marks it as live for remove_leftovers...
+            tmp = target.with_name(f"{temp_prefix(target)}{token}")
+            os.rename(born, tmp)  # ...before it gets the name remove_leftovers looks for
+        except BaseException:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(born)
+            raise
         return fd, tmp
     raise DataFileError(f"{target}: could not create a temporary file")  # pragma: no cover
 

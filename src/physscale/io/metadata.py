@@ -388,6 +388,10 @@ def _read_hdf5_metadata(path: Path) -> dict[str, Any] | None:
             raise DataFileError(f"{where}: metadata is not UTF-8 text ({describe(exc)})") from None
     if not isinstance(raw, str):
         raise DataFileError(f"{where}: metadata must be a JSON string, got {type(raw).__name__}")
+    try:
+        raw.encode("utf-8")  # h5py hands back undecodable bytes as lone surrogates
+    except UnicodeEncodeError as exc:
+        raise DataFileError(f"{where}: metadata is not UTF-8 text ({describe(exc)})") from None
     return _decode_json(raw, where)
 
 
