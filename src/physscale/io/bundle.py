@@ -38,6 +38,7 @@ import io
 import json
 import os
 import pickle
+import re
 import zipfile
 import zlib
 from collections.abc import Iterator, Mapping
@@ -432,15 +433,19 @@ def _refusal(exc: pickle.UnpicklingError) -> str:
     """What torch's weights-only unpickler refused, without its advice to load unsafely.
 
     torch's message suggests re-running with ``weights_only=False``, which
-    would run the file's code: that part is never repeated.
+    would run the file's code, and allow-listing the global "if you trust"
+    it: neither is ever repeated.
     """
-    parts = [p.strip() for p in str(exc).split("\n\n")]
-    kept = [
-        p for p in parts if p and "weights_only" not in p and "Weights only load failed" not in p
-        and "documentation" not in p
-    ]  # fmt: skip
-    text = " ".join(" ".join(kept).split())
-    return text[:300] if text else "objects outside the weights-only allow-list"
+    text = str(exc)
+    found = re.search(r"(?:unsupported GLOBAL|Unsupported global: GLOBAL) ([\w.]+)", text)
+    if found:
+        return f"it references {found.group(1)}, which is not on torch's weights-only allow-list"
+    found = re.search(r"WeightsUnpickler error: ([^\n]*)", text)
+    if found:
+        first = found.group(1).split(". ")[0].strip()
+        if first and "weights_only" not in first and "False" not in first:
+            return " ".join(first.split())[:200]
+    return "objects outside torch's weights-only allow-list"
 
 
 def _load_state_dict(data: bytes, where: str, map_location: Any) -> dict[str, Any]:
