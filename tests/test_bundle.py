@@ -545,9 +545,7 @@ def test_a_wrong_key_or_a_missing_signature_is_refused(tmp_path: Path, bundle_pa
     ("key", "match"),
     [("a passphrase of text", "must be bytes.*not str"), (b"short", "at least 16"), (3, "bytes")],
 )
-def test_keys_that_are_not_secret_bytes_are_refused(
-    tmp_path: Path, key: Any, match: str
-) -> None:
+def test_keys_that_are_not_secret_bytes_are_refused(tmp_path: Path, key: Any, match: str) -> None:
     with pytest.raises(ps.DtypeError, match=match):
         save_bundle(tmp_path / "k.zip", {}, _record(), key=key)
     assert list(tmp_path.iterdir()) == []
