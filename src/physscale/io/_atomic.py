@@ -24,8 +24,10 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import os
 import secrets
+import socket
 import stat
 import time
 from collections.abc import Iterator
@@ -46,7 +48,10 @@ __all__ = ["TEMP_MARK", "TargetAppearedError", "atomic_write", "locked", "temp_p
 TEMP_MARK = ".physscale-tmp-"
 # A temporary file is created under this mark and renamed to TEMP_MARK once
 # its writer holds the lock, so a live writer's file is never seen unlocked.
+# Its name carries the writer's host and pid: one killed in that instant is
+# recognized as dead by the next writer on the same host.
 _BIRTH_MARK = ".physscale-new-"
+_HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
 
 #: Without flock, leftovers older than this are taken for dead writers' (seconds).
 _STALE_AGE_S = 3600.0
@@ -113,9 +118,9 @@ def remove_leftovers(target: Path) -> list[Path]:
         return removed
     for entry in entries:
         path = Path(entry.path)
-        # A writer killed between creating and renaming its file (microseconds):
-        # the file is not locked yet, so only its age tells it is dead.
-        young = entry.name.startswith(newborn)
+        # A writer killed between creating and renaming its file: the file is
+        # not locked yet, so its name (host, pid) or its age tells it is dead.
+        young = entry.name.startswith(newborn) and not _dead_writer(entry.name[len(newborn) :])
         try:
             fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | os.O_NONBLOCK)
         except OSError:
@@ -136,12 +141,27 @@ def remove_leftovers(target: Path) -> list[Path]:
     return removed
 
 
+def _dead_writer(tag: str) -> bool:
+    """Whether the birth tag ``<host>-<pid>-<token>`` names a process gone from this host."""
+    host, _, rest = tag.partition("-")
+    pid_text, _, _ = rest.partition("-")
+    if host != _HOST or not pid_text.isdigit():
+        return False
+    try:
+        os.kill(int(pid_text), 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, OverflowError, OSError):
+        return False
+    return False
+
+
 def _create_temp(target: Path) -> tuple[int, Path]:
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
     flags |= getattr(os, "O_BINARY", 0)
     for _ in range(100):
         token = secrets.token_hex(6)
-        born = target.with_name(f".{target.name}{_BIRTH_MARK}{token}")
+        born = target.with_name(f".{target.name}{_BIRTH_MARK}{_HOST}-{os.getpid()}-{token}")
         try:
             # 0o666: the kernel applies the umask, as for any new file.
             fd = os.open(born, flags, 0o666)

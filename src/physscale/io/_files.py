@@ -107,7 +107,9 @@ def describe(exc: BaseException, limit: int = 200) -> str:
     arguments are shown as they are.
     """
     args = exc.args
-    if args and all(isinstance(a, str) for a in args) and sum(map(len, args)) <= 4 * limit:
+    short_text = all(isinstance(a, str) for a in args) and sum(map(len, args)) <= 4 * limit
+    # A UnicodeError's str names the codec and position, not the data.
+    if isinstance(exc, UnicodeError) or (args and short_text):
         text = str(exc)
     elif not args:
         text = ""
