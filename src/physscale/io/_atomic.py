@@ -220,7 +220,10 @@ def atomic_write(path: str | os.PathLike[str], *, create_only: bool = False) -> 
         except FileNotFoundError:
             mode = None
         if mode is not None:
-            os.fchmod(fd, mode)
+            if hasattr(os, "fchmod"):
+                os.fchmod(fd, mode)
+            else:  # pragma: no cover - Windows before Python 3.13
+                os.chmod(tmp, mode)
         if create_only:
             _link_new(tmp, target)
         else:

@@ -192,7 +192,7 @@ def open_regular(path: str | os.PathLike[str]) -> IO[bytes]:
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):
             raise _not_regular(path, mode)
-        with contextlib.suppress(AttributeError):  # os.set_blocking: POSIX only
+        with contextlib.suppress(AttributeError, OSError):  # POSIX only; regular files
             os.set_blocking(fd, True)
         return os.fdopen(fd, "rb")
     except BaseException:

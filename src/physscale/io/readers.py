@@ -633,7 +633,11 @@ class PatternSource:
             yield from self._hdf5_chunks(step)
 
     def pieces(
-        self, chunk_patterns: int | None = None, max_bytes: int = CHUNK_BYTES
+        self,
+        chunk_patterns: int | None = None,
+        max_bytes: int = CHUNK_BYTES,
+        *,
+        reuse: bool = False,
     ) -> Iterator[tuple[Index, np.ndarray]]:
         """The stored array in pieces of at most ``max_bytes``, each with its index.
 
@@ -642,20 +646,28 @@ class PatternSource:
                 many as fit in ``max_bytes``).
             max_bytes: most bytes per piece; an entry larger than this is
                 cut along its next axes (default :data:`CHUNK_BYTES`).
+            reuse: read every ``.npy``/``.npz`` piece into one buffer, so a
+                piece is valid only until the next one is asked for (no
+                allocation per piece: for consumers that fold each piece
+                in at once).
 
         Yields:
             ``(index, piece)`` with ``piece`` equal to ``stored[index]``
-            (native byte order, a fresh array); the pieces cover the array
-            exactly once. A piece whose index is a single slice holds whole
-            entries.
+            (native byte order; a fresh array unless ``reuse``); the pieces
+            cover the array exactly once, in storage order. A piece whose
+            index is a single slice holds whole entries.
         """
         if max_bytes < 1:
             raise DataFileError(f"max_bytes must be positive, got {max_bytes!r}")
         step = _chunk_len(self.info, chunk_patterns)
+        buffer = None
+        if reuse and self.kind != "hdf5":
+            limit = max(1, max_bytes // self.info.dtype.itemsize)
+            buffer = np.empty(min(limit, self.info.count), dtype=self.info.dtype)
         if self.kind == "npy":
-            yield from self._npy_pieces(step, max_bytes)
+            yield from self._npy_pieces(step, max_bytes, buffer)
         elif self.kind == "npz":
-            yield from self._npz_pieces(step, max_bytes)
+            yield from self._npz_pieces(step, max_bytes, buffer)
         else:
             yield from self._hdf5_pieces(step, max_bytes)
 
@@ -695,7 +707,9 @@ class PatternSource:
         gathered = buf.reshape((*info.shape[:0:-1], k)).transpose()
         chunk[...] = gathered
 
-    def _npy_pieces(self, step: int, max_bytes: int) -> Iterator[tuple[Index, np.ndarray]]:
+    def _npy_pieces(
+        self, step: int, max_bytes: int, buffer: np.ndarray | None = None
+    ) -> Iterator[tuple[Index, np.ndarray]]:
         info = self.info
         itemsize = info.dtype.itemsize
         # A Fortran-ordered array is its reversed-shape C array, transposed.
@@ -703,7 +717,7 @@ class PatternSource:
         rows = step if not info.fortran_order else c_shape[0]
         with self._open_npy() as (f, offset):
             for index, flat, shape in piece_indices(c_shape, itemsize, rows, max_bytes):
-                piece = np.empty(shape, dtype=info.dtype)
+                piece = _fresh(shape, info.dtype, buffer)
                 f.seek(offset + flat * itemsize)
                 _read_exact(f, piece, self.where, info, flat * itemsize, piecewise=False)
                 if info.fortran_order:
@@ -712,7 +726,9 @@ class PatternSource:
                     yield index, _native(piece)
 
     # ------------------------------------------------------------------ .npz
-    def _npz_pieces(self, step: int, max_bytes: int | None) -> Iterator[tuple[Index, np.ndarray]]:
+    def _npz_pieces(
+        self, step: int, max_bytes: int | None, buffer: np.ndarray | None = None
+    ) -> Iterator[tuple[Index, np.ndarray]]:
         info = self.info
         with open_npz(self.path) as zf:
             member = _npz_member(zf, self.path, self.key)
@@ -723,7 +739,7 @@ class PatternSource:
                 itemsize = info.dtype.itemsize
                 limit = max_bytes if max_bytes is not None else max(self.row_bytes * step, itemsize)
                 for index, flat, shape in piece_indices(info.shape, itemsize, step, limit):
-                    piece = np.empty(shape, dtype=info.dtype)
+                    piece = _fresh(shape, info.dtype, buffer)
                     _read_exact(stream, piece, self.where, info, flat * itemsize, piecewise=True)
                     yield index, _native(piece)
                 try:
@@ -777,6 +793,14 @@ class PatternSource:
                 f"{self.where}: the file changed since it was checked (shape {self.info.shape} "
                 f"{self.info.dtype}, now {info.shape} {info.dtype})"
             )
+
+
+def _fresh(shape: tuple[int, ...], dtype: np.dtype[Any], buffer: np.ndarray | None) -> np.ndarray:
+    """A new array of ``shape``, or a view of ``buffer`` (large enough) when one is given."""
+    if buffer is None:
+        return np.empty(shape, dtype=dtype)
+    view: np.ndarray = buffer[: math.prod(shape)].reshape(shape)
+    return view
 
 
 def _format_index(index: Index) -> str:

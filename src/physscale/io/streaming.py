@@ -73,7 +73,8 @@ def fold_patterns(
             on_progress(rows - done[1])
         done[1] = rows
 
-    pieces = source.pieces(chunk_patterns, max_bytes)
+    # One reused buffer: each piece is folded in before the next is read.
+    pieces = source.pieces(chunk_patterns, max_bytes, reuse=True)
     first_spatial = min(spatial_axes(len(info.shape), acc.spatial_dims))
     if first_spatial == 0 or info.fortran_order:
         acc.update_fragments(info.shape, _reporting(pieces, report), mask)
