@@ -7,6 +7,8 @@ worst peak memory over baseline. Then every case that was not a clean error
 or a correct result, if any.
 
 Run: python scripts/fuzz_report.py [--profile ci|long] [--suites npy,npz,...]
+The suites import the physscale on ``sys.path``: with ``PYTHONPATH`` set to
+another source tree (say 0.1.0's ``src``) they measure that one.
 Linux only (memory is measured through /proc).
 """
 

@@ -165,13 +165,44 @@ def test_all_reduce_without_a_process_group_is_a_clear_error() -> None:
         ({"integer_like": "yes"}, "integer_like"),
         ({"domain": "intensity"}, "domain"),
         ({"bogus": 1}, "keys"),
+        # Reported: accepted, or raw TypeError/ValueError/OverflowError.
+        ({"pattern_shape": [-8, 8]}, "pattern_shape"),
+        ({"pattern_shape": [3, 10**40]}, "pattern_shape"),
+        ({"n_patterns": 10**30}, "non-negative int"),
+        ({"total_partials": ["a"]}, "total_partials"),
+        ({"total_partials": None}, "total_partials"),
+        ({"total_partials": [10**400]}, "total_partials"),
+        ({"total_partials": [1.7e308, 1.7e308]}, "total_partials"),
+        ({"total_partials": [True]}, "total_partials"),
+        ({"spatial_dims": "ab"}, "spatial_dims"),
+        ({"pixels": 5}, "pixels"),
+        ({"masked_pixels": 3}, "masked_pixels"),
+        ({"masked_partials": [math.inf]}, "masked_partials"),
+        ({"masked": "no"}, "masked"),
+        ({"version": True}, "version True"),
     ],
 )
 def test_load_state_dict_rejects_bad_state(change: dict[str, object], match: str) -> None:
-    state = ps.IntensityAccumulator().update(np.ones((2, 3, 3))).state_dict()
+    acc = ps.IntensityAccumulator().update(np.ones((2, 3, 3)))
+    before = acc.state_dict()
+    state = dict(before)
     state.update(change)
     with pytest.raises(ps.StateError, match=match):
-        ps.IntensityAccumulator().load_state_dict(state)
+        acc.load_state_dict(state)
+    assert acc.state_dict() == before  # a refused state changes nothing
+
+
+def test_an_exact_total_beyond_float64_is_a_clear_error_not_an_fsum_crash() -> None:
+    # Reported: ValueError("-inf + inf in fsum"), also through merge.
+    big = np.full((1, 1, 1), 1e154)  # 1e308 per pattern: one fits, two do not
+    acc = ps.IntensityAccumulator().update(big)
+    with pytest.raises(ps.NonFiniteError, match="exceeds the float64 range"):
+        acc.update(big)
+    assert acc.n_patterns == 1 and acc.total_intensity == 1e308  # unchanged
+    other = ps.IntensityAccumulator().update(big)
+    with pytest.raises(ps.NonFiniteError, match="exceeds the float64 range"):
+        acc.merge(other)
+    assert acc.n_patterns == 1
 
 
 def test_bad_constructor_arguments() -> None:

@@ -278,7 +278,8 @@ def test_collate_matches_the_rank_of_the_named_data_field() -> None:
         ([{"X": torch.ones(2)}], {}, "sample 0 is not a dict"),
         ([{"intensity_scale": torch.ones(2)}], {}, "must carry one number"),
         ([{"intensity_scale": 1.0}], {"like": "X"}, "like='X' does not name a tensor field"),
-        ([{"intensity_scale": -1.0}], {}, "must be > 0 everywhere"),
+        ([{"intensity_scale": -1.0}], {}, "must be > 0"),
+        ([{"intensity_scale": torch.tensor(-1.0)}], {}, "must be > 0 everywhere"),
     ],
 )
 def test_collate_refuses_samples_it_cannot_shape_safely(
@@ -286,6 +287,47 @@ def test_collate_refuses_samples_it_cannot_shape_safely(
 ) -> None:
     with pytest.raises(ps.PhysscaleError, match=match):
         collate_with_scale(samples, **kwargs)
+
+
+@pytest.mark.parametrize(
+    "scales",
+    [
+        [torch.tensor(2.0), torch.tensor([3.0])],  # a 0-d tensor beside a (1,) tensor
+        [torch.tensor(2.0), 3.0],  # a tensor beside a float
+        [2.0, torch.tensor([[3.0]], dtype=torch.float64)],
+    ],
+    ids=["0d-and-1", "tensor-and-float", "float-and-1x1"],
+)
+def test_collate_takes_every_documented_scale_form_mixed(scales: list[Any]) -> None:
+    # Reported: these crashed inside default_collate.
+    samples = [{"X": torch.ones(1, 2, 2) * (i + 1), "intensity_scale": s}
+               for i, s in enumerate(scales)]  # fmt: skip
+    batch = collate_with_scale(samples, like="X")
+    assert batch["intensity_scale"].shape == (2, 1, 1, 1)
+    assert batch["intensity_scale"].flatten().tolist() == [2.0, 3.0]
+    assert batch["X"].shape == (2, 1, 2, 2)
+
+
+@pytest.mark.parametrize(
+    "scale",
+    [torch.ones((), device="meta"), torch.ones(3).to_sparse()],
+    ids=["meta", "sparse"],
+)
+def test_meta_or_sparse_scales_get_a_clear_error(scale: torch.Tensor) -> None:
+    with pytest.raises(ps.DtypeError, match=r"meta device|dense tensor"):
+        scale_for_batch(scale, torch.ones(3, 1, 2, 2))
+
+
+def test_with_validation_off_scale_for_batch_makes_no_value_check() -> None:
+    # Shape-only tracing (meta tensors) and sync-free loops: no value check, no sync.
+    meta = torch.ones(3, device="meta")
+    with ps.validation(False):
+        out = scale_for_batch(meta, torch.ones(3, 1, 2, 2, device="meta"))
+        assert out.shape == (3, 1, 1, 1) and out.device.type == "meta"
+        # A bad value passes unchecked here: that is what validation off gives up.
+        assert scale_for_batch(torch.tensor([1.0, -1.0]), torch.ones(2, 1), None).shape == (2, 1)
+    with pytest.raises(ps.NegativeValueError):
+        scale_for_batch(torch.tensor([1.0, -1.0]), torch.ones(2, 1), None)
 
 
 def test_container_that_refuses_new_attributes_is_a_state_error() -> None:

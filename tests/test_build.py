@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import os
+import shlex
 import shutil
 import sys
+import sysconfig
+import tarfile
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -83,9 +89,12 @@ def test_a_failed_compile_falls_back_unless_required(
     monkeypatch.delenv("PHYSSCALE_REQUIRE_NATIVE", raising=False)
     with build_wheel(tmp_path / "a") as whl:
         assert wheel_tag(whl) == "py3-none-any"
-    assert "could not compile the native kernel" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "no native kernel" in err
+    assert "no-such-cc" in err
+    assert "physscale doctor" in err
     monkeypatch.setenv("PHYSSCALE_REQUIRE_NATIVE", "1")
-    with pytest.raises(RuntimeError, match="could not compile the native kernel"):
+    with pytest.raises(RuntimeError, match=r"(?s)no-such-cc.*PHYSSCALE_REQUIRE_NATIVE=1"):
         build_wheel(tmp_path / "b")
 
 
@@ -105,3 +114,158 @@ def test_a_failed_editable_rebuild_leaves_no_stale_library(
     hook.initialize("editable", build_data)
     assert not stale.exists()
     assert "tag" not in build_data  # stays a pure-Python wheel
+    # The editable install imports from src/: the outcome is recorded there.
+    outcome = json.loads((tree / "src" / hatch_build.OUTCOME).read_text())
+    assert outcome["built"] is False
+    assert "no-such-cc" in outcome["reason"]
+
+
+# --------------------------------------------------------------------------- the recorded outcome
+def recorded_outcome(whl: zipfile.ZipFile) -> dict[str, object]:
+    outcome: dict[str, object] = json.loads(whl.read(hatch_build.OUTCOME))
+    return outcome
+
+
+@pytest.mark.skipif(not has_compiler, reason="no C compiler")
+def test_a_wheel_with_the_kernel_records_the_compiler_that_built_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("PHYSSCALE_NATIVE", raising=False)
+    with build_wheel(tmp_path) as whl:
+        outcome = recorded_outcome(whl)
+    assert outcome["built"] is True
+    assert outcome["status"] == "built"
+    assert outcome["compiler"] == shlex.join(hatch_build._compiler())
+    assert str(outcome["reason"]).startswith("compiled with ")
+
+
+def test_a_wheel_without_the_kernel_records_why_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CC", f"{tmp_path / 'no-such-cc'} -O2")
+    monkeypatch.delenv("PHYSSCALE_REQUIRE_NATIVE", raising=False)
+    monkeypatch.delenv("PHYSSCALE_NATIVE", raising=False)
+    with build_wheel(tmp_path) as whl:
+        outcome = recorded_outcome(whl)
+    assert outcome["built"] is False
+    assert outcome["status"] == "compile-failed"
+    assert outcome["compiler"] == f"{tmp_path / 'no-such-cc'} -O2"
+    reason = str(outcome["reason"])
+    assert "could not compile" in reason
+    assert "no-such-cc" in reason
+    assert "\n" not in reason
+
+
+def test_the_pure_wheel_records_that_the_kernel_was_left_out_on_purpose(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PHYSSCALE_NATIVE", "0")
+    monkeypatch.delenv("PHYSSCALE_REQUIRE_NATIVE", raising=False)
+    with build_wheel(tmp_path) as whl:
+        outcome = recorded_outcome(whl)
+    assert outcome["built"] is False
+    assert outcome["status"] == "disabled"
+    assert "PHYSSCALE_NATIVE=0" in str(outcome["reason"])
+
+
+# --------------------------------------------------------------------------- compiler search
+REAL_CC = shutil.which("gcc") or shutil.which("cc") or shutil.which("clang")
+needs_real_cc = pytest.mark.skipif(REAL_CC is None, reason="no C compiler")
+
+
+def _shim(bin_dir: Path, name: str, log: Path) -> Path:
+    """A fake compiler ``name`` in ``bin_dir`` that logs its name and runs the real one."""
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    path = bin_dir / name
+    real = REAL_CC or "false"
+    # The real compiler runs with the original PATH so it finds its assembler and linker.
+    path.write_text(
+        f'#!/bin/sh\necho {name} >> "{log}"\nPATH="{os.environ["PATH"]}" exec "{real}" "$@"\n'
+    )
+    path.chmod(0o755)
+    return path
+
+
+@pytest.fixture
+def only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[..., Path]:
+    """Make PATH hold only the named fake compilers; $CC unset, Python's CC missing."""
+
+    def setup(*names: str, python_cc: str = "x86_64-conda-linux-gnu-cc") -> Path:
+        bin_dir = tmp_path / "bin"
+        log = tmp_path / "calls.log"
+        for name in names:
+            _shim(bin_dir, name, log)
+        bin_dir.mkdir(exist_ok=True)
+        monkeypatch.setenv("PATH", str(bin_dir))
+        monkeypatch.delenv("CC", raising=False)
+        real = sysconfig.get_config_var
+        monkeypatch.setattr(
+            sysconfig, "get_config_var", lambda name: python_cc if name == "CC" else real(name)
+        )
+        return log
+
+    return setup
+
+
+@needs_real_cc
+def test_with_only_cc_on_path_and_no_cc_variable_the_kernel_is_built(
+    tmp_path: Path, only: Callable[..., Path]
+) -> None:
+    log = only("cc")
+    out = tmp_path / "k.so"
+    assert hatch_build._compile(ROOT / hatch_build.SOURCE, out) is None
+    assert out.is_file()
+    assert log.read_text().split()[0] == "cc"
+
+
+@pytest.mark.parametrize(
+    ("on_path", "python_cc", "expected"),
+    [
+        (["cc", "gcc", "clang"], "missing-cc", "cc"),
+        (["gcc", "clang"], "missing-cc", "gcc"),
+        (["clang"], "missing-cc", "clang"),
+        (["cc", "gcc", "pycc"], "pycc -pthread", "pycc"),  # Python's CC when it exists
+        (["gcc"], "", "gcc"),  # Python built without a CC
+    ],
+)
+def test_the_compiler_search_follows_the_documented_order(
+    only: Callable[..., Path], on_path: list[str], python_cc: str, expected: str
+) -> None:
+    only(*on_path, python_cc=python_cc)
+    assert Path(hatch_build._compiler()[0]).name == expected
+
+
+def test_an_explicit_cc_variable_is_used_as_given(
+    tmp_path: Path, only: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    only("cc", "gcc")
+    monkeypatch.setenv("CC", f"{tmp_path / 'bin' / 'gcc'} -m64")
+    assert hatch_build._compiler() == [str(tmp_path / "bin" / "gcc"), "-m64"]
+
+
+def test_with_no_compiler_at_all_the_build_says_what_it_looked_for(
+    only: Callable[..., Path],
+) -> None:
+    only(python_cc="x86_64-conda-linux-gnu-cc")
+    outcome = hatch_build.build_kernel(ROOT / hatch_build.SOURCE, Path("unused.so"))
+    assert not outcome.built
+    assert outcome.status == "no-compiler"
+    assert outcome.compiler is None
+    assert "no C compiler found" in outcome.reason
+    for looked_for in ("$CC", "x86_64-conda-linux-gnu-cc", "cc", "gcc", "clang"):
+        assert looked_for in outcome.reason
+    assert "\n" not in outcome.reason
+
+
+# --------------------------------------------------------------------------- the sdist
+def test_the_sdist_carries_the_kernel_source_and_no_build_product(tmp_path: Path) -> None:
+    sdist = pytest.importorskip("hatchling.builders.sdist")
+    builder = sdist.SdistBuilder(str(ROOT))
+    path = next(builder.build(directory=str(tmp_path), versions=["standard"]))
+    with tarfile.open(path) as tar:
+        names = {name.split("/", 1)[1] for name in tar.getnames() if "/" in name}
+    assert {"csrc/physscale_native.c", "hatch_build.py", "pyproject.toml"} <= names
+    assert "src/physscale/doctor.py" in names
+    # An editable install leaves both in src/physscale; a wheel built from the
+    # sdist must compile its own.
+    assert not any(n.endswith(("_native_kernel.so", "_native_build.json")) for n in names)

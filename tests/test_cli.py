@@ -238,8 +238,13 @@ def test_no_nphotons_anywhere_is_an_error_unless_a_default_is_given(
     x = np.full((3, 4, 4), 0.5, np.float32)
     np.save(tmp_path / "bare.npy", x)
     code, out, err = call(capsys, "derive", tmp_path / "bare.npy")
-    assert code == 1 and out == ""
-    assert err.startswith("physscale: error: nphotons was not given")
+    # A flag is missing: a usage error (2) that names the file and both flags.
+    assert code == 2 and out == ""
+    assert err.startswith(f"physscale: error: {tmp_path / 'bare.npy'}: nphotons is not known")
+    assert "--nphotons N" in err and "--nphotons-default N" in err and err.count("\n") == 1
+    np.savez(tmp_path / "meta.npz", diffraction=x, _metadata=np.array('{"other": 1}'))
+    code, out, err = call(capsys, "derive", tmp_path / "meta.npz")
+    assert code == 2 and '["physics_parameters"]["nphotons"]' in err and "meta.npz" in err
     record = ScaleRecord.model_validate_json(
         main_json(capsys, tmp_path / "bare.npy", "--nphotons-default", "400")
     )
@@ -309,7 +314,7 @@ def test_mask_excludes_pixels(
     ("mask", "match"),
     [
         (np.ones((8, 8), np.uint8), "the mask must be boolean .* got dtype uint8"),
-        (np.ones((7, 8), bool), "does not broadcast"),
+        (np.ones((7, 8), bool), "does not fit the data"),
     ],
 )
 def test_bad_masks_are_errors_naming_the_mask(

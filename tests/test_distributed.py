@@ -86,6 +86,31 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
                 results["state_kept"] = acc.state_dict() == before
 
         results["mixed_shapes"] = _outcome(mixed_shapes)
+
+        def totals_and_mask() -> dict[str, Any]:
+            # Per-pattern totals (second, padded gather) and mask statistics travel too.
+            acc = ps.IntensityAccumulator(keep_pattern_totals=True)
+            mask = torch.ones(8, 8, dtype=torch.bool)
+            mask[:2] = False
+            for start in range(0, len(SHARDS[rank]), BATCH_SIZES[rank]):
+                acc.update(x[SHARDS[rank][start : start + BATCH_SIZES[rank]]], mask=mask)
+            acc.all_reduce()
+            totals = acc.pattern_totals
+            assert totals is not None
+            return {
+                "totals": totals.tolist(),
+                "pixel_fraction": acc.masked_pixel_fraction,
+                "intensity_fraction": acc.masked_intensity_fraction,
+            }
+
+        results["totals_and_mask"] = _outcome(totals_and_mask)
+
+        def keeping_beside_non_keeping() -> int:
+            acc = ps.IntensityAccumulator(keep_pattern_totals=rank != 1)
+            acc.update(torch.ones(2, 4, 4))
+            return acc.all_reduce().n_patterns
+
+        results["keeping_mixed"] = _outcome(keeping_beside_non_keeping)
         Path(out_dir, f"rank{rank}.json").write_text(json.dumps(results))
     finally:
         dist.destroy_process_group()
@@ -150,6 +175,33 @@ def test_all_reduce_refuses_mixed_pattern_shapes_and_keeps_state(
         assert result["mixed_shapes"]["error"] == "StateError"
         assert "pattern shape" in result["mixed_shapes"]["message"]
         assert result["state_kept"] is True
+
+
+def test_per_pattern_totals_and_mask_fractions_are_reduced_in_rank_order(
+    rank_results: list[dict[str, Any]],
+) -> None:
+    x = _dataset().to(torch.float64)
+    order = [i for shard in SHARDS for i in shard]  # rank 0's patterns, then rank 2's
+    expected = [math.fsum((x[i, c, 2:] ** 2).ravel().tolist()) for i in order for c in (0, 1)]
+    removed = math.fsum((x[:, :, :2] ** 2).ravel().tolist())
+    kept = math.fsum((x[:, :, 2:] ** 2).ravel().tolist())
+    for result in rank_results:
+        got = result["totals_and_mask"]["ok"]
+        assert got["totals"] == pytest.approx(expected, rel=1e-14)
+        assert got["pixel_fraction"] == pytest.approx(16 / 64, rel=1e-15)
+        assert got["intensity_fraction"] == pytest.approx(removed / (removed + kept), rel=1e-12)
+
+
+def test_ranks_keeping_totals_refuse_a_rank_without_them(
+    rank_results: list[dict[str, Any]],
+) -> None:
+    # Every rank decides alike whether totals travel; the keeping ranks then refuse.
+    for rank, result in enumerate(rank_results):
+        if rank == 1:
+            assert result["keeping_mixed"] == {"ok": 6}
+        else:
+            assert result["keeping_mixed"]["error"] == "StateError"
+            assert "keep_pattern_totals" in result["keeping_mixed"]["message"]
 
 
 def test_all_reduce_without_process_group_raises_state_error() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import warnings
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -186,6 +187,26 @@ def test_explicit_dataloader_and_dict_batches() -> None:
     assert module.physscale_record.intensity_scale == pytest.approx(
         _reference_scale(x, NPHOTONS), rel=1e-12
     )
+
+
+@pytest.mark.parametrize("wrap", ["dict", "object"])
+def test_metadata_from_a_training_container_is_found_as_attach_finds_it(wrap: str) -> None:
+    # Reported: PhysicsScaleCallback(metadata=train_data) ignored a dict container's
+    # metadata and fell through to config (or raised).
+    x = _amplitudes()
+    metadata = {"physics_parameters": {"nphotons": NPHOTONS}}
+    train_data: Any = {"X": x, "metadata": metadata}
+    if wrap == "object":
+        train_data = SimpleNamespace(**train_data)
+    callback = PhysicsScaleCallback(metadata=train_data, config={"nphotons": 1e9})
+    module = TinyModule(x)
+    _trainer(1, callback).fit(module)
+    record = module.physscale_record
+    assert record is not None
+    assert (record.nphotons, record.nphotons_source) == (NPHOTONS, "metadata")
+    attached = ps.attach_intensity_scale(dict(train_data) if wrap == "dict" else train_data,
+                                         config={"nphotons": 1e9})  # fmt: skip
+    assert (attached.nphotons, attached.nphotons_source) == (record.nphotons, "metadata")
 
 
 def test_resuming_from_a_checkpoint_without_a_record_is_refused(tmp_path: Path) -> None:

@@ -68,6 +68,31 @@ def test_metadata_forms_mapping_json_string_and_object_attribute() -> None:
     assert ps.resolve_nphotons(SimpleNamespace(metadata=None), default=3.0).source == "default"
 
 
+def test_a_dict_container_is_read_like_an_object_container() -> None:
+    # A training container given where metadata is expected (as Lightning users do):
+    # its "metadata" entry is the metadata, as attach_intensity_scale reads it.
+    mapping = meta(2e6)
+    for container in ({"X": np.ones(3), "metadata": mapping},
+                      {"X": np.ones(3), "metadata": json.dumps(mapping)}):  # fmt: skip
+        r = ps.resolve_nphotons(container, config={"nphotons": 1e9})
+        assert (r.value, r.source) == (2e6, "metadata")
+    empty = ps.resolve_nphotons({"X": np.ones(3), "metadata": None}, config={"nphotons": 5.0})
+    assert empty.source == "config"
+    # Metadata that itself holds a "metadata" entry is still read as metadata.
+    both = {"physics_parameters": {"nphotons": 7.0}, "metadata": {"anything": 1}}
+    assert ps.resolve_nphotons(both).value == 7.0
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [torch.ones((), device="meta"), torch.ones(1).to_sparse()],
+    ids=["meta", "sparse"],
+)
+def test_a_tensor_with_no_concrete_value_is_refused_clearly(bad: torch.Tensor) -> None:
+    with pytest.raises(ps.NphotonsError, match="single concrete number"):
+        ps.resolve_nphotons(explicit=bad)
+
+
 def test_config_forms_mapping_and_attribute() -> None:
     @dataclass
     class TrainingConfig:

@@ -14,10 +14,12 @@ from hypothesis import strategies as st
 import physscale as ps
 from physscale import _intensity_sum
 
-# Random nphotons can land on a scale near 1, which the units guard flags;
-# the guard has its own tests (test_units_guard.py).
+# Random nphotons can land on a scale near 1, which the units guard flags, and
+# random masks can hide most of the intensity, which the mask guard flags; the
+# guards have their own tests (test_units_guard.py, test_masks.py).
 pytestmark = [
     pytest.mark.filterwarnings("ignore::physscale.errors.UnitsWarning"),
+    pytest.mark.filterwarnings("ignore::physscale.errors.MaskWarning"),
     pytest.mark.usefixtures("kernel"),  # every test runs on the native and the eager kernel
 ]
 
@@ -119,8 +121,9 @@ def test_scale_grows_as_the_square_root_of_nphotons(x64: np.ndarray, k: float, n
 def test_scale_is_invariant_to_permuting_patterns(x64: np.ndarray, seed: int) -> None:
     flat = x64.reshape(-1, *x64.shape[-2:])
     perm = np.random.default_rng(seed).permutation(flat.shape[0])
-    a = float(ps.derive_intensity_scale(flat, 1e4))
-    b = float(ps.derive_intensity_scale(flat[perm], 1e4))
+    # Named axes: flattening can make a stack look channels-last (the layout guard).
+    a = float(ps.derive_intensity_scale(flat, 1e4, layout="NCHW"))
+    b = float(ps.derive_intensity_scale(flat[perm], 1e4, layout="NCHW"))
     assert rel(a, b) <= 1e-12
 
 
@@ -286,6 +289,40 @@ def test_bad_data_raises_a_specific_error(x: object, error: type, match: str) ->
         ps.derive_intensity_scale(x, 1e6)
 
 
+@pytest.mark.parametrize(
+    ("x", "hint", "not_hint"),
+    [
+        # Reported: complex input was told to "convert integer counts".
+        (torch.ones(2, 4, 4, dtype=torch.complex64), "magnitude", "integer"),
+        (np.ones((2, 4, 4), dtype=np.complex128), "abs", "integer"),
+        # Reported: integer counts were told x.float(), which gives raw counts.
+        (np.ones((2, 4, 4), dtype=np.uint16), "physscale.normalize_counts", "float()"),
+        (torch.ones(2, 4, 4, dtype=torch.int32), "raw detector counts", "float()"),
+        (torch.ones(2, 4, 4, dtype=torch.bool), "mask=", "counts"),
+    ],
+)
+def test_dtype_errors_give_the_hint_that_fits_the_dtype(
+    x: object, hint: str, not_hint: str
+) -> None:
+    with pytest.raises(ps.DtypeError) as info:
+        ps.derive_intensity_scale(x, 1e6)
+    assert hint in str(info.value) and not_hint not in str(info.value)
+
+
+def test_meta_device_input_is_a_clear_error() -> None:
+    with pytest.raises(ps.DtypeError, match="meta device"):
+        ps.derive_intensity_scale(torch.ones(2, 4, 4, device="meta"), 1e6)
+
+
+def test_numpy_negative_stride_on_a_length_1_axis_is_read_correctly() -> None:
+    # Reported: torch's ValueError (numpy calls such an array contiguous).
+    base = np.random.default_rng(0).random((1, 3, 5, 5))
+    flipped = base[::-1]  # stride -600 on the length-1 axis; numpy still says C-contiguous
+    assert flipped.strides[0] < 0 and flipped.flags["C_CONTIGUOUS"]
+    got = float(ps.derive_intensity_scale(flipped, 1e4))
+    assert rel(got, fsum_scale(base, 1e4, (2, 3))) <= 1e-12
+
+
 def test_error_classes_are_also_builtin_value_and_type_errors() -> None:
     with pytest.raises(ValueError, match="zero"):
         ps.derive_intensity_scale(torch.zeros(1, 2, 2), 1.0)
@@ -315,7 +352,7 @@ def test_negative_intensities_name_the_domain() -> None:
         ({"layout": "NWHC"}, ps.OptionError, "layout must be one of 'NCHW', 'NHWC'"),
         ({"layout": "NHWC", "spatial_dims": (1, 2, 3)}, ps.AxisError, "contradicts"),
         ({"domain": "counts"}, ps.OptionError, "domain must be one of"),
-        ({"mask": np.ones((3, 3), dtype=bool)}, ps.MaskError, "does not broadcast"),
+        ({"mask": np.ones((3, 3), dtype=bool)}, ps.MaskError, "does not fit the data"),
         ({"mask": np.ones((4, 4))}, ps.MaskError, "must be boolean"),
         ({"mask": torch.ones(4, 4, dtype=torch.uint8)}, ps.MaskError, "must be boolean"),
         ({"mask": [[True]]}, ps.MaskError, "torch.Tensor or numpy.ndarray"),

@@ -13,8 +13,10 @@ from physscale._validation import is_validation_enabled, set_validation, validat
 from physscale._version import __version__
 from physscale.accumulator import IntensityAccumulator
 from physscale.attach import attach_intensity_scale, collate_with_scale, scale_for_batch
+from physscale.counts import gain_from_scale, normalize_counts, scale_from_gain
 from physscale.distributed import derive_from_dataloader
 from physscale.errors import (
+    AmbiguousLayoutError,
     AxisError,
     BroadcastError,
     DataFileError,
@@ -22,6 +24,7 @@ from physscale.errors import (
     EmptyInputError,
     IntegrityError,
     MaskError,
+    MaskWarning,
     NegativeValueError,
     NonFiniteError,
     NphotonsError,
@@ -52,6 +55,7 @@ from physscale.scale import (
 
 __all__ = [
     "SCHEMA_VERSION",
+    "AmbiguousLayoutError",
     "AxisError",
     "BroadcastError",
     "DataFileError",
@@ -60,6 +64,7 @@ __all__ = [
     "IntegrityError",
     "IntensityAccumulator",
     "MaskError",
+    "MaskWarning",
     "NegativeValueError",
     "NonFiniteError",
     "NphotonsError",
@@ -82,11 +87,14 @@ __all__ = [
     "derive_from_dataloader",
     "derive_intensity_scale",
     "derive_scale_record",
+    "gain_from_scale",
     "is_validation_enabled",
     "normalization_target",
     "normalize_amplitudes",
+    "normalize_counts",
     "resolve_nphotons",
     "scale_for_batch",
+    "scale_from_gain",
     "scaled_poisson_nll",
     "set_validation",
     "validation",

@@ -57,12 +57,23 @@ class IntensitySum:
         pattern_shape: sizes of the spatial axes, in axis order.
         integer_like: True when a sample of the data has integer-valued
             intensities (a sign of raw counts), False otherwise.
+        pixels: number of pixels in the batch (every element of ``x``).
+        masked_pixels: pixels the mask excluded (0 without a mask).
+        masked_total: the intensity the mask excluded: the same sum as
+            ``total`` over the excluded pixels that hold finite values >= 0
+            (NaN, infinities and negative dead-pixel flags are left out).
+        pattern_totals: with ``per_pattern``, each pattern's total (float64
+            CPU tensor of ``n_patterns`` values, in pattern order), else None.
     """
 
     total: float
     n_patterns: int
     pattern_shape: tuple[int, ...]
     integer_like: bool
+    pixels: int = 0
+    masked_pixels: int = 0
+    masked_total: float = 0.0
+    pattern_totals: torch.Tensor | None = None
 
 
 def _accumulation_device(device: torch.device) -> torch.device:
@@ -107,6 +118,7 @@ def intensity_sum(
     mask: torch.Tensor | None = None,
     *,
     name: str = "x",
+    per_pattern: bool = False,
 ) -> IntensitySum:
     """Sum the intensity of every pattern of ``x`` in float64.
 
@@ -117,6 +129,7 @@ def intensity_sum(
         mask: optional boolean tensor already expanded to ``x.shape``;
             False pixels contribute nothing.
         name: how error messages refer to ``x``.
+        per_pattern: also return each pattern's total (``pattern_totals``).
 
     A batch with no patterns returns a zero sum over zero patterns.
 
@@ -135,9 +148,16 @@ def intensity_sum(
     square = domain == "amplitude"
     # The native kernel (one fused, threaded pass) when it is built and the data
     # allow it; otherwise the eager blockwise kernel. Same float64 arithmetic.
-    native = _native.reduce_dense(x, square=square) if mask is None else None
-    if native is None:
-        block_totals, lowest = _eager_sum(x, square, mask)
+    native = _native.reduce_dense(x, square=square) if mask is None and not per_pattern else None
+    masked_totals: list[float] = []
+    masked_pixels = 0
+    pattern_totals = None
+    if per_pattern:
+        block_totals, lowest, masked_totals, masked_pixels, pattern_totals = _eager_pattern_sums(
+            x, axes, square, mask
+        )
+    elif native is None:
+        block_totals, lowest, masked_totals, masked_pixels = _eager_sum(x, square, mask)
     else:
         block_totals, lowest = native
     if math.isnan(lowest) or not all(math.isfinite(t) for t in block_totals):
@@ -155,16 +175,22 @@ def intensity_sum(
         n_patterns=n_patterns,
         pattern_shape=pattern_shape,
         integer_like=integer_like,
+        pixels=x.numel(),
+        masked_pixels=masked_pixels,
+        masked_total=math.fsum(masked_totals),
+        pattern_totals=None if pattern_totals is None else pattern_totals.cpu(),
     )
 
 
 def _eager_sum(
     x: torch.Tensor, square: bool, mask: torch.Tensor | None
-) -> tuple[list[float], float]:
+) -> tuple[list[float], float, list[float], int]:
     """Per-block float64 totals and the minimum, in eager PyTorch ops.
 
     Each block of at most ``BLOCK_NUMEL`` elements is converted into one reused
     float64 buffer, then reduced with a dot product (or a sum) and an ``amin``.
+    With a mask, also the per-block intensity of the excluded pixels (finite
+    values >= 0 only) and the number of excluded pixels.
     """
     device = _accumulation_device(x.device)
     limit = BLOCK_NUMEL * (1 if device.type == "cpu" else ACCELERATOR_BLOCK_FACTOR)
@@ -172,6 +198,8 @@ def _eager_sum(
     # Per-block float64 totals and minima stay on the device until the end.
     totals: list[torch.Tensor] = []
     minima: list[torch.Tensor] = []
+    dropped_totals: list[torch.Tensor] = []
+    dropped_counts: list[torch.Tensor] = []
     for index in _blocks(tuple(x.shape), limit):
         block = x[index]
         if mask is None and block.dtype == torch.float64 and block.is_contiguous() \
@@ -181,15 +209,89 @@ def _eager_sum(
             view = buffer[: block.numel()].view(block.shape)
             view.copy_(block)
             if mask is not None:
-                # masked_fill, not a multiply: a NaN in a dead pixel must not leak.
-                view.masked_fill_(mask[index].logical_not(), 0.0)
+                removed, count = _apply_mask(view, mask[index], square)
+                dropped_totals.append(removed)
+                dropped_counts.append(count)
             flat = view.view(-1)
         totals.append(torch.dot(flat, flat) if square else flat.sum())
         # Checked on the cached float64 block: measured faster than on the source.
         minima.append(flat.amin())
     # One device-to-host transfer for the whole pass.
-    stats = torch.stack([torch.stack(minima).amin(), *totals]).tolist()
-    return stats[1:], stats[0]
+    n = len(totals)
+    stats = torch.stack(
+        [torch.stack(minima).amin(), *totals, *dropped_totals, *dropped_counts]
+    ).tolist()
+    return stats[1 : 1 + n], stats[0], stats[1 + n : 1 + 2 * n], int(sum(stats[1 + 2 * n :]))
+
+
+def _apply_mask(
+    view: torch.Tensor, keep: torch.Tensor, square: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Zero the excluded pixels of a float64 buffer in place.
+
+    Returns (on the buffer's device) the intensity the mask took away, over
+    finite values >= 0 only (dead pixels often hold NaN or negative flags),
+    and the number of excluded pixels.
+    """
+    dropped = keep.to(view.device).logical_not()
+    kept_out = torch.where(dropped & (view >= 0) & view.isfinite(), view, 0.0).view(-1)
+    removed = torch.dot(kept_out, kept_out) if square else kept_out.sum()
+    # masked_fill, not a multiply: a NaN in a dead pixel must not leak.
+    view.masked_fill_(dropped, 0.0)
+    return removed, dropped.sum(dtype=torch.float64)
+
+
+def _eager_pattern_sums(
+    x: torch.Tensor, axes: tuple[int, ...], square: bool, mask: torch.Tensor | None
+) -> tuple[list[float], float, list[float], int, torch.Tensor]:
+    """:func:`_eager_sum`, plus the float64 intensity of every pattern.
+
+    Returns the same four values and a ``(n_patterns,)`` float64 tensor on the
+    accumulation device, in pattern order (the non-spatial axes raveled in C
+    order, e.g. ``(b, c)`` for ``(B, H, W, C)`` with spatial axes 1, 2). Each
+    block is reduced over the spatial axes it holds; a pattern split across
+    blocks (one pattern larger than a block) gets each part added, so memory
+    stays bounded by the block whatever the pattern size.
+    """
+    device = _accumulation_device(x.device)
+    limit = BLOCK_NUMEL * (1 if device.type == "cpu" else ACCELERATOR_BLOCK_FACTOR)
+    buffer = torch.empty(min(limit, x.numel()), dtype=torch.float64, device=device)
+    # Pattern ids laid out like x, with size 1 on the spatial axes (a broadcast view).
+    id_shape = [1 if d in axes else n for d, n in enumerate(x.shape)]
+    ids = torch.arange(math.prod(id_shape), device=device).view(id_shape)
+    sums = torch.zeros(ids.numel(), dtype=torch.float64, device=device)
+    totals: list[torch.Tensor] = []
+    minima: list[torch.Tensor] = []
+    dropped_totals: list[torch.Tensor] = []
+    dropped_counts: list[torch.Tensor] = []
+    for index in _blocks(tuple(x.shape), limit):
+        block = x[index]
+        view = buffer[: block.numel()].view(block.shape)
+        view.copy_(block)
+        if mask is not None:
+            removed, count = _apply_mask(view, mask[index], square)
+            dropped_totals.append(removed)
+            dropped_counts.append(count)
+        minima.append(view.amin())
+        if square:
+            view.mul_(view)  # our own buffer: squaring in place is safe
+        # The block's dimensions: x's, less those an integer index dropped.
+        kept = [d for d in range(x.ndim) if d >= len(index) or not isinstance(index[d], int)]
+        spatial = [i for i, d in enumerate(kept) if d in axes]
+        per_pattern = view.sum(dim=spatial, keepdim=True) if spatial else view
+        id_index = tuple(
+            (0 if isinstance(i, int) else slice(None)) if d in axes else i
+            for d, i in enumerate(index)
+        )
+        block_ids = ids[id_index].expand(per_pattern.shape)
+        sums.index_add_(0, block_ids.reshape(-1), per_pattern.reshape(-1))
+        totals.append(per_pattern.sum())
+    n = len(totals)
+    stats = torch.stack(
+        [torch.stack(minima).amin(), *totals, *dropped_totals, *dropped_counts]
+    ).tolist()
+    dropped = int(sum(stats[1 + 2 * n :]))
+    return stats[1 : 1 + n], stats[0], stats[1 + n : 1 + 2 * n], dropped, sums
 
 
 def _units_sample(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:

@@ -11,8 +11,10 @@ correctly rounded sum of every batch's float64 total.
 from __future__ import annotations
 
 import math
+import numbers
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -22,16 +24,35 @@ from physscale._checks import (
     LAYOUTS,
     as_float_tensor,
     as_mask,
+    check_layout,
     check_option,
     positive_finite,
     spatial_axes,
+    split_masked,
 )
-from physscale._intensity_sum import Domain, intensity_sum
-from physscale.errors import EmptyInputError, StateError, UnitsWarning, ZeroIntensityError
+from physscale._intensity_sum import Domain, IntensitySum, intensity_sum
+from physscale.diagnostics import OutlierRule, PatternStats, flag_outliers, pattern_stats
+from physscale.errors import (
+    EmptyInputError,
+    MaskWarning,
+    NonFiniteError,
+    StateError,
+    UnitsWarning,
+    ZeroIntensityError,
+)
 
 __all__ = ["IntensityAccumulator"]
 
-_STATE_VERSION = 1
+_STATE_VERSION = 2
+_READABLE_STATE_VERSIONS = (1, 2)
+_STATE_KEYS_V1 = frozenset({"version", "domain", "spatial_dims", "n_patterns", "total_partials",
+                            "pattern_shape", "integer_like", "masked"})  # fmt: skip
+_STATE_KEYS = _STATE_KEYS_V1 | {"pixels", "masked_pixels", "masked_partials", "pattern_totals"}
+# Bounds no real dataset reaches (a restored state is validated against them).
+_MAX_COUNT = 2**63 - 1
+_MAX_PATTERN_SIZE = 2**31 - 1
+#: A mask that removes more than this fraction of the intensity is warned about.
+MASK_WARNING_FRACTION = 0.5
 # Shewchuk partials of a float64 sum never need more than this many terms
 # (one per binary exponent band of width 53 over the float64 range).
 _MAX_PARTIALS = 40
@@ -53,7 +74,14 @@ def _unpadded(slots: Sequence[float]) -> tuple[int, ...]:
 
 
 def _grow(partials: list[float], x: float) -> list[float]:
-    """Add ``x`` to a list of non-overlapping partials, exactly (Shewchuk 1997)."""
+    """Add ``x`` to a list of non-overlapping partials, exactly (Shewchuk 1997).
+
+    Returns a new list (the input is not changed), so a refused addition
+    leaves the caller's state as it was.
+
+    Raises:
+        NonFiniteError: the exact sum leaves the float64 range.
+    """
     if x == 0.0:
         return partials
     out: list[float] = []
@@ -61,11 +89,138 @@ def _grow(partials: list[float], x: float) -> list[float]:
         if abs(x) < abs(y):
             x, y = y, x
         hi = x + y
+        if math.isinf(hi):
+            raise NonFiniteError(
+                "the accumulated total intensity exceeds the float64 range (about 1.8e308); "
+                "values this large cannot be normalized amplitudes or intensities"
+            )
         lo = y - (hi - x)
         if lo:
             out.append(lo)
         x = hi
     out.append(x)
+    return out
+
+
+def _grow_all(partials: list[float], values: Sequence[float]) -> list[float]:
+    for v in values:
+        partials = _grow(partials, v)
+    return partials
+
+
+@dataclass
+class _State:
+    """An accumulator's state as plain values: what merge, all_reduce and load fold in."""
+
+    partials: list[float]
+    n_patterns: int
+    pattern_shape: tuple[int, ...] | None
+    integer_like: bool | None
+    masked: bool
+    pixels: int
+    masked_pixels: int | None  # None: unknown (a version-1 state with a mask)
+    masked_partials: list[float]
+    pattern_totals: torch.Tensor | None = None  # float64 CPU (n_patterns,), when kept
+
+
+@dataclass
+class _Packed:
+    """What one rank sent in ``all_reduce``: its configuration and its state."""
+
+    domain: Domain
+    spatial_dims: tuple[int, ...]
+    keeps: bool  # whether that rank keeps per-pattern totals
+    state: _State
+
+
+def _unpack(packed: torch.Tensor) -> _Packed:
+    """Inverse of :meth:`IntensityAccumulator._pack`."""
+    v = packed.tolist()
+    dims_at = 7
+    shape_at = dims_at + 1 + _MAX_PATTERN_DIMS
+    partials_at = shape_at + 1 + _MAX_PATTERN_DIMS
+    masked_at = partials_at + _MAX_PARTIALS
+    shape = _unpadded(v[shape_at:partials_at])
+    return _Packed(
+        domain=next(d for d, code in _DOMAIN_CODES.items() if code == v[3]),
+        spatial_dims=_unpadded(v[dims_at:shape_at]),
+        keeps=bool(v[6]),
+        state=_State(
+            partials=[p for p in v[partials_at:masked_at] if p],
+            n_patterns=int(v[0]),
+            pattern_shape=shape or None,
+            integer_like={-1.0: None, 0.0: False, 1.0: True}[v[1]],
+            masked=bool(v[2]),
+            pixels=int(v[4]),
+            masked_pixels=None if v[5] < 0 else int(v[5]),
+            masked_partials=[p for p in v[masked_at:] if p],
+        ),
+    )
+
+
+def _pattern_totals(value: Any, n_patterns: int) -> torch.Tensor | None:
+    """A state's per-pattern totals: None, or ``n_patterns`` finite numbers >= 0."""
+    if value is None:
+        return None
+    ok = (
+        isinstance(value, list | tuple)
+        and len(value) == n_patterns
+        and all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in value)
+    )
+    if ok:
+        try:
+            out = torch.tensor([float(v) for v in value], dtype=torch.float64)
+        except OverflowError:
+            ok = False
+        else:
+            ok = bool(out.isfinite().all()) and bool((out >= 0).all())
+    if not ok:
+        raise StateError(
+            f"state pattern_totals must be null or a list of {n_patterns} finite numbers >= 0 "
+            f"(one per pattern), got {value!r:.80}"
+        )
+    return out
+
+
+def _count(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= _MAX_COUNT:
+        raise StateError(
+            f"state {name} must be a non-negative int (at most 2**63 - 1), got {value!r:.80}"
+        )
+    return value
+
+
+def _int_list(value: Any, name: str, low: int, high: int) -> tuple[int, ...]:
+    ok = isinstance(value, list | tuple) and all(
+        isinstance(v, int) and not isinstance(v, bool) and low <= v <= high for v in value
+    )
+    if not ok:
+        raise StateError(
+            f"state {name} must be a list of ints from {low} to {high}, got {value!r:.80}"
+        )
+    return tuple(value)
+
+
+def _partials(value: Any, name: str) -> list[float]:
+    """A list of finite floats with a finite, non-negative exact sum."""
+    ok = (
+        isinstance(value, list | tuple)
+        and len(value) <= _MAX_PARTIALS
+        and all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in value)
+    )
+    if ok:
+        try:
+            out = [float(v) for v in value]
+            total = math.fsum(out)
+        except (OverflowError, ValueError):
+            ok = False
+        else:
+            ok = all(math.isfinite(v) for v in out) and math.isfinite(total) and total >= 0.0
+    if not ok:
+        raise StateError(
+            f"state {name} must be a list of at most {_MAX_PARTIALS} finite numbers with a "
+            f"finite, non-negative sum, got {value!r:.80}"
+        )
     return out
 
 
@@ -79,6 +234,10 @@ class IntensityAccumulator:
         domain: ``"amplitude"`` (batches hold normalized amplitudes, summed
             as ``x**2``) or ``"intensity"`` (batches hold intensities).
         layout: optional shortcut, ``"NCHW"`` or ``"NHWC"``.
+        keep_pattern_totals: also keep every pattern's own total (8 bytes a
+            pattern), for the diagnostics of :meth:`pattern_stats` and for
+            :meth:`excluding` frames. It uses the eager kernel, which reduces
+            each pattern separately.
 
     Streaming over any iterable of batches gives the same scale as one call
     of :func:`physscale.derive_intensity_scale` on their concatenation, to
@@ -91,12 +250,21 @@ class IntensityAccumulator:
         domain: Domain = "amplitude",
         *,
         layout: str | None = None,
+        keep_pattern_totals: bool = False,
     ) -> None:
         self.domain: Domain = check_option(domain, ("amplitude", "intensity"), "domain")
+        if not isinstance(keep_pattern_totals, bool):
+            raise StateError(
+                f"keep_pattern_totals must be True or False, got {keep_pattern_totals!r}"
+            )
+        self.keep_pattern_totals = keep_pattern_totals
         # Checks types, emptiness and layout conflicts now; ranges per batch.
         spatial_axes(_ANY_RANK, spatial_dims, layout)
         dims = LAYOUTS[layout] if layout is not None else spatial_dims
         self.spatial_dims: tuple[int, ...] = tuple(int(d) for d in dims)
+        # Defaulted axes are checked against each batch's shape (the layout guard);
+        # axes the caller named are trusted.
+        self.axes_explicit = layout is not None or spatial_dims is not DEFAULT_SPATIAL_DIMS
         self.reset()
 
     def reset(self) -> None:
@@ -106,6 +274,11 @@ class IntensityAccumulator:
         self._pattern_shape: tuple[int, ...] | None = None
         self._integer_like: bool | None = None
         self._masked = False
+        self._pixels = 0
+        # None once a state without mask statistics (version 1) was folded in.
+        self._masked_pixels: int | None = 0
+        self._masked_partials: list[float] = []
+        self._pattern_totals: list[torch.Tensor] = []  # float64 CPU pieces, in order
 
     # ------------------------------------------------------------------ update
     def update(self, batch: Any, mask: Any = None) -> IntensityAccumulator:
@@ -115,19 +288,47 @@ class IntensityAccumulator:
             batch: torch.Tensor or numpy.ndarray of normalized amplitudes
                 (or intensities for ``domain="intensity"``), real floating
                 dtype, any shape with the spatial axes given at construction.
-            mask: optional boolean valid-pixel mask broadcastable to ``batch``.
+                A ``numpy.ma.MaskedArray``'s masked entries are left out, as
+                if passed in ``mask``.
+            mask: optional boolean valid-pixel mask (True = use the pixel):
+                the pattern's shape, e.g. ``(H, W)``, applied along the
+                spatial axes in any layout, or any shape that broadcasts to
+                ``batch``. Excluded pixels add nothing to a pattern's sum.
+
+        Raises:
+            AmbiguousLayoutError: the axes were defaulted and ``batch`` looks
+                channels-last (see :func:`physscale.derive_intensity_scale`).
         """
         return self.update_named(batch, mask, "batch")
 
     def update_named(self, batch: Any, mask: Any, name: str) -> IntensityAccumulator:
         """``update``, with error messages calling the data ``name`` (e.g. "x")."""
+        batch, mask = split_masked(batch, mask, name)
         x = as_float_tensor(batch, name)
+        check_layout(x.shape, self.axes_explicit, name)
         axes = spatial_axes(x.ndim, self.spatial_dims)
-        m = None if mask is None else as_mask(mask, x.shape, x.device)
-        part = intensity_sum(x, axes, self.domain, m, name=name)
-        self._masked = self._masked or (m is not None and part.n_patterns > 0)
-        self._fold(part.total, part.n_patterns, part.pattern_shape, part.integer_like)
+        m = None if mask is None else as_mask(mask, x.shape, x.device, axes)
+        part = intensity_sum(
+            x, axes, self.domain, m, name=name, per_pattern=self.keep_pattern_totals
+        )
+        self._fold_sum(part, m is not None)
         return self
+
+    def _fold_sum(self, part: IntensitySum, masked: bool) -> None:
+        """Fold one batch's :class:`IntensitySum` in (all or nothing)."""
+        self._fold_state(
+            _State(
+                partials=[part.total],
+                n_patterns=part.n_patterns,
+                pattern_shape=part.pattern_shape,
+                integer_like=part.integer_like,
+                masked=masked,
+                pixels=part.pixels,
+                masked_pixels=part.masked_pixels,
+                masked_partials=[part.masked_total],
+                pattern_totals=part.pattern_totals,
+            )
+        )
 
     def update_all(self, batches: Iterable[Any]) -> IntensityAccumulator:
         """``update`` with every batch of an iterable; returns ``self``."""
@@ -157,22 +358,31 @@ class IntensityAccumulator:
             shape: the whole batch's shape (its spatial axes as for ``update``).
             fragments: ``(index, piece)`` pairs; pieces are numpy arrays or
                 tensors of real floats.
-            mask: optional boolean valid-pixel mask broadcastable to ``shape``.
+            mask: optional boolean valid-pixel mask, as for ``update``.
 
         Raises:
-            StateError: a piece whose shape does not match its index, or
-                pieces that do not add up to the batch.
+            StateError: a piece whose shape does not match its index, pieces
+                that do not add up to the batch, or an accumulator that keeps
+                per-pattern totals (pieces cut through patterns).
+            AmbiguousLayoutError: as for ``update``.
         """
         batch = torch.Size(int(s) for s in shape)
+        check_layout(batch, self.axes_explicit, "batch")
         axes = spatial_axes(len(batch), self.spatial_dims)
         pattern_shape = tuple(batch[a] for a in axes)
         if math.prod(pattern_shape) == 0:
             raise EmptyInputError(f"batch shape {tuple(batch)} has patterns with no pixels")
+        if self.keep_pattern_totals:
+            raise StateError(
+                "update_fragments cannot keep per-pattern totals (its pieces cut through "
+                "patterns); use update() with whole patterns"
+            )
         layout = torch.empty((), dtype=torch.bool).expand(batch)  # shapes only, no memory
-        m = None if mask is None else as_mask(mask, batch, torch.device("cpu"))
+        m = None if mask is None else as_mask(mask, batch, torch.device("cpu"), axes)
         partials: list[float] = []
+        masked_partials: list[float] = []
         integer_like: bool | None = None
-        covered = 0
+        covered = masked_pixels = 0
         for index, piece in fragments:
             x = as_float_tensor(piece, "batch")
             if x.shape != layout[index].shape:
@@ -185,6 +395,8 @@ class IntensityAccumulator:
             part_mask = None if m is None else m[index].to(x.device)
             part = intensity_sum(x, tuple(range(x.ndim)), self.domain, part_mask, name="batch")
             partials = _grow(partials, part.total)
+            masked_partials = _grow(masked_partials, part.masked_total)
+            masked_pixels += part.masked_pixels
             integer_like = part.integer_like and integer_like is not False
             covered += x.numel()
         if covered != batch.numel():
@@ -192,31 +404,19 @@ class IntensityAccumulator:
                 f"fragments cover {covered} of the batch's {batch.numel()} elements; each "
                 f"element must be in exactly one fragment"
             )
-        n_patterns = batch.numel() // math.prod(pattern_shape)
-        self._fold_partials(partials, n_patterns, pattern_shape, integer_like)
-        self._masked = self._masked or (m is not None and n_patterns > 0)
-        return self
-
-    def _fold(
-        self,
-        total: float,
-        n_patterns: int,
-        pattern_shape: tuple[int, ...] | None,
-        integer_like: bool | None,
-    ) -> None:
-        """Add one batch's (or one rank's) total, count and flags to the state."""
-        if n_patterns == 0:
-            return
-        if self._pattern_shape is not None and pattern_shape != self._pattern_shape:
-            raise StateError(
-                f"pattern shape {pattern_shape} differs from the {self._pattern_shape} seen "
-                f"before; one accumulator must see patterns of one shape"
+        self._fold_state(
+            _State(
+                partials=partials,
+                n_patterns=batch.numel() // math.prod(pattern_shape),
+                pattern_shape=pattern_shape,
+                integer_like=integer_like,
+                masked=m is not None,
+                pixels=batch.numel(),
+                masked_pixels=masked_pixels,
+                masked_partials=masked_partials,
             )
-        self._pattern_shape = pattern_shape
-        self._partials = _grow(self._partials, total)
-        self._n_patterns += n_patterns
-        if integer_like is not None:
-            self._integer_like = integer_like and self._integer_like is not False
+        )
+        return self
 
     # ------------------------------------------------------------------ combine
     def merge(self, other: IntensityAccumulator) -> IntensityAccumulator:
@@ -224,23 +424,52 @@ class IntensityAccumulator:
         if not isinstance(other, IntensityAccumulator):
             raise StateError(f"can only merge an IntensityAccumulator, got {type(other).__name__}")
         self._check_compatible(other.domain, other.spatial_dims)
-        self._fold_partials(other._partials, other._n_patterns, other._pattern_shape,
-                            other._integer_like)  # fmt: skip
-        self._masked = self._masked or other._masked
+        self._fold_state(other._state_tuple())
         return self
 
-    def _fold_partials(
-        self,
-        partials: Sequence[float],
-        n_patterns: int,
-        pattern_shape: tuple[int, ...] | None,
-        integer_like: bool | None,
-    ) -> None:
-        # Exact: each partial is added without rounding, the first with the counts.
-        self._fold(partials[0] if partials else 0.0, n_patterns, pattern_shape, integer_like)
-        if n_patterns:
-            for p in partials[1:]:
-                self._partials = _grow(self._partials, p)
+    def _state_tuple(self) -> _State:
+        return _State(
+            partials=list(self._partials),
+            n_patterns=self._n_patterns,
+            pattern_shape=self._pattern_shape,
+            integer_like=self._integer_like,
+            masked=self._masked,
+            pixels=self._pixels,
+            masked_pixels=self._masked_pixels,
+            masked_partials=list(self._masked_partials),
+            pattern_totals=self.pattern_totals,
+        )
+
+    def _fold_state(self, other: _State) -> None:
+        """Fold another state in, exactly; all or nothing (a refusal changes nothing)."""
+        if other.n_patterns == 0:
+            return
+        if self._pattern_shape is not None and other.pattern_shape != self._pattern_shape:
+            raise StateError(
+                f"pattern shape {other.pattern_shape} differs from the {self._pattern_shape} "
+                f"seen before; one accumulator must see patterns of one shape"
+            )
+        if self.keep_pattern_totals and other.pattern_totals is None:
+            raise StateError(
+                "this accumulator keeps per-pattern totals (keep_pattern_totals=True) but the "
+                "state folded in has none; both sides must keep them"
+            )
+        # Exact: every partial is added without rounding.
+        partials = _grow_all(self._partials, other.partials)
+        masked_partials = _grow_all(self._masked_partials, other.masked_partials)
+        self._partials, self._masked_partials = partials, masked_partials
+        if self.keep_pattern_totals and other.pattern_totals is not None:
+            self._pattern_totals.append(other.pattern_totals)
+        self._pattern_shape = other.pattern_shape
+        self._n_patterns += other.n_patterns
+        if other.integer_like is not None:
+            self._integer_like = other.integer_like and self._integer_like is not False
+        self._masked = self._masked or other.masked
+        self._pixels += other.pixels
+        if self._masked_pixels is None or other.masked_pixels is None:
+            self._masked_pixels = None
+        else:
+            self._masked_pixels += other.masked_pixels
 
     def _check_compatible(self, domain: str, spatial_dims: Sequence[int]) -> None:
         if domain != self.domain:
@@ -279,21 +508,49 @@ class IntensityAccumulator:
         mine = self._pack().to(device)
         gathered = [torch.empty_like(mine) for _ in range(dist.get_world_size(group))]
         dist.all_gather(gathered, mine, group=group)
+        states = [_unpack(packed.cpu()) for packed in gathered]
+        # Per-pattern totals travel in a second gather, padded to the longest rank's, and
+        # only when every rank keeps them (every rank decides alike: no rank waits alone).
+        longest = max(st.state.n_patterns for st in states)
+        if all(st.keeps for st in states) and longest:
+            padded = torch.zeros(longest, dtype=torch.float64)
+            own = self.pattern_totals
+            if own is not None:
+                padded[: own.numel()] = own
+            padded = padded.to(device)
+            totals = [torch.empty_like(padded) for _ in states]
+            dist.all_gather(totals, padded, group=group)
+            for st, t in zip(states, totals, strict=True):
+                st.state.pattern_totals = t[: st.state.n_patterns].cpu()
         # Fold into a fresh accumulator so a refused reduction leaves self as it was;
         # every rank sees the same gathered data, so every rank refuses alike.
-        combined = IntensityAccumulator(self.spatial_dims, self.domain)
-        for rank, packed in enumerate(gathered):
-            combined._unpack_into(packed.cpu(), rank)
-        self._partials = combined._partials
-        self._n_patterns = combined._n_patterns
-        self._pattern_shape = combined._pattern_shape
-        self._integer_like = combined._integer_like
-        self._masked = combined._masked
+        combined = IntensityAccumulator(
+            self.spatial_dims, self.domain, keep_pattern_totals=self.keep_pattern_totals
+        )
+        for rank, state in enumerate(states):
+            try:
+                combined._check_compatible(state.domain, state.spatial_dims)
+                combined._fold_state(state.state)
+            except (StateError, NonFiniteError) as exc:
+                raise StateError(f"all_reduce: rank {rank}'s state does not fit: {exc}") from None
+        self._adopt(combined)
         return self
 
+    def _adopt(self, other: IntensityAccumulator) -> None:
+        """Take over ``other``'s state (not its configuration)."""
+        self._partials = other._partials
+        self._n_patterns = other._n_patterns
+        self._pattern_shape = other._pattern_shape
+        self._integer_like = other._integer_like
+        self._masked = other._masked
+        self._pixels = other._pixels
+        self._masked_pixels = other._masked_pixels
+        self._masked_partials = other._masked_partials
+        self._pattern_totals = other._pattern_totals
+
     def _pack(self) -> torch.Tensor:
-        if len(self._partials) > _MAX_PARTIALS:  # pragma: no cover - impossible for float64
-            raise StateError("internal: too many partials to pack")
+        if len(self._partials) > _MAX_PARTIALS or len(self._masked_partials) > _MAX_PARTIALS:
+            raise StateError("internal: too many partials to pack")  # pragma: no cover
         shape = self._pattern_shape or ()
         if len(shape) > _MAX_PATTERN_DIMS or len(self.spatial_dims) > _MAX_PATTERN_DIMS:
             raise StateError(f"all_reduce supports patterns of at most {_MAX_PATTERN_DIMS} axes")
@@ -302,27 +559,16 @@ class IntensityAccumulator:
             {None: -1.0, False: 0.0, True: 1.0}[self._integer_like],
             float(self._masked),
             _DOMAIN_CODES[self.domain],
+            float(self._pixels),
+            -1.0 if self._masked_pixels is None else float(self._masked_pixels),
+            float(self.keep_pattern_totals),
             *_padded(self.spatial_dims),
             *_padded(shape),
         ]
-        partials = self._partials + [0.0] * (_MAX_PARTIALS - len(self._partials))
-        return torch.tensor(header + partials, dtype=torch.float64)
-
-    def _unpack_into(self, packed: torch.Tensor, rank: int) -> None:
-        values = packed.tolist()
-        n_patterns = int(values[0])
-        integer_like = {-1.0: None, 0.0: False, 1.0: True}[values[1]]
-        masked = bool(values[2])
-        domain = next(d for d, code in _DOMAIN_CODES.items() if code == values[3])
-        spatial_dims = _unpadded(values[4 : 5 + _MAX_PATTERN_DIMS])
-        shape = _unpadded(values[5 + _MAX_PATTERN_DIMS : 6 + 2 * _MAX_PATTERN_DIMS])
-        partials = [p for p in values[6 + 2 * _MAX_PATTERN_DIMS :] if p]
-        try:
-            self._check_compatible(domain, spatial_dims)
-            self._fold_partials(partials, n_patterns, shape, integer_like)
-        except StateError as exc:
-            raise StateError(f"all_reduce: rank {rank}'s state does not fit: {exc}") from None
-        self._masked = self._masked or masked
+        padding = [0.0] * (_MAX_PARTIALS - len(self._partials))
+        masked_padding = [0.0] * (_MAX_PARTIALS - len(self._masked_partials))
+        values = header + self._partials + padding + self._masked_partials + masked_padding
+        return torch.tensor(values, dtype=torch.float64)
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
@@ -336,41 +582,87 @@ class IntensityAccumulator:
             "pattern_shape": None if self._pattern_shape is None else list(self._pattern_shape),
             "integer_like": self._integer_like,
             "masked": self._masked,
+            "pixels": self._pixels,
+            "masked_pixels": self._masked_pixels,
+            "masked_partials": list(self._masked_partials),
+            "pattern_totals": None if self.pattern_totals is None else self.pattern_totals.tolist(),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore a state produced by :meth:`state_dict`, validating it."""
+        """Restore a state produced by :meth:`state_dict` (version 1 or 2), validating it.
+
+        Every field is checked (types, ranges, consistency) before anything
+        changes; a refused state raises :class:`~physscale.StateError` and
+        leaves the accumulator as it was.
+        """
         if not isinstance(state, Mapping):
             raise StateError(f"state must be a mapping, got {type(state).__name__}")
-        expected = {"version", "domain", "spatial_dims", "n_patterns", "total_partials",
-                    "pattern_shape", "integer_like", "masked"}  # fmt: skip
+        version = state.get("version")
+        if isinstance(version, bool) or version not in _READABLE_STATE_VERSIONS:
+            raise StateError(
+                f"accumulator state version {version!r} is not supported (this physscale "
+                f"reads versions {', '.join(map(str, _READABLE_STATE_VERSIONS))})"
+            )
+        expected = _STATE_KEYS_V1 if version == 1 else _STATE_KEYS
         if set(state) != expected:
             raise StateError(
-                f"state keys {sorted(state)} do not match the expected {sorted(expected)}"
+                f"state keys {sorted(map(str, state))} do not match the expected "
+                f"{sorted(expected)} of a version-{version} state"
             )
-        if state["version"] != _STATE_VERSION:
+        domain, dims = state["domain"], _int_list(state["spatial_dims"], "spatial_dims", -64, 63)
+        if domain not in _DOMAIN_CODES or not dims or len(dims) > _MAX_PATTERN_DIMS:
             raise StateError(
-                f"accumulator state version {state['version']!r} is not supported "
-                f"(this physscale writes version {_STATE_VERSION})"
+                f"state domain {domain!r} / spatial_dims {state['spatial_dims']!r} are not valid"
             )
-        self._check_compatible(state["domain"], state["spatial_dims"])
-        n = state["n_patterns"]
-        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-            raise StateError(f"state n_patterns must be a non-negative int, got {n!r}")
-        partials = [float(p) for p in state["total_partials"]]
-        if not all(math.isfinite(p) for p in partials) or math.fsum(partials) < 0:
-            raise StateError("state total_partials must be finite with a non-negative sum")
+        self._check_compatible(domain, dims)
+        n = _count(state["n_patterns"], "n_patterns")
         shape = state["pattern_shape"]
-        if (shape is None) != (n == 0):
+        pattern_shape = None
+        if shape is not None:
+            pattern_shape = _int_list(shape, "pattern_shape", 1, _MAX_PATTERN_SIZE)
+            if not pattern_shape or len(pattern_shape) > _MAX_PATTERN_DIMS:
+                raise StateError(f"state pattern_shape must have 1 to 8 sizes, got {shape!r}")
+        if (pattern_shape is None) != (n == 0):
             raise StateError("state pattern_shape must be given exactly when n_patterns > 0")
-        if state["integer_like"] not in (None, True, False):
-            raise StateError(
-                f"state integer_like must be a bool or None, got {state['integer_like']!r}"
+        for flag, allowed in (("integer_like", (None, True, False)), ("masked", (True, False))):
+            if not any(state[flag] is a for a in allowed):
+                raise StateError(f"state {flag} must be one of {allowed}, got {state[flag]!r}")
+        pixels = n * math.prod(pattern_shape or ())
+        masked_pixels: int | None = 0 if not state["masked"] else None
+        masked_partials: list[float] = []
+        pattern_totals: torch.Tensor | None = None
+        if version != 1:
+            if _count(state["pixels"], "pixels") != pixels:
+                raise StateError(
+                    f"state pixels {state['pixels']!r} is not n_patterns x the pattern's "
+                    f"pixel count ({pixels})"
+                )
+            if state["masked_pixels"] is not None:
+                masked_pixels = _count(state["masked_pixels"], "masked_pixels")
+                if masked_pixels > pixels or (masked_pixels and not state["masked"]):
+                    raise StateError(
+                        f"state masked_pixels {masked_pixels} does not fit pixels {pixels} "
+                        f"and masked={state['masked']!r}"
+                    )
+            masked_partials = _partials(state["masked_partials"], "masked_partials")
+            pattern_totals = _pattern_totals(state["pattern_totals"], n)
+        fresh = IntensityAccumulator(
+            self.spatial_dims, self.domain, keep_pattern_totals=self.keep_pattern_totals
+        )
+        fresh._fold_state(
+            _State(
+                partials=_partials(state["total_partials"], "total_partials"),
+                n_patterns=n,
+                pattern_shape=pattern_shape,
+                integer_like=state["integer_like"],
+                masked=state["masked"],
+                pixels=pixels,
+                masked_pixels=masked_pixels,
+                masked_partials=masked_partials,
+                pattern_totals=pattern_totals,
             )
-        self.reset()
-        pattern_shape = None if shape is None else tuple(int(s) for s in shape)
-        self._fold_partials(partials, n, pattern_shape, state["integer_like"])
-        self._masked = bool(state["masked"])
+        )
+        self._adopt(fresh)
 
     # ------------------------------------------------------------------ results
     @property
@@ -399,6 +691,107 @@ class IntensityAccumulator:
     def masked(self) -> bool:
         """Whether any batch was folded in with a valid-pixel mask."""
         return self._masked
+
+    @property
+    def pattern_totals(self) -> torch.Tensor | None:
+        """Each pattern's total intensity, in the order seen (float64 CPU tensor).
+
+        None unless the accumulator was made with ``keep_pattern_totals=True``.
+        Same units as :attr:`mean_intensity` (normalized ``sum(x**2)`` or ``sum(x)``).
+        """
+        if not self.keep_pattern_totals:
+            return None
+        if len(self._pattern_totals) > 1:
+            self._pattern_totals = [torch.cat(self._pattern_totals)]
+        return (
+            self._pattern_totals[0] if self._pattern_totals else torch.zeros(0, dtype=torch.float64)
+        )
+
+    def _require_totals(self, what: str) -> torch.Tensor:
+        totals = self.pattern_totals
+        if totals is None:
+            raise StateError(
+                f"{what} needs the per-pattern totals: make the accumulator with "
+                f"IntensityAccumulator(..., keep_pattern_totals=True)"
+            )
+        if totals.numel() == 0:
+            raise EmptyInputError("no patterns have been accumulated yet; call update() first")
+        return totals
+
+    def pattern_stats(self, rule: OutlierRule | None = None) -> PatternStats:
+        """The spread of the per-pattern totals and the frames ``rule`` flags.
+
+        See :mod:`physscale.diagnostics`. Nothing is excluded; for that, use
+        :meth:`excluding`. Needs ``keep_pattern_totals=True``.
+        """
+        return pattern_stats(self._require_totals("pattern_stats()"), rule)
+
+    def outlier_frames(self, rule: OutlierRule | None = None) -> list[int]:
+        """Indices of the frames ``rule`` flags (near zero or far from the median)."""
+        near_zero, far = flag_outliers(self._require_totals("outlier_frames()"), rule)
+        return (near_zero | far).nonzero().reshape(-1).tolist()
+
+    def excluding(self, frames: Iterable[int] | torch.Tensor) -> IntensityAccumulator:
+        """A new accumulator over every pattern but ``frames``; this one is unchanged.
+
+        Args:
+            frames: indices of patterns in the order they were accumulated
+                (as :attr:`pattern_totals` and :meth:`pattern_stats` count them).
+
+        The total drops by exactly the excluded patterns' totals. With a mask,
+        the masked fractions of what remains are unknown (None). Needs
+        ``keep_pattern_totals=True``.
+
+        Raises:
+            StateError: no per-pattern totals; indices that are not distinct
+                ints in range; excluding every pattern.
+        """
+        totals = self._require_totals("excluding()")
+        n = totals.numel()
+        index = torch.as_tensor(list(frames) if not isinstance(frames, torch.Tensor) else frames)
+        if index.numel() and (index.dtype.is_floating_point or index.dtype == torch.bool):
+            raise StateError(f"frames must be integer pattern indices, got dtype {index.dtype}")
+        index = index.reshape(-1).to(torch.int64)
+        if index.numel() and (int(index.min()) < 0 or int(index.max()) >= n):
+            raise StateError(f"frame indices must be in [0, {n}), got {index.tolist()[:10]}...")
+        if len(set(index.tolist())) != index.numel():
+            raise StateError("frame indices to exclude must be distinct")
+        if index.numel() >= n:
+            raise StateError(f"excluding all {n} patterns leaves nothing to derive a scale from")
+        keep = torch.ones(n, dtype=torch.bool)
+        keep[index] = False
+        out = IntensityAccumulator(self.spatial_dims, self.domain, keep_pattern_totals=True)
+        out.axes_explicit = self.axes_explicit
+        pixels_each = self._pixels // max(self._n_patterns, 1)
+        out._adopt(self)
+        out._partials = _grow_all(list(self._partials), [-v for v in totals[index].tolist()])
+        out._n_patterns = n - index.numel()
+        out._pixels = self._pixels - index.numel() * pixels_each
+        out._pattern_totals = [totals[keep]]
+        if self._masked and index.numel():
+            out._masked_pixels, out._masked_partials = None, []
+        return out
+
+    @property
+    def masked_pixel_fraction(self) -> float | None:
+        """With a mask: the fraction of all pixels seen that it excluded (else None)."""
+        if not self._masked or self._masked_pixels is None or self._pixels == 0:
+            return None
+        return self._masked_pixels / self._pixels
+
+    @property
+    def masked_intensity_fraction(self) -> float | None:
+        """With a mask: the fraction of the intensity that lay in excluded pixels.
+
+        The excluded intensity counts the excluded pixels' finite values >= 0
+        (NaN, infinities and negative dead-pixel flags are left out). None
+        without a mask, or when it is unknown (a version-1 state was loaded).
+        """
+        if not self._masked or self._masked_pixels is None:
+            return None
+        removed = math.fsum(self._masked_partials)
+        whole = removed + self.total_intensity
+        return removed / whole if whole > 0.0 else None
 
     @property
     def integer_like(self) -> bool | None:
@@ -434,7 +827,26 @@ class IntensityAccumulator:
         n = positive_finite(nphotons, "nphotons")
         value = self.scale_for(n)
         self._check_units(value, n)
+        self._check_mask(value)
         return torch.tensor(value, dtype=torch.float64)
+
+    def _check_mask(self, scale: float) -> None:
+        removed = self.masked_intensity_fraction
+        if removed is None or removed <= MASK_WARNING_FRACTION:
+            return
+        pixels = self.masked_pixel_fraction or 0.0
+        ratio = math.sqrt(1.0 / (1.0 - removed)) if removed < 1.0 else math.inf
+        warnings.warn(
+            f"the mask removes {removed:.1%} of the data's intensity ({pixels:.1%} of its "
+            f"pixels). nphotons is assigned to the unmasked pixels only, so the scale "
+            f"({scale:.6g}) is {ratio:.3g}x the one derived without the mask. If nphotons "
+            f"counts the photons of whole patterns (a beamstop's region included), derive "
+            f"without the mask; if it counts the photons in the unmasked pixels, or the "
+            f"masked pixels are bad (hot pixels, flags), this is right (silence "
+            f"physscale.MaskWarning)",
+            MaskWarning,
+            stacklevel=3,
+        )
 
     def _check_units(self, scale: float, nphotons: float) -> None:
         kind = "amplitudes" if self.domain == "amplitude" else "intensities"

@@ -28,8 +28,9 @@ from typing import Any
 import torch
 from torch.utils.data import default_collate
 
-from physscale._checks import DEFAULT_SPATIAL_DIMS, LAYOUTS, check_option
+from physscale._checks import DEFAULT_SPATIAL_DIMS, LAYOUTS, check_concrete, check_option
 from physscale._intensity_sum import Domain
+from physscale._validation import is_validation_enabled
 from physscale.errors import (
     BroadcastError,
     DtypeError,
@@ -155,8 +156,10 @@ def attach_intensity_scale(
             *training* scale, never one derived from their own data.
         key: the field holding the data, a ``(..., H, W)`` (or NHWC) real
             float tensor or array of normalized amplitudes.
-        layout, spatial_dims, domain, mask: as for
-            :func:`physscale.derive_intensity_scale`.
+        layout: as for :func:`physscale.derive_intensity_scale`.
+        spatial_dims: as for :func:`physscale.derive_intensity_scale`.
+        domain: as for :func:`physscale.derive_intensity_scale`.
+        mask: as for :func:`physscale.derive_intensity_scale`.
         data_source: free text stored in the record.
         overwrite: replace a record already attached; by default attaching
             twice is an error, so the scale is derived once.
@@ -204,11 +207,17 @@ def attach_intensity_scale(
 
 
 def _check_values(scale: torch.Tensor, where: str) -> None:
+    """Dtype and layout always; the values (one host sync) only with validation on."""
+    if scale.layout != torch.strided:
+        raise DtypeError(f"{where} must be a dense tensor, got layout {scale.layout}")
     if not scale.is_floating_point():
         raise DtypeError(
             f"{where} must be a real floating-point tensor, got dtype {scale.dtype}; "
             f"a bool or integer scale is almost certainly a mistake"
         )
+    if not is_validation_enabled():
+        return  # the sync-free path (physscale.set_validation(False))
+    check_concrete(scale, where)
     values = scale.detach()
     finite = torch.isfinite(values)
     # One host sync on the usual (valid) path: this runs for every batch.
@@ -275,6 +284,21 @@ def scale_for_batch(scale: Any, batch: torch.Tensor, layout: str | None = "NCHW"
     return scale.reshape((n,) + (1,) * (batch.ndim - 1)).to(batch.device)
 
 
+def _one_scale(value: Any, i: int, key: str) -> torch.Tensor:
+    """One sample's scale as a 0-d tensor (its own dtype; float64 for a number or a record).
+
+    ``torch.stack`` then promotes mixed dtypes, as ``default_collate`` would not.
+    """
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            raise BroadcastError(
+                f"sample {i} has a {key!r} of shape {tuple(value.shape)}; each sample must "
+                f"carry one number"
+            )
+        return value.reshape(())
+    return torch.tensor(scalar_scale(value, f"sample {i}'s {key!r}"), dtype=torch.float64)
+
+
 def collate_with_scale(
     samples: Sequence[Mapping[str, Any]],
     *,
@@ -310,17 +334,11 @@ def collate_with_scale(
                 f"sample {i} is not a dict with a {scale_key!r} entry "
                 f"(got {type(sample).__name__}); collate_with_scale is for dict samples"
             )
-        value = sample[scale_key]
-        if isinstance(value, torch.Tensor) and value.numel() != 1:
-            raise BroadcastError(
-                f"sample {i} has a {scale_key!r} of shape {tuple(value.shape)}; each sample "
-                f"must carry one number"
-            )
-    batch: dict[str, Any] = default_collate(list(samples))
-    scales = batch[scale_key]
-    if not isinstance(scales, torch.Tensor):
-        scales = torch.as_tensor(scales, dtype=torch.float64)
-    scales = scales.reshape(len(samples))
+    # One 0-d tensor per sample, so that a float beside a tensor, or a 0-d tensor
+    # beside a (1,) one, collate alike (default_collate refuses mixed forms).
+    scales = torch.stack([_one_scale(s[scale_key], i, scale_key) for i, s in enumerate(samples)])
+    rest = [{k: v for k, v in s.items() if k != scale_key} for s in samples]
+    batch: dict[str, Any] = default_collate(rest)
     rank = ndim
     if like is not None:
         ref = batch.get(like)

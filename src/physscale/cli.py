@@ -9,7 +9,11 @@ Without PATH it runs on the example dataset shipped with physscale.
 ``physscale inspect PATH`` shows a record file, a bundle's record and manifest,
 or a dataset's arrays and metadata.
 
-Exit status: 0 success, 1 bad data or files, 2 usage errors. Errors are one
+``physscale doctor`` reports versions, the kernel in use (and, without the
+native one, why and how to get it) and the optional packages found.
+
+Exit status: 0 success, 1 bad data or files, 2 usage errors (a bad flag, or a
+missing ``--nphotons`` / ``--layout`` that the data need). Errors are one
 line on stderr; ``--debug`` adds the traceback.
 """
 
@@ -31,11 +35,11 @@ from typing import Any, TextIO
 import numpy as np
 from pydantic import ValidationError
 
-from physscale import _native
-from physscale._checks import positive_finite, spatial_axes
-from physscale._version import __version__
+from physscale import doctor
+from physscale._checks import check_layout, positive_finite, spatial_axes
 from physscale.accumulator import IntensityAccumulator
 from physscale.errors import (
+    AmbiguousLayoutError,
     DataFileError,
     MaskError,
     NphotonsError,
@@ -65,6 +69,10 @@ PROG = "physscale"
 PROGRESS_DELAY_S = 0.5
 _PROGRESS_INTERVAL_S = 0.1
 _MAX_RECORD_BYTES = 1 << 20
+
+
+class UsageError(Exception):
+    """An invocation that needs another flag (exit status 2, like argparse's errors)."""
 
 
 # --------------------------------------------------------------------------- progress
@@ -170,10 +178,10 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG,
         description="The dataset intensity scale s = sqrt(nphotons / mean per-pattern "
         "sum(x**2)) of normalized diffraction amplitudes, with its provenance.",
-        epilog="Exit status: 0 success, 1 bad data or files, 2 usage errors.",
+        epilog="Exit status: 0 success, 1 bad data or files, 2 usage errors (including a "
+        "missing --nphotons or --layout that the data need).",
     )
-    kernel = "native kernel" if _native.available() else "eager kernel only"
-    parser.add_argument("--version", action="version", version=f"{PROG} {__version__} ({kernel})")
+    parser.add_argument("--version", action=doctor.VersionAction)
     _add_common(parser, top=True)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
@@ -223,7 +231,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--mask",
         type=Path,
         metavar="PATH",
-        help=".npy boolean valid-pixel mask broadcastable to one chunk, e.g. (H, W)",
+        help=".npy boolean valid-pixel mask (True = use the pixel): the pattern's shape "
+        "(H, W), applied along the spatial axes in either layout, or a shape that "
+        "broadcasts to the data. With a mask, nphotons is the expected count in the "
+        "unmasked pixels of a pattern: masking a bright beamstop region raises the "
+        "scale (the record gives the masked fractions of pixels and intensity)",
     )
     derive.add_argument("--out", type=Path, metavar="FILE", help="write the record JSON here")
     derive.add_argument(
@@ -247,6 +259,16 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("path", metavar="PATH", type=Path, help="the file to inspect")
     inspect.add_argument("--json", action="store_true", help="print JSON instead of text")
     _add_common(inspect, top=False)
+
+    doc = sub.add_parser(
+        "doctor",
+        help="report versions, the kernel in use (and why), optional packages",
+        description="Report physscale's and its dependencies' versions, the kernel in use and, "
+        "without the native one, why and how to get it, the optional packages found, the "
+        "validation switch, and torch's threads and devices. Exit status 0.",
+    )
+    doc.add_argument("--json", action="store_true", help="print JSON instead of text")
+    _add_common(doc, top=False)
     return parser
 
 
@@ -256,6 +278,21 @@ def _load_mask(path: Path, info: ArrayInfo, spatial_dims: Sequence[int]) -> np.n
     axes = spatial_axes(len(info.shape), spatial_dims)
     pattern = math.prod(info.shape[a] for a in axes)
     return read_mask(path, f"--mask {path}", max(pattern, info.count // info.shape[0]))
+
+
+def _missing_nphotons(path: Path, metadata: Any, exc: NphotonsError) -> str:
+    """The one-line message when neither the flags nor the file give nphotons."""
+    if metadata is None:
+        why = "it has no metadata"
+    elif "was not given" in str(exc):
+        why = 'its metadata has no ["physics_parameters"]["nphotons"]'
+    else:  # a misplaced or misspelled key: the core's message says where it is
+        return f"{path}: {exc}; or pass --nphotons N"
+    return (
+        f"{path}: nphotons is not known: {why}. Pass --nphotons N (expected photons per "
+        f"pattern; overrides the file's metadata) or --nphotons-default N (used only when "
+        f"the metadata gives none)"
+    )
 
 
 def _fmt(value: float) -> str:
@@ -283,6 +320,15 @@ def _summary(record: ScaleRecord, key: str, layout: str | None) -> str:
         f"  patterns         {record.n_patterns} of {shape} pixels "
         f"({record.domain} domain, layout {layout or 'NCHW'}"
         f"{', masked' if record.masked else ''})",
+    ]
+    if record.masked_pixel_fraction is not None:
+        removed = record.masked_intensity_fraction
+        of_intensity = "" if removed is None else f", {removed:.1%} of the intensity"
+        lines.append(
+            f"  mask             excludes {record.masked_pixel_fraction:.1%} of the pixels"
+            f"{of_intensity}; nphotons counts the unmasked pixels only"
+        )
+    lines += [
         f"  mean intensity   {_fmt(record.mean_intensity or 0.0)}    "
         f"(mean per-pattern {kind}, normalized units)",
         f"  implied dose     {_fmt(record.implied_nphotons or 0.0)} photons per pattern",
@@ -308,8 +354,16 @@ def _derive(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
                 f"{PROG}: warning: {message} (metadata ignored; using --nphotons "
                 f"{_fmt(args.nphotons)})\n"
             )
-    # Fail before reading the data when no nphotons can be had.
-    resolve_nphotons(metadata, explicit=args.nphotons, default=args.nphotons_default)
+    # Fail before reading the data when no nphotons can be had, or the layout is unclear.
+    if args.nphotons is None and args.nphotons_default is None:
+        try:
+            resolve_nphotons(metadata)
+        except NphotonsError as exc:
+            raise UsageError(_missing_nphotons(path, metadata, exc)) from None
+    try:
+        check_layout(info.shape, args.layout is not None, str(path), cli=True)
+    except AmbiguousLayoutError as exc:
+        raise UsageError(str(exc)) from None
     acc = IntensityAccumulator(domain=args.domain, layout=args.layout)
     mask = _load_mask(args.mask, info, acc.spatial_dims) if args.mask is not None else None
     progress = Progress(info.shape[0], stream=stderr, enabled=not args.quiet)
@@ -528,7 +582,17 @@ def _run(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
     try:
         if args.command == "derive":
             return _derive(args, stdout, stderr)
+        if args.command == "doctor":
+            data = doctor.report()
+            stdout.write(json.dumps(data, indent=2) if args.json else doctor.format_report(data))
+            stdout.write("\n")
+            return 0
         return _inspect(args, stdout)
+    except UsageError as exc:
+        if args.debug:
+            traceback.print_exc(file=stderr)
+        stderr.write(f"{PROG}: error: {exc}\n")
+        return 2
     except (PhysscaleError, OSError) as exc:
         if args.debug:
             traceback.print_exc(file=stderr)

@@ -103,11 +103,15 @@ def derive_from_dataloader(
     Args:
         loader: any iterable of batches; under DDP, this rank's loader (its
             ``DistributedSampler`` shard; an empty shard is fine).
-        nphotons, metadata, config, default: as for
-            :func:`physscale.resolve_nphotons` (``nphotons`` is the explicit value).
+        nphotons: the explicit value, as for :func:`physscale.resolve_nphotons`.
+        metadata: as for :func:`physscale.resolve_nphotons`.
+        config: as for :func:`physscale.resolve_nphotons`.
+        default: as for :func:`physscale.resolve_nphotons`.
         key: where the normalized amplitudes are in a batch (see :func:`batch_data`).
-        spatial_dims, layout, domain: the batch layout, as for
+        spatial_dims: the batch's spatial axes, as for
             :func:`physscale.derive_intensity_scale`.
+        layout: as for :func:`physscale.derive_intensity_scale`.
+        domain: as for :func:`physscale.derive_intensity_scale`.
         mask: optional boolean valid-pixel mask applied to every batch.
         reduce: combine all ranks' statistics when a process group is
             initialized (every rank must then call this). ``False``: this

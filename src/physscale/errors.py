@@ -8,6 +8,7 @@ working. One class per kind of mistake, so callers can catch precisely.
 from __future__ import annotations
 
 __all__ = [
+    "AmbiguousLayoutError",
     "AxisError",
     "BroadcastError",
     "DataFileError",
@@ -15,6 +16,7 @@ __all__ = [
     "EmptyInputError",
     "IntegrityError",
     "MaskError",
+    "MaskWarning",
     "NegativeValueError",
     "NonFiniteError",
     "NphotonsError",
@@ -56,6 +58,30 @@ class AxisError(PhysscaleError, ValueError):
     """Spatial axes or layout that do not fit the input."""
 
 
+class AmbiguousLayoutError(AxisError):
+    """Defaulted spatial axes on data that look channels-last (NHWC).
+
+    Raised instead of returning a number computed over the wrong axes: the
+    message says which ``layout=`` (or ``spatial_dims=``) to pass. Explicit
+    axes are always trusted. Attributes: ``shape`` (the data's shape),
+    ``nchw_pattern`` and ``nhwc_pattern`` (the pattern sizes each reading
+    would give).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        shape: tuple[int, ...],
+        nchw_pattern: tuple[int, ...],
+        nhwc_pattern: tuple[int, ...],
+    ) -> None:
+        super().__init__(message)
+        self.shape = shape
+        self.nchw_pattern = nchw_pattern
+        self.nhwc_pattern = nhwc_pattern
+
+
 class MaskError(PhysscaleError, ValueError):
     """A pixel mask of the wrong dtype or a shape that does not broadcast."""
 
@@ -90,6 +116,15 @@ class UnsafeFileError(DataFileError):
 
 class IntegrityError(DataFileError):
     """A bundle member whose checksum does not match its manifest."""
+
+
+class MaskWarning(UserWarning):
+    """A valid-pixel mask that removes most of the data's intensity.
+
+    With a mask, nphotons is assigned to the unmasked pixels only, so a mask
+    over the bright centre (a beamstop) moves the scale a lot; the warning
+    says by how much.
+    """
 
 
 class UnitsWarning(UserWarning):

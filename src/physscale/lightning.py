@@ -112,16 +112,21 @@ class PhysicsScaleCallback(pl.Callback):
 
     Args:
         nphotons: explicit photons per pattern (overrides everything).
-        metadata: PtychoPINN-style metadata, or an object with ``.metadata``
-            (e.g. the training data container); wins over ``config``.
+        metadata: PtychoPINN-style metadata, or the training data container
+            holding it (an object with ``.metadata`` or a dict with a
+            ``"metadata"`` entry, read as :func:`physscale.attach_intensity_scale`
+            reads it); wins over ``config``.
         config: a mapping or object with ``nphotons``.
         default: the value of last resort.
         dataloader: the loader to derive from; default the trainer's training
             dataloader (with Lightning's DistributedSampler under DDP).
         key: where a batch keeps its normalized amplitudes (dict key or
             tuple index; see :func:`physscale.distributed.batch_data`).
-        spatial_dims, layout, domain, mask: the batch layout, as for
+        spatial_dims: the batch's spatial axes, as for
             :func:`physscale.derive_intensity_scale`.
+        layout: as for :func:`physscale.derive_intensity_scale`.
+        domain: as for :func:`physscale.derive_intensity_scale`.
+        mask: as for :func:`physscale.derive_intensity_scale`.
         scaler_attribute: dotted path of the module's IntensityScaler, if
             it holds several.
         data_source: free text stored in the record.

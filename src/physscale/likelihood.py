@@ -650,8 +650,9 @@ def scaled_poisson_nll(
         ``"none"``. Values are in nats.
 
     Raises:
-        DtypeError, BroadcastError, NonFiniteError, NegativeValueError,
-        MaskError, OptionError, EmptyInputError: each says what was wrong.
+        PhysscaleError: a subclass that says what was wrong: DtypeError,
+            BroadcastError, NonFiniteError, NegativeValueError, MaskError,
+            OptionError or EmptyInputError.
     """
     domain = check_option(domain, DOMAINS, "domain")
     form = check_option(form, FORMS, "form")

@@ -363,8 +363,11 @@ class ScaledPoissonNLLLoss(nn.Module):
             scale (TF: the targets are ``(s * X)**2`` with the data's ``s``
             whatever the layer learns; for a scaler built from a trained
             record, that record's ``initial_intensity_scale``).
-        domain, form, reduction, eps: as for :func:`physscale.scaled_poisson_nll`
-            (``eps``: a positive finite number of photon counts).
+        domain: as for :func:`physscale.scaled_poisson_nll`.
+        form: as for :func:`physscale.scaled_poisson_nll`.
+        reduction: as for :func:`physscale.scaled_poisson_nll`.
+        eps: as for :func:`physscale.scaled_poisson_nll`: a positive finite
+            number of photon counts.
         mask: optional valid-pixel mask, a tensor or numpy array of booleans
             (True = valid) or 0/1 floats, broadcastable to every batch, e.g.
             ``(H, W)``, excluding not every pixel; a non-persistent buffer

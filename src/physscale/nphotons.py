@@ -57,9 +57,21 @@ class NphotonsResolution(BaseModel):
 
 
 def _metadata_mapping(metadata: Any) -> Mapping[str, Any] | None:
-    """Unwrap the accepted metadata forms to a mapping (or None)."""
+    """Unwrap the accepted metadata forms to a mapping (or None).
+
+    A data container is accepted where metadata is expected, the same way
+    :func:`physscale.attach_intensity_scale` reads one: an object's
+    ``.metadata`` attribute, or a mapping's ``"metadata"`` entry when the
+    mapping is not itself metadata (has no ``"physics_parameters"``).
+    """
     if metadata is None:
         return None
+    if (
+        isinstance(metadata, Mapping)
+        and "metadata" in metadata
+        and "physics_parameters" not in metadata
+    ):
+        return _metadata_mapping(metadata["metadata"])
     if isinstance(metadata, str | bytes):
         try:
             metadata = json.loads(metadata)
@@ -130,9 +142,9 @@ def resolve_nphotons(
 
     Args:
         metadata: PtychoPINN-style mapping ``{"physics_parameters":
-            {"nphotons": ...}}``, its JSON string, or an object with a
-            ``.metadata`` attribute holding one. A mapping without the key
-            simply offers nothing.
+            {"nphotons": ...}}``, its JSON string, or a data container holding
+            one (an object with a ``.metadata`` attribute, or a dict with a
+            ``"metadata"`` entry). A mapping without the key simply offers nothing.
         config: a mapping with an ``"nphotons"`` key or any object with an
             ``nphotons`` attribute (None means "not set").
         explicit: a value that overrides everything.

@@ -20,6 +20,7 @@ from physscale._checks import DEFAULT_SPATIAL_DIMS, positive_finite
 from physscale._intensity_sum import Domain
 from physscale._version import __version__
 from physscale.accumulator import IntensityAccumulator
+from physscale.diagnostics import MAX_LISTED_FRAMES, ExcludedFrames, OutlierRule, PatternStats
 from physscale.errors import RecordError
 from physscale.nphotons import NphotonsSource, resolve_nphotons
 from physscale.scale import (
@@ -92,6 +93,12 @@ class ScaleRecord(BaseModel):
             this data, ``intensity_scale**2 * mean_intensity``; equals
             ``nphotons`` for a derived scale, differs after training.
         data_source: free text naming the data (a path, a dataset name).
+        pattern_stats: the spread of the per-pattern intensity over every
+            pattern seen, and the frames the outlier rule flags (see
+            :mod:`physscale.diagnostics`); present when per-pattern totals
+            were kept.
+        excluded_frames: the frames the scale was derived *without*, and why;
+            None when every pattern counts (the TF-parity case).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -127,6 +134,8 @@ class ScaleRecord(BaseModel):
     mean_intensity: PositiveFinite | None = None
     implied_nphotons: PositiveFinite | None = None
     data_source: str | None = None
+    pattern_stats: PatternStats | None = None
+    excluded_frames: ExcludedFrames | None = None
 
     @field_validator("created_utc")
     @classmethod
@@ -195,6 +204,22 @@ class ScaleRecord(BaseModel):
                     f"implied_nphotons {self.implied_nphotons!r} is not "
                     f"intensity_scale**2 * mean_intensity = {implied!r}"
                 )
+        excluded = self.excluded_frames
+        if excluded is not None and (
+            self.n_patterns is None
+            or self.n_patterns != excluded.n_patterns_before - excluded.count
+        ):
+            raise ValueError(
+                f"n_patterns {self.n_patterns!r} is not the {excluded.n_patterns_before} "
+                f"patterns before exclusion less the {excluded.count} excluded"
+            )
+        stats = self.pattern_stats
+        if stats is not None:
+            seen = self.n_patterns if excluded is None else excluded.n_patterns_before
+            if stats.n_patterns != seen:
+                raise ValueError(
+                    f"pattern_stats covers {stats.n_patterns} patterns but the data had {seen!r}"
+                )
         fractions = (self.masked_pixel_fraction, self.masked_intensity_fraction)
         if not self.masked and any(f is not None for f in fractions):
             raise ValueError("masked_pixel_fraction and masked_intensity_fraction need masked=True")
@@ -242,6 +267,9 @@ def derive_scale_record(
     layout: str | None = None,
     domain: Domain = "amplitude",
     mask: Any = None,
+    diagnostics: bool = False,
+    exclude: Literal["outliers"] | Sequence[int] | None = None,
+    outlier_rule: OutlierRule | None = None,
 ) -> ScaleRecord:
     """Resolve nphotons, derive the scale, and return its :class:`ScaleRecord`.
 
@@ -249,12 +277,27 @@ def derive_scale_record(
         x_or_accumulator: normalized data (as for
             :func:`physscale.derive_intensity_scale`) or an
             :class:`IntensityAccumulator` that has seen the data.
-        nphotons, metadata, config, default: as for
-            :func:`physscale.resolve_nphotons` (``nphotons`` is the explicit value).
+        nphotons: the explicit value, as for :func:`physscale.resolve_nphotons`.
+        metadata: as for :func:`physscale.resolve_nphotons`.
+        config: as for :func:`physscale.resolve_nphotons`.
+        default: as for :func:`physscale.resolve_nphotons`.
         data_source: free text recorded with the scale (a path, a name).
-        spatial_dims, layout, domain, mask: as for
-            :func:`physscale.derive_intensity_scale`; not allowed with an
-            accumulator, which fixed them already.
+        spatial_dims: as for :func:`physscale.derive_intensity_scale`; this
+            and the next three are not allowed with an accumulator, which
+            fixed them already.
+        layout: as for :func:`physscale.derive_intensity_scale`.
+        domain: as for :func:`physscale.derive_intensity_scale`.
+        mask: as for :func:`physscale.derive_intensity_scale`.
+        diagnostics: for array input, keep every pattern's total and put
+            their spread and the flagged frames in ``record.pattern_stats``.
+            An accumulator made with ``keep_pattern_totals=True`` always gives them.
+        exclude: derive *without* some frames, an explicit choice that the
+            record states in ``excluded_frames``: ``"outliers"`` (the frames
+            ``outlier_rule`` flags; nothing is excluded if none is) or a
+            sequence of pattern indices. Needs per-pattern totals (implied
+            for array input). None (default): every pattern counts.
+        outlier_rule: the :class:`~physscale.diagnostics.OutlierRule` for the
+            statistics and for ``exclude="outliers"`` (default: its defaults).
     """
     resolution = resolve_nphotons(metadata, config, explicit=nphotons, default=default)
     if isinstance(x_or_accumulator, IntensityAccumulator):
@@ -266,7 +309,12 @@ def derive_scale_record(
                 "do not pass them with one"
             )
     else:
-        acc = accumulate(x_or_accumulator, spatial_dims, layout, domain, mask)
+        keep = diagnostics or exclude is not None
+        acc = accumulate(x_or_accumulator, spatial_dims, layout, domain, mask, keep)
+    stats = acc.pattern_stats(outlier_rule) if acc.keep_pattern_totals else None
+    excluded = None
+    if exclude is not None:
+        acc, excluded = _exclude(acc, exclude, outlier_rule, resolution.value)
     scale = float(acc.intensity_scale(resolution.value))
     return ScaleRecord(
         intensity_scale=scale,
@@ -279,8 +327,45 @@ def derive_scale_record(
         pattern_shape=acc.pattern_shape,
         spatial_dims=acc.spatial_dims,
         masked=acc.masked,
+        masked_pixel_fraction=acc.masked_pixel_fraction,
+        masked_intensity_fraction=acc.masked_intensity_fraction,
         mean_intensity=acc.mean_intensity,
         data_source=data_source,
+        pattern_stats=stats,
+        excluded_frames=excluded,
+    )
+
+
+def _exclude(
+    acc: IntensityAccumulator,
+    exclude: Literal["outliers"] | Sequence[int],
+    rule: OutlierRule | None,
+    nphotons: float,
+) -> tuple[IntensityAccumulator, ExcludedFrames | None]:
+    """The accumulator without the chosen frames, and the record of what was excluded."""
+    if isinstance(exclude, str):
+        if exclude != "outliers":
+            raise RecordError(
+                f"exclude must be 'outliers' or a sequence of frame indices, got {exclude!r}"
+            )
+        frames = acc.outlier_frames(rule)
+        reason: Literal["outliers", "explicit"] = "outliers"
+    else:
+        frames = [int(i) for i in exclude]
+        reason, rule = "explicit", None
+    if not frames:
+        return acc, None
+    kept = acc.excluding(frames)
+    ratio = kept.scale_for(nphotons) / acc.scale_for(nphotons)
+    ordered = sorted(frames)
+    return kept, ExcludedFrames(
+        reason=reason,
+        rule=(rule or OutlierRule()) if reason == "outliers" else None,
+        count=len(frames),
+        frames=ordered[:MAX_LISTED_FRAMES],
+        frames_truncated=len(frames) > MAX_LISTED_FRAMES,
+        n_patterns_before=acc.n_patterns,
+        scale_ratio=ratio,
     )
 
 

@@ -39,9 +39,12 @@ def accumulate(
     layout: str | None,
     domain: Domain,
     mask: Any,
+    keep_pattern_totals: bool = False,
 ) -> IntensityAccumulator:
     """One accumulator over all of ``x``; an error if ``x`` holds no pattern."""
-    acc = IntensityAccumulator(spatial_dims, domain, layout=layout).update_named(x, mask, "x")
+    acc = IntensityAccumulator(
+        spatial_dims, domain, layout=layout, keep_pattern_totals=keep_pattern_totals
+    ).update_named(x, mask, "x")
     if acc.n_patterns == 0:
         raise EmptyInputError(f"x is empty (shape {tuple(x.shape)}); there are no patterns")
     return acc
@@ -68,24 +71,39 @@ def derive_intensity_scale(
             normalized intensities (``domain="intensity"``); ``torch.Tensor``
             (any device) or ``numpy.ndarray`` of a real floating dtype,
             values >= 0. Any shape: the spatial axes form one pattern and
-            every other axis counts patterns.
+            every other axis counts patterns. A ``numpy.ma.MaskedArray``'s
+            masked entries are excluded, as if given in ``mask``.
         nphotons: expected photons per pattern over the dataset, a positive
-            finite real number.
+            finite real number. With a mask: the expected photons in the
+            *unmasked* pixels of a pattern (see ``mask``).
         spatial_dims: the axes of one pattern; default the last two (NCHW).
         layout: ``"NCHW"`` (``spatial_dims=(-2, -1)``) or ``"NHWC"``
-            (``spatial_dims=(-3, -2)``, the TensorFlow layout). Never guessed.
+            (``spatial_dims=(-3, -2)``, the TensorFlow layout). Never guessed:
+            with neither ``spatial_dims`` nor ``layout`` given, data that look
+            channels-last (rank >= 3, a last axis of 1 to 4 entries after two
+            axes of at least 8) raise :class:`~physscale.AmbiguousLayoutError`
+            naming what to pass, instead of a scale over the wrong axes.
+            Explicit axes are always trusted.
         domain: ``"amplitude"`` sums ``x**2``; ``"intensity"`` sums ``x``.
-        mask: optional boolean valid-pixel mask broadcastable to ``x``;
-            False pixels add nothing to a pattern's sum.
+        mask: optional boolean valid-pixel mask (True = use the pixel): the
+            pattern's shape (e.g. ``(H, W)``), applied along the spatial axes
+            in either layout, or any shape that broadcasts to ``x``. Excluded
+            pixels add nothing to a pattern's sum, so nphotons is assigned to
+            the unmasked pixels only: masking a bright region (a beamstop)
+            raises the scale. A :class:`~physscale.MaskWarning` says so when
+            the mask removes more than half of the intensity;
+            :func:`physscale.derive_scale_record` records the masked fractions
+            of pixels and intensity.
 
     Returns:
         0-d float64 tensor on ``x``'s device (CPU for numpy input or devices
         without float64): the amplitude factor ``s``; counts are ``(s * x)**2``.
 
     Raises:
-        DtypeError, EmptyInputError, NonFiniteError, NegativeValueError,
-        ZeroIntensityError, AxisError, MaskError, NphotonsError, OptionError
-        (all :class:`physscale.PhysscaleError`).
+        PhysscaleError: a subclass that says what was wrong: DtypeError,
+            EmptyInputError, NonFiniteError, NegativeValueError,
+            ZeroIntensityError, AxisError (AmbiguousLayoutError among them),
+            MaskError, NphotonsError or OptionError.
 
     Example:
         >>> import torch, physscale

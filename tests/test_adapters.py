@@ -1,0 +1,319 @@
+"""The host adapters without their hosts: lazy imports, conventions, and small fakes.
+
+These run in main CI (no deepinv, pty-chi or PtychoPINN there); the same
+adapters against the real codes are in tests/interop/. The fakes mimic only
+the hosts' call signatures; references are independent float64 formulas.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import os
+import pickle
+import sys
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+import physscale as ps
+from physscale.adapters import deepinv as dinv_adapter
+from physscale.adapters import ptychi as ptychi_adapter
+from physscale.adapters import ptychopinn as port_adapter
+from physscale.nn import ScaledPoissonNLLLoss
+
+
+def _absent(module: str) -> bool:
+    try:
+        __import__(module)
+    except ImportError:
+        return True
+    return False
+
+
+# --------------------------------------------------------------------------- lazy imports
+
+
+def test_importing_the_adapters_imports_no_host() -> None:
+    for name in ("deepinv", "ptychi", "ptycho_torch"):
+        if _absent(name):
+            assert name not in sys.modules
+
+
+@pytest.mark.skipif(not _absent("deepinv"), reason="deepinv is installed here")
+def test_deepinv_classes_say_what_to_install() -> None:
+    with pytest.raises(ModuleNotFoundError, match=r"pip install deepinv==0\.5\.0"):
+        dinv_adapter.PoissonLikelihood  # noqa: B018
+
+
+@pytest.mark.skipif(not _absent("ptychi"), reason="ptychi is installed here")
+def test_ptychi_use_poisson_loss_says_what_to_install() -> None:
+    with pytest.raises(ModuleNotFoundError, match=r"pip install ptychi==2\.2\.0"):
+        ptychi_adapter.use_poisson_loss(object())
+
+
+def test_port_save_bundle_says_how_to_get_the_port(tmp_path: Path) -> None:
+    if not _absent("ptycho_torch"):  # checked now: the interop tests may have added it
+        pytest.skip("the port is importable here")
+    record = ps.closed_form_scale_record(1e6, 64)
+    with pytest.raises(ModuleNotFoundError, match="PtychoPINN"):
+        port_adapter.save_bundle({}, tmp_path / "wts.h5", None, record)
+
+
+def test_an_unknown_adapter_attribute_is_an_attribute_error() -> None:
+    with pytest.raises(AttributeError):
+        dinv_adapter.NoSuchThing  # noqa: B018
+
+
+# --------------------------------------------------------------------------- pty-chi
+
+
+def _counts(shape: tuple[int, ...], seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    rate = torch.rand(shape, generator=g, dtype=torch.float64) * 50 + 0.5
+    return rate, torch.poisson(rate, generator=g)
+
+
+def test_ptychi_loss_is_the_mean_poisson_nll_on_counts() -> None:
+    rate, counts = _counts((4, 16, 16))
+    reference = math.fsum((rate - counts * torch.log(rate)).reshape(-1).tolist()) / rate.numel()
+    assert float(ptychi_adapter.PoissonLoss()(rate, counts)) == pytest.approx(reference, rel=1e-12)
+    # pty-chi's own correct Poisson (its LSQML noise model): log(input + 1e-8).
+    torch_ref = torch.nn.PoissonNLLLoss(log_input=False)(rate, counts)
+    assert float(ptychi_adapter.PoissonLoss()(rate, counts)) == pytest.approx(
+        float(torch_ref), rel=1e-8
+    )
+
+
+def test_ptychi_loss_takes_its_masked_one_d_call() -> None:
+    rate, counts = _counts((2, 8, 8))
+    mask = torch.rand(2, 8, 8, generator=torch.Generator().manual_seed(1)) > 0.3
+    loss = ptychi_adapter.PoissonLoss(form="exact", reduction="sum")
+    flat = loss(rate[mask], counts[mask])
+    reference = -torch.distributions.Poisson(rate[mask]).log_prob(counts[mask]).sum()
+    assert float(flat) == pytest.approx(float(reference), rel=1e-12)
+
+
+def test_ptychi_builtin_log_input_trap_is_real() -> None:
+    # What pty-chi's LossFunctions.POISSON builds: PoissonNLLLoss() (log_input=True).
+    rate, counts = _counts((2, 8, 8))
+    assert not math.isfinite(float(torch.nn.PoissonNLLLoss()(rate.float() * 10, counts.float())))
+    assert math.isfinite(float(ptychi_adapter.PoissonLoss()(rate.float() * 10, counts.float())))
+
+
+def test_ptychi_loss_holds_no_state_and_checks_its_options() -> None:
+    loss = ptychi_adapter.PoissonLoss()
+    assert list(loss.state_dict()) == []
+    with pytest.raises(ps.OptionError):
+        ptychi_adapter.PoissonLoss(form="gauss")  # type: ignore[arg-type]
+    with pytest.raises(ps.NegativeValueError):
+        ptychi_adapter.PoissonLoss(background=-1.0)
+
+
+def test_ptychi_loss_refuses_negative_counts() -> None:
+    rate, counts = _counts((2, 4, 4))
+    counts[0, 0, 0] = -2.0  # background-subtracted data
+    with pytest.raises(ps.NegativeValueError):
+        ptychi_adapter.PoissonLoss()(rate, counts)
+
+
+# --------------------------------------------------------------------------- deepinv
+
+
+def test_deepinv_per_sample_nll_is_independent_per_sample() -> None:
+    gain, bkg = 0.05, 0.3
+    z, _ = _counts((3, 2, 8, 8), seed=2)
+    counts = torch.poisson(z / gain + bkg, generator=torch.Generator().manual_seed(3))
+    y = gain * counts  # deepinv's PoissonNoise(gain, normalize=True)
+    out = dinv_adapter.poisson_nll_per_sample(z, y, gain=gain, bkg=bkg)
+    assert out.shape == (3,)
+    for i in range(3):
+        lam = (z[i] / gain + bkg).reshape(-1).tolist()
+        k = counts[i].reshape(-1).tolist()
+        reference = math.fsum(a - b * math.log(a) for a, b in zip(lam, k, strict=True))
+        assert float(out[i]) == pytest.approx(reference, rel=1e-12)
+    # Scoring one sample alone gives the same value: no batch coupling.
+    alone = dinv_adapter.poisson_nll_per_sample(z[1:2], y[1:2], gain=gain, bkg=bkg)
+    assert float(alone[0]) == pytest.approx(float(out[1]), rel=1e-14)
+
+
+def test_deepinv_denormalize_false_reads_raw_counts() -> None:
+    gain = 0.05
+    z, counts = _counts((2, 8, 8), seed=4)
+    a = dinv_adapter.poisson_nll_per_sample(z, gain * counts, gain=gain)
+    b = dinv_adapter.poisson_nll_per_sample(z, counts, gain=gain, denormalize=False)
+    torch.testing.assert_close(a, b, rtol=1e-13, atol=0)
+
+
+# --------------------------------------------------------------------------- the port
+
+
+def _fake_port_container(x: torch.Tensor, metadata: Any = None) -> Any:
+    # Mimics the port's class identity (name and module), nothing else.
+    kind = type("PtychoDataContainerTorch", (), {"__module__": "ptycho_torch.fake"})
+    container = kind()
+    container.X = x
+    container.metadata = metadata
+    return container
+
+
+def test_port_attach_uses_nhwc_from_the_container_not_the_default() -> None:
+    rng = np.random.default_rng(0)
+    x, _ = ps.normalize_amplitudes(rng.uniform(0, 1, (5, 64, 64, 4)), layout="NHWC")
+    container = _fake_port_container(
+        torch.from_numpy(x).float(), {"physics_parameters": {"nphotons": 1e6}}
+    )
+    record = port_adapter.attach(container)
+    assert record.pattern_shape == (64, 64)
+    assert record.intensity_scale == pytest.approx(31.25, rel=1e-6)
+    assert float(container.physics_scaling_constant) == pytest.approx(31.25, rel=1e-6)
+    assert not hasattr(container, "nphotons_source")
+
+
+def test_port_attach_on_a_dict_and_with_a_training_record() -> None:
+    x = torch.rand(3, 64, 64, 1)
+    train = {"X": x, "metadata": {"physics_parameters": {"nphotons": 5e5}}}
+    record = port_adapter.attach(train)
+    test = {"X": torch.rand(2, 64, 64, 1)}
+    assert port_adapter.attach(test, record=record) == record
+    assert test["physics_scaling_constant"].shape == (1, 1, 1)
+    with pytest.raises(ps.StateError, match="record= attaches"):
+        port_adapter.attach({"X": x}, record=record, nphotons=1.0)
+
+
+@pytest.mark.parametrize("shape", [(3, 1, 64, 64), (3, 64, 64), (2, 64, 32, 4)])
+def test_port_container_layout_refuses_shapes_that_are_not_n_n_n_c(
+    shape: tuple[int, ...],
+) -> None:
+    with pytest.raises(ps.StateError, match=r"\(n, N, N, C\)"):
+        port_adapter.container_layout({"X": torch.ones(shape)})
+
+
+def test_port_scaler_conversion_inverts_the_factor() -> None:
+    class FakePortScaler:  # the port's: scale(x, f) = x * f, f = exp(log_scale)
+        log_scale = torch.nn.Parameter(torch.tensor(math.log(250.0)))
+
+    x = torch.rand(2, 1, 4, 4, dtype=torch.float64)
+    scaler = port_adapter.scaler_from_port(FakePortScaler())
+    torch.testing.assert_close(scaler.normalize(x), x * 250.0)
+    torch.testing.assert_close(scaler.denormalize(x), x / 250.0)
+    assert port_adapter.port_factor(scaler) == pytest.approx(250.0, rel=1e-6)
+    with pytest.raises(ps.StateError, match="scale_factor"):
+        port_adapter.scaler_from_port(object())
+
+
+def test_port_params_carry_the_record_and_refuse_the_placeholder() -> None:
+    record = ps.closed_form_scale_record(1e6, 64)
+    params = port_adapter.scale_into_params({"N": 64, "nphotons": 1e6}, record)
+    assert params["intensity_scale"] == record.intensity_scale
+    assert port_adapter.record_from_params(params) == record
+    plain = port_adapter.record_from_params({"intensity_scale": 31.25, "nphotons": 1e6})
+    assert (plain.method, plain.nphotons_source) == ("explicit", "config")
+    with pytest.raises(ps.RecordError, match="placeholder"):
+        port_adapter.record_from_params({"intensity_scale": 1.0, "nphotons": 1e6})
+    with pytest.raises(ps.RecordError, match="edited"):
+        port_adapter.record_from_params({**params, "intensity_scale": 2.0})
+
+
+def _port_zip(path: Path, params_pickle: bytes, extra: dict[str, bytes] | None = None) -> Path:
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("manifest.dill", pickle.dumps({"models": ["diffraction_to_obj"]}))
+        zf.writestr("diffraction_to_obj/params.dill", params_pickle)
+        for name, data in (extra or {}).items():
+            zf.writestr(name, data)
+    return path
+
+
+def test_port_bundle_scale_is_read_without_running_code(tmp_path: Path) -> None:
+    params = {"N": 64, "nphotons": 1e6, "intensity_scale": 31.25, "path": Path("/data/x.npz"),
+              "np_value": np.float32(2.0)}  # fmt: skip
+    _port_zip(tmp_path / "wts.h5.zip", pickle.dumps(params))
+    record = port_adapter.record_from_bundle(tmp_path / "wts.h5")
+    assert record.intensity_scale == 31.25
+
+
+class _Evil:
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (os.system, ("echo pwned",))
+
+
+def test_port_bundle_with_code_in_its_pickle_is_refused(tmp_path: Path) -> None:
+    _port_zip(tmp_path / "wts.h5.zip", pickle.dumps({"intensity_scale": _Evil()}))
+    with pytest.raises(ps.UnsafeFileError, match="never runs code"):
+        port_adapter.record_from_bundle(tmp_path / "wts.h5.zip")
+
+
+def test_port_bundle_record_member_wins_and_is_checked(tmp_path: Path) -> None:
+    record = ps.closed_form_scale_record(1e6, 64)
+    member = {port_adapter.RECORD_MEMBER: record.model_dump_json().encode()}
+    raw = pickle.dumps({"intensity_scale": record.intensity_scale, "nphotons": 1e6})
+    _port_zip(tmp_path / "a.zip", raw, member)
+    assert port_adapter.record_from_bundle(tmp_path / "a.zip") == record
+    _port_zip(tmp_path / "b.zip", pickle.dumps({"intensity_scale": 3.0, "nphotons": 1.0}), member)
+    with pytest.raises(ps.RecordError, match="edited"):
+        port_adapter.record_from_bundle(tmp_path / "b.zip")
+
+
+@pytest.mark.parametrize("content", [b"not a zip", b""])
+def test_port_bundle_that_is_not_an_archive_is_a_data_error(tmp_path: Path, content: bytes) -> None:
+    (tmp_path / "wts.h5.zip").write_bytes(content)
+    with pytest.raises(ps.DataFileError):
+        port_adapter.record_from_bundle(tmp_path / "wts.h5.zip")
+    with pytest.raises(ps.DataFileError, match="no port bundle"):
+        port_adapter.record_from_bundle(tmp_path / "missing.zip")
+
+
+def test_port_bundle_with_a_broken_pickle_is_a_data_error(tmp_path: Path) -> None:
+    _port_zip(tmp_path / "wts.h5.zip", b"\x80\x04garbage")
+    with pytest.raises(ps.DataFileError, match="not a readable pickle"):
+        port_adapter.record_from_bundle(tmp_path / "wts.h5.zip")
+
+
+def test_port_poisson_loss_is_the_ports_independent_poisson_per_sample() -> None:
+    pred = torch.rand(3, 4, 8, 8, dtype=torch.float64) * 5 + 0.1
+    obs = torch.poisson(pred**2).sqrt()
+    try:
+        loss = port_adapter.poisson_loss()
+    except TypeError:  # LOSS-BRANCH (b): persistent= not on this main yet
+        pytest.skip("LOSS-BRANCH: needs ScaledPoissonNLLLoss(persistent=...)")
+    reference = -torch.distributions.Independent(
+        torch.distributions.Poisson(pred**2, validate_args=False), 3
+    ).log_prob(obs**2)
+    torch.testing.assert_close(loss(pred, obs), reference, rtol=1e-13, atol=0)
+
+
+@pytest.mark.skipif(
+    "persistent" not in inspect.signature(ScaledPoissonNLLLoss.__init__).parameters,
+    reason="LOSS-BRANCH: needs ScaledPoissonNLLLoss(persistent=...) from the loss branch",
+)
+def test_port_install_loss_keeps_a_fake_models_state_dict_keys() -> None:
+    class FakeConfig:
+        mode, loss_function, physics_forward_mode = "Unsupervised", "Poisson", "amplitude"
+
+    class FakeLightning(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model_config = FakeConfig()
+            self.layer = torch.nn.Linear(2, 2)
+            self.Loss = torch.nn.Module()  # the port's PoissonLoss holds no tensors
+
+    model = FakeLightning()
+    keys = list(model.state_dict())
+    port_adapter.install_loss(model)
+    assert list(model.state_dict()) == keys
+    model.model_config.loss_function = "MAE"
+    with pytest.raises(ps.StateError, match="Poisson"):
+        port_adapter.install_loss(model)
+
+
+def test_port_bundle_member_over_the_size_limit_is_refused_unread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _port_zip(tmp_path / "wts.h5.zip", pickle.dumps({"intensity_scale": 3.0, "pad": "x" * 100}))
+    monkeypatch.setattr(port_adapter, "_MAX_MEMBER_BYTES", 64)
+    with pytest.raises(ps.DataFileError, match="too large"):
+        port_adapter.record_from_bundle(tmp_path / "wts.h5.zip")
