@@ -616,3 +616,54 @@ except physscale.DataFileError as exc:
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[0] == str(8 * 64 * 64.0)
     assert re.match(r"DataFileError .*shrink\.npy: truncated", result.stdout.splitlines()[1])
+
+
+@given(
+    shape=st.sampled_from([(3, 5, 7), (2, 3, 4, 5), (4, 6, 5, 2), (1, 9, 8), (5, 4, 3, 2)]),
+    layout=st.sampled_from([None, "NHWC"]),
+    masked=st.booleans(),
+    max_bytes=st.integers(4, 400),
+    chunk=st.one_of(st.none(), st.integers(1, 4)),
+    fmt=st.sampled_from(["npy", "npz", "hdf5", "npy-fortran"]),
+)
+def test_folding_a_file_in_pieces_equals_one_update_with_the_whole_array(
+    shape: tuple[int, ...],
+    layout: str | None,
+    masked: bool,
+    max_bytes: int,
+    chunk: int | None,
+    fmt: str,
+) -> None:
+    # Pieces smaller than one pattern go through IntensityAccumulator.update_fragments.
+    from physscale.io.streaming import fold_patterns
+
+    rng = np.random.default_rng(sum(shape) + max_bytes)
+    x = rng.gamma(2.0, 0.5, size=shape).astype(np.float32)
+    axes = (-3, -2) if layout == "NHWC" else (-2, -1)
+    mask = rng.random(tuple(shape[a] for a in axes)) > 0.3 if masked else None
+    with tempfile.TemporaryDirectory() as tmp:
+        if fmt == "npy-fortran":
+            path = Path(tmp) / "f.npy"
+            np.save(path, np.asfortranarray(x))
+        else:
+            path = _write(Path(tmp) / "d", fmt, x)
+        acc = fold_patterns(
+            physscale.IntensityAccumulator(layout=layout),
+            readers.pattern_source(path),
+            mask=mask,
+            chunk_patterns=chunk,
+            max_bytes=max_bytes,
+        )
+    whole = physscale.IntensityAccumulator(layout=layout).update(x, mask=mask)
+    assert (acc.n_patterns, acc.pattern_shape, acc.masked) == (
+        whole.n_patterns,
+        whole.pattern_shape,
+        whole.masked,
+    )
+    # Reference: float64 squares of the unmasked pixels, added with math.fsum.
+    x64 = x.astype(np.float64)
+    if mask is not None:
+        placed = mask.reshape((*mask.shape, 1)) if layout == "NHWC" else mask
+        x64 = x64 * placed
+    expected = math.fsum((x64 * x64).ravel().tolist())
+    assert acc.total_intensity == pytest.approx(expected, rel=1e-13)
