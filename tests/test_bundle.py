@@ -610,3 +610,15 @@ def test_a_fifo_is_refused_without_blocking(tmp_path: Path) -> None:
     kind, message = call_with_timeout(lambda: load_bundle(fifo), seconds=10)
     assert kind == "DataFileError", (kind, message)
     assert "is a FIFO (named pipe), not a regular file" in message
+
+
+def test_a_bundle_entry_needing_a_newer_zip_version_is_a_data_file_error(
+    bundle_path: Path,
+) -> None:
+    # zipfile raised NotImplementedError("zip file version 15.7") opening the archive.
+    raw = bytearray(bundle_path.read_bytes())
+    central = raw.rindex(b"PK\x01\x02")
+    raw[central + 6 : central + 8] = (157).to_bytes(2, "little")
+    bundle_path.write_bytes(bytes(raw))
+    with pytest.raises(ps.DataFileError, match="is not a readable zip file"):
+        load_bundle(bundle_path)

@@ -629,3 +629,11 @@ def test_concurrent_writes_to_one_file_lose_no_update(tmp_path: Path) -> None:
             np.testing.assert_array_equal(data[f"a{i}"], np.full((64, 64), i, np.float32))
     assert names == {"_metadata", *(f"a{i}" for i in range(12))}
     assert [p.name for p in tmp_path.iterdir()] == ["shared.npz"]
+
+
+def test_a_unicode_array_holding_invalid_code_points_is_a_data_error(tmp_path: Path) -> None:
+    # numpy raised SystemError ("invalid maximum character passed to PyUnicode_New").
+    path = tmp_path / "cp.npz"
+    _npz_with_metadata_member(path, b"\xff\xff\xff\xff" * 2, descr="<U2")
+    with pytest.raises(DataFileError, match=r"cp\.npz:_metadata: metadata is not valid text"):
+        read_metadata(path)

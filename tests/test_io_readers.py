@@ -667,3 +667,33 @@ def test_folding_a_file_in_pieces_equals_one_update_with_the_whole_array(
         x64 = x64 * placed
     expected = math.fsum((x64 * x64).ravel().tolist())
     assert acc.total_intensity == pytest.approx(expected, rel=1e-13)
+
+
+# ----------------------------------------------------------------- found by the long fuzz profile
+def test_a_zip_entry_needing_a_newer_zip_version_is_a_data_file_error(tmp_path: Path) -> None:
+    # zipfile raised NotImplementedError("zip file version 8.9") while opening the archive.
+    npz = _write(tmp_path / "ver", "npz", np.ones((2, 3, 3), np.float32))
+    raw = bytearray(npz.read_bytes())
+    central = raw.rindex(b"PK\x01\x02")
+    raw[central + 6 : central + 8] = (89).to_bytes(2, "little")  # version needed to extract
+    npz.write_bytes(bytes(raw))
+    for call in (
+        lambda: list(iter_patterns(npz)),
+        lambda: list_arrays(npz),
+        lambda: read_metadata(npz),
+    ):
+        with pytest.raises(DataFileError, match=r"ver\.npz: not a readable \.npz"):
+            call()
+
+
+def test_a_member_name_that_is_not_utf8_is_a_data_file_error(tmp_path: Path) -> None:
+    # The local header's name is decoded as UTF-8 when flag bit 11 says so: a
+    # flipped byte there raised UnicodeDecodeError from ZipFile.open.
+    npz = _write(tmp_path / "name", "npz", np.ones((2, 3, 3), np.float32))
+    raw = bytearray(npz.read_bytes())
+    local = raw.index(b"PK\x03\x04")
+    raw[local + 6 : local + 8] = (1 << 11).to_bytes(2, "little")
+    raw[local + 30] = 0x93  # the first byte of the local name
+    npz.write_bytes(bytes(raw))
+    with pytest.raises(DataFileError, match=r"name\.npz:diffraction: .*utf-8"):
+        list(iter_patterns(npz))

@@ -47,7 +47,7 @@ from physscale.errors import (
     UnsafeFileError,
 )
 from physscale.io._atomic import atomic_write
-from physscale.io._files import describe, open_regular
+from physscale.io._files import ZIP_OPEN_ERRORS, describe, open_regular
 from physscale.io.metadata import read_metadata
 from physscale.io.readers import (
     ArrayInfo,
@@ -445,7 +445,7 @@ def _is_bundle(path: Path) -> bool:
     try:
         with zipfile.ZipFile(path) as zf:
             return "record.json" in zf.namelist()
-    except (*_ZIP_ERRORS, ValueError) as exc:
+    except ZIP_OPEN_ERRORS as exc:
         raise DataFileError(
             f"{path}: not a readable zip archive (bundle or .npz), probably truncated or "
             f"corrupt ({describe(exc)})"

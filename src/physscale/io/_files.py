@@ -26,6 +26,7 @@ import os
 import reprlib
 import stat
 import zipfile
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -35,6 +36,7 @@ from physscale.errors import DataFileError, PhysscaleError
 __all__ = [
     "MAX_DEFLATE_RATIO",
     "MAX_JSON_DEPTH",
+    "ZIP_OPEN_ERRORS",
     "check_zip_member",
     "describe",
     "load_json",
@@ -48,6 +50,21 @@ MAX_DEFLATE_RATIO = 1100
 
 #: JSON nested deeper than this is refused (metadata, manifests and records are shallow).
 MAX_JSON_DEPTH = 64
+
+#: What zipfile raises opening (or reading) a damaged archive or member: besides
+#: BadZipFile and zlib.error,
+#: NotImplementedError ("zip file version 8.9"), UnicodeDecodeError (a ValueError:
+#: a name flagged UTF-8 that is not), RuntimeError (encryption), short reads.
+ZIP_OPEN_ERRORS = (
+    zipfile.BadZipFile,
+    zipfile.LargeZipFile,
+    zlib.error,
+    OSError,
+    EOFError,
+    ValueError,
+    NotImplementedError,
+    RuntimeError,
+)
 
 # General purpose flag bits a member may carry: 3 (sizes in a data descriptor)
 # and 11 (UTF-8 names). Bit 0 is encryption, 5 patched data, 6 strong encryption.
@@ -207,7 +224,7 @@ def open_zip(path: str | os.PathLike[str], what: str = "zip archive") -> Iterato
     with fh:
         try:
             zf = zipfile.ZipFile(fh)
-        except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError) as exc:
+        except ZIP_OPEN_ERRORS as exc:
             raise DataFileError(
                 f"{os.fspath(path)}: not a readable {what}, probably truncated or corrupt "
                 f"({describe(exc)})"

@@ -40,7 +40,6 @@ import os
 import pickle
 import re
 import zipfile
-import zlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -51,7 +50,14 @@ import torch
 from physscale._version import __version__
 from physscale.errors import DataFileError, DtypeError, IntegrityError, RecordError, UnsafeFileError
 from physscale.io._atomic import atomic_write
-from physscale.io._files import check_zip_member, describe, load_json, open_regular, preview
+from physscale.io._files import (
+    ZIP_OPEN_ERRORS,
+    check_zip_member,
+    describe,
+    load_json,
+    open_regular,
+    preview,
+)
 from physscale.io.checkpoint import parse_record_json, require_record
 from physscale.record import READABLE_SCHEMA_VERSIONS, ScaleRecord
 
@@ -84,17 +90,6 @@ _SIGNATURE_ALGORITHM = "HMAC-SHA256"
 _SIGNED_PREFIX = b"physscale-bundle-manifest-v1\n"
 # A fixed timestamp makes a bundle's bytes depend on its contents only.
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)
-# What reading a member can raise: corrupt data (a broken deflate stream is a
-# zlib.error), encryption (RuntimeError), an unsupported compression method
-# (NotImplementedError).
-_READ_ERRORS = (
-    zipfile.BadZipFile,
-    zlib.error,
-    EOFError,
-    OSError,
-    RuntimeError,
-    NotImplementedError,
-)
 # A manifest is a few hundred bytes plus `extra`, a record about 1 kB, a
 # signature 200 bytes: refuse to inflate anything absurd.
 _MAX_MANIFEST_BYTES = 4 * 2**20
@@ -346,7 +341,7 @@ def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, where: str) -> byte
     """Read a member whose declared sizes were checked (see :func:`_check_members`)."""
     try:
         data = zf.read(info)
-    except _READ_ERRORS as exc:
+    except ZIP_OPEN_ERRORS as exc:
         raise DataFileError(
             f"{where}: member {info.filename!r} cannot be read ({describe(exc)})"
         ) from None
@@ -405,7 +400,7 @@ def _check_torch_archive(data: bytes, where: str) -> None:
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as inner:
             infos = inner.infolist()
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, ValueError) as exc:
+    except ZIP_OPEN_ERRORS as exc:
         raise DataFileError(
             f"{where}: {STATE_DICT_MEMBER} is not a torch.save archive ({describe(exc)})"
         ) from None
@@ -506,7 +501,7 @@ def _open_bundle(path: str | os.PathLike[str], where: str) -> Iterator[zipfile.Z
     with fh:
         try:
             zf = zipfile.ZipFile(fh)
-        except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, ValueError) as exc:
+        except ZIP_OPEN_ERRORS as exc:
             raise DataFileError(
                 f"{where} is not a readable zip file ({describe(exc)}); it may be truncated "
                 f"or not a bundle"

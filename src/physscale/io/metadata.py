@@ -35,6 +35,7 @@ from physscale.errors import DataFileError, UnsafeFileError
 from physscale.io import _hdf5_vlen
 from physscale.io._atomic import TargetAppearedError, atomic_write, locked
 from physscale.io._files import (
+    ZIP_OPEN_ERRORS,
     check_zip_member,
     describe,
     load_json,
@@ -298,13 +299,17 @@ def metadata_from_npy_stream(stream: IO[bytes], where: str) -> dict[str, Any]:
 
 
 def _string_value(raw: bytes, dtype: np.dtype[Any], where: str) -> str:
-    """The text of one stored ``U``/``S`` element (bytes must be UTF-8)."""
+    """The text of one stored ``U`` (UTF-32) or ``S`` (UTF-8 bytes) element.
+
+    Decoded here, strictly: numpy's own conversion of a ``U`` element holding an
+    invalid code point raises SystemError.
+    """
     try:
-        value = np.frombuffer(raw, dtype=dtype)[0]
-        if isinstance(value, bytes):
-            return value.decode("utf-8")
-        return str(value)
-    except (ValueError, UnicodeError) as exc:
+        if dtype.kind == "S":
+            return raw.rstrip(b"\x00").decode("utf-8")
+        codec = "utf-32-be" if dtype.byteorder == ">" else "utf-32-le"
+        return raw.decode(codec).rstrip("\x00")
+    except UnicodeDecodeError as exc:
         raise DataFileError(f"{where}: metadata is not valid text ({describe(exc)})") from None
 
 
@@ -352,7 +357,11 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any] | None:
             info, where, archive_size=zip_archive_size(zf), max_bytes=MAX_METADATA_BYTES + 4096
         )
         try:
-            with zf.open(info) as stream:
+            stream = zf.open(info)
+        except ZIP_OPEN_ERRORS as exc:
+            raise DataFileError(f"{where}: corrupt metadata member ({describe(exc)})") from None
+        try:
+            with stream:
                 return metadata_from_npy_stream(stream, where)
         except READ_ERRORS as exc:
             raise DataFileError(f"{where}: corrupt metadata member ({describe(exc)})") from None
@@ -496,7 +505,7 @@ def _copy_members(src: IO[bytes], path: Path, out: zipfile.ZipFile, skip: set[st
     """Copy the members of the open (locked) ``.npz`` ``src`` into ``out``, in 4 MiB pieces."""
     try:
         zf = zipfile.ZipFile(src)
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError) as exc:
+    except ZIP_OPEN_ERRORS as exc:
         raise DataFileError(
             f"{path}: not a readable .npz (zip) archive, probably truncated or corrupt "
             f"({describe(exc)}); metadata not written"
@@ -513,7 +522,7 @@ def _copy_members(src: IO[bytes], path: Path, out: zipfile.ZipFile, skip: set[st
                 with zf.open(info) as fin, out.open(target, "w", force_zip64=True) as fout:
                     while chunk := fin.read(1 << 22):
                         fout.write(chunk)
-            except READ_ERRORS as exc:
+            except ZIP_OPEN_ERRORS as exc:
                 raise DataFileError(
                     f"{where}: corrupt member ({describe(exc)}); metadata not written"
                 ) from None

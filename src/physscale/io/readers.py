@@ -57,6 +57,7 @@ import numpy as np
 
 from physscale.errors import DataFileError, MaskError, PhysscaleError, UnsafeFileError
 from physscale.io._files import (
+    ZIP_OPEN_ERRORS,
     check_zip_member,
     describe,
     open_regular,
@@ -353,7 +354,7 @@ def _npz_open_member(
     check_zip_member(info, where, archive_size=archive_size)
     try:
         stream = zf.open(info)
-    except READ_ERRORS as exc:
+    except ZIP_OPEN_ERRORS as exc:
         raise DataFileError(f"{where}: corrupt member ({describe(exc)})") from None
     try:
         header = read_npy_header(stream, where, key)
