@@ -238,9 +238,9 @@ def rebuild_bundle(path: Path, members: dict[str, bytes], *, fix: bool = True,
             zf.writestr(info, data)
 
 
-def read_members(path: Path) -> dict[str, bytes]:
+def read_members(path: Path, names: tuple[str, ...] | None = None) -> dict[str, bytes]:
     with zipfile.ZipFile(path) as zf:
-        return {name: zf.read(name) for name in zf.namelist()}
+        return {name: zf.read(name) for name in names or zf.namelist()}
 
 
 def sparse_file(path: Path, head: bytes, size: int, tail: bytes = b"") -> Path:

@@ -158,7 +158,7 @@ def bundle_cases(category: str, path: Path, emit: Emit, original: dict[str, Any]
 
     def load(key: bytes | None) -> str:
         bundle = b.run_quiet(lambda: load_bundle(path, key=key) if key else load_bundle(path))
-        members = b.read_members(path)
+        members = b.read_members(path, ("state_dict.pt", "manifest.json"))
         want = torch.load(
             io.BytesIO(members["state_dict.pt"]), weights_only=True, map_location="cpu"
         )
@@ -944,6 +944,9 @@ def suite_writes(profile: str, workdir: Path, emit: Emit) -> None:
             p.join(120)
         with np.load(path) as data:
             missing = [j for j in range(12) if f"a{j}" not in data.files]
+        failed = [j for j, p in enumerate(procs) if p.exitcode != 0]
+        codes = [procs[j].exitcode for j in failed]
+        assert not failed, f"writers {failed} failed (exit codes {codes})"
         if missing:
             raise Lost(f"{len(missing)} of 12 concurrent updates lost")
         return "all 12 updates kept"

@@ -292,12 +292,15 @@ def locked(path: str | os.PathLike[str]) -> Iterator[IO[bytes] | None]:
 
 
 def _open_existing(target: Path) -> IO[bytes] | None:
-    try:
-        return open_regular(target)
-    except DataFileError:
-        if os.path.lexists(target):
-            raise
-        return None
+    """The file at ``target`` opened for reading, or None when there is none."""
+    for _ in range(3):
+        try:
+            return open_regular(target)
+        except DataFileError:
+            if not os.path.lexists(target):
+                return None
+            # Created by another writer between the two calls: open it now.
+    return open_regular(target)  # still failing: a real error (not a regular file...)
 
 
 def _names(target: Path, fh: IO[bytes]) -> bool:
