@@ -15,8 +15,17 @@ evicts it.
 The files are synced and read once before timing, so they are read from the
 page cache, not the disk: the times measure physscale's work, not the drive.
 
+``--formats`` may add ``npy-1pattern``: the same bytes as ONE pattern
+(1 x N x M float32), which ``physscale derive`` reads and sums in pieces of
+16 MiB, so its memory stays bounded by the piece, not the pattern.
+
+``--baseline-src DIR`` also runs every ``physscale derive`` row with another
+physscale source tree first on ``PYTHONPATH`` (e.g. a checkout of the previous
+release's ``src``), interleaved with this one on the same files, and prints
+both with their ratio.
+
 Run: python benchmarks/bench_streaming.py [--gib 2] [--repeats 3]
-     [--formats npy,npz,npz-deflate,hdf5]
+     [--formats npy,npz,npz-deflate,hdf5[,npy-1pattern]] [--baseline-src DIR]
 Linux only (reads /proc/self/status).
 """
 
@@ -85,13 +94,13 @@ def _blocks(n_patterns: int, seed: int = 0):  # type: ignore[no-untyped-def]
         yield block, float(np.sum(np.square(block, dtype=np.float64)))
 
 
-def _npy_header(n: int) -> bytes:
+def _npy_header(n: int, one_pattern: bool = False) -> bytes:
     import io
 
+    shape = (1, n * N // 64, 64 * N) if one_pattern else (n, N, N)
     buf = io.BytesIO()
-    np.lib.format.write_array_header_2_0(
-        buf, {"descr": "<f4", "fortran_order": False, "shape": (n, N, N)}
-    )
+    header = {"descr": "<f4", "fortran_order": False, "shape": shape}
+    np.lib.format.write_array_header_2_0(buf, header)
     return buf.getvalue()
 
 
@@ -103,6 +112,12 @@ def write_files(folder: Path, n: int, formats: list[str]) -> tuple[dict[str, Pat
         paths["npy"] = folder / "big.npy"
         f = open(paths["npy"], "wb")  # noqa: SIM115 - closed below
         f.write(_npy_header(n))
+        sinks.append(f)
+    if "npy-1pattern" in formats:
+        # The same values as one (1, n * N / 64, 64 * N) pattern: one entry of n * N * N floats.
+        paths["npy-1pattern"] = folder / "one-pattern.npy"
+        f = open(paths["npy-1pattern"], "wb")  # noqa: SIM115 - closed below
+        f.write(_npy_header(n, one_pattern=True))
         sinks.append(f)
     zips = []
     for fmt, compression in (("npz", zipfile.ZIP_STORED), ("npz-deflate", zipfile.ZIP_DEFLATED)):
@@ -139,12 +154,18 @@ def write_files(folder: Path, n: int, formats: list[str]) -> tuple[dict[str, Pat
     return paths, math.fsum(partials)
 
 
-def child(mode: str, path: Path, key: str = "diffraction") -> dict[str, float]:
+def child(
+    mode: str, path: Path, key: str = "diffraction", src: Path | None = None
+) -> dict[str, float]:
+    env = dict(os.environ)
+    if src is not None:
+        env["PYTHONPATH"] = os.pathsep.join([str(src), env.get("PYTHONPATH", "")])
     out = subprocess.run(
         [sys.executable, "-c", CHILD, mode, str(path), key],
         capture_output=True,
         text=True,
         check=True,
+        env=env,
     )
     return json.loads(out.stdout)  # type: ignore[no-any-return]
 
@@ -155,6 +176,12 @@ def main() -> None:
     parser.add_argument("--formats", default="npy,npz,npz-deflate,hdf5")
     parser.add_argument("--repeats", type=int, default=3, help="child runs per format")
     parser.add_argument("--dir", type=Path, default=None, help="folder for the files")
+    parser.add_argument(
+        "--baseline-src",
+        type=Path,
+        default=None,
+        help="another physscale src/ to time interleaved (e.g. the last release)",
+    )
     args = parser.parse_args()
     formats = args.formats.split(",")
     n = int(args.gib * 2**30 // (N * N * 4))
@@ -168,34 +195,46 @@ def main() -> None:
         expected = math.sqrt(NPHOTONS * n / total)
         gib = n * N * N * 4 / 2**30
         print(f"data: {n} patterns of {N}x{N} float32 = {gib:.2f} GiB; nphotons {NPHOTONS:g}")
-        print(f"{'format':<12} {'file GiB':>8} {'peak extra MiB':>15} {'derive s':>9} "
+        print(f"{'format':<19} {'file GiB':>8} {'peak extra MiB':>15} {'derive s':>9} "
               f"{'read s':>7} {'derive/read':>11} {'GiB/s':>6} {'rel. error':>10}")  # fmt: skip
-        rows = [(fmt, "cli", path) for fmt, path in paths.items()]
+        rows: list[tuple[str, str, Path, Path | None]] = []
+        for fmt, path in paths.items():
+            rows.append((fmt, "cli", path, None))
+            if args.baseline_src is not None:
+                rows.append((f"{fmt} (base)", "cli", path, args.baseline_src))
         if "npy" in paths:
-            rows.insert(1, ("npy (mmap)", "mmap", paths["npy"]))
+            rows.insert(1, ("npy (mmap)", "mmap", paths["npy"], None))
         # Round-robin over the rows, after one throwaway pass, so a slow phase
         # of the machine (writeback, other jobs) does not land on one format.
-        for _, mode, path in rows:
-            child(mode, path)
-        runs: dict[str, list[dict[str, float]]] = {name: [] for name, _, _ in rows}
-        floors: dict[str, list[float]] = {name: [] for name, _, _ in rows}
+        for _, mode, path, src in rows:
+            child(mode, path, src=src)
+        runs: dict[str, list[dict[str, float]]] = {name: [] for name, _, _, _ in rows}
+        floors: dict[str, list[float]] = {name: [] for name, _, _, _ in rows}
         for _ in range(args.repeats):
-            for name, mode, path in rows:
-                runs[name].append(child(mode, path))
+            for name, mode, path, src in rows:
+                runs[name].append(child(mode, path, src=src))
                 floors[name].append(child("read", path)["seconds"])
-        for name, _, path in rows:
-            assert all(r["n_patterns"] == n for r in runs[name]), runs[name]
+        base_seconds: dict[str, float] = {}
+        for name, _, path, _ in rows:
+            # One pattern holds every value: its mean per-pattern sum is the total.
+            patterns = 1 if name.startswith("npy-1pattern") else n
+            assert all(r["n_patterns"] == patterns for r in runs[name]), runs[name]
             res = {
                 "scale": runs[name][0]["scale"],
                 "seconds": statistics.median(r["seconds"] for r in runs[name]),
                 "peak_extra_mib": max(r["peak_extra_mib"] for r in runs[name]),
             }
             floor = statistics.median(floors[name])
-            err = abs(res["scale"] - expected) / expected
+            want = expected if patterns == n else math.sqrt(NPHOTONS / total)
+            err = abs(res["scale"] - want) / want
+            base_seconds[name] = res["seconds"]
+            versus = ""
+            if name.endswith(" (base)") and name[: -len(" (base)")] in base_seconds:
+                versus = f"   new/base {base_seconds[name[: -len(' (base)')]] / res['seconds']:.2f}"
             print(
-                f"{name:<12} {path.stat().st_size / 2**30:>8.2f} {res['peak_extra_mib']:>15.1f} "
+                f"{name:<19} {path.stat().st_size / 2**30:>8.2f} {res['peak_extra_mib']:>15.1f} "
                 f"{res['seconds']:>9.2f} {floor:>7.2f} {res['seconds'] / floor:>11.1f} "
-                f"{gib / res['seconds']:>6.2f} {err:>10.1e}"
+                f"{gib / res['seconds']:>6.2f} {err:>10.1e}{versus}"
             )
 
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import math
+import os
 import struct
 import warnings
 import zipfile
@@ -389,5 +391,234 @@ def test_member_with_unsupported_compression_is_a_data_file_error(bundle_path: P
                 raw[method_at : method_at + 2] = (99).to_bytes(2, "little")
             start = at + 4
     bundle_path.write_bytes(bytes(raw))
-    with pytest.raises(ps.DataFileError, match=r"member 'record\.json' cannot be read"):
+    with pytest.raises(ps.DataFileError, match=r"member 'record\.json'.*compression method 99"):
+        load_bundle(bundle_path)
+
+
+# ------------------------------------------------------------------ hostile bundles (issue 11)
+def _deflated(path: Path, name: str, data: bytes) -> None:
+    """Rewrite one member as deflated ``data``, with the manifest's checksum recomputed."""
+    members = _members(path)
+    members[name] = data
+    manifest = json.loads(members["manifest.json"])
+    if name in manifest["members"]:
+        manifest["members"][name] = {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+    members["manifest.json"] = json.dumps(manifest).encode()
+    with zipfile.ZipFile(path, "w") as zf:
+        for member, content in members.items():
+            info = zipfile.ZipInfo(member)
+            info.compress_type = zipfile.ZIP_DEFLATED
+            zf.writestr(info, content)
+
+
+def test_a_member_inflating_beyond_its_cap_is_refused_before_inflating(bundle_path: Path) -> None:
+    # A 0.5 MB bundle whose record.json inflated to 512 MiB loaded at 1.25 GB.
+    record = _members(bundle_path)["record.json"]
+    _deflated(bundle_path, "record.json", record + b" " * (2 << 20))
+    assert bundle_path.stat().st_size < 20_000
+    with pytest.raises(ps.DataFileError, match=r"member 'record\.json'.*more than the 1048576"):
+        load_bundle(bundle_path)
+
+
+def test_compressed_weights_are_refused(bundle_path: Path) -> None:
+    # Stored weights hold no more bytes than the file; deflated ones could hold 1000x.
+    _deflated(bundle_path, "state_dict.pt", _members(bundle_path)["state_dict.pt"])
+    with pytest.raises(ps.DataFileError, match=r"'state_dict\.pt'.*stored members only"):
+        load_bundle(bundle_path)
+
+
+def test_compressed_records_inside_the_torch_archive_are_refused(bundle_path: Path) -> None:
+    # torch.load inflates them: a decompression bomb inside the weights.
+    buffer = io.BytesIO()
+    torch.save({"w": torch.zeros(1 << 16)}, buffer)
+    inner = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(buffer.getvalue())) as src, zipfile.ZipFile(inner, "w") as dst:
+        for info in src.infolist():
+            copy = zipfile.ZipInfo(info.filename)
+            copy.compress_type = zipfile.ZIP_DEFLATED
+            dst.writestr(copy, src.read(info))
+    assert torch.load(io.BytesIO(inner.getvalue()), weights_only=True)["w"].shape == (1 << 16,)
+    _rewrite(bundle_path, replace={"state_dict.pt": inner.getvalue()}, fix_checksums=True)
+    with pytest.raises(ps.DataFileError, match=r"state_dict\.pt:.*stored members only"):
+        load_bundle(bundle_path)
+
+
+def test_any_damage_to_the_weights_pickle_is_a_clean_error(bundle_path: Path) -> None:
+    # torch.load(weights_only=True) raised KeyError, IndexError, TypeError,
+    # AttributeError... on flipped bytes (29 of 1,500), here with the manifest
+    # recomputed as an attacker would.
+    members = _members(bundle_path)
+    with zipfile.ZipFile(io.BytesIO(members["state_dict.pt"])) as zf:
+        infos = zf.infolist()
+        contents = {info.filename: zf.read(info) for info in infos}
+    pickle_name = next(name for name in contents if name.endswith("data.pkl"))
+    original = contents[pickle_name]
+    outcomes: set[str] = set()
+    for position in range(len(original)):
+        for value in (0x00, 0xFF, original[position] ^ 0x01):
+            damaged = bytearray(original)
+            damaged[position] = value
+            inner = io.BytesIO()
+            with zipfile.ZipFile(inner, "w") as zf:
+                for name, content in contents.items():
+                    zf.writestr(name, bytes(damaged) if name == pickle_name else content)
+            _rewrite(bundle_path, replace={"state_dict.pt": inner.getvalue()}, fix_checksums=True)
+            try:
+                load_bundle(bundle_path)
+                outcomes.add("loaded")
+            except ps.PhysscaleError as exc:
+                outcomes.add(type(exc).__name__)
+    assert outcomes <= {"loaded", "DataFileError", "UnsafeFileError"}, outcomes
+
+
+def test_a_malicious_state_dict_message_never_suggests_weights_only_false(
+    bundle_path: Path,
+) -> None:
+    buffer = io.BytesIO()
+    torch.save({"w": _Exploit()}, buffer)
+    _rewrite(bundle_path, replace={"state_dict.pt": buffer.getvalue()}, fix_checksums=True)
+    with pytest.raises(ps.UnsafeFileError) as info:
+        load_bundle(bundle_path)
+    message = str(info.value)
+    assert "weights_only" not in message.replace("weights-only", "")
+    assert "False" not in message
+    assert "\n" not in message
+    assert "it references test_bundle._side_effect" in message  # what was refused
+
+
+@pytest.mark.parametrize(
+    ("member", "error", "match"),
+    [
+        ("manifest.json", ps.DataFileError, r"manifest\.json is nested too deeply"),
+        ("record.json", ps.RecordError, r"record\.json is nested too deeply"),
+    ],
+)
+def test_json_nested_100k_deep_is_a_clean_error(
+    bundle_path: Path, member: str, error: type[Exception], match: str
+) -> None:
+    deep = b"[" * 100_000 + b"]" * 100_000
+    if member == "manifest.json":
+        _write_zip(bundle_path, {**_members(bundle_path), "manifest.json": deep})
+    else:
+        _rewrite(bundle_path, replace={member: deep}, fix_checksums=True)
+    with pytest.raises(error, match=match):
+        load_bundle(bundle_path)
+
+
+# ------------------------------------------------------------------ signatures (issue 11)
+KEY = bytes(range(32))
+
+
+def test_a_signed_bundle_verifies_with_its_key(tmp_path: Path) -> None:
+    path = save_bundle(tmp_path / "s.zip", _model().state_dict(), _record(), key=KEY, step=1)
+    assert set(_members(path)) == {*MEMBERS, "signature.json"}
+    bundle = load_bundle(path, key=KEY)
+    assert bundle.authenticated is True
+    assert bundle.extra == {"step": 1}
+    plain = load_bundle(path)  # without a key: integrity only
+    assert plain.authenticated is False
+    assert plain.record == bundle.record
+
+
+def test_a_bundle_edited_by_someone_without_the_key_fails_verification(tmp_path: Path) -> None:
+    # The manifest checksum alone passes whoever edits a member and recomputes it.
+    path = save_bundle(tmp_path / "s.zip", _model().state_dict(), _record(), key=KEY)
+    forged = ps.derive_scale_record(_data(), nphotons=4e6, data_source="forged")
+    _rewrite(path, replace={"record.json": forged.model_dump_json().encode()}, fix_checksums=True)
+    assert load_bundle(path).record.nphotons == 4e6  # integrity holds; authenticity does not
+    with pytest.raises(ps.IntegrityError, match="modified after it was signed"):
+        load_bundle(path, key=KEY)
+
+
+def test_a_wrong_key_or_a_missing_signature_is_refused(tmp_path: Path, bundle_path: Path) -> None:
+    signed = save_bundle(tmp_path / "s.zip", _model().state_dict(), _record(), key=KEY)
+    with pytest.raises(ps.IntegrityError, match="signed with a different key"):
+        load_bundle(signed, key=bytes(32))
+    with pytest.raises(ps.IntegrityError, match="is not signed, but a key was given"):
+        load_bundle(bundle_path, key=KEY)
+    _rewrite(signed, drop=("signature.json",))
+    with pytest.raises(ps.IntegrityError, match="is not signed"):
+        load_bundle(signed, key=KEY)
+
+
+@pytest.mark.parametrize(
+    ("key", "match"),
+    [("a passphrase of text", "must be bytes.*not str"), (b"short", "at least 16"), (3, "bytes")],
+)
+def test_keys_that_are_not_secret_bytes_are_refused(tmp_path: Path, key: Any, match: str) -> None:
+    with pytest.raises(ps.DtypeError, match=match):
+        save_bundle(tmp_path / "k.zip", {}, _record(), key=key)
+    assert list(tmp_path.iterdir()) == []
+
+
+# ------------------------------------------------------------------ writes (issue 11)
+def test_a_new_bundle_gets_the_umask_mode_and_a_replaced_one_keeps_its_mode(
+    tmp_path: Path,
+) -> None:
+    # save_bundle created files with mode 0600.
+    old = os.umask(0o027)
+    try:
+        path = save_bundle(tmp_path / "m.zip", {}, _record())
+        assert path.stat().st_mode & 0o777 == 0o640
+        os.chmod(path, 0o644)
+        save_bundle(path, {"w": torch.ones(2)}, _record())
+        assert path.stat().st_mode & 0o777 == 0o644
+    finally:
+        os.umask(old)
+
+
+def test_a_killed_save_keeps_the_old_bundle_and_the_next_save_removes_its_leftover(
+    bundle_path: Path,
+) -> None:
+    # 22 of 40 killed saves orphaned a temp file.
+    import multiprocessing
+    import signal
+
+    import physscale.io.bundle as bundle_module
+
+    before = bundle_path.read_bytes()
+
+    def child() -> None:
+        original = bundle_module._write_member
+
+        def write_then_die(zf: Any, name: str, data: bytes, compress: bool) -> None:
+            original(zf, name, data, compress)
+            if name == "record.json":
+                os.kill(os.getpid(), signal.SIGKILL)
+
+        bundle_module._write_member = write_then_die  # type: ignore[assignment]
+        save_bundle(bundle_path, {"w": torch.ones(1000)}, _record())
+
+    proc = multiprocessing.get_context("fork").Process(target=child)
+    proc.start()
+    proc.join(60)
+    assert proc.exitcode == -signal.SIGKILL
+    assert bundle_path.read_bytes() == before
+    leftovers = [p.name for p in bundle_path.parent.iterdir() if p != bundle_path]
+    assert len(leftovers) == 1
+    assert leftovers[0].startswith(f".{bundle_path.name}.physscale-tmp-")
+    save_bundle(bundle_path, {}, _record())
+    assert [p.name for p in bundle_path.parent.iterdir()] == [bundle_path.name]
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs (POSIX)")
+def test_a_fifo_is_refused_without_blocking(tmp_path: Path) -> None:
+    from fuzz._harness import call_with_timeout
+
+    fifo = tmp_path / "pipe.zip"
+    os.mkfifo(fifo)
+    kind, message = call_with_timeout(lambda: load_bundle(fifo), seconds=10)
+    assert kind == "DataFileError", (kind, message)
+    assert "is a FIFO (named pipe), not a regular file" in message
+
+
+def test_a_bundle_entry_needing_a_newer_zip_version_is_a_data_file_error(
+    bundle_path: Path,
+) -> None:
+    # zipfile raised NotImplementedError("zip file version 15.7") opening the archive.
+    raw = bytearray(bundle_path.read_bytes())
+    central = raw.rindex(b"PK\x01\x02")
+    raw[central + 6 : central + 8] = (157).to_bytes(2, "little")
+    bundle_path.write_bytes(bytes(raw))
+    with pytest.raises(ps.DataFileError, match="is not a readable zip file"):
         load_bundle(bundle_path)

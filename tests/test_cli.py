@@ -28,13 +28,15 @@ from physscale.cli import Progress, main
 from physscale.io import example_dataset_path, write_metadata
 
 
-def run(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+def run(
+    *args: str | Path, cwd: Path | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONWARNINGS": ""}
     return subprocess.run(
         [sys.executable, "-m", "physscale", *map(str, args)],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=timeout,
         env=env,
         cwd=cwd,
     )
@@ -556,3 +558,173 @@ def test_extended_precision_data_is_a_one_line_error_naming_file_and_dtype(
     assert err.count("\n") == 1
     assert err.startswith(f"physscale: error: {tmp_path / 'xld.npy'}: patterns must be float16")
     assert f"dtype {x.dtype}" in err
+
+
+# ----------------------------------------------------------------- hostile files (issue 11)
+def _one_error_line(err: str) -> str:
+    """The single `physscale: error:` line of a failed run; every line is ours."""
+    lines = err.splitlines()
+    assert lines and all(line.startswith("physscale: ") for line in lines), err[:2000]
+    errors = [line for line in lines if line.startswith("physscale: error: ")]
+    assert len(errors) == 1, err[:2000]
+    return errors[0]
+
+
+def test_derive_on_a_0d_npy_is_a_one_line_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The progress total was taken from shape[0] before the rank check: IndexError.
+    np.save(tmp_path / "scalar.npy", np.float32(3.0))
+    code, _, err = call(capsys, "derive", tmp_path / "scalar.npy", "--nphotons", "1e6")
+    assert code == 1
+    assert "expected a stack of patterns with at least 3 axes" in _one_error_line(err)
+
+
+def test_inspect_dev_zero_is_refused_at_once() -> None:
+    # zipfile.is_zipfile read /dev/zero until MemoryError.
+    result = run("inspect", "/dev/zero")
+    assert result.returncode == 1
+    assert _one_error_line(result.stderr) == (
+        "physscale: error: /dev/zero: is a character device, not a regular file; physscale "
+        "reads data only from regular files (copy the data into one first)"
+    )
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs (POSIX)")
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("inspect", "{fifo}"),
+        ("derive", "{fifo}", "--nphotons", "1e6"),
+        ("derive", "{data}", "--mask", "{fifo}"),
+        ("derive", "{data}", "--out", "{fifo}"),
+    ],
+)
+def test_a_fifo_never_blocks_the_command(
+    dataset: tuple[Path, np.ndarray], tmp_path: Path, args: tuple[str, ...]
+) -> None:
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    argv = [a.format(fifo=fifo, data=dataset[0]) for a in args]
+    try:
+        result = run(*argv, timeout=30)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"physscale {' '.join(argv)} blocked on the FIFO")
+    assert result.returncode == 1
+    assert "not a regular file" in _one_error_line(result.stderr)
+
+
+def test_a_failed_out_write_keeps_the_previous_record(
+    dataset: tuple[Path, np.ndarray], tmp_path: Path
+) -> None:
+    # A failed write turned the previous record into 0 bytes. Here the file size
+    # limit (RLIMIT_FSIZE) makes the write fail part way, as a full disk would.
+    out = tmp_path / "record.json"
+    out.write_text("previous record\n")
+    code = f"""
+import resource, signal, sys
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (200, 200))
+from physscale.cli import main
+sys.exit(main(["derive", {str(dataset[0])!r}, "--out", {str(out)!r}]))
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 1, result.stderr
+    assert "File too large" in _one_error_line(result.stderr)
+    assert out.read_text() == "previous record\n"
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_a_multiline_warning_is_one_line_on_stderr(tmp_path: Path) -> None:
+    # torch warns about a pickle protocol other than its default: shown by Python's
+    # default hook, that is two lines (the message, then the source line).
+    import torch
+
+    from physscale.io import bundle as bundle_module
+    from physscale.io import save_bundle
+
+    record = physscale.derive_scale_record(
+        np.random.default_rng(1).random((4, 8, 8)), nphotons=1e6, data_source="t"
+    )
+    original = bundle_module._state_dict_bytes
+
+    def protocol_3(state: Any) -> bytes:
+        buffer = io.BytesIO()
+        torch.save(dict(state), buffer, pickle_protocol=3)
+        return buffer.getvalue()
+
+    bundle_module._state_dict_bytes = protocol_3  # type: ignore[assignment]
+    try:
+        path = save_bundle(tmp_path / "p3.zip", {"w": torch.ones(2)}, record)
+    finally:
+        bundle_module._state_dict_bytes = original  # type: ignore[assignment]
+    result = run("inspect", path)
+    assert result.returncode == 0, result.stderr
+    lines = result.stderr.splitlines()
+    assert lines and all(line.startswith("physscale: warning: ") for line in lines), lines
+    assert any("pickle protocol 3" in line for line in lines)
+
+
+def test_a_mask_larger_than_a_pattern_is_refused_from_its_header(
+    dataset: tuple[Path, np.ndarray], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A sparse 4 GiB mask was read whole (4.3 GB, 19 s) before its shape was refused.
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        header, {"descr": "|b1", "fortran_order": False, "shape": (4096, 4096, 64)}
+    )
+    mask = tmp_path / "huge.npy"
+    mask.write_bytes(header.getvalue())  # the header only: nothing behind it is read
+    code, _, err = call(capsys, "derive", dataset[0], "--mask", mask)
+    assert code == 1
+    assert re.search(r"--mask .*huge\.npy: the mask has shape \(4096, 4096, 64\)", err)
+
+
+def test_a_three_axis_channels_last_file_read_in_chunks_counts_whole_patterns(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # (H, W, C) as NHWC: the first axis is a spatial one, so no chunk of it holds a
+    # whole pattern. Chunks of 8 rows used to count patterns of 8 x 16 pixels.
+    x = np.random.default_rng(4).gamma(2.0, 0.5, size=(32, 16, 3)).astype(np.float32)
+    np.save(tmp_path / "hwc.npy", x)
+    args = ("--nphotons", "1e6", "--layout", "NHWC", "--chunk-patterns", "8")
+    record = ScaleRecord.model_validate_json(main_json(capsys, tmp_path / "hwc.npy", *args))
+    assert (record.n_patterns, record.pattern_shape) == (3, (32, 16))
+    total = math.fsum(float(v) ** 2 for v in x.astype(np.float64).ravel())
+    assert record.intensity_scale == pytest.approx(math.sqrt(1e6 * 3 / total), rel=1e-12)
+
+
+def test_a_pattern_larger_than_a_chunk_is_derived_exactly(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # One 2100 x 2100 float32 pattern (17.6 MB) is more than a 16 MiB chunk: it is
+    # read and summed in pieces.
+    x = np.random.default_rng(8).random((2, 1, 2100, 2100), dtype=np.float32)
+    np.save(tmp_path / "wide.npy", x)
+    record = ScaleRecord.model_validate_json(
+        main_json(capsys, tmp_path / "wide.npy", "--nphotons", "1e6")
+    )
+    assert (record.n_patterns, record.pattern_shape) == (2, (2100, 2100))
+    total = math.fsum(np.square(x.astype(np.float64)).sum(axis=(-2, -1)).ravel())
+    assert record.intensity_scale == pytest.approx(math.sqrt(1e6 * 2 / total), rel=1e-12)
+
+
+def test_an_unexpected_exception_is_still_one_line(
+    dataset: tuple[Path, np.ndarray],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import physscale.cli as cli
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("first line\nsecond line")
+
+    monkeypatch.setattr(cli, "_derive", broken)
+    code, _, err = call(capsys, "derive", dataset[0])
+    assert code == 1
+    assert _one_error_line(err) == (
+        "physscale: error: unexpected RuntimeError (first line second line); this is a "
+        "physscale bug: please report it with the output of --debug"
+    )

@@ -8,6 +8,7 @@ import io
 import json
 import os
 import pickle
+import re
 import subprocess
 import tempfile
 import zipfile
@@ -352,3 +353,287 @@ def test_reading_the_pickled_form_equals_the_json_it_holds(metadata: dict[str, A
         path = Path(tmp) / "m.npz"
         np.savez(path, _metadata=np.array(json.dumps(metadata), dtype=object))
         assert read_metadata(path) == json.loads(json.dumps(metadata))
+
+
+# ----------------------------------------------------------------- hostile metadata (issue 11)
+def _shared_nest(depth: int) -> list[Any]:
+    """A list nested ``depth`` deep whose two entries share one child: its pickle is a
+    few bytes per level, its full repr 2**depth leaves."""
+    node: list[Any] = ["x"]
+    for _ in range(depth):
+        node = [node, node]
+    return node
+
+
+class _Call:
+    def __init__(self, fn: Any, *args: Any) -> None:
+        self.fn, self.args = fn, args
+
+    def __reduce__(self) -> Any:
+        return (self.fn, self.args)
+
+
+@pytest.mark.parametrize(
+    ("fn", "extra", "match"),
+    [
+        (np.dtype, (), r"the pickled array has dtype \(\[\[\["),
+        (codecs.encode, ("latin1",), r"_codecs\.encode with arguments \(\[\[\["),
+        (str, (), r"calls str with arguments \(\[\[\["),
+    ],
+)
+def test_errors_about_pickled_structures_are_short_whatever_their_size(
+    tmp_path: Path, fn: Any, extra: tuple[Any, ...], match: str
+) -> None:
+    # An 890-byte file gave a 234 MB one-line error in 5.5 s: the message held the
+    # full repr, 2**40 leaves here. It must come back at once, and short.
+    from fuzz._harness import call_with_timeout
+
+    pickled = pickle.dumps(_Call(fn, _shared_nest(40), *extra), protocol=2)
+    assert len(pickled) < 1000
+    path = tmp_path / "bomb.npz"
+    _npz_with_metadata_member(path, pickled)
+    kind, message = call_with_timeout(lambda: read_metadata(path), seconds=20)
+    assert kind == "UnsafeFileError", (kind, message[:300])
+    assert re.search(match, message), message
+    assert len(message) < 600
+
+
+def test_a_memo_index_beyond_the_pickle_is_refused_before_unpickling(tmp_path: Path) -> None:
+    # LONG_BINPUT 2**27 in a 9-byte pickle made CPython allocate a 1-2 GiB memo table.
+    pickled = b"\x80\x02N" + b"r" + (2**24).to_bytes(4, "little") + b"."
+    path = tmp_path / "memo.npz"
+    _npz_with_metadata_member(path, pickled)
+    with pytest.raises(UnsafeFileError, match=r"memo\.npz:_metadata: .*memo slot 16777216"):
+        read_metadata(path)
+
+
+def test_a_pickle_with_more_operations_than_metadata_needs_is_refused(tmp_path: Path) -> None:
+    # Each opcode can make an object (an empty set is 216 bytes from 1 byte of pickle).
+    pickled = pickle.dumps([None] * 5000, protocol=2)
+    path = tmp_path / "many.npz"
+    _npz_with_metadata_member(path, pickled)
+    with pytest.raises(UnsafeFileError, match=r"more than 1000 operations"):
+        read_metadata(path)
+
+
+@pytest.mark.parametrize("descr", ["<U1048577", "|S4194305"])
+def test_a_string_array_claiming_more_than_the_cap_is_refused_unread(
+    tmp_path: Path, descr: str
+) -> None:
+    # A `<U` claiming 1 GiB was read whole: 2.2 GB peak from a 1 MB file.
+    path = tmp_path / "big.npz"
+    _npz_with_metadata_member(path, b"{}", descr=descr)
+    with pytest.raises(DataFileError, match=r"big\.npz:_metadata: metadata string of \d+ bytes"):
+        read_metadata(path)
+
+
+def test_metadata_bytes_that_are_not_utf8_are_a_data_error(tmp_path: Path) -> None:
+    path = tmp_path / "latin.npz"
+    _npz_with_metadata_member(path, b'{"a": "\xe9"}', descr="|S10")
+    with pytest.raises(DataFileError, match=r"latin\.npz:_metadata: metadata is not valid text"):
+        read_metadata(path)
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("[" * 100_000 + "]" * 100_000, "nested too deeply to parse"),
+        ('{"a": ' * 100 + "1" + "}" * 100, "JSON nested more than 64 levels"),
+        ('{"n": ' + "9" * 5000 + "}", "not valid JSON"),
+    ],
+)
+def test_json_that_breaks_the_parser_is_a_data_error(tmp_path: Path, text: str, match: str) -> None:
+    # RecursionError, and ValueError for integers over 4300 digits, escaped raw.
+    path = tmp_path / "deep.npz"
+    np.savez(path, _metadata=np.array(text))
+    with pytest.raises(DataFileError, match=rf"deep\.npz:_metadata: .*{match}"):
+        read_metadata(path)
+
+
+# ----------------------------------------------------------------- hostile HDF5 metadata
+def _h5() -> Any:
+    return pytest.importorskip("h5py")
+
+
+def test_an_hdf5_fixed_string_above_the_cap_is_refused_unread(tmp_path: Path) -> None:
+    # A 7 GB `_metadata` dataset was read whole before it was refused.
+    h5 = _h5()
+    with h5.File(tmp_path / "s.h5", "w") as f:
+        f.create_dataset("_metadata", shape=(), dtype="S67108864")
+    assert (tmp_path / "s.h5").stat().st_size < 100_000
+    with pytest.raises(DataFileError, match=r"s\.h5:_metadata: metadata string of 67108864 bytes"):
+        read_metadata(tmp_path / "s.h5")
+
+
+def _lie_about_length(path: Path, true_length: int, claimed: int) -> None:
+    """Replace the 4-byte stored length of a variable-length string (found by value)."""
+    raw = bytearray(path.read_bytes())
+    needle = true_length.to_bytes(4, "little")
+    at = raw.index(needle, raw.index(b"_metadata"))
+    raw[at : at + 4] = claimed.to_bytes(4, "little")
+    path.write_bytes(bytes(raw))
+
+
+@pytest.mark.parametrize("where", ["dataset", "attribute"])
+def test_an_hdf5_string_claiming_more_than_the_cap_is_refused_unread(
+    tmp_path: Path, where: str
+) -> None:
+    # libhdf5 allocates what the stored length says before reading the string.
+    h5 = _h5()
+    path = tmp_path / "vlen.h5"
+    text = json.dumps({"physics_parameters": {"nphotons": 1e9}, "pad": "x" * 1200})
+    with h5.File(path, "w") as f:
+        if where == "dataset":
+            f["_metadata"] = text
+        else:
+            f.attrs["_metadata"] = text
+    assert read_metadata(path) == json.loads(text)
+    _lie_about_length(path, len(text), 64 << 20)
+    with pytest.raises(DataFileError, match=r"vlen\.h5:_metadata: metadata string of 67108864"):
+        read_metadata(path)
+
+
+@pytest.mark.parametrize("kind", ["fixed", "variable"])
+def test_an_hdf5_metadata_attribute_that_is_not_utf8_is_a_data_error(
+    tmp_path: Path, kind: str
+) -> None:
+    h5 = _h5()
+    raw = b'{"a": "\xe9"}'
+    with h5.File(tmp_path / "b.h5", "w") as f:
+        if kind == "fixed":
+            f.attrs.create("_metadata", data=np.bytes_(raw))
+        else:  # h5py hands these back with the bad byte as a lone surrogate
+            f.attrs.create("_metadata", data=raw, dtype=h5.string_dtype("utf-8"))
+    with pytest.raises(DataFileError, match=r"b\.h5:_metadata: metadata is not UTF-8 text"):
+        read_metadata(tmp_path / "b.h5")
+
+
+def test_an_hdf5_metadata_attribute_in_dense_storage_is_refused(tmp_path: Path) -> None:
+    # Its stored length cannot be read before libhdf5 reads the string.
+    h5 = _h5()
+    with h5.File(tmp_path / "dense.h5", "w", libver="latest") as f:
+        for i in range(12):
+            f.attrs[f"a{i}"] = i
+        f.attrs["_metadata"] = "{}"
+    with pytest.raises(UnsafeFileError, match=r"store the metadata as a dataset"):
+        read_metadata(tmp_path / "dense.h5")
+
+
+def test_hdf5_metadata_of_several_strings_or_none_is_a_data_error(tmp_path: Path) -> None:
+    h5 = _h5()
+    with h5.File(tmp_path / "many.h5", "w") as f:
+        f["_metadata"] = ["{}", "{}"]
+    with pytest.raises(DataFileError, match=r"must be a single string, got shape \(2,\)"):
+        read_metadata(tmp_path / "many.h5")
+    with h5.File(tmp_path / "null.h5", "w") as f:
+        f.attrs["_metadata"] = h5.Empty("S10")
+    with pytest.raises(DataFileError, match=r"null\.h5:_metadata: .*null dataspace"):
+        read_metadata(tmp_path / "null.h5")
+
+
+# ----------------------------------------------------------------- writes (issue 11)
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def test_a_new_file_gets_the_umask_mode_and_an_existing_file_keeps_its_mode(
+    tmp_path: Path,
+) -> None:
+    # Both were 0600: shared beamline data became unreadable to the group.
+    old = os.umask(0o022)
+    try:
+        path = tmp_path / "new.npz"
+        write_metadata(path, META)
+        assert path.stat().st_mode & 0o777 == 0o644
+        shared = tmp_path / "shared.npz"
+        np.savez(shared, diffraction=np.ones((2, 3, 3), np.float32))
+        os.chmod(shared, 0o664)
+        write_metadata(shared, META)
+        assert shared.stat().st_mode & 0o777 == 0o664
+    finally:
+        os.umask(old)
+    assert _umask() == old
+
+
+def test_writing_through_a_symlink_replaces_its_target(tmp_path: Path) -> None:
+    real = tmp_path / "real.npz"
+    np.savez(real, diffraction=np.ones((2, 3, 3), np.float32))
+    link = tmp_path / "link.npz"
+    link.symlink_to(real)
+    write_metadata(link, META)
+    assert link.is_symlink()
+    assert read_metadata(real) == META
+
+
+def _killed_write(path: Path, big: np.ndarray) -> None:
+    """In a forked child: write_metadata killed (SIGKILL) in the middle of its write."""
+    import multiprocessing
+    import signal
+
+    def child() -> None:
+        original = np.lib.format.write_array
+
+        def write_then_die(fp: Any, array: Any, *args: Any, **kwargs: Any) -> None:
+            original(fp, array, *args, **kwargs)
+            if array.size > 1000:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+        np.lib.format.write_array = write_then_die
+        write_metadata(path, {"step": 2}, big=big)
+
+    proc = multiprocessing.get_context("fork").Process(target=child)
+    proc.start()
+    proc.join(60)
+    assert proc.exitcode == -signal.SIGKILL
+
+
+def test_a_killed_write_leaves_the_file_intact_and_the_next_write_removes_its_leftover(
+    tmp_path: Path,
+) -> None:
+    # 30 of 30 killed write_metadata calls orphaned a temp file (up to 201 MB each).
+    path = tmp_path / "data.npz"
+    write_metadata(path, {"step": 1}, diffraction=np.ones((2, 3, 3), np.float32))
+    _killed_write(path, np.ones((64, 64, 64), np.float32))
+    assert read_metadata(path) == {"step": 1}  # the old file, whole
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name != "data.npz"]
+    assert len(leftovers) == 1
+    assert leftovers[0].startswith(".data.npz.physscale-tmp-")
+    write_metadata(path, {"step": 3})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data.npz"]
+    assert read_metadata(path) == {"step": 3}
+
+
+def test_concurrent_writes_to_one_file_lose_no_update(tmp_path: Path) -> None:
+    # Two concurrent write_metadata calls silently lost 6 of 12 arrays.
+    import multiprocessing
+
+    path = tmp_path / "shared.npz"
+    ctx = multiprocessing.get_context("fork")
+    start = ctx.Barrier(12)
+
+    def add(i: int) -> None:
+        start.wait()
+        write_metadata(path, {"writer": i}, **{f"a{i}": np.full((64, 64), i, np.float32)})
+
+    procs = [ctx.Process(target=add, args=(i,)) for i in range(12)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+        assert p.exitcode == 0
+    with np.load(path) as data:
+        names = set(data.files)
+        for i in range(12):
+            np.testing.assert_array_equal(data[f"a{i}"], np.full((64, 64), i, np.float32))
+    assert names == {"_metadata", *(f"a{i}" for i in range(12))}
+    assert [p.name for p in tmp_path.iterdir()] == ["shared.npz"]
+
+
+def test_a_unicode_array_holding_invalid_code_points_is_a_data_error(tmp_path: Path) -> None:
+    # numpy raised SystemError ("invalid maximum character passed to PyUnicode_New").
+    path = tmp_path / "cp.npz"
+    _npz_with_metadata_member(path, b"\xff\xff\xff\xff" * 2, descr="<U2")
+    with pytest.raises(DataFileError, match=r"cp\.npz:_metadata: metadata is not valid text"):
+        read_metadata(path)

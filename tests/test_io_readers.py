@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import re
 import sys
 import tempfile
 import zipfile
@@ -23,6 +25,7 @@ from physscale.io import (
     iter_patterns,
     list_arrays,
     read_metadata,
+    readers,
 )
 from physscale.io.readers import CHUNK_BYTES
 
@@ -354,3 +357,343 @@ def test_npy_chunks_start_at_unaligned_offsets(tmp_path: Path) -> None:
     path = _write(tmp_path / "odd", "npy", x)
     for step in (1, 3, 17, 300):
         np.testing.assert_array_equal(np.concatenate(list(iter_patterns(path, step))), x)
+
+
+# ----------------------------------------------------------------- hostile headers (issue 11)
+def _npy_bytes(header: dict[str, Any], data: bytes = b"", version: int = 1) -> bytes:
+    """A .npy file with an arbitrary header dict (as numpy would write it) and data."""
+    import io as _io
+
+    buf = _io.BytesIO()
+    write = np.lib.format.write_array_header_1_0 if version == 1 else (
+        np.lib.format.write_array_header_2_0
+    )  # fmt: skip
+    write(buf, header)
+    return buf.getvalue() + data
+
+
+def _npz_bytes(
+    path: Path, member: bytes, name: str = "diffraction.npy", deflate: bool = False
+) -> Path:
+    method = zipfile.ZIP_DEFLATED if deflate else zipfile.ZIP_STORED
+    with zipfile.ZipFile(path, "w", compression=method) as zf:
+        zf.writestr(name, member)
+    return path
+
+
+def test_a_header_length_that_lies_is_a_data_file_error(tmp_path: Path) -> None:
+    # The length field cuts the header inside its dict: numpy's Python-2 fallback
+    # re-tokenizes it and tokenize raises TokenError ("EOF in multi-line statement").
+    raw = bytearray(_npy_bytes({"descr": "<f4", "fortran_order": False, "shape": (2, 3, 3)}))
+    raw[8:10] = (40).to_bytes(2, "little")
+    path = tmp_path / "lies.npy"
+    path.write_bytes(bytes(raw) + bytes(72))
+    with pytest.raises(DataFileError, match=r"lies\.npy: not a valid \.npy array header"):
+        list(iter_patterns(path))
+    with pytest.raises(DataFileError, match=r"lies\.npy: not a valid \.npy array header"):
+        list_arrays(path)
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [(2, -4, 4), (-1, 4, 4), (2, 4, -4), (2**62, 2**62, 4), (2**40, 2**40, 2**40)],
+)
+def test_negative_or_overflowing_dimensions_are_refused(
+    tmp_path: Path, shape: tuple[int, ...]
+) -> None:
+    path = tmp_path / "dims.npy"
+    path.write_bytes(
+        _npy_bytes({"descr": "<f4", "fortran_order": False, "shape": shape}, bytes(64))
+    )
+    with pytest.raises(DataFileError, match=r"dims\.npy: .*(negative dimension|more bytes than)"):
+        list(iter_patterns(path))
+    member = _npy_bytes({"descr": "<f4", "fortran_order": False, "shape": shape}, bytes(64))
+    npz = _npz_bytes(tmp_path / "dims.npz", member)
+    with pytest.raises(DataFileError, match=r"dims\.npz:diffraction: .*(negative|more bytes than)"):
+        list(iter_patterns(npz))
+
+
+def test_an_npz_member_claiming_more_than_it_holds_is_refused_before_allocating(
+    tmp_path: Path,
+) -> None:
+    # 225 bytes claiming one 74.5 GiB pattern: numpy raised MemoryError allocating it.
+    header = {"descr": "<f8", "fortran_order": False, "shape": (1, 100_000, 100_000)}
+    npz = _npz_bytes(tmp_path / "claim.npz", _npy_bytes(header, bytes(97)))
+    with pytest.raises(DataFileError, match=r"claim\.npz:diffraction: truncated: the header"):
+        pattern_source(npz)
+    with pytest.raises(DataFileError, match=r"claim\.npz:diffraction: truncated"):
+        next(iter_patterns(npz))
+
+
+def test_an_npz_member_expanding_beyond_what_deflate_can_is_refused(tmp_path: Path) -> None:
+    x = np.ones((4, 8, 8), np.float32)
+    npz = _write(tmp_path / "ratio", "npz-compressed", x)
+    raw = bytearray(npz.read_bytes())
+    central = raw.rindex(b"PK\x01\x02")
+    raw[central + 24 : central + 28] = (2**31).to_bytes(4, "little")  # uncompressed size
+    npz.write_bytes(bytes(raw))
+    with pytest.raises(DataFileError, match=r"ratio\.npz:diffraction: .*more than deflate"):
+        list(iter_patterns(npz))
+
+
+@pytest.mark.parametrize(
+    ("flag", "method", "match"),
+    [
+        (0x1, zipfile.ZIP_STORED, "encrypted"),
+        (0x20, zipfile.ZIP_STORED, "flag bits"),
+        (0x40, zipfile.ZIP_STORED, "flag bits"),
+        (0, 6, "compression method 6"),
+        (0, 99, "compression method 99"),
+    ],
+)
+def test_zip_features_numpy_never_writes_are_clean_errors(
+    tmp_path: Path, flag: int, method: int, match: str
+) -> None:
+    # zipfile itself raised RuntimeError (encrypted) or NotImplementedError for these.
+    npz = _write(tmp_path / "feat", "npz", np.ones((2, 3, 3), np.float32))
+    raw = bytearray(npz.read_bytes())
+    for header, flag_at, method_at in ((b"PK\x03\x04", 6, 8), (b"PK\x01\x02", 8, 10)):
+        at = raw.index(header)
+        raw[at + flag_at : at + flag_at + 2] = flag.to_bytes(2, "little")
+        raw[at + method_at : at + method_at + 2] = method.to_bytes(2, "little")
+    npz.write_bytes(bytes(raw))
+    for call in (lambda: list(iter_patterns(npz)), lambda: list_arrays(npz)):
+        with pytest.raises(DataFileError, match=rf"feat\.npz:diffraction: .*{match}"):
+            call()
+
+
+def test_a_row_larger_than_a_piece_streams_in_pieces_of_bounded_size(tmp_path: Path) -> None:
+    rng = np.random.default_rng(5)
+    x = rng.random((3, 40, 50)).astype(np.float32)  # one entry: 8000 bytes
+    for fmt in FORMATS:
+        path = _write(tmp_path / f"big{fmt}", fmt, x)
+        source = pattern_source(path)
+        seen = np.zeros(x.shape, np.int64)
+        rebuilt = np.empty_like(x)
+        for index, piece in source.pieces(max_bytes=1000):
+            assert piece.nbytes <= 1000
+            rebuilt[index] = piece
+            seen[index] += 1
+        assert (seen == 1).all()
+        np.testing.assert_array_equal(rebuilt, x)
+
+
+def test_fortran_ordered_npy_streams_in_pieces_in_file_order(tmp_path: Path) -> None:
+    x = np.asfortranarray(np.random.default_rng(2).random((6, 5, 4)))
+    path = tmp_path / "f.npy"
+    np.save(path, x)
+    rebuilt = np.zeros_like(x)
+    for index, piece in pattern_source(path).pieces(max_bytes=64):
+        assert piece.nbytes <= 64
+        rebuilt[index] = piece
+    np.testing.assert_array_equal(rebuilt, x)
+    np.testing.assert_array_equal(np.concatenate(list(iter_patterns(path, 4))), x)
+
+
+# ----------------------------------------------------------------- HDF5 storage (issue 11)
+def test_an_hdf5_dataset_that_was_never_written_is_refused(tmp_path: Path) -> None:
+    # A 1.4 KB file declaring one 28000 x 28000 pattern was read whole (3.2 GB).
+    h5 = pytest.importorskip("h5py")
+    with h5.File(tmp_path / "sparse.h5", "w") as f:
+        f.create_dataset("diffraction", shape=(1, 28000, 28000), dtype="<f4")
+    assert (tmp_path / "sparse.h5").stat().st_size < 10_000
+    with pytest.raises(DataFileError, match=r"sparse\.h5:diffraction: .*never written"):
+        next(iter_patterns(tmp_path / "sparse.h5"))
+
+
+def test_an_hdf5_dataset_with_unwritten_chunks_is_refused(tmp_path: Path) -> None:
+    h5 = pytest.importorskip("h5py")
+    with h5.File(tmp_path / "part.h5", "w") as f:
+        d = f.create_dataset("diffraction", shape=(8, 4, 4), dtype="<f4", chunks=(2, 4, 4))
+        d[:4] = 1.0  # chunks 0 and 1 of 4; the rest would read as zeros
+    with pytest.raises(DataFileError, match=r"only 2 of the dataset's 4 chunks were ever written"):
+        list(iter_patterns(tmp_path / "part.h5"))
+
+
+def test_hdf5_data_outside_the_file_is_refused(tmp_path: Path) -> None:
+    h5 = pytest.importorskip("h5py")
+    raw = tmp_path / "raw.bin"
+    raw.write_bytes(np.ones((2, 3, 3), "<f4").tobytes())
+    other = _write(tmp_path / "other", "hdf5", np.ones((2, 3, 3), np.float32))
+    with h5.File(tmp_path / "ext.h5", "w") as f:
+        f.create_dataset("diffraction", shape=(2, 3, 3), dtype="<f4", external=[(raw, 0, 72)])
+        f["linked"] = h5.ExternalLink(str(other), "/diffraction")
+    with pytest.raises(UnsafeFileError, match=r"external raw file"):
+        list(iter_patterns(tmp_path / "ext.h5"))
+    with pytest.raises(UnsafeFileError, match=r"'/linked' is an external link"):
+        list(iter_patterns(tmp_path / "ext.h5", key="linked"))
+
+
+def test_compressed_hdf5_chunks_larger_than_the_limit_are_refused(tmp_path: Path) -> None:
+    h5 = pytest.importorskip("h5py")
+    from physscale.io.readers import MAX_HDF5_CHUNK_BYTES
+
+    side = 4200  # one 4200 x 4200 float32 chunk: 70 MB, inflated whole by libhdf5
+    assert side * side * 4 > MAX_HDF5_CHUNK_BYTES
+    with h5.File(tmp_path / "fat.h5", "w") as f:
+        d = f.create_dataset(
+            "diffraction", shape=(1, side, side), dtype="<f4", chunks=(1, side, side),
+            compression="gzip",
+        )  # fmt: skip
+        d[0, 0, :8] = 1.0
+    with pytest.raises(DataFileError, match=r"compressed HDF5 chunks of shape \(1, 4200, 4200\)"):
+        next(iter_patterns(tmp_path / "fat.h5"))
+
+
+def test_an_hdf5_null_dataspace_is_a_data_file_error(tmp_path: Path) -> None:
+    h5 = pytest.importorskip("h5py")
+    with h5.File(tmp_path / "null.h5", "w") as f:
+        f.create_dataset("diffraction", data=h5.Empty("<f4"))
+    with pytest.raises(DataFileError, match=r"null\.h5: HDF5 dataset 'diffraction' has a null"):
+        list(iter_patterns(tmp_path / "null.h5"))
+    with pytest.raises(DataFileError, match="null dataspace"):
+        array_info(tmp_path / "null.h5")
+    assert list_arrays(tmp_path / "null.h5") == []
+
+
+# ----------------------------------------------------------------- special files (issue 11)
+def _fifo(tmp_path: Path) -> Path:
+    path = tmp_path / "pipe.npy"
+    os.mkfifo(path)
+    return path
+
+
+_ENTRY_POINTS = {
+    "iter_patterns": lambda p: list(iter_patterns(p)),
+    "array_info": array_info,
+    "list_arrays": list_arrays,
+    "read_metadata": read_metadata,
+    "pattern_source": lambda p: pattern_source(p),
+}
+
+
+def pattern_source(path: Path, key: str = "diffraction") -> Any:
+    # Looked up at call time, so this module still imports (and its other tests
+    # run) against a physscale without it.
+    return readers.pattern_source(path, key)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs (POSIX)")
+@pytest.mark.parametrize("entry", sorted(_ENTRY_POINTS))
+def test_a_fifo_is_refused_without_blocking(tmp_path: Path, entry: str) -> None:
+    from fuzz._harness import call_with_timeout
+
+    fifo = _fifo(tmp_path)
+    outcome = call_with_timeout(lambda: _ENTRY_POINTS[entry](fifo), seconds=10)
+    assert outcome == ("DataFileError", f"{fifo}: is a FIFO (named pipe), not a regular file; "
+                       "physscale reads data only from regular files (copy the data into one "
+                       "first)")  # fmt: skip
+
+
+@pytest.mark.skipif(not Path("/dev/zero").exists(), reason="needs /dev/zero")
+@pytest.mark.parametrize("entry", sorted(_ENTRY_POINTS))
+def test_a_character_device_is_refused(entry: str) -> None:
+    with pytest.raises(DataFileError, match=r"/dev/zero: is a character device, not a regular"):
+        _ENTRY_POINTS[entry](Path("/dev/zero"))
+
+
+# ----------------------------------------------------------------- truncation while streaming
+def test_a_npy_truncated_while_it_streams_is_a_data_file_error_not_sigbus(tmp_path: Path) -> None:
+    # With one memory map per chunk, a truncation killed the process with SIGBUS.
+    from fuzz._harness import run_python
+
+    x = np.ones((64, 64, 64), np.float32)
+    path = _write(tmp_path / "shrink", "npy", x)
+    code = f"""
+import os, physscale
+from physscale.io import iter_patterns
+it = iter_patterns({str(path)!r}, chunk_patterns=8)
+first, second = next(it), next(it)
+os.truncate({str(path)!r}, 128 + 8 * 64 * 64 * 4 + 100)
+print(float(second.sum()))  # a chunk in hand stays readable
+try:
+    for _ in it:
+        pass
+except physscale.DataFileError as exc:
+    print("DataFileError", exc)
+"""
+    result = run_python(code, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[0] == str(8 * 64 * 64.0)
+    assert re.match(r"DataFileError .*shrink\.npy: truncated", result.stdout.splitlines()[1])
+
+
+@given(
+    shape=st.sampled_from([(3, 5, 7), (2, 3, 4, 5), (4, 6, 5, 2), (1, 9, 8), (5, 4, 3, 2)]),
+    layout=st.sampled_from([None, "NHWC"]),
+    masked=st.booleans(),
+    max_bytes=st.integers(4, 400),
+    chunk=st.one_of(st.none(), st.integers(1, 4)),
+    fmt=st.sampled_from(["npy", "npz", "hdf5", "npy-fortran"]),
+)
+def test_folding_a_file_in_pieces_equals_one_update_with_the_whole_array(
+    shape: tuple[int, ...],
+    layout: str | None,
+    masked: bool,
+    max_bytes: int,
+    chunk: int | None,
+    fmt: str,
+) -> None:
+    # Pieces smaller than one pattern go through IntensityAccumulator.update_fragments.
+    from physscale.io.streaming import fold_patterns
+
+    rng = np.random.default_rng(sum(shape) + max_bytes)
+    x = rng.gamma(2.0, 0.5, size=shape).astype(np.float32)
+    axes = (-3, -2) if layout == "NHWC" else (-2, -1)
+    mask = rng.random(tuple(shape[a] for a in axes)) > 0.3 if masked else None
+    with tempfile.TemporaryDirectory() as tmp:
+        if fmt == "npy-fortran":
+            path = Path(tmp) / "f.npy"
+            np.save(path, np.asfortranarray(x))
+        else:
+            path = _write(Path(tmp) / "d", fmt, x)
+        acc = fold_patterns(
+            physscale.IntensityAccumulator(layout=layout),
+            readers.pattern_source(path),
+            mask=mask,
+            chunk_patterns=chunk,
+            max_bytes=max_bytes,
+        )
+    whole = physscale.IntensityAccumulator(layout=layout).update(x, mask=mask)
+    assert (acc.n_patterns, acc.pattern_shape, acc.masked) == (
+        whole.n_patterns,
+        whole.pattern_shape,
+        whole.masked,
+    )
+    # Reference: float64 squares of the unmasked pixels, added with math.fsum.
+    x64 = x.astype(np.float64)
+    if mask is not None:
+        placed = mask.reshape((*mask.shape, 1)) if layout == "NHWC" else mask
+        x64 = x64 * placed
+    expected = math.fsum((x64 * x64).ravel().tolist())
+    assert acc.total_intensity == pytest.approx(expected, rel=1e-13)
+
+
+# ----------------------------------------------------------------- found by the long fuzz profile
+def test_a_zip_entry_needing_a_newer_zip_version_is_a_data_file_error(tmp_path: Path) -> None:
+    # zipfile raised NotImplementedError("zip file version 8.9") while opening the archive.
+    npz = _write(tmp_path / "ver", "npz", np.ones((2, 3, 3), np.float32))
+    raw = bytearray(npz.read_bytes())
+    central = raw.rindex(b"PK\x01\x02")
+    raw[central + 6 : central + 8] = (89).to_bytes(2, "little")  # version needed to extract
+    npz.write_bytes(bytes(raw))
+    for call in (
+        lambda: list(iter_patterns(npz)),
+        lambda: list_arrays(npz),
+        lambda: read_metadata(npz),
+    ):
+        with pytest.raises(DataFileError, match=r"ver\.npz: not a readable \.npz"):
+            call()
+
+
+def test_a_member_name_that_is_not_utf8_is_a_data_file_error(tmp_path: Path) -> None:
+    # The local header's name is decoded as UTF-8 when flag bit 11 says so: a
+    # flipped byte there raised UnicodeDecodeError from ZipFile.open.
+    npz = _write(tmp_path / "name", "npz", np.ones((2, 3, 3), np.float32))
+    raw = bytearray(npz.read_bytes())
+    local = raw.index(b"PK\x03\x04")
+    raw[local + 6 : local + 8] = (1 << 11).to_bytes(2, "little")
+    raw[local + 30] = 0x93  # the first byte of the local name
+    npz.write_bytes(bytes(raw))
+    with pytest.raises(DataFileError, match=r"name\.npz:diffraction: .*utf-8"):
+        list(iter_patterns(npz))

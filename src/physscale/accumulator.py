@@ -336,6 +336,88 @@ class IntensityAccumulator:
             self.update(batch)
         return self
 
+    # ------------------------------------------------------------------ fragments
+    # (the io helper's hook for patterns larger than a reader's chunk)
+    def update_fragments(
+        self,
+        shape: Sequence[int],
+        fragments: Iterable[tuple[tuple[int | slice, ...], Any]],
+        mask: Any = None,
+    ) -> IntensityAccumulator:
+        """Fold in one batch of ``shape`` that arrives in pieces; returns ``self``.
+
+        For batches too large to hold in memory (a pattern larger than a
+        file reader's chunk). ``fragments`` yields ``(index, piece)`` pairs:
+        ``piece`` is ``batch[index]`` (basic indexing with ints and slices),
+        and the pieces cover the batch exactly once, in any order. Only one
+        piece needs to exist at a time. The result equals
+        ``update(batch, mask)`` to float64 rounding; the state changes only
+        once every piece is summed, so an error leaves it unchanged.
+
+        Args:
+            shape: the whole batch's shape (its spatial axes as for ``update``).
+            fragments: ``(index, piece)`` pairs; pieces are numpy arrays or
+                tensors of real floats.
+            mask: optional boolean valid-pixel mask, as for ``update``.
+
+        Raises:
+            StateError: a piece whose shape does not match its index, pieces
+                that do not add up to the batch, or an accumulator that keeps
+                per-pattern totals (pieces cut through patterns).
+            AmbiguousLayoutError: as for ``update``.
+        """
+        batch = torch.Size(int(s) for s in shape)
+        check_layout(batch, self.axes_explicit, "batch")
+        axes = spatial_axes(len(batch), self.spatial_dims)
+        pattern_shape = tuple(batch[a] for a in axes)
+        if math.prod(pattern_shape) == 0:
+            raise EmptyInputError(f"batch shape {tuple(batch)} has patterns with no pixels")
+        if self.keep_pattern_totals:
+            raise StateError(
+                "update_fragments cannot keep per-pattern totals (its pieces cut through "
+                "patterns); use update() with whole patterns"
+            )
+        layout = torch.empty((), dtype=torch.bool).expand(batch)  # shapes only, no memory
+        m = None if mask is None else as_mask(mask, batch, torch.device("cpu"), axes)
+        partials: list[float] = []
+        masked_partials: list[float] = []
+        integer_like: bool | None = None
+        covered = masked_pixels = 0
+        for index, piece in fragments:
+            x = as_float_tensor(piece, "batch")
+            if x.shape != layout[index].shape:
+                raise StateError(
+                    f"fragment at {index} has shape {tuple(x.shape)}, expected "
+                    f"{tuple(layout[index].shape)} for a batch of shape {tuple(batch)}"
+                )
+            if x.numel() == 0:
+                continue
+            part_mask = None if m is None else m[index].to(x.device)
+            part = intensity_sum(x, tuple(range(x.ndim)), self.domain, part_mask, name="batch")
+            partials = _grow(partials, part.total)
+            masked_partials = _grow(masked_partials, part.masked_total)
+            masked_pixels += part.masked_pixels
+            integer_like = part.integer_like and integer_like is not False
+            covered += x.numel()
+        if covered != batch.numel():
+            raise StateError(
+                f"fragments cover {covered} of the batch's {batch.numel()} elements; each "
+                f"element must be in exactly one fragment"
+            )
+        self._fold_state(
+            _State(
+                partials=partials,
+                n_patterns=batch.numel() // math.prod(pattern_shape),
+                pattern_shape=pattern_shape,
+                integer_like=integer_like,
+                masked=m is not None,
+                pixels=batch.numel(),
+                masked_pixels=masked_pixels,
+                masked_partials=masked_partials,
+            )
+        )
+        return self
+
     # ------------------------------------------------------------------ combine
     def merge(self, other: IntensityAccumulator) -> IntensityAccumulator:
         """Fold another accumulator's state into this one; returns ``self``."""

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 import traceback
@@ -35,7 +36,7 @@ import numpy as np
 from pydantic import ValidationError
 
 from physscale import doctor
-from physscale._checks import check_layout, positive_finite
+from physscale._checks import check_layout, positive_finite, spatial_axes
 from physscale.accumulator import IntensityAccumulator
 from physscale.errors import (
     AmbiguousLayoutError,
@@ -45,14 +46,18 @@ from physscale.errors import (
     PhysscaleError,
     UnsafeFileError,
 )
+from physscale.io._atomic import atomic_write
+from physscale.io._files import ZIP_OPEN_ERRORS, describe, open_regular
 from physscale.io.metadata import read_metadata
 from physscale.io.readers import (
-    array_info,
+    ArrayInfo,
     example_dataset_path,
     file_kind,
-    iter_patterns,
     list_arrays,
+    pattern_source,
+    read_mask,
 )
+from physscale.io.streaming import fold_patterns
 from physscale.nphotons import resolve_nphotons
 from physscale.record import ScaleRecord, derive_scale_record
 
@@ -268,20 +273,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # --------------------------------------------------------------------------- derive
-def _load_mask(path: Path) -> np.ndarray:
-    where = f"--mask {path}"
-    if file_kind(path) != "npy":
-        raise MaskError(f"{where}: the mask must be a .npy file holding a boolean array")
-    try:
-        mask = np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
-        raise DataFileError(f"{where}: cannot read the mask ({exc})") from None
-    if mask.dtype != np.bool_:
-        raise MaskError(
-            f"{where}: the mask must be boolean (True = valid pixel), got dtype {mask.dtype}; "
-            f"save it with mask.astype(bool)"
-        )
-    return np.asarray(mask)
+def _load_mask(path: Path, info: ArrayInfo, spatial_dims: Sequence[int]) -> np.ndarray:
+    """The --mask array, its header checked first: never larger than one entry or pattern."""
+    axes = spatial_axes(len(info.shape), spatial_dims)
+    pattern = math.prod(info.shape[a] for a in axes)
+    return read_mask(path, f"--mask {path}", max(pattern, info.count // info.shape[0]))
 
 
 def _missing_nphotons(path: Path, metadata: Any, exc: NphotonsError) -> str:
@@ -342,7 +338,9 @@ def _summary(record: ScaleRecord, key: str, layout: str | None) -> str:
 
 def _derive(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
     path = Path(args.path) if args.path is not None else example_dataset_path()
-    info = array_info(path, args.key)  # checks file, key and header before any work
+    # Checks file, key, header and every declared size before any work.
+    source = pattern_source(path, args.key)
+    info = source.info
     try:
         metadata = read_metadata(path)
     except UnsafeFileError as exc:
@@ -366,18 +364,21 @@ def _derive(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
         check_layout(info.shape, args.layout is not None, str(path), cli=True)
     except AmbiguousLayoutError as exc:
         raise UsageError(str(exc)) from None
-    mask = _load_mask(args.mask) if args.mask is not None else None
     acc = IntensityAccumulator(domain=args.domain, layout=args.layout)
+    mask = _load_mask(args.mask, info, acc.spatial_dims) if args.mask is not None else None
     progress = Progress(info.shape[0], stream=stderr, enabled=not args.quiet)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            for chunk in iter_patterns(path, args.key, args.chunk_patterns):
-                try:
-                    acc.update(chunk, mask=mask)
-                except MaskError as exc:
-                    raise MaskError(f"--mask {args.mask}: {exc}") from None
-                progress.advance(chunk.shape[0])
+            fold_patterns(
+                acc,
+                source,
+                mask=mask,
+                chunk_patterns=args.chunk_patterns,
+                on_progress=progress.advance,
+            )
+        except MaskError as exc:
+            raise MaskError(f"--mask {args.mask}: {exc}") from None
         finally:
             progress.close()
         record = derive_scale_record(
@@ -389,10 +390,12 @@ def _derive(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
         )
     if not args.quiet:
         for w in caught:
-            stderr.write(f"{PROG}: warning: {w.message}\n")
+            stderr.write(f"{PROG}: warning: {_one_line(str(w.message))}\n")
     text = record.model_dump_json(indent=2)
     if args.out is not None:
-        args.out.write_text(text + "\n", encoding="utf-8")
+        # Atomically, as bundles are written: a failed write leaves the old record.
+        with atomic_write(args.out) as fh:
+            fh.write((text + "\n").encode("utf-8"))
     if args.json:
         stdout.write(text + "\n")
     else:
@@ -404,12 +407,12 @@ def _derive(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
 
 # --------------------------------------------------------------------------- inspect
 def _read_record(path: Path) -> ScaleRecord:
-    try:
-        # Read one byte past the limit, never the whole of a huge file.
-        with open(path, "rb") as f:
+    # Read one byte past the limit, never the whole of a huge file (nor a FIFO).
+    with open_regular(path) as f:
+        try:
             data = f.read(_MAX_RECORD_BYTES + 1)
-    except FileNotFoundError:
-        raise DataFileError(f"{path}: no such file") from None
+        except OSError as exc:
+            raise DataFileError(f"{path}: cannot read ({describe(exc)})") from None
     if len(data) > _MAX_RECORD_BYTES:
         raise DataFileError(f"{path}: too large to be a ScaleRecord JSON file")
     try:
@@ -419,7 +422,7 @@ def _read_record(path: Path) -> ScaleRecord:
         loc = ".".join(str(p) for p in first["loc"]) or "record"
         raise DataFileError(
             f"{path}: not a valid ScaleRecord ({exc.error_count()} problem(s); first: "
-            f"{loc}: {first['msg']})"
+            f"{loc}: {_one_line(str(first['msg']))[:200]})"
         ) from None
 
 
@@ -434,6 +437,7 @@ _ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, EOFError, O
 
 
 def _is_bundle(path: Path) -> bool:
+    # A regular file (checked by the caller): is_zipfile only seeks to its end.
     if not zipfile.is_zipfile(path):
         return False
     # is_zipfile only checks the end-of-central-directory record: the central
@@ -441,20 +445,18 @@ def _is_bundle(path: Path) -> bool:
     try:
         with zipfile.ZipFile(path) as zf:
             return "record.json" in zf.namelist()
-    except _ZIP_ERRORS as exc:
+    except ZIP_OPEN_ERRORS as exc:
         raise DataFileError(
             f"{path}: not a readable zip archive (bundle or .npz), probably truncated or "
-            f"corrupt ({exc})"
+            f"corrupt ({describe(exc)})"
         ) from None
 
 
 def _inspect(args: argparse.Namespace, stdout: TextIO) -> int:
     path: Path = args.path
-    if not path.exists():
-        raise DataFileError(f"{path}: no such file")
-    if path.is_dir():
-        raise DataFileError(f"{path}: is a directory, not a file")
-    with open(path, "rb") as f:
+    # Refuses FIFOs and devices without waiting on them (is_zipfile would read
+    # /dev/zero forever).
+    with open_regular(path) as f:
         head = f.read(64).lstrip()
     if path.suffix.lower() == ".json" or head.startswith(b"{"):
         record = _read_record(path)
@@ -549,6 +551,11 @@ def _inspect_dataset(path: Path, as_json: bool, stdout: TextIO) -> int:
 
 
 # --------------------------------------------------------------------------- main
+def _one_line(text: str) -> str:
+    """Messages (ours, torch's multi-line warnings) as one line each."""
+    return " ".join(text.split())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``physscale`` console script; returns the exit status."""
     parser = build_parser()
@@ -560,6 +567,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help(stderr)
         return 2
+    with warnings.catch_warnings(record=True) as caught:
+        # Every warning (torch's are several lines) becomes one line on stderr.
+        warnings.simplefilter("default")
+        try:
+            return _run(args, stdout, stderr)
+        finally:
+            if not args.quiet:
+                for w in caught:
+                    stderr.write(f"{PROG}: warning: {_one_line(str(w.message))}\n")
+
+
+def _run(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
     try:
         if args.command == "derive":
             return _derive(args, stdout, stderr)
@@ -577,9 +596,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (PhysscaleError, OSError) as exc:
         if args.debug:
             traceback.print_exc(file=stderr)
-        message = str(exc).replace("\n", " ")
+        message = _one_line(str(exc))
         if isinstance(exc, OSError) and not isinstance(exc, PhysscaleError):
-            message = f"{exc.filename or ''}: {exc.strerror or exc}".lstrip(": ")
+            message = f"{exc.filename or ''}: {exc.strerror or describe(exc)}".lstrip(": ")
         stderr.write(f"{PROG}: error: {message}\n")
         return 1
     except _ZIP_ERRORS as exc:
@@ -588,9 +607,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             traceback.print_exc(file=stderr)
         where = args.path if args.path is not None else "the example dataset"
-        message = str(exc).replace("\n", " ")
+        message = describe(exc)
         stderr.write(f"{PROG}: error: {where}: corrupt or truncated archive ({message})\n")
         return 1
     except KeyboardInterrupt:
         stderr.write(f"{PROG}: interrupted\n")
         return 130
+    except Exception as exc:  # a bug, not bad input: still one line, and say so
+        if args.debug:
+            traceback.print_exc(file=stderr)
+        stderr.write(
+            f"{PROG}: error: unexpected {type(exc).__name__} ({describe(exc)}); this is a "
+            f"physscale bug: please report it with the output of --debug\n"
+        )
+        return 1

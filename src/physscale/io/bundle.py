@@ -1,6 +1,6 @@
 """Bundles: the weights and the scale record in one checksummed zip.
 
-A bundle holds exactly three members:
+A bundle holds three members, and a fourth when it is signed:
 
 ``state_dict.pt``
     ``torch.save`` of the model's state dict, read back only with
@@ -10,24 +10,37 @@ A bundle holds exactly three members:
 ``manifest.json``
     the format name and version, the physscale version, the sha256 and size
     of every other member, and the caller's ``extra`` data (JSON).
+``signature.json`` (only with ``save_bundle(..., key=...)``)
+    an HMAC-SHA256 of ``manifest.json`` under a key the user holds.
 
 :func:`load_bundle` refuses a bundle whose members do not match their
 checksums, whose record is missing or invalid, whose format version it does
 not know, or whose member names are unexpected or try to escape a folder.
+Every member's declared size is checked before it is inflated: the JSON
+members are capped, and the weights must be stored uncompressed (as
+:func:`save_bundle` writes them), so they can take no more memory than the
+file's own size.
+
+**Integrity, not authenticity.** The manifest's sha256 sums detect
+corruption and accidental edits. They prove nothing about who wrote the
+bundle: anyone who edits a member can recompute its checksum. To know that a
+bundle is one you (or someone holding your key) wrote, sign it with
+``save_bundle(..., key=key)`` and load it with ``load_bundle(..., key=key)``,
+which refuses a bundle without a valid signature under that key.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import hmac
 import io
 import json
 import os
 import pickle
-import tempfile
+import re
 import zipfile
-import zlib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -36,10 +49,26 @@ import torch
 
 from physscale._version import __version__
 from physscale.errors import DataFileError, DtypeError, IntegrityError, RecordError, UnsafeFileError
+from physscale.io._atomic import atomic_write
+from physscale.io._files import (
+    ZIP_OPEN_ERRORS,
+    check_zip_member,
+    describe,
+    load_json,
+    open_regular,
+    preview,
+)
 from physscale.io.checkpoint import parse_record_json, require_record
 from physscale.record import READABLE_SCHEMA_VERSIONS, ScaleRecord
 
-__all__ = ["BUNDLE_FORMAT", "BUNDLE_FORMAT_VERSION", "Bundle", "load_bundle", "save_bundle"]
+__all__ = [
+    "BUNDLE_FORMAT",
+    "BUNDLE_FORMAT_VERSION",
+    "MIN_KEY_BYTES",
+    "Bundle",
+    "load_bundle",
+    "save_bundle",
+]
 
 #: The ``format`` field of every bundle manifest.
 BUNDLE_FORMAT = "physscale-bundle"
@@ -49,23 +78,28 @@ BUNDLE_FORMAT_VERSION = 1
 STATE_DICT_MEMBER = "state_dict.pt"
 RECORD_MEMBER = "record.json"
 MANIFEST_MEMBER = "manifest.json"
+SIGNATURE_MEMBER = "signature.json"
 _CHECKSUMMED = (STATE_DICT_MEMBER, RECORD_MEMBER)
-_MEMBERS = frozenset((*_CHECKSUMMED, MANIFEST_MEMBER))
+_MEMBERS = frozenset((*_CHECKSUMMED, MANIFEST_MEMBER, SIGNATURE_MEMBER))
+
+#: The shortest signing key accepted (bytes); use ``secrets.token_bytes(32)``.
+MIN_KEY_BYTES = 16
+_SIGNATURE_FORMAT = "physscale-bundle-signature"
+_SIGNATURE_ALGORITHM = "HMAC-SHA256"
+# Domain separation: this key's HMACs of anything else never verify as a bundle's.
+_SIGNED_PREFIX = b"physscale-bundle-manifest-v1\n"
 # A fixed timestamp makes a bundle's bytes depend on its contents only.
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)
-# What reading a member can raise: corrupt data (a broken deflate stream is a
-# zlib.error), encryption (RuntimeError), an unsupported compression method
-# (NotImplementedError).
-_READ_ERRORS = (
-    zipfile.BadZipFile,
-    zlib.error,
-    EOFError,
-    OSError,
-    RuntimeError,
-    NotImplementedError,
-)
-# A manifest is a few hundred bytes plus `extra`; refuse to inflate anything absurd.
-_MAX_MANIFEST_BYTES = 16 * 2**20
+# A manifest is a few hundred bytes plus `extra`, a record about 1 kB, a
+# signature 200 bytes: refuse to inflate anything absurd.
+_MAX_MANIFEST_BYTES = 4 * 2**20
+_MAX_RECORD_BYTES = 2**20
+_MAX_SIGNATURE_BYTES = 4096
+_MEMBER_CAPS = {
+    MANIFEST_MEMBER: _MAX_MANIFEST_BYTES,
+    RECORD_MEMBER: _MAX_RECORD_BYTES,
+    SIGNATURE_MEMBER: _MAX_SIGNATURE_BYTES,
+}
 
 
 @dataclass(frozen=True)
@@ -78,17 +112,16 @@ class Bundle:
         record: the validated :class:`~physscale.ScaleRecord` saved with it.
         manifest: the parsed ``manifest.json`` (format, versions, checksums).
         extra: the ``**extra`` data given to :func:`save_bundle` (JSON values).
+        authenticated: True when :func:`load_bundle` was given a key and
+            verified the bundle's signature with it; False otherwise (the
+            checksums then prove integrity only, not who wrote it).
     """
 
     state_dict: dict[str, Any]
     record: ScaleRecord
     manifest: dict[str, Any]
     extra: dict[str, Any]
-
-
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    authenticated: bool = False
 
 
 def _sha256(data: bytes) -> str:
@@ -130,7 +163,7 @@ def _state_dict_bytes(state_dict: Mapping[str, Any]) -> bytes:
     except pickle.UnpicklingError as exc:
         raise DtypeError(
             f"state_dict holds objects that torch.load(weights_only=True) refuses, so the "
-            f"bundle could not be loaded safely: {_first_line(exc)}. Keep tensors, numbers and "
+            f"bundle could not be loaded safely: {_refusal(exc)}. Keep tensors, numbers and "
             f"strings in the state dict"
         ) from None
     return data
@@ -143,22 +176,56 @@ def _write_member(zf: zipfile.ZipFile, name: str, data: bytes, compress: bool) -
     zf.writestr(info, data)
 
 
+def _check_key(key: Any) -> bytes:
+    """The signing key as bytes; refuses what cannot be a secret key."""
+    if isinstance(key, str):
+        raise DtypeError(
+            "key must be bytes (for example secrets.token_bytes(32), kept secret), not str; "
+            "a passphrase is not a key. (Extra data named 'key' cannot be stored: the "
+            "keyword is reserved for the signing key)"
+        )
+    if not isinstance(key, bytes | bytearray | memoryview):
+        raise DtypeError(f"key must be bytes, got {type(key).__name__}")
+    raw = bytes(key)
+    if len(raw) < MIN_KEY_BYTES:
+        raise DtypeError(
+            f"key must be at least {MIN_KEY_BYTES} random bytes, got {len(raw)}; make one with "
+            f"secrets.token_bytes(32)"
+        )
+    return raw
+
+
+def _signature(key: bytes, manifest_bytes: bytes) -> str:
+    return hmac.new(key, _SIGNED_PREFIX + manifest_bytes, hashlib.sha256).hexdigest()
+
+
 def save_bundle(
     path: str | os.PathLike[str],
     state_dict: Mapping[str, Any],
     record: ScaleRecord,
+    *,
+    key: bytes | None = None,
     **extra: Any,
 ) -> Path:
     """Write weights, scale record and manifest to one zip file, atomically.
 
     Args:
         path: the bundle file to write (conventionally ``*.physscale.zip``);
-            replaced atomically if it exists, never left half-written.
+            replaced atomically if it exists, never left half-written (a
+            leftover temporary file of a killed save is removed by the next
+            save to the same path). A new file gets the umask's mode; a
+            replaced one keeps its mode.
         state_dict: ``model.state_dict()``: tensors, numbers, strings
             (anything ``torch.load(weights_only=True)`` accepts).
         record: the scale to ship with the weights. For a trainable scaler
             pass ``scaler.to_record()`` (the *trained* value), not the record
             training started from.
+        key: optional secret signing key (bytes, at least
+            :data:`MIN_KEY_BYTES`; e.g. ``secrets.token_bytes(32)``). The
+            bundle then carries an HMAC-SHA256 of its manifest, which
+            ``load_bundle(path, key=key)`` verifies: proof that someone
+            holding the key wrote it. Without a key the checksums prove
+            integrity only.
         **extra: plain JSON data stored in the manifest (epoch, model name...).
 
     The serialized state dict is checked with a weights-only load before
@@ -170,9 +237,10 @@ def save_bundle(
     Raises:
         RecordError: ``record`` is not a ScaleRecord.
         DtypeError: ``state_dict`` or ``extra`` holds values that could not
-            be loaded back safely and unchanged.
+            be loaded back safely and unchanged; ``key`` is not a bytes key.
     """
     require_record(record)
+    secret = None if key is None else _check_key(key)
     extra_json = _json_extra(extra)
     payload = {
         STATE_DICT_MEMBER: _state_dict_bytes(state_dict),
@@ -188,22 +256,20 @@ def save_bundle(
         },
         "extra": extra_json,
     }
-    target = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            with zipfile.ZipFile(fh, "w") as zf:
-                _write_member(zf, MANIFEST_MEMBER, json.dumps(manifest, indent=2).encode(), True)
-                _write_member(zf, RECORD_MEMBER, payload[RECORD_MEMBER], True)
-                _write_member(zf, STATE_DICT_MEMBER, payload[STATE_DICT_MEMBER], False)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    return target
+    manifest_bytes = json.dumps(manifest, indent=2).encode()
+    with atomic_write(path) as fh, zipfile.ZipFile(fh, "w") as zf:
+        _write_member(zf, MANIFEST_MEMBER, manifest_bytes, True)
+        _write_member(zf, RECORD_MEMBER, payload[RECORD_MEMBER], True)
+        _write_member(zf, STATE_DICT_MEMBER, payload[STATE_DICT_MEMBER], False)
+        if secret is not None:
+            signature = {
+                "format": _SIGNATURE_FORMAT,
+                "algorithm": _SIGNATURE_ALGORITHM,
+                "signs": MANIFEST_MEMBER,
+                "hmac": _signature(secret, manifest_bytes),
+            }
+            _write_member(zf, SIGNATURE_MEMBER, json.dumps(signature, indent=2).encode(), True)
+    return Path(path)
 
 
 def _check_member_names(names: list[str], where: str) -> None:
@@ -231,21 +297,18 @@ def _check_member_names(names: list[str], where: str) -> None:
 
 
 def _parse_manifest(data: bytes, where: str) -> dict[str, Any]:
-    try:
-        manifest = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DataFileError(f"{where}: {MANIFEST_MEMBER} is not valid JSON ({exc})") from None
+    manifest = load_json(data, where, what=MANIFEST_MEMBER)
     if not isinstance(manifest, dict):
         raise DataFileError(f"{where}: {MANIFEST_MEMBER} must be a JSON object")
     if manifest.get("format") != BUNDLE_FORMAT:
         raise DataFileError(
             f"{where} is not a physscale bundle: manifest format is "
-            f"{manifest.get('format')!r}, expected {BUNDLE_FORMAT!r}"
+            f"{preview(manifest.get('format'))}, expected {BUNDLE_FORMAT!r}"
         )
     version = manifest.get("format_version")
     if version != BUNDLE_FORMAT_VERSION or isinstance(version, bool):
         raise DataFileError(
-            f"{where} has bundle format version {version!r}; this physscale "
+            f"{where} has bundle format version {preview(version)}; this physscale "
             f"({__version__}) reads version {BUNDLE_FORMAT_VERSION} only"
         )
     members = manifest.get("members")
@@ -253,7 +316,7 @@ def _parse_manifest(data: bytes, where: str) -> dict[str, Any]:
         listed = sorted(members) if isinstance(members, dict) else members
         raise DataFileError(
             f"{where}: the manifest must list exactly {sorted(_CHECKSUMMED)} under "
-            f"'members', got {listed!r}"
+            f"'members', got {preview(listed)}"
         )
     for name, entry in members.items():
         ok = (
@@ -267,11 +330,24 @@ def _parse_manifest(data: bytes, where: str) -> dict[str, Any]:
         if not ok:
             raise DataFileError(
                 f"{where}: manifest entry for {name!r} must be "
-                f'{{"sha256": <64 hex digits>, "size": <bytes>}}, got {entry!r}'
+                f'{{"sha256": <64 hex digits>, "size": <bytes>}}, got {preview(entry)}'
             )
     if not isinstance(manifest.get("extra", {}), dict):
         raise DataFileError(f"{where}: manifest 'extra' must be a JSON object")
     return manifest
+
+
+def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, where: str) -> bytes:
+    """Read a member whose declared sizes were checked (see :func:`_check_members`)."""
+    try:
+        data = zf.read(info)
+    except ZIP_OPEN_ERRORS as exc:
+        raise DataFileError(
+            f"{where}: member {info.filename!r} cannot be read ({describe(exc)})"
+        ) from None
+    if len(data) != info.file_size:  # pragma: no cover - zipfile checks it too
+        raise DataFileError(f"{where}: member {info.filename!r} is truncated")
+    return data
 
 
 def _read_checked(zf: zipfile.ZipFile, name: str, entry: Mapping[str, Any], where: str) -> bytes:
@@ -282,10 +358,7 @@ def _read_checked(zf: zipfile.ZipFile, name: str, entry: Mapping[str, Any], wher
             f"{where}: member {name!r} has {info.file_size} bytes but the manifest says "
             f"{entry['size']}; the bundle was modified or corrupted after it was written"
         )
-    try:
-        data = zf.read(info)
-    except _READ_ERRORS as exc:
-        raise DataFileError(f"{where}: member {name!r} cannot be read ({exc})") from None
+    data = _read_member(zf, info, where)
     if _sha256(data) != entry["sha256"]:
         raise IntegrityError(
             f"{where}: member {name!r} does not match its sha256 in the manifest; the "
@@ -294,33 +367,99 @@ def _read_checked(zf: zipfile.ZipFile, name: str, entry: Mapping[str, Any], wher
     return data
 
 
+def _check_members(zf: zipfile.ZipFile, archive_size: int, where: str) -> None:
+    """Every member's declared sizes, checked before anything is inflated.
+
+    The JSON members are capped; the weights must be stored (uncompressed),
+    as save_bundle writes them, so they hold no more bytes than the file.
+    """
+    total = 0
+    for info in zf.infolist():
+        name = info.filename
+        check_zip_member(
+            info,
+            f"{where}: member {name!r}",
+            archive_size=archive_size,
+            max_bytes=_MEMBER_CAPS.get(name),
+            stored_only=name == STATE_DICT_MEMBER,
+        )
+        total += info.compress_size
+    if total > archive_size:
+        raise DataFileError(
+            f"{where}: its members claim {total} bytes of data but the file holds "
+            f"{archive_size}; it is corrupt or hostile"
+        )
+
+
+def _check_torch_archive(data: bytes, where: str) -> None:
+    """``torch.save``'s own zip inside ``state_dict.pt``: stored records only, sizes real.
+
+    torch would inflate compressed records (a decompression bomb inside the
+    weights); ``torch.save`` never writes any.
+    """
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as inner:
+            infos = inner.infolist()
+    except ZIP_OPEN_ERRORS as exc:
+        raise DataFileError(
+            f"{where}: {STATE_DICT_MEMBER} is not a torch.save archive ({describe(exc)})"
+        ) from None
+    for info in infos:
+        check_zip_member(
+            info, f"{where}: {STATE_DICT_MEMBER}:{info.filename}", archive_size=len(data),
+            stored_only=True,
+        )  # fmt: skip
+
+
 def _parse_record(data: bytes, where: str) -> ScaleRecord:
     # Name an unknown schema version plainly before pydantic's generic message.
-    try:
-        raw = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise RecordError(f"{where}: {RECORD_MEMBER} is not valid JSON ({exc})") from None
+    raw = load_json(data, where, RecordError, what=RECORD_MEMBER)
     version = raw.get("schema_version") if isinstance(raw, dict) else None
     if version is not None and version not in READABLE_SCHEMA_VERSIONS:
         readable = " and ".join(map(str, READABLE_SCHEMA_VERSIONS))
         raise RecordError(
-            f"{where}: {RECORD_MEMBER} has record schema version {version!r}; this "
+            f"{where}: {RECORD_MEMBER} has record schema version {preview(version)}; this "
             f"physscale ({__version__}) reads versions {readable}"
         )
     return parse_record_json(data, f"{where}: {RECORD_MEMBER}")
 
 
+def _refusal(exc: pickle.UnpicklingError) -> str:
+    """What torch's weights-only unpickler refused, without its advice to load unsafely.
+
+    torch's message suggests re-running with ``weights_only=False``, which
+    would run the file's code, and allow-listing the global "if you trust"
+    it: neither is ever repeated.
+    """
+    text = str(exc)
+    found = re.search(r"(?:unsupported GLOBAL|Unsupported global: GLOBAL) ([\w.]+)", text)
+    if found:
+        return f"it references {found.group(1)}, which is not on torch's weights-only allow-list"
+    found = re.search(r"WeightsUnpickler error: ([^\n]*)", text)
+    if found:
+        first = found.group(1).split(". ")[0].strip()
+        if first and "weights_only" not in first and "False" not in first:
+            return " ".join(first.split())[:200]
+    return "objects outside torch's weights-only allow-list"
+
+
 def _load_state_dict(data: bytes, where: str, map_location: Any) -> dict[str, Any]:
+    _check_torch_archive(data, where)
     try:
         state = torch.load(io.BytesIO(data), weights_only=True, map_location=map_location)
     except pickle.UnpicklingError as exc:
         raise UnsafeFileError(
             f"{where}: {STATE_DICT_MEMBER} holds objects that a weights-only load refuses "
-            f"({_first_line(exc)}); physscale never executes code from a file"
+            f"({_refusal(exc)}); physscale never executes code from a file"
         ) from None
-    except (RuntimeError, EOFError, ValueError) as exc:
+    except (MemoryError, RecursionError) as exc:
         raise DataFileError(
-            f"{where}: {STATE_DICT_MEMBER} is not a torch state dict ({exc})"
+            f"{where}: {STATE_DICT_MEMBER} could not be loaded ({type(exc).__name__})"
+        ) from None
+    except Exception as exc:  # torch raises KeyError, IndexError, TypeError... on damage
+        raise DataFileError(
+            f"{where}: {STATE_DICT_MEMBER} is not a valid torch state dict "
+            f"({type(exc).__name__}: {describe(exc)})"
         ) from None
     if not isinstance(state, dict):
         raise DataFileError(
@@ -329,45 +468,90 @@ def _load_state_dict(data: bytes, where: str, map_location: Any) -> dict[str, An
     return state
 
 
-def load_bundle(path: str | os.PathLike[str], *, map_location: Any = "cpu") -> Bundle:
+def _verify_signature(zf: zipfile.ZipFile, manifest_bytes: bytes, key: bytes, where: str) -> None:
+    if SIGNATURE_MEMBER not in zf.namelist():
+        raise IntegrityError(
+            f"{where} is not signed, but a key was given: it was written without a key, or "
+            f"its signature was removed. Refusing it"
+        )
+    raw = load_json(
+        _read_member(zf, zf.getinfo(SIGNATURE_MEMBER), where), where, what=SIGNATURE_MEMBER
+    )
+    ok = (
+        isinstance(raw, dict)
+        and raw.get("format") == _SIGNATURE_FORMAT
+        and raw.get("algorithm") == _SIGNATURE_ALGORITHM
+        and raw.get("signs") == MANIFEST_MEMBER
+        and isinstance(raw.get("hmac"), str)
+    )
+    if not ok:
+        raise IntegrityError(f"{where}: {SIGNATURE_MEMBER} is malformed; refusing the bundle")
+    if not hmac.compare_digest(raw["hmac"].encode(), _signature(key, manifest_bytes).encode()):
+        raise IntegrityError(
+            f"{where}: the signature does not match this key: the bundle was modified after "
+            f"it was signed, or signed with a different key. Refusing it"
+        )
+
+
+@contextlib.contextmanager
+def _open_bundle(path: str | os.PathLike[str], where: str) -> Iterator[zipfile.ZipFile]:
+    if not os.path.lexists(path):
+        raise DataFileError(f"{where} does not exist")
+    fh = open_regular(path)  # refuses FIFOs and devices without waiting on them
+    with fh:
+        try:
+            zf = zipfile.ZipFile(fh)
+        except ZIP_OPEN_ERRORS as exc:
+            raise DataFileError(
+                f"{where} is not a readable zip file ({describe(exc)}); it may be truncated "
+                f"or not a bundle"
+            ) from None
+        with zf:
+            yield zf
+
+
+def load_bundle(
+    path: str | os.PathLike[str], *, map_location: Any = "cpu", key: bytes | None = None
+) -> Bundle:
     """Read and verify a bundle written by :func:`save_bundle`.
 
     Args:
-        path: the bundle file.
+        path: the bundle file (a regular file; FIFOs and devices are refused).
         map_location: where to put the tensors, as for ``torch.load``
             (default ``"cpu"``).
+        key: the signing key given to ``save_bundle``. With a key, a bundle
+            without a valid signature under it is refused before anything
+            else in it is read; the result has ``authenticated=True``.
+            Without one, a signature is ignored and the checksums prove
+            integrity only (anyone can recompute them).
 
     Returns:
         A :class:`Bundle` with the state dict, the record, the manifest and ``extra``.
 
     Raises:
         DataFileError: the file is missing, not a zip, truncated, not a
-            physscale bundle, or of an unknown format version.
+            physscale bundle, of an unknown format version, or declares
+            member sizes it cannot back (oversized or compressed weights,
+            expansion beyond what deflate can produce).
         UnsafeFileError: member names that are absolute, escape a folder, are
             duplicated or unexpected, or a state dict that needs code to load.
-        IntegrityError: a member whose size or sha256 differs from the manifest.
+        IntegrityError: a member whose size or sha256 differs from the
+            manifest; with ``key``, a missing or wrong signature.
         RecordError: a missing or invalid record, or an unknown record schema version.
+        DtypeError: ``key`` is not a bytes key.
     """
+    secret = None if key is None else _check_key(key)
     where = f"bundle {os.fspath(path)!r}"
-    try:
-        zf = zipfile.ZipFile(path)
-    except FileNotFoundError:
-        raise DataFileError(f"{where} does not exist") from None
-    except (zipfile.BadZipFile, EOFError, OSError) as exc:
-        raise DataFileError(
-            f"{where} is not a readable zip file ({exc}); it may be truncated or not a bundle"
-        ) from None
-    with zf:
+    with _open_bundle(path, where) as zf:
         names = zf.namelist()
         _check_member_names(names, where)
         if MANIFEST_MEMBER not in names:
             raise DataFileError(f"{where} has no {MANIFEST_MEMBER}; it is not a physscale bundle")
-        if zf.getinfo(MANIFEST_MEMBER).file_size > _MAX_MANIFEST_BYTES:
-            raise DataFileError(f"{where}: {MANIFEST_MEMBER} is implausibly large")
-        try:
-            manifest_bytes = zf.read(MANIFEST_MEMBER)
-        except _READ_ERRORS as exc:
-            raise DataFileError(f"{where}: {MANIFEST_MEMBER} cannot be read ({exc})") from None
+        archive_size = os.fstat(zf.fp.fileno()).st_size  # type: ignore[union-attr]
+        _check_members(zf, archive_size, where)
+        manifest_bytes = _read_member(zf, zf.getinfo(MANIFEST_MEMBER), where)
+        if secret is not None:
+            _verify_signature(zf, manifest_bytes, secret, where)
         manifest = _parse_manifest(manifest_bytes, where)
         if RECORD_MEMBER not in names:
             raise RecordError(
@@ -386,4 +570,5 @@ def load_bundle(path: str | os.PathLike[str], *, map_location: Any = "cpu") -> B
         record=record,
         manifest=manifest,
         extra=dict(manifest.get("extra", {})),
+        authenticated=secret is not None,
     )

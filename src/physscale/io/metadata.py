@@ -22,8 +22,8 @@ import io
 import json
 import os
 import pickle
+import pickletools
 import re
-import tempfile
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -32,15 +32,43 @@ from typing import IO, Any
 import numpy as np
 
 from physscale.errors import DataFileError, UnsafeFileError
-from physscale.io.readers import READ_ERRORS, file_kind, open_hdf5, open_npz, read_npy_header
+from physscale.io import _hdf5_vlen
+from physscale.io._atomic import TargetAppearedError, atomic_write, locked
+from physscale.io._files import (
+    ZIP_OPEN_ERRORS,
+    check_zip_member,
+    describe,
+    load_json,
+    preview,
+    zip_archive_size,
+)
+from physscale.io.readers import (
+    READ_ERRORS,
+    file_kind,
+    hdf5_errors,
+    open_hdf5,
+    open_npz,
+    read_npy_header,
+)
 
 __all__ = ["METADATA_KEY", "metadata_from_npy_stream", "read_metadata", "write_metadata"]
 
 #: The NPZ key PtychoPINN stores metadata under.
 METADATA_KEY = "_metadata"
 
-#: A metadata member larger than this is not metadata (and not read).
-MAX_METADATA_BYTES = 16 * 1024 * 1024
+#: Stored metadata larger than this (4 MiB) is not metadata, and is not read: a
+#: pickle, a string array or an HDF5 string, checked before it is read.
+MAX_METADATA_BYTES = 4 * 1024 * 1024
+
+# A pickled 0-d object array holding one string takes about 60 opcodes. The
+# cap bounds what a pickle can make the unpickler allocate (each opcode makes
+# at most one small object), and memo indices beyond it are refused before
+# CPython's unpickler sizes its memo table from them.
+_MAX_PICKLE_OPCODES = 1000
+_MEMO_PUTS = {"PUT", "BINPUT", "LONG_BINPUT"}
+
+# Attempts when other writers keep creating or replacing the file meanwhile.
+_WRITE_ATTEMPTS = 10
 
 # The globals a pickled 0-d object array references, by numpy generation.
 _RECONSTRUCT = {
@@ -64,14 +92,14 @@ class _DtypeStub:
         self.where = where
         if not args or not isinstance(args[0], str) or not _OBJECT_DTYPE.fullmatch(args[0]):
             raise UnsafeFileError(
-                f"{where}: the pickled array has dtype {args[:1]!r}; only an object array "
-                f"holding one JSON string is accepted as metadata"
+                f"{where}: the pickled array has dtype {preview(args[:1])}; only an object "
+                f"array holding one JSON string is accepted as metadata"
             )
 
     def __setstate__(self, state: Any) -> None:
         # (version, byteorder, subarray, names, fields, elsize, alignment, flags[, metadata])
         if not isinstance(state, tuple) or len(state) < 8 or state[1] not in ("|", "<", ">", "="):
-            raise UnsafeFileError(f"{self.where}: malformed dtype state {state!r:.200} in pickle")
+            raise UnsafeFileError(f"{self.where}: malformed dtype state {preview(state)} in pickle")
 
 
 class _ArrayStub:
@@ -108,7 +136,7 @@ def _latin1_encoder(where: str) -> Any:
         if len(args) != 2 or not isinstance(args[0], str) or args[1] not in _LATIN1:
             raise UnsafeFileError(
                 f"{where}: refused to unpickle metadata that calls _codecs.encode with "
-                f"arguments {args!r:.200}; only encode(<str>, 'latin1'), which old pickles "
+                f"arguments {preview(args)}; only encode(<str>, 'latin1'), which old pickles "
                 f"use for bytes, is accepted"
             )
         try:
@@ -120,6 +148,23 @@ def _latin1_encoder(where: str) -> Any:
             ) from None
 
     return encode
+
+
+def _str_standin(where: str) -> Any:
+    """Stands in for ``str``: only ``str(<str>)``. The real ``str`` of a nested
+    structure built by the pickle would format all of it (exponentially large)."""
+
+    def make_str(*args: Any) -> str:
+        if not args:
+            return ""
+        if len(args) == 1 and isinstance(args[0], str):
+            return args[0]
+        raise UnsafeFileError(
+            f"{where}: refused to unpickle metadata that calls str with arguments "
+            f"{preview(args)}; only a string is accepted"
+        )
+
+    return make_str
 
 
 class _MetadataUnpickler(pickle.Unpickler):
@@ -149,7 +194,7 @@ class _MetadataUnpickler(pickle.Unpickler):
         if (module, name) in _DTYPE:
             return lambda *args: _DtypeStub(where, *args)
         if (module, name) in _STR:
-            return str
+            return _str_standin(where)
         if (module, name) == _CODECS_ENCODE:
             return _latin1_encoder(where)
         raise UnsafeFileError(
@@ -166,14 +211,48 @@ class _MetadataUnpickler(pickle.Unpickler):
 _NDARRAY_MARKER = object()
 
 
+def _check_opcodes(data: bytes, where: str) -> None:
+    """Walk the pickle's opcodes before CPython's unpickler sees it.
+
+    Refuses pickles with more opcodes than a metadata pickle needs, memo
+    indices beyond that (CPython allocates the memo table up to the largest
+    index it is given: ``LONG_BINPUT 2**27`` alone is 1 GiB), and lengths that
+    run past the data.
+    """
+    count = 0
+    try:
+        for opcode, arg, _pos in pickletools.genops(data):
+            count += 1
+            if count > _MAX_PICKLE_OPCODES:
+                raise UnsafeFileError(
+                    f"{where}: the metadata pickle has more than {_MAX_PICKLE_OPCODES} "
+                    f"operations; a 0-d string array needs about 60. Refused"
+                )
+            if opcode.name in _MEMO_PUTS and not (
+                isinstance(arg, int) and 0 <= arg < _MAX_PICKLE_OPCODES
+            ):
+                raise UnsafeFileError(
+                    f"{where}: the metadata pickle stores into memo slot {preview(arg)}, "
+                    f"far beyond what its {count} operations can use. Refused"
+                )
+            if opcode.name == "STOP":
+                return
+    except UnsafeFileError:
+        raise
+    except Exception as exc:  # pickletools' ValueError on bad opcodes, short data...
+        raise DataFileError(f"{where}: corrupt metadata pickle ({describe(exc)})") from None
+    raise DataFileError(f"{where}: corrupt metadata pickle (no STOP opcode)")
+
+
 def _unpickle_string(data: bytes, where: str) -> str:
     """The JSON string inside a pickled 0-d object array, with no code run."""
+    _check_opcodes(data, where)
     try:
         obj = _MetadataUnpickler(io.BytesIO(data), where).load()
     except UnsafeFileError:
         raise
     except Exception as exc:  # any malformed pickle: report, never trust
-        raise DataFileError(f"{where}: corrupt metadata pickle ({exc})") from None
+        raise DataFileError(f"{where}: corrupt metadata pickle ({describe(exc)})") from None
     if not isinstance(obj, _ArrayStub) or obj.value is None:
         raise UnsafeFileError(f"{where}: the metadata pickle is not a 0-d string array")
     return obj.value
@@ -193,18 +272,25 @@ def metadata_from_npy_stream(stream: IO[bytes], where: str) -> dict[str, Any]:
     if header.dtype.hasobject:
         data = stream.read(MAX_METADATA_BYTES + 1)
         if len(data) > MAX_METADATA_BYTES:
-            raise DataFileError(f"{where}: metadata larger than {MAX_METADATA_BYTES} bytes")
+            raise DataFileError(
+                f"{where}: metadata larger than {MAX_METADATA_BYTES} bytes; refused"
+            )
         text = _unpickle_string(data, where)
     elif header.dtype.kind in "US":
         if header.count != 1:
             raise DataFileError(
                 f"{where}: metadata must be a single string, got an array of shape {header.shape}"
             )
-        raw = stream.read(header.dtype.itemsize)
-        if len(raw) != header.dtype.itemsize:
+        size = header.dtype.itemsize
+        if size > MAX_METADATA_BYTES:
+            raise DataFileError(
+                f"{where}: metadata string of {size} bytes ({header.dtype}), more than the "
+                f"{MAX_METADATA_BYTES} bytes metadata may hold; refused before reading it"
+            )
+        raw = stream.read(size)
+        if len(raw) != size:
             raise DataFileError(f"{where}: truncated metadata member")
-        value = np.frombuffer(raw, dtype=header.dtype)[0]
-        text = value.decode("utf-8") if isinstance(value, bytes) else str(value)
+        text = _string_value(raw, header.dtype, where)
     else:
         raise DataFileError(
             f"{where}: metadata must be a JSON string, got an array of dtype {header.dtype}"
@@ -212,12 +298,24 @@ def metadata_from_npy_stream(stream: IO[bytes], where: str) -> dict[str, Any]:
     return _decode_json(text, where)
 
 
+def _string_value(raw: bytes, dtype: np.dtype[Any], where: str) -> str:
+    """The text of one stored ``U`` (UTF-32) or ``S`` (UTF-8 bytes) element.
+
+    Decoded here, strictly: numpy's own conversion of a ``U`` element holding an
+    invalid code point raises SystemError.
+    """
+    try:
+        if dtype.kind == "S":
+            return raw.rstrip(b"\x00").decode("utf-8")
+        codec = "utf-32-be" if dtype.byteorder == ">" else "utf-32-le"
+        return raw.decode(codec).rstrip("\x00")
+    except UnicodeDecodeError as exc:
+        raise DataFileError(f"{where}: metadata is not valid text ({describe(exc)})") from None
+
+
 def _decode_json(text: str, where: str) -> dict[str, Any]:
     """The metadata JSON object in ``text``; ``where`` names it in errors."""
-    try:
-        decoded = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise DataFileError(f"{where}: metadata is not valid JSON ({exc})") from None
+    decoded = load_json(text, where, what="metadata")
     if not isinstance(decoded, dict):
         raise DataFileError(
             f"{where}: metadata must be a JSON object, got {type(decoded).__name__}"
@@ -249,35 +347,93 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any] | None:
         return None
     if kind == "hdf5":
         return _read_hdf5_metadata(p)
+    where = f"{p}:{METADATA_KEY}"
     with open_npz(p) as zf:
-        member = METADATA_KEY + ".npy"
-        if member not in zf.namelist():
-            return None
-        where = f"{p}:{METADATA_KEY}"
         try:
-            with zf.open(member) as stream:
+            info = zf.getinfo(METADATA_KEY + ".npy")
+        except KeyError:
+            return None
+        check_zip_member(
+            info, where, archive_size=zip_archive_size(zf), max_bytes=MAX_METADATA_BYTES + 4096
+        )
+        try:
+            stream = zf.open(info)
+        except ZIP_OPEN_ERRORS as exc:
+            raise DataFileError(f"{where}: corrupt metadata member ({describe(exc)})") from None
+        try:
+            with stream:
                 return metadata_from_npy_stream(stream, where)
         except READ_ERRORS as exc:
-            raise DataFileError(f"{where}: corrupt metadata member ({exc})") from None
+            raise DataFileError(f"{where}: corrupt metadata member ({describe(exc)})") from None
 
 
 def _read_hdf5_metadata(path: Path) -> dict[str, Any] | None:
-    with open_hdf5(path) as f:
-        raw: Any = None
+    where = f"{path}:{METADATA_KEY}"
+    with open_hdf5(path) as f, hdf5_errors(where):
         if METADATA_KEY in f.attrs:
-            raw = f.attrs[METADATA_KEY]
+            attr = f.attrs.get_id(METADATA_KEY)
+            _check_hdf5_string(attr.shape, attr.dtype, where)
+            if attr.dtype.kind == "O":
+                _hdf5_vlen.check_attribute_length(f, path, METADATA_KEY, MAX_METADATA_BYTES)
+            raw: Any = f.attrs[METADATA_KEY]
         elif METADATA_KEY in f:
-            raw = f[METADATA_KEY][()]
-        if raw is None:
+            dset = f.get(METADATA_KEY)
+            if not isinstance(dset, _h5py_dataset(path)):
+                raise DataFileError(f"{where}: metadata must be a string dataset or attribute")
+            if dset.shape is None:
+                raise DataFileError(f"{where}: metadata dataset has a null dataspace")
+            _check_hdf5_string(dset.shape, dset.dtype, where)
+            if dset.dtype.kind == "O":
+                _hdf5_vlen.check_dataset_length(dset, path, where, MAX_METADATA_BYTES)
+            raw = dset[()]
+        else:
             return None
-    if isinstance(raw, np.ndarray) and raw.size == 1:
+    if isinstance(raw, np.ndarray):
         raw = raw.reshape(()).item()
     if isinstance(raw, bytes):
-        raw = raw.decode("utf-8")
-    where = f"{path}:{METADATA_KEY}"
+        try:
+            raw = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise DataFileError(f"{where}: metadata is not UTF-8 text ({describe(exc)})") from None
     if not isinstance(raw, str):
         raise DataFileError(f"{where}: metadata must be a JSON string, got {type(raw).__name__}")
+    try:
+        raw.encode("utf-8")  # h5py hands back undecodable bytes as lone surrogates
+    except UnicodeEncodeError as exc:
+        raise DataFileError(f"{where}: metadata is not UTF-8 text ({describe(exc)})") from None
     return _decode_json(raw, where)
+
+
+def _h5py_dataset(path: Path) -> Any:
+    from physscale.io.readers import _import_h5py
+
+    return _import_h5py(path).Dataset
+
+
+def _check_hdf5_string(shape: Any, dtype: np.dtype[Any], where: str) -> None:
+    """One string, of a declared size within the cap, before anything is read."""
+    if shape is None:
+        raise DataFileError(f"{where}: metadata has a null dataspace (no value)")
+    count = 1
+    for n in shape:
+        count *= int(n)
+    if count != 1:
+        raise DataFileError(f"{where}: metadata must be a single string, got shape {tuple(shape)}")
+    if dtype.kind not in "USO":
+        raise DataFileError(f"{where}: metadata must be a JSON string, got dtype {dtype}")
+    if dtype.kind == "O" and _string_info(dtype) is None:
+        raise DataFileError(f"{where}: metadata must be a JSON string, got {dtype}")
+    if dtype.kind in "US" and dtype.itemsize > MAX_METADATA_BYTES:
+        raise DataFileError(
+            f"{where}: metadata string of {dtype.itemsize} bytes, more than the "
+            f"{MAX_METADATA_BYTES} bytes metadata may hold; refused before reading it"
+        )
+
+
+def _string_info(dtype: np.dtype[Any]) -> Any:
+    from physscale.io.readers import _import_h5py
+
+    return _import_h5py(Path("hdf5")).check_string_dtype(dtype)
 
 
 def write_metadata(
@@ -315,20 +471,27 @@ def write_metadata(
             raise DataFileError(f"array {name!r} has dtype object, which needs pickle; refused")
         new[name] = arr
     p = Path(path)
-    fd, tmp_name = tempfile.mkstemp(prefix=".physscale-", suffix=".npz", dir=p.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED, allowZip64=True) as out:
-            if p.exists():
-                _copy_members(p, out, skip={name + ".npy" for name in new})
-            for name, arr in new.items():
-                with out.open(_member_info(name + ".npy"), "w", force_zip64=True) as member:
-                    np.lib.format.write_array(member, arr, allow_pickle=False)
-        os.replace(tmp, p)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    skip = {name + ".npy" for name in new}
+    for _ in range(_WRITE_ATTEMPTS):
+        with locked(p) as current:
+            try:
+                with (
+                    atomic_write(p, create_only=current is None) as fh,
+                    zipfile.ZipFile(
+                        fh, "w", compression=zipfile.ZIP_DEFLATED, allowZip64=True
+                    ) as out,
+                ):
+                    if current is not None:
+                        _copy_members(current, p, out, skip)
+                    for name, arr in new.items():
+                        with out.open(_member_info(name + ".npy"), "w", force_zip64=True) as m:
+                            np.lib.format.write_array(m, arr, allow_pickle=False)
+            except TargetAppearedError:
+                continue  # another writer created the file meanwhile: update theirs
+            return
+    raise DataFileError(  # pragma: no cover - needs a file replaced 10 times during one write
+        f"{path}: kept being replaced by other writers; metadata not written"
+    )
 
 
 def _member_info(name: str) -> zipfile.ZipInfo:
@@ -338,12 +501,28 @@ def _member_info(name: str) -> zipfile.ZipInfo:
     return info
 
 
-def _copy_members(src: Path, out: zipfile.ZipFile, skip: set[str]) -> None:
-    with open_npz(src) as zf:
+def _copy_members(src: IO[bytes], path: Path, out: zipfile.ZipFile, skip: set[str]) -> None:
+    """Copy the members of the open (locked) ``.npz`` ``src`` into ``out``, in 4 MiB pieces."""
+    try:
+        zf = zipfile.ZipFile(src)
+    except ZIP_OPEN_ERRORS as exc:
+        raise DataFileError(
+            f"{path}: not a readable .npz (zip) archive, probably truncated or corrupt "
+            f"({describe(exc)}); metadata not written"
+        ) from None
+    with zf:
+        size = os.fstat(src.fileno()).st_size
         for info in zf.infolist():
             if info.filename in skip:
                 continue
+            where = f"{path}:{info.filename}"
+            check_zip_member(info, where, archive_size=size)
             target = _member_info(info.filename)
-            with zf.open(info) as fin, out.open(target, "w", force_zip64=True) as fout:
-                while chunk := fin.read(1 << 22):
-                    fout.write(chunk)
+            try:
+                with zf.open(info) as fin, out.open(target, "w", force_zip64=True) as fout:
+                    while chunk := fin.read(1 << 22):
+                        fout.write(chunk)
+            except ZIP_OPEN_ERRORS as exc:
+                raise DataFileError(
+                    f"{where}: corrupt member ({describe(exc)}); metadata not written"
+                ) from None
