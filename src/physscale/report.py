@@ -136,7 +136,7 @@ def _percent(ratio: float) -> str:
     return f"{(ratio - 1.0) * 100:+.3g} %"
 
 
-def _series(ax: Any, totals: np.ndarray, starts: Sequence[int]) -> None:
+def _series(ax: Any, totals: np.ndarray, starts: Sequence[int], flagged: np.ndarray) -> None:
     """The totals against the frame index: points (alternating shades per file) or a band."""
     n = totals.size
     frames = np.arange(n)
@@ -149,14 +149,23 @@ def _series(ax: Any, totals: np.ndarray, starts: Sequence[int]) -> None:
         if n <= 2000:
             ax.plot(frames, totals, color=_BLUE, linewidth=0.5, alpha=0.35, zorder=1)
         return
+    # Too many frames for points: per bin, the band of the unflagged frames and their
+    # median (the flagged frames are marked one by one on top).
     bins = MAX_POINTS // 4
     edges = np.linspace(0, n, bins + 1).astype(np.int64)
-    lo = np.minimum.reduceat(totals, edges[:-1])
-    hi = np.maximum.reduceat(totals, edges[:-1])
-    mid = np.array([np.median(totals[a:b]) for a, b in itertools.pairwise(edges)])
+    usual = np.ones(n, dtype=bool)
+    usual[flagged] = False
+    lo = np.minimum.reduceat(np.where(usual, totals, np.inf), edges[:-1])
+    hi = np.maximum.reduceat(np.where(usual, totals, -np.inf), edges[:-1])
+    empty = ~np.isfinite(lo)
+    lo[empty], hi[empty] = np.nan, np.nan
+    mid = np.array(
+        [np.median(t[u]) if u.any() else np.nan
+         for t, u in zip(np.split(totals, edges[1:-1]), np.split(usual, edges[1:-1]), strict=True)]
+    )  # fmt: skip
     centre = (edges[:-1] + edges[1:] - 1) / 2.0
     ax.fill_between(centre, lo, hi, color=_LIGHT, alpha=0.6, linewidth=0, zorder=1,
-                    label="min to max per bin")  # fmt: skip
+                    label="min to max per bin (unflagged)")  # fmt: skip
     ax.plot(centre, mid, color=_BLUE, linewidth=0.8, zorder=2, label="median per bin")
 
 
@@ -211,13 +220,16 @@ def render_report(derived: DerivedFiles, fmt: str = "png", dpi: int = 110) -> by
     if len(derived.files) > 1 and len(derived.files) <= MAX_BOUNDARIES:
         for s in starts[1:]:
             ax.axvline(s - 0.5, color=_GREY, linewidth=0.6, alpha=0.5, zorder=1)
-    _series(ax, totals, starts)
+    flagged = _flagged(totals, stats)
+    _series(ax, totals, starts, flagged)
     ax.axhline(stats.mean, color="black", linewidth=1.2, zorder=3,
                label=f"mean {stats.mean:.6g}")  # fmt: skip
     ax.axhline(stats.median, color="black", linewidth=0.8, linestyle="--", zorder=3,
                label=f"median {stats.median:.6g}")  # fmt: skip
-
-    flagged = _flagged(totals, stats)
+    if record.excluded_frames is not None and record.mean_intensity is not None:
+        ax.axhline(record.mean_intensity, color=_RED, linewidth=1.0, zorder=3,
+                   label=f"mean without the excluded frames {record.mean_intensity:.6g} "
+                   "(sets the scale)")  # fmt: skip
     if flagged.size:
         shown = flagged[:MAX_MARKERS]
         ax.scatter(shown, totals[shown], s=46, marker="x", color=_RED, linewidths=1.5, zorder=4,

@@ -39,7 +39,8 @@ class DatasetProgress:
         stream: where to draw (default ``sys.stderr``); nothing is drawn
             unless it is a terminal.
         enabled: False draws nothing (``--quiet``).
-        delay: seconds before the bars appear.
+        delay: seconds before the bars appear (default :data:`PROGRESS_DELAY_S`).
+        min_interval: least seconds between two redraws.
     """
 
     def __init__(
@@ -49,7 +50,8 @@ class DatasetProgress:
         *,
         stream: TextIO | None = None,
         enabled: bool = True,
-        delay: float = PROGRESS_DELAY_S,
+        delay: float | None = None,
+        min_interval: float = 0.1,
     ) -> None:
         out = sys.stderr if stream is None else stream
         self.active = enabled and _isatty(out)
@@ -58,8 +60,9 @@ class DatasetProgress:
         self._bytes: tqdm[Any] | None = None
         if not self.active:
             return
-        common: dict[str, Any] = {"file": out, "delay": delay, "leave": False,
-                                  "dynamic_ncols": True}  # fmt: skip
+        wait = PROGRESS_DELAY_S if delay is None else delay
+        common: dict[str, Any] = {"file": out, "delay": wait, "leave": False,
+                                  "dynamic_ncols": True, "mininterval": min_interval}  # fmt: skip
         if n_files > 1:
             self._files = tqdm(total=n_files, unit=" files", desc="files", position=0, **common)
         self._bytes = tqdm(
