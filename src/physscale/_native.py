@@ -12,11 +12,13 @@ the eager kernel, which gives the same result to within float64 rounding.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import os
 import threading
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -72,9 +74,36 @@ def load(path: Path) -> ctypes.CDLL | None:
     return lib
 
 
+# A per-thread cap on the threads of native calls (see thread_limit).
+_limit = threading.local()
+
+
+@contextlib.contextmanager
+def thread_limit(n: int) -> Iterator[None]:
+    """Cap the threads of the native calls this thread makes at ``n``, within the block.
+
+    For callers that already run several calls side by side (``derive_files``
+    reads files concurrently): each call then uses its share of the cores
+    instead of all of them.
+    """
+    old = getattr(_limit, "n", None)
+    _limit.n = max(1, int(n))
+    try:
+        yield
+    finally:
+        _limit.n = old
+
+
 def thread_count(numel: int) -> int:
-    """Threads for ``numel`` elements: torch's intra-op setting, >= MIN_NUMEL_PER_THREAD each."""
-    return max(1, min(torch.get_num_threads(), numel // MIN_NUMEL_PER_THREAD))
+    """Threads for ``numel`` elements: torch's intra-op setting, >= MIN_NUMEL_PER_THREAD each.
+
+    At most the cap a surrounding :func:`thread_limit` sets in this thread.
+    """
+    threads = torch.get_num_threads()
+    cap = getattr(_limit, "n", None)
+    if cap is not None:
+        threads = min(threads, cap)
+    return max(1, min(threads, numel // MIN_NUMEL_PER_THREAD))
 
 
 def available() -> bool:
