@@ -16,14 +16,21 @@ per-round ratios. On CUDA every call is followed by a synchronize. The last
 line of output is one JSON object with the figures (for benchmarks/gpu_check.py).
 
 Run: python benchmarks/bench_derive.py [--device cpu|cuda] [--gib G] [--repeats R]
-     [--threads N] [--quick]
+     [--threads N] [--quick] [--baseline-lib PATH]
 Defaults: 0.5 GiB and 15 repeats on the CPU, 4 GiB and 20 repeats on CUDA;
 --quick: 64 MiB (CPU) or 1 GiB (CUDA), 5 repeats, no fresh-interpreter run.
+--baseline-lib: also time another build of the native library (say, an older
+commit's csrc/physscale_native.c) through the same threaded driver, e.g.
+
+    git show 056912b:csrc/physscale_native.c > /tmp/old.c
+    cc -O3 -shared -fPIC -DPHYSSCALE_TARGET_CLONES -o /tmp/old.so /tmp/old.c -lm
+    python benchmarks/bench_derive.py --baseline-lib /tmp/old.so
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import math
 import os
@@ -102,6 +109,19 @@ def synced(fn: Callable[[], Any], device: torch.device) -> Callable[[], Any]:
     return run
 
 
+def baseline_library(path: str) -> ctypes.CDLL:
+    """Another build of the native library; only its 4-argument physscale_reduce_f32 is used."""
+    lib = ctypes.CDLL(path)
+    lib.physscale_reduce_f32.restype = None
+    lib.physscale_reduce_f32.argtypes = [
+        ctypes.c_void_p,
+        ctypes.c_int64,
+        ctypes.c_int,
+        ctypes.c_void_p,
+    ]
+    return lib
+
+
 def median(values: list[float]) -> float:
     return statistics.median(values)
 
@@ -114,6 +134,7 @@ def main() -> None:
     parser.add_argument("--side", type=int, default=128, help="pattern side N")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     parser.add_argument("--quick", action="store_true", help="a few seconds: small input")
+    parser.add_argument("--baseline-lib", default=None, help="another native library build")
     args = parser.parse_args()
     device = torch.device(args.device)
     on_cuda = device.type == "cuda"
@@ -176,6 +197,15 @@ def main() -> None:
         for k in _native.kernels():
             methods[f"kernel:{k}"] = lambda k=k: _native.reduce_dense(x, square=True, kernel=k)
             labels[f"kernel:{k}"] = f"  {k} kernel only"
+    if args.baseline_lib is not None and native:
+        old = baseline_library(args.baseline_lib)
+
+        def baseline() -> object:
+            with mock.patch.object(_native, "library", return_value=old):
+                return _native.reduce_dense(x, square=True)
+
+        methods["kernel:baseline"] = baseline
+        labels["kernel:baseline"] = "  baseline library only"
     timed = {name: synced(fn, device) for name, fn in methods.items()}
 
     times = interleaved_seconds(timed, repeats)

@@ -127,8 +127,12 @@ PHYSSCALE_PORTABLE(reduce_f64_portable, double)
  * LANES = 32 double lanes (8 AVX2 or 4 AVX-512 registers, enough independent
  * FMA chains to hide the FMA latency), lanes added pairwise, chunk sums
  * compensated. The elements of a chunk beyond the last whole 32 (only in the
- * final chunk) are added by scalar code into the same chunk sum. The minimum
- * uses min(v, m), which returns m when v is NaN, like the portable loop.
+ * final chunk) are added by scalar code into the same chunk sum. The running
+ * minimum is updated as min(v, m), which returns m when v is NaN (vminp*
+ * returns its second operand then), so a NaN never becomes the minimum, as in
+ * the portable loop. Where two loaded vectors are combined first (float64), a
+ * NaN can hide the other's value in that lane; that does not matter, since the
+ * NaN makes the total NaN and the caller reports it before any minimum.
  * Loads are unaligned: a tensor may start at any element offset.
  */
 #define SIMD_TAIL(T)                                                      \
@@ -152,24 +156,26 @@ AVX2_TARGET static inline double avx2_hsum4(__m256d a, __m256d b, __m256d c, __m
 #define AVX2_F32_STEP(OP)                                               \
     do {                                                                \
         const float *p = x + i;                                         \
+        /* Two halves, so the 8 accumulators and the temporaries fit in \
+         * the 16 ymm registers (no accumulator spilled to the stack). */ \
         __m256d d0 = _mm256_cvtps_pd(_mm_loadu_ps(p + 0));              \
         __m256d d1 = _mm256_cvtps_pd(_mm_loadu_ps(p + 4));              \
         __m256d d2 = _mm256_cvtps_pd(_mm_loadu_ps(p + 8));              \
         __m256d d3 = _mm256_cvtps_pd(_mm_loadu_ps(p + 12));             \
-        __m256d d4 = _mm256_cvtps_pd(_mm_loadu_ps(p + 16));             \
-        __m256d d5 = _mm256_cvtps_pd(_mm_loadu_ps(p + 20));             \
-        __m256d d6 = _mm256_cvtps_pd(_mm_loadu_ps(p + 24));             \
-        __m256d d7 = _mm256_cvtps_pd(_mm_loadu_ps(p + 28));             \
         a0 = OP(d0, a0);                                                \
         a1 = OP(d1, a1);                                                \
         a2 = OP(d2, a2);                                                \
         a3 = OP(d3, a3);                                                \
-        a4 = OP(d4, a4);                                                \
-        a5 = OP(d5, a5);                                                \
-        a6 = OP(d6, a6);                                                \
-        a7 = OP(d7, a7);                                                \
         m0 = _mm256_min_ps(_mm256_loadu_ps(p + 0), m0);                 \
         m1 = _mm256_min_ps(_mm256_loadu_ps(p + 8), m1);                 \
+        d0 = _mm256_cvtps_pd(_mm_loadu_ps(p + 16));                     \
+        d1 = _mm256_cvtps_pd(_mm_loadu_ps(p + 20));                     \
+        d2 = _mm256_cvtps_pd(_mm_loadu_ps(p + 24));                     \
+        d3 = _mm256_cvtps_pd(_mm_loadu_ps(p + 28));                     \
+        a4 = OP(d0, a4);                                                \
+        a5 = OP(d1, a5);                                                \
+        a6 = OP(d2, a6);                                                \
+        a7 = OP(d3, a7);                                                \
         m0 = _mm256_min_ps(_mm256_loadu_ps(p + 16), m0);                \
         m1 = _mm256_min_ps(_mm256_loadu_ps(p + 24), m1);                \
     } while (0)
@@ -177,35 +183,31 @@ AVX2_TARGET static inline double avx2_hsum4(__m256d a, __m256d b, __m256d c, __m
 #define AVX2_F64_STEP(OP)                                               \
     do {                                                                \
         const double *p = x + i;                                        \
+        /* Halves again; each half's minimum is a tree, so one vminpd   \
+         * per half waits on the previous iteration. */                \
         __m256d d0 = _mm256_loadu_pd(p + 0), d1 = _mm256_loadu_pd(p + 4);   \
         __m256d d2 = _mm256_loadu_pd(p + 8), d3 = _mm256_loadu_pd(p + 12); \
-        __m256d d4 = _mm256_loadu_pd(p + 16), d5 = _mm256_loadu_pd(p + 20); \
-        __m256d d6 = _mm256_loadu_pd(p + 24), d7 = _mm256_loadu_pd(p + 28); \
         a0 = OP(d0, a0);                                                \
         a1 = OP(d1, a1);                                                \
         a2 = OP(d2, a2);                                                \
         a3 = OP(d3, a3);                                                \
-        a4 = OP(d4, a4);                                                \
-        a5 = OP(d5, a5);                                                \
-        a6 = OP(d6, a6);                                                \
-        a7 = OP(d7, a7);                                                \
-        m0 = _mm256_min_pd(d0, m0);                                     \
-        m1 = _mm256_min_pd(d1, m1);                                     \
-        m2 = _mm256_min_pd(d2, m2);                                     \
-        m3 = _mm256_min_pd(d3, m3);                                     \
-        m0 = _mm256_min_pd(d4, m0);                                     \
-        m1 = _mm256_min_pd(d5, m1);                                     \
-        m2 = _mm256_min_pd(d6, m2);                                     \
-        m3 = _mm256_min_pd(d7, m3);                                     \
+        m0 = _mm256_min_pd(_mm256_min_pd(_mm256_min_pd(d0, d1), _mm256_min_pd(d2, d3)), m0); \
+        d0 = _mm256_loadu_pd(p + 16), d1 = _mm256_loadu_pd(p + 20);     \
+        d2 = _mm256_loadu_pd(p + 24), d3 = _mm256_loadu_pd(p + 28);     \
+        a4 = OP(d0, a4);                                                \
+        a5 = OP(d1, a5);                                                \
+        a6 = OP(d2, a6);                                                \
+        a7 = OP(d3, a7);                                                \
+        m1 = _mm256_min_pd(_mm256_min_pd(_mm256_min_pd(d0, d1), _mm256_min_pd(d2, d3)), m1); \
     } while (0)
 
 #define AVX2_SQ(d, a) _mm256_fmadd_pd(d, d, a)
 #define AVX2_ID(d, a) _mm256_add_pd(d, a)
 
-#define AVX2_KERNEL(NAME, T, VMIN, SETMIN, VMIN_OF, MIN_TO_SCALAR, STEP)                 \
+#define AVX2_KERNEL(NAME, T, VMIN, SETMIN, MIN_TO_SCALAR, STEP)                          \
     AVX2_TARGET static void NAME(const T *x, int64_t n, int square, double *out) { \
         csum s = {0.0, 0.0};                                                       \
-        VMIN m0 = SETMIN((T)INFINITY), m1 = m0, m2 = m0, m3 = m0;                  \
+        VMIN m0 = SETMIN((T)INFINITY), m1 = m0;                                    \
         T m = (T)INFINITY;                                                         \
         int64_t i = 0;                                                             \
         while (i < n) {                                                            \
@@ -224,7 +226,7 @@ AVX2_TARGET static inline double avx2_hsum4(__m256d a, __m256d b, __m256d c, __m
                                       _mm256_add_pd(a2, a6), _mm256_add_pd(a3, a7)); \
             csum_add(&s, chunk + tail);                                            \
         }                                                                          \
-        T vm = MIN_TO_SCALAR(VMIN_OF(m0, m2), VMIN_OF(m1, m3));                    \
+        T vm = MIN_TO_SCALAR(m0, m1);                                              \
         m = vm < m ? vm : m;                                                       \
         out[0] = s.total;                                                          \
         out[1] = s.comp;                                                           \
@@ -245,10 +247,8 @@ AVX2_TARGET static inline double avx2_min_f64(__m256d a, __m256d b) {
     return _mm_cvtsd_f64(_mm_min_sd(h, _mm_unpackhi_pd(h, h)));
 }
 
-AVX2_KERNEL(reduce_f32_avx2, float, __m256, _mm256_set1_ps, _mm256_min_ps, avx2_min_f32,
-            AVX2_F32_STEP)
-AVX2_KERNEL(reduce_f64_avx2, double, __m256d, _mm256_set1_pd, _mm256_min_pd, avx2_min_f64,
-            AVX2_F64_STEP)
+AVX2_KERNEL(reduce_f32_avx2, float, __m256, _mm256_set1_ps, avx2_min_f32, AVX2_F32_STEP)
+AVX2_KERNEL(reduce_f64_avx2, double, __m256d, _mm256_set1_pd, avx2_min_f64, AVX2_F64_STEP)
 
 /* -------------------------------------------------------------- AVX-512 */
 #define AVX512_TARGET __attribute__((target("avx512f")))
@@ -286,10 +286,8 @@ AVX512_TARGET static inline double avx512_hsum4(__m512d a, __m512d b, __m512d c,
         a1 = OP(d1, a1);                                                \
         a2 = OP(d2, a2);                                                \
         a3 = OP(d3, a3);                                                \
-        m0 = _mm512_min_pd(d0, m0);                                     \
-        m1 = _mm512_min_pd(d1, m1);                                     \
-        m0 = _mm512_min_pd(d2, m0);                                     \
-        m1 = _mm512_min_pd(d3, m1);                                     \
+        m0 = _mm512_min_pd(_mm512_min_pd(d0, d1), m0);                  \
+        m1 = _mm512_min_pd(_mm512_min_pd(d2, d3), m1);                  \
     } while (0)
 
 #define AVX512_SQ(d, a) _mm512_fmadd_pd(d, d, a)
