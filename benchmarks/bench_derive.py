@@ -19,8 +19,9 @@ Run: python benchmarks/bench_derive.py [--device cpu|cuda] [--gib G] [--repeats 
      [--threads N] [--quick] [--baseline-lib PATH]
 Defaults: 0.5 GiB and 15 repeats on the CPU, 4 GiB and 20 repeats on CUDA;
 --quick: 64 MiB (CPU) or 1 GiB (CUDA), 5 repeats, no fresh-interpreter run.
---baseline-lib: also time another build of the native library (say, an older
-commit's csrc/physscale_native.c) through the same threaded driver, e.g.
+--baseline-lib: also time another build of the native library (say, the 0.1
+commit's csrc/physscale_native.c) driven as 0.1 drove it (one slice per new
+Python thread), e.g.
 
     git show 056912b:csrc/physscale_native.c > /tmp/old.c
     cc -O3 -shared -fPIC -DPHYSSCALE_TARGET_CLONES -o /tmp/old.so /tmp/old.c -lm
@@ -38,6 +39,7 @@ import pathlib
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -122,6 +124,26 @@ def baseline_library(path: str) -> ctypes.CDLL:
     return lib
 
 
+def static_split(lib: ctypes.CDLL, x: torch.Tensor) -> tuple[list[float], float]:
+    """The 0.1 driver: one slice per thread, new Python threads, 4-argument entry point."""
+    n, n_threads = x.numel(), _native.thread_count(x.numel())
+    step = -(-n // n_threads)
+    step += -step % 64
+    outs = [(ctypes.c_double * 3)() for _ in range(n_threads)]
+
+    def work(k: int) -> None:
+        start = k * step
+        lib.physscale_reduce_f32(x.data_ptr() + 4 * start, max(0, min(step, n - start)), 1, outs[k])
+
+    workers = [threading.Thread(target=work, args=(k,)) for k in range(1, n_threads)]
+    for w in workers:
+        w.start()
+    work(0)
+    for w in workers:
+        w.join()
+    return [v for out in outs for v in out[:2]], min(out[2] for out in outs)
+
+
 def median(values: list[float]) -> float:
     return statistics.median(values)
 
@@ -201,11 +223,10 @@ def main() -> None:
         old = baseline_library(args.baseline_lib)
 
         def baseline() -> object:
-            with mock.patch.object(_native, "library", return_value=old):
-                return _native.reduce_dense(x, square=True)
+            return static_split(old, x)
 
         methods["kernel:baseline"] = baseline
-        labels["kernel:baseline"] = "  baseline library only"
+        labels["kernel:baseline"] = "  baseline lib, 0.1 driver"
     timed = {name: synced(fn, device) for name, fn in methods.items()}
 
     times = interleaved_seconds(timed, repeats)

@@ -344,21 +344,25 @@ AVX512_KERNEL(reduce_f64_avx512, double, __m512d, _mm512_set1_pd, avx512_min_f64
 
 /* ------------------------------------------------------------ dispatch */
 static int usable_kernels(void) {
-    int mask = 1 << KERNEL_PORTABLE;
+    static int cached = -1; /* a benign race: every thread computes the same value */
+    if (cached < 0) {
+        int mask = 1 << KERNEL_PORTABLE;
 #if HAVE_X86_SIMD
-    __builtin_cpu_init(); /* checks the OS saves the wide registers, too */
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
-        mask |= 1 << KERNEL_AVX2;
-    if (__builtin_cpu_supports("avx512f")) mask |= 1 << KERNEL_AVX512;
+        __builtin_cpu_init(); /* checks the OS saves the wide registers, too */
+        if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+            mask |= 1 << KERNEL_AVX2;
+        if (__builtin_cpu_supports("avx512f")) mask |= 1 << KERNEL_AVX512;
 #endif
-    return mask;
+        cached = mask;
+    }
+    return cached;
 }
 
 /* Bit k set: kernel k is compiled in and this CPU (and its OS) can run it. */
 PHYSSCALE_EXPORT int physscale_native_kernels(void) { return usable_kernels(); }
 
 static int best_kernel(void) {
-    static int best = -1; /* a benign race: every thread computes the same value */
+    static int best = -1; /* a benign race, as above */
     if (best < 0) {
         int mask = usable_kernels(), k = KERNEL_AVX512;
         while (k > KERNEL_PORTABLE && !(mask & (1 << k))) --k;
@@ -406,3 +410,44 @@ static int best_kernel(void) {
 
 PHYSSCALE_ENTRY(f32, float)
 PHYSSCALE_ENTRY(f64, double)
+
+/* ------------------------------------------------------------ threads
+ * One reduction shared by a team of threads: the array is cut into work items
+ * of `piece` elements, taken in turn from an atomic counter, each reduced into
+ * its own out[3 * item ...]. Any number of threads may run
+ * physscale_run_task on the same task at once: Python threads, or, better,
+ * the OpenMP team PyTorch already runs (GOMP_parallel from Python). Its idle
+ * workers spin for milliseconds after every parallel torch op; a thread of
+ * ours started next to them would share a core with the spinner, while the
+ * team's own workers pick the task up at once. The item boundaries do not
+ * depend on which thread takes which item, so neither does the result. */
+typedef struct {
+    const void *x;  /* the first element */
+    int64_t n;      /* number of elements */
+    int64_t piece;  /* elements per work item, > 0 */
+    int32_t itemsize; /* 4: float32, 8: float64 */
+    int32_t square;
+    int32_t kernel; /* a usable kernel id (checked by the caller) */
+    int32_t status; /* set to -1 if a work item was refused */
+    int64_t next;   /* the next work item (atomic) */
+    double *out;    /* 3 doubles per work item */
+} physscale_task;
+
+PHYSSCALE_EXPORT int64_t physscale_task_size(void) { return (int64_t)sizeof(physscale_task); }
+
+PHYSSCALE_EXPORT void physscale_run_task(void *arg) {
+    physscale_task *t = (physscale_task *)arg;
+    int64_t items = (t->n + t->piece - 1) / t->piece;
+    for (;;) {
+        int64_t k = __atomic_fetch_add(&t->next, 1, __ATOMIC_RELAXED);
+        if (k >= items) return;
+        int64_t start = k * t->piece;
+        int64_t len = t->n - start < t->piece ? t->n - start : t->piece;
+        int rc = t->itemsize == 4
+                     ? reduce_f32((const float *)t->x + start, len, t->square, t->kernel,
+                                  t->out + 3 * k)
+                     : reduce_f64((const double *)t->x + start, len, t->square, t->kernel,
+                                  t->out + 3 * k);
+        if (rc != 0) __atomic_store_n(&t->status, -1, __ATOMIC_RELAXED);
+    }
+}

@@ -292,6 +292,73 @@ def test_dense_tensors_in_any_axis_order_are_read_natively() -> None:
         assert rel(total, fsum_reference(view, True)) <= 1e-14
 
 
+# ------------------------------------------------------------ threads
+runners = pytest.mark.parametrize("runner", ["openmp", "python"])
+
+
+@pytest.fixture
+def use_runner(monkeypatch: pytest.MonkeyPatch, runner: str) -> str:
+    """Run threaded reductions on torch's OpenMP team, or on Python threads."""
+    if runner == "python":
+        monkeypatch.setattr(_native, "openmp_parallel", lambda: None)
+    elif _native.openmp_parallel() is None:
+        pytest.skip("torch does not run on an OpenMP runtime here")
+    return runner
+
+
+def test_torch_s_openmp_team_is_found_when_torch_runs_on_openmp() -> None:
+    info = torch.__config__.parallel_info()
+    assert (_native.openmp_parallel() is not None) == ("parallel backend: OpenMP" in info)
+
+
+def test_python_threads_can_be_asked_for(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PHYSSCALE_NATIVE_THREADS", "python")
+    _native.openmp_parallel.cache_clear()
+    try:
+        assert _native.openmp_parallel() is None
+    finally:
+        monkeypatch.delenv("PHYSSCALE_NATIVE_THREADS")
+        _native.openmp_parallel.cache_clear()
+
+
+@needs_native
+@runners
+@pytest.mark.usefixtures("use_runner")
+def test_the_result_does_not_depend_on_the_thread_count(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Work items are fixed slices, whichever thread reduces them.
+    monkeypatch.setattr(_native, "PIECE_NUMEL", 256)
+    x = torch.rand(10_007, dtype=torch.float64) * 1e3
+    results = []
+    for n_threads in (1, 2, 3, 4):
+        monkeypatch.setattr(_native, "thread_count", lambda numel, k=n_threads: k)
+        results.append(_native.reduce_dense(x, square=True))
+    assert all(r == results[0] for r in results)
+    partials, minimum = results[0]
+    assert len(partials) == 2 * 40  # 40 items of 256 (the last one short)
+    assert rel(math.fsum(partials), fsum_reference(x, True)) <= 1e-14
+    assert minimum == float(x.min())
+
+
+@needs_native
+@runners
+@pytest.mark.usefixtures("use_runner")
+def test_concurrent_calls_from_several_threads_each_get_their_own_sum(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    monkeypatch.setattr(_native, "PIECE_NUMEL", 512)
+    monkeypatch.setattr(_native, "thread_count", lambda numel: 2)
+    xs = [torch.rand(20_000 + 999 * k) for k in range(8)]
+    with ThreadPoolExecutor(4) as pool:
+        totals = list(pool.map(lambda x: native_total(x, True), xs))
+    for x, (total, minimum) in zip(xs, totals, strict=True):
+        assert rel(total, fsum_reference(x, True)) <= 1e-14
+        assert minimum == float(x.min())
+
+
 def test_thread_count_follows_torch_and_the_minimum_slice(monkeypatch: pytest.MonkeyPatch) -> None:
     minimum = _native.MIN_NUMEL_PER_THREAD
     monkeypatch.setattr(torch, "get_num_threads", lambda: 4)
