@@ -48,7 +48,11 @@ import torch
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 BENCHMARKS = ("bench_derive", "bench_likelihood", "bench_train_step")
+#: Each step's own time limit, in seconds; all steps together stop at BUDGET_S
+#: (a step that would start with less than MIN_STEP_S left is skipped).
 TIMEOUT_S = {"tests": 150, "all_reduce": 90, "bench": 120}
+BUDGET_S = 285.0
+MIN_STEP_S = 15.0
 
 # ---------------------------------------------------------------- all_reduce
 N_PATTERNS_PER_RANK = 5
@@ -93,7 +97,7 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def run_all_reduce(device: str) -> dict[str, Any]:
+def run_all_reduce(device: str, timeout: float = TIMEOUT_S["all_reduce"]) -> dict[str, Any]:
     """all_reduce across processes: NCCL, one per GPU; gloo, two, with --device cpu."""
     import torch.multiprocessing as mp
 
@@ -110,12 +114,18 @@ def run_all_reduce(device: str) -> dict[str, Any]:
     else:
         world, backend = 2, "gloo"
     with tempfile.TemporaryDirectory() as out_dir:
-        mp.spawn(
+        context = mp.spawn(
             _all_reduce_worker,
             args=(world, backend, _free_port(), out_dir),
             nprocs=world,
-            join=True,
+            join=False,
         )
+        deadline = time.monotonic() + timeout
+        while not context.join(timeout=max(0.0, deadline - time.monotonic())):
+            if time.monotonic() >= deadline:
+                for process in context.processes:
+                    process.terminate()
+                raise subprocess.TimeoutExpired("all_reduce workers", timeout)
         results = [json.loads(Path(out_dir, f"rank{r}.json").read_text()) for r in range(world)]
     # One process folding every shard, each on the device its rank used (the
     # same kernels, so the same bits), and an exactly rounded float64 reference.
@@ -144,11 +154,11 @@ def run_all_reduce(device: str) -> dict[str, Any]:
 _SUMMARY = re.compile(r"(\d+) (passed|failed|skipped|deselected|errors?|xfailed|xpassed)")
 
 
-def run_tests(device: str) -> dict[str, Any]:
+def run_tests(device: str, timeout: float = TIMEOUT_S["tests"]) -> dict[str, Any]:
     """Every ``cuda``-marked test; on the CPU they must at least collect and skip cleanly."""
     cmd = [sys.executable, "-m", "pytest", "-m", "cuda", "-q", "-rs", "-p", "no:cacheprovider"]
     proc = subprocess.run(
-        cmd, cwd=ROOT, capture_output=True, text=True, timeout=TIMEOUT_S["tests"], check=False
+        cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, check=False
     )
     lines = proc.stdout.strip().splitlines()
     counts = dict.fromkeys(("passed", "failed", "skipped", "errors"), 0)
@@ -168,7 +178,9 @@ def run_tests(device: str) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------- benchmarks
-def run_benchmark(name: str, device: str, quick: bool) -> dict[str, Any]:
+def run_benchmark(
+    name: str, device: str, quick: bool, timeout: float = TIMEOUT_S["bench"]
+) -> dict[str, Any]:
     """One benchmark script with --device (and --quick); its last output line is JSON."""
     script = HERE / f"{name}.py"
     if not script.is_file():
@@ -177,7 +189,7 @@ def run_benchmark(name: str, device: str, quick: bool) -> dict[str, Any]:
     if quick:
         cmd.append("--quick")
     proc = subprocess.run(
-        cmd, cwd=ROOT, capture_output=True, text=True, timeout=TIMEOUT_S["bench"], check=False
+        cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, check=False
     )
     tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
     if proc.returncode != 0:
@@ -197,10 +209,15 @@ def run_benchmark(name: str, device: str, quick: bool) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------- main
-def _timed(fn: Any, *args: Any) -> dict[str, Any]:
+def _timed(fn: Any, *args: Any, limit: float, deadline: float) -> dict[str, Any]:
+    """Run one step within ``limit`` seconds and before ``deadline`` (time.monotonic)."""
     start = time.perf_counter()
+    timeout = min(limit, deadline - time.monotonic())
+    if timeout < MIN_STEP_S:
+        return {"status": "skipped", "reason": "out of time (the check stops at 5 minutes)",
+                "seconds": 0.0}  # fmt: skip
     try:
-        out: dict[str, Any] = fn(*args)
+        out: dict[str, Any] = fn(*args, timeout=timeout)
     except subprocess.TimeoutExpired as exc:
         out = {"status": "failed", "reason": f"timed out after {exc.timeout} s"}
     except Exception as exc:  # a crashed step is a failed step, reported with the others
@@ -254,10 +271,15 @@ def main(argv: list[str] | None = None) -> int:
         "steps": {},
     }
     steps = results["steps"]
-    steps["tests"] = _timed(run_tests, args.device)
-    steps["all_reduce"] = _timed(run_all_reduce, args.device)
+    deadline = time.monotonic() + BUDGET_S
+    steps["tests"] = _timed(run_tests, args.device, limit=TIMEOUT_S["tests"], deadline=deadline)
+    steps["all_reduce"] = _timed(
+        run_all_reduce, args.device, limit=TIMEOUT_S["all_reduce"], deadline=deadline
+    )
     for name in BENCHMARKS:
-        steps[name] = _timed(run_benchmark, name, args.device, quick)
+        steps[name] = _timed(
+            run_benchmark, name, args.device, quick, limit=TIMEOUT_S["bench"], deadline=deadline
+        )
     results["targets"] = _targets(steps)
     results["duration_s"] = round(time.perf_counter() - started, 1)
     results["ok"] = all(step["status"] != "failed" for step in steps.values())

@@ -152,3 +152,26 @@ def test_without_a_gpu_the_cuda_run_refuses_clearly(
     assert gpu_check.main(["--out", str(tmp_path / "r.json")]) == 2
     assert "use --device cpu" in capsys.readouterr().err
     assert not (tmp_path / "r.json").exists()
+
+
+def test_a_step_past_its_time_fails_and_steps_past_the_budget_are_skipped(
+    fake_benchmarks: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import time
+
+    write(fake_benchmarks / "bench_slow.py", "import time\ntime.sleep(30)\n")
+    monkeypatch.setattr(gpu_check, "MIN_STEP_S", 0.5)
+    slow = gpu_check._timed(
+        gpu_check.run_benchmark,
+        "bench_slow",
+        "cpu",
+        True,
+        limit=1.0,
+        deadline=time.monotonic() + 60,
+    )
+    assert slow["status"] == "failed" and "timed out after 1.0 s" in slow["reason"]
+    assert slow["seconds"] < 10
+    late = gpu_check._timed(
+        gpu_check.run_benchmark, "bench_slow", "cpu", True, limit=60, deadline=time.monotonic()
+    )
+    assert late["status"] == "skipped" and "out of time" in late["reason"]
