@@ -7,8 +7,9 @@
  * buffer, dot, amin); this does the same arithmetic in one read of the data,
  * which is what brings derive_intensity_scale down to the memory-read floor.
  * It is plain C with no Python or torch headers, loaded with ctypes, so one
- * build serves every Python version. Threads are driven from Python (ctypes
- * releases the GIL), each thread calling this on its own slice.
+ * build serves every Python version. Threads share one task (work items taken
+ * from an atomic counter, see physscale_run_task at the end); Python hands it
+ * to torch's OpenMP team, or to its own threads (ctypes releases the GIL).
  *
  * Accuracy: squares of float32 are exact in double, so a fused multiply-add
  * acc + v*v rounds once, exactly like the separate multiply and add. Each
