@@ -80,7 +80,9 @@ def _compiler() -> list[str]:
 def _compile(source: Path, output: Path) -> str | None:
     """Compile ``source`` into ``output``; the error text on failure, else None."""
     base = [*_compiler(), "-O3", "-shared", "-fPIC", "-fvisibility=hidden"]
-    attempts = [["-DPHYSSCALE_TARGET_CLONES"], []]  # AVX2 dispatch where supported
+    # First with the x86-64 AVX2/AVX-512 kernels (chosen at run time; ignored on
+    # other CPUs), then without them for compilers that lack their intrinsics.
+    attempts = [["-DPHYSSCALE_X86_SIMD"], []]
     errors = []
     for extra in attempts:
         cmd = [*base, *extra, "-o", str(output), str(source), "-lm"]

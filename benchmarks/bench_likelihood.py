@@ -293,6 +293,12 @@ def main() -> None:
         "shapes": shapes,
         "forms_vs_tf": forms,
     }
+    # The form benchmarks/gpu_check.py collects: {"met": bool, ...}.
+    summary["targets"] = {
+        "met": summary["meets_target"],
+        "off_vs_f": {str(tuple(r["shape"])): r["off_vs_f"] for r in shapes},
+        "target_off_vs_f": TARGET_OFF_VS_F,
+    }
     print(json.dumps(summary))
 
 

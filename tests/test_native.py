@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import platform
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +39,139 @@ def test_the_native_kernel_is_built_when_ci_requires_it() -> None:
     if os.environ.get("PHYSSCALE_REQUIRE_NATIVE") != "1":
         pytest.skip("PHYSSCALE_REQUIRE_NATIVE is not set")
     assert _native.available(), "PHYSSCALE_REQUIRE_NATIVE=1 but physscale._native_kernel is absent"
+
+
+# ------------------------------------------------------------ kernels
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags from /proc/cpuinfo (Linux), read independently of the kernel."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    line = next((ln for ln in text.splitlines() if ln.startswith("flags")), "")
+    return set(line.partition(":")[2].split())
+
+
+@needs_native
+def test_the_widest_kernel_the_cpu_runs_is_the_default() -> None:
+    usable = _native.kernels()
+    assert usable[0] == "portable"
+    assert set(usable) <= set(_native.KERNELS)
+    assert _native.kernel() == usable[-1]
+
+
+@needs_native
+@pytest.mark.skipif(
+    platform.machine() not in ("x86_64", "AMD64") or not cpu_flags(),
+    reason="the SIMD kernels are x86-64 only (flags read from /proc/cpuinfo)",
+)
+def test_x86_cpus_get_the_simd_kernel_they_support() -> None:
+    # The hook builds them with GCC and Clang; only a compiler without the
+    # intrinsics falls back to the portable loop alone.
+    flags = cpu_flags()
+    assert ("avx2" in _native.kernels()) == ({"avx2", "fma"} <= flags)
+    assert ("avx512" in _native.kernels()) == ("avx512f" in flags)
+
+
+@needs_native
+def test_an_unavailable_kernel_is_refused() -> None:
+    with pytest.raises(ValueError, match="not available here"):
+        _native.reduce_dense(torch.rand(10), square=True, kernel="sse9")
+
+
+every_kernel = pytest.mark.parametrize(
+    "kernel", _native.kernels() or ["portable"], ids=lambda k: f"kernel={k}"
+)
+
+
+@st.composite
+def flat_arrays(draw: st.DrawFn) -> torch.Tensor:
+    """1-D float32/float64 arrays across the kernels' step, chunk and tail sizes, any offset."""
+    dtype = draw(st.sampled_from([torch.float32, torch.float64]))
+    n = draw(
+        st.one_of(
+            st.integers(0, 100),  # shorter than one SIMD step: all in the scalar tail
+            st.integers(4096 - 40, 4096 + 40),  # around one chunk
+            st.integers(0, 3 * 4096 + 100),
+        )
+    )
+    offset = draw(st.integers(0, 15))  # any element alignment
+    gen = torch.Generator().manual_seed(draw(st.integers(0, 2**32 - 1)))
+    scale = draw(st.sampled_from([1e-20, 1e-3, 1.0, 1e3, 1e20]))
+    base = torch.rand(offset + n, generator=gen, dtype=torch.float64) * scale
+    return base.to(dtype)[offset:]
+
+
+def kernel_reduce(x: torch.Tensor, square: bool, kernel: str) -> tuple[float, float]:
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(_native, "thread_count", lambda numel: 1)
+        result = _native.reduce_dense(x, square=square, kernel=kernel)
+    assert result is not None
+    partials, minimum = result
+    return math.fsum(partials), minimum
+
+
+@needs_native
+@every_kernel
+@given(flat_arrays(), st.booleans())
+def test_every_kernel_matches_fsum_at_any_length_and_alignment(
+    kernel: str, x: torch.Tensor, square: bool
+) -> None:
+    total, minimum = kernel_reduce(x, square, kernel)
+    expected = fsum_reference(x, square)
+    assert total == expected if expected == 0 else rel(total, expected) <= 1e-14
+    assert minimum == (float(x.min()) if x.numel() else math.inf)
+
+
+@needs_native
+@every_kernel
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("square", [True, False])
+@pytest.mark.parametrize(
+    "where", [0, 17, 31, 32, 4095, 4096, 4096 + 40, 3 * 4096 + 1], ids=lambda w: f"at={w}"
+)
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -1e-30, -0.0, 0.0])
+def test_every_kernel_reports_a_special_value_anywhere(
+    kernel: str, dtype: torch.dtype, square: bool, where: int, value: float
+) -> None:
+    # Offset by one element so the SIMD loads are unaligned, with a scalar tail.
+    x = (torch.rand(3 * 4096 + 3, dtype=torch.float64) + 0.5).to(dtype)[1:]
+    x[where] = value
+    total, minimum = kernel_reduce(x, square, kernel)
+    if math.isnan(value):
+        assert math.isnan(total)  # the sum carries a NaN; the minimum never picks it
+        assert minimum == float(x[~x.isnan()].min())
+    elif math.isinf(value):
+        assert not math.isfinite(total)  # inf, or NaN once the compensation sees it
+    else:
+        assert minimum == float(x[where])  # the value as stored (float32-rounded)
+        assert rel(total, fsum_reference(x, square)) <= 1e-14
+
+
+@needs_native
+@every_kernel
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_every_kernel_squares_exactly(kernel: str, dtype: torch.dtype) -> None:
+    # (1 + 2**-12)**2 = 1 + 2**-11 + 2**-24: the last term is lost if the
+    # square is rounded to float32 or the multiply-add to anything but float64.
+    # 4096 of them sum exactly in float64 (no bits beyond 2**-24 * 4096).
+    x = torch.full((4096,), 1 + 2**-12, dtype=dtype)
+    total, _ = kernel_reduce(x, True, kernel)
+    assert total == 4096 * (1 + 2**-11 + 2**-24)
+
+
+@needs_native
+@every_kernel
+@pytest.mark.parametrize("offset", [0, 1, 5])
+def test_every_kernel_compensates_chunk_sums(kernel: str, offset: int) -> None:
+    # One chunk sums to 1e16, then 1000 chunks each sum to 1: plain float64
+    # addition rounds every 1e16 + 1 back to 1e16 and loses all of them.
+    chunk = 4096  # CHUNK in csrc/physscale_native.c
+    x = torch.zeros(offset + 1001 * chunk)[offset:]
+    x[0] = 1e8
+    x[chunk::chunk] = 1.0
+    total, _ = kernel_reduce(x, True, kernel)
+    assert total == 1e16 + 1000
 
 
 # ------------------------------------------------------------ agreement
@@ -156,6 +290,73 @@ def test_dense_tensors_in_any_axis_order_are_read_natively() -> None:
     for view in (x, x.permute(0, 2, 3, 1), x.transpose(2, 3), x[1:], x[0, 1], x.view(-1)):
         total, _ = native_total(view, True)
         assert rel(total, fsum_reference(view, True)) <= 1e-14
+
+
+# ------------------------------------------------------------ threads
+runners = pytest.mark.parametrize("runner", ["openmp", "python"])
+
+
+@pytest.fixture
+def use_runner(monkeypatch: pytest.MonkeyPatch, runner: str) -> str:
+    """Run threaded reductions on torch's OpenMP team, or on Python threads."""
+    if runner == "python":
+        monkeypatch.setattr(_native, "openmp_parallel", lambda: None)
+    elif _native.openmp_parallel() is None:
+        pytest.skip("torch does not run on an OpenMP runtime here")
+    return runner
+
+
+def test_torch_s_openmp_team_is_found_when_torch_runs_on_openmp() -> None:
+    info = torch.__config__.parallel_info()
+    assert (_native.openmp_parallel() is not None) == ("parallel backend: OpenMP" in info)
+
+
+def test_python_threads_can_be_asked_for(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PHYSSCALE_NATIVE_THREADS", "python")
+    _native.openmp_parallel.cache_clear()
+    try:
+        assert _native.openmp_parallel() is None
+    finally:
+        monkeypatch.delenv("PHYSSCALE_NATIVE_THREADS")
+        _native.openmp_parallel.cache_clear()
+
+
+@needs_native
+@runners
+@pytest.mark.usefixtures("use_runner")
+def test_the_result_does_not_depend_on_the_thread_count(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Work items are fixed slices, whichever thread reduces them.
+    monkeypatch.setattr(_native, "PIECE_NUMEL", 256)
+    x = torch.rand(10_007, dtype=torch.float64) * 1e3
+    results = []
+    for n_threads in (1, 2, 3, 4):
+        monkeypatch.setattr(_native, "thread_count", lambda numel, k=n_threads: k)
+        results.append(_native.reduce_dense(x, square=True))
+    assert all(r == results[0] for r in results)
+    partials, minimum = results[0]
+    assert len(partials) == 2 * 40  # 40 items of 256 (the last one short)
+    assert rel(math.fsum(partials), fsum_reference(x, True)) <= 1e-14
+    assert minimum == float(x.min())
+
+
+@needs_native
+@runners
+@pytest.mark.usefixtures("use_runner")
+def test_concurrent_calls_from_several_threads_each_get_their_own_sum(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    monkeypatch.setattr(_native, "PIECE_NUMEL", 512)
+    monkeypatch.setattr(_native, "thread_count", lambda numel: 2)
+    xs = [torch.rand(20_000 + 999 * k) for k in range(8)]
+    with ThreadPoolExecutor(4) as pool:
+        totals = list(pool.map(lambda x: native_total(x, True), xs))
+    for x, (total, minimum) in zip(xs, totals, strict=True):
+        assert rel(total, fsum_reference(x, True)) <= 1e-14
+        assert minimum == float(x.min())
 
 
 def test_thread_count_follows_torch_and_the_minimum_slice(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -76,6 +76,7 @@ def test_result_is_0d_float64_on_the_input_device_for_every_dtype() -> None:
         assert float(s) == pytest.approx(math.sqrt(16.0 / (16 * 0.25)), rel=1e-15)
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_input_gives_a_cuda_result_equal_to_the_cpu_one() -> None:  # pragma: no cover
     x = torch.rand(8, 3, 32, 32, dtype=torch.float32)

@@ -26,7 +26,7 @@ from typing import Literal
 
 import torch
 
-from physscale import _native
+from physscale import _device_sum, _native
 from physscale.errors import EmptyInputError, NegativeValueError, NonFiniteError
 
 Domain = Literal["amplitude", "intensity"]
@@ -191,7 +191,16 @@ def _eager_sum(
     float64 buffer, then reduced with a dot product (or a sum) and an ``amin``.
     With a mask, also the per-block intensity of the excluded pixels (finite
     values >= 0 only) and the number of excluded pixels.
+    Large unmasked inputs on accelerators take one compiled pass instead
+    (:mod:`physscale._device_sum`) unless it reports a bad value.
     """
+    if mask is None:
+        fused = _device_sum.fused_sum(x, square)
+        # Finite totals from the fused pass mean no element is NaN, infinite or
+        # negative (it turns negatives into NaN), so 0.0 is a valid lower bound;
+        # otherwise the blockwise pass below finds the minimum and the culprits.
+        if fused is not None and all(math.isfinite(t) for t in fused):
+            return fused, 0.0, [], 0
     device = _accumulation_device(x.device)
     limit = BLOCK_NUMEL * (1 if device.type == "cpu" else ACCELERATOR_BLOCK_FACTOR)
     buffer = torch.empty(min(limit, x.numel()), dtype=torch.float64, device=device)

@@ -15,23 +15,33 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import functools
+import math
 import os
 import threading
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 
 #: Must match PHYSSCALE_NATIVE_ABI in csrc/physscale_native.c: a stale build
 #: from an older checkout is ignored rather than called with the wrong signature.
-ABI_VERSION = 1
+ABI_VERSION = 2
+
+#: The kernels the library may hold, by id (bit k of physscale_native_kernels()):
+#: a portable loop the compiler vectorizes, and hand-written x86-64 AVX2+FMA and
+#: AVX-512F loops. Each CPU uses the last one it supports (see :func:`kernel`).
+KERNELS = ("portable", "avx2", "avx512")
 
 #: The library's file name inside the package.
 LIBRARY_NAME = "_native_kernel.so"
 
 #: Below this many elements per thread, extra threads cost more than they save.
 MIN_NUMEL_PER_THREAD = 1 << 21
+
+#: Elements per work item handed to a thread (a multiple of 64).
+PIECE_NUMEL = 1 << 20
 
 _DOUBLE3 = ctypes.c_double * 3
 
@@ -67,10 +77,26 @@ def load(path: Path) -> ctypes.CDLL | None:
             stacklevel=3,
         )
         return None
+    lib.physscale_native_kernels.restype = ctypes.c_int
+    lib.physscale_native_kernels.argtypes = []
+    lib.physscale_run_task.restype = None
+    lib.physscale_run_task.argtypes = [ctypes.c_void_p]
+    lib.physscale_task_size.restype = ctypes.c_int64
+    if lib.physscale_task_size() != ctypes.sizeof(_Task):
+        warnings.warn(
+            f"physscale's native kernel {path} does not match this Python module "
+            "(task layout); using the eager kernel. Reinstall physscale to rebuild it",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return None
     for name in ("physscale_reduce_f32", "physscale_reduce_f64"):
         fn = getattr(lib, name)
         fn.restype = None
         fn.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_void_p]
+        fn = getattr(lib, name + "_kernel")
+        fn.restype = ctypes.c_int
+        fn.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_int, ctypes.c_void_p]
     return lib
 
 
@@ -111,6 +137,26 @@ def available() -> bool:
     return library() is not None
 
 
+def kernels() -> tuple[str, ...]:
+    """Names of the kernels this build holds and this CPU can run (empty without the library)."""
+    lib = library()
+    if lib is None:
+        return ()
+    mask = int(lib.physscale_native_kernels())
+    return tuple(name for k, name in enumerate(KERNELS) if mask & (1 << k))
+
+
+def kernel() -> str | None:
+    """The kernel :func:`reduce_dense` uses by default here: the widest one this CPU runs."""
+    usable = kernels()
+    return usable[-1] if usable else None
+
+
+@functools.cache
+def _best() -> str:
+    return kernel() or KERNELS[0]
+
+
 def _dense(x: torch.Tensor) -> bool:
     """Whether ``x`` covers one gap-free run of memory (any axis order, no overlap)."""
     expected = 1
@@ -121,44 +167,131 @@ def _dense(x: torch.Tensor) -> bool:
     return True
 
 
-def reduce_dense(x: torch.Tensor, *, square: bool) -> tuple[list[float], float] | None:
+def reduce_dense(
+    x: torch.Tensor, *, square: bool, kernel: str | None = None
+) -> tuple[list[float], float] | None:
     """Float64 partial sums of ``x**2`` (or ``x``) and the minimum of ``x``, natively.
+
+    Args:
+        x: any tensor; only dense CPU float32/float64 ones are read.
+        square: sum ``x**2`` (amplitudes) rather than ``x`` (intensities).
+        kernel: one of :func:`kernels` to force (tests, benchmarks); default
+            the widest this CPU runs.
 
     Returns ``(partials, minimum)``, with ``math.fsum(partials)`` the total, or
     None when the native kernel does not apply: library absent, not on the
     CPU, not float32/float64, or not one dense run of memory. The sum is over
     every element, in memory order; the caller validates the result.
+
+    Raises:
+        ValueError: ``kernel`` is not one this build and CPU can run.
     """
     lib = library()
+    if kernel is not None and kernel not in kernels():
+        raise ValueError(f"native kernel {kernel!r} is not available here; available: {kernels()}")
     if lib is None or x.device.type != "cpu" or x.layout != torch.strided:
         return None
-    if x.is_neg() or not _dense(x):
+    if x.is_neg() or not _dense(x) or x.dtype not in (torch.float32, torch.float64):
         return None
-    if x.dtype == torch.float32:
-        fn = lib.physscale_reduce_f32
-    elif x.dtype == torch.float64:
-        fn = lib.physscale_reduce_f64
-    else:
-        return None
+    kernel_id = KERNELS.index(kernel if kernel is not None else _best())
     n = x.numel()
+    if n == 0:
+        return [0.0, 0.0], math.inf
     n_threads = thread_count(n)
-    step = -(-n // n_threads)
-    step += -step % 64  # whole 64-element (cache-line multiple) slices
-    itemsize = x.element_size()
-    base = x.data_ptr()
-    outs = [_DOUBLE3() for _ in range(n_threads)]
+    # Work items of PIECE_NUMEL elements, so for inputs large enough to be
+    # threaded the result does not depend on the thread count; smaller ones
+    # (thread_count patched in tests) are cut into one item per thread.
+    piece = min(PIECE_NUMEL, -(-n // n_threads))
+    piece += -piece % 64
+    n_items = max(1, -(-n // piece))
+    out = (ctypes.c_double * (3 * n_items))()
+    task = _Task(
+        x=x.data_ptr(),
+        n=n,
+        piece=piece,
+        itemsize=x.element_size(),
+        square=int(square),
+        kernel=kernel_id,
+        status=0,
+        next=0,
+        out=ctypes.addressof(out),
+    )
+    _run(lib, task, min(n_threads, n_items))
+    if task.status != 0:  # pragma: no cover - the kernel id was checked above
+        raise RuntimeError(f"the native kernel refused a work item (kernel id {task.kernel})")
+    values = list(out)
+    partials = values[0::3] + values[1::3]
+    minimum = min(values[2::3])
+    return partials, minimum
 
-    def work(k: int) -> None:
-        start = k * step
-        fn(base + start * itemsize, max(0, min(step, n - start)), int(square), outs[k])
 
-    # ctypes releases the GIL for the duration of each call.
-    workers = [threading.Thread(target=work, args=(k,)) for k in range(1, n_threads)]
+class _Task(ctypes.Structure):
+    """``physscale_task`` in csrc/physscale_native.c (its size is checked at load time)."""
+
+    _fields_ = [
+        ("x", ctypes.c_void_p),
+        ("n", ctypes.c_int64),
+        ("piece", ctypes.c_int64),
+        ("itemsize", ctypes.c_int32),
+        ("square", ctypes.c_int32),
+        ("kernel", ctypes.c_int32),
+        ("status", ctypes.c_int32),
+        ("next", ctypes.c_int64),
+        ("out", ctypes.c_void_p),
+    ]
+
+
+def _run(lib: ctypes.CDLL, task: _Task, n_threads: int) -> None:
+    """Run ``task`` on ``n_threads`` threads: torch's OpenMP team when it has one."""
+    arg = ctypes.byref(task)
+    if n_threads <= 1:
+        lib.physscale_run_task(arg)
+        return
+    parallel = openmp_parallel()
+    if parallel is not None:
+        # The calling thread and n_threads - 1 of torch's own OpenMP workers;
+        # ctypes releases the GIL, and the workers run only C.
+        runner = ctypes.cast(lib.physscale_run_task, ctypes.c_void_p)
+        parallel(runner, arg, n_threads, 0)
+        return
+    workers = [
+        threading.Thread(target=lib.physscale_run_task, args=(arg,)) for _ in range(n_threads - 1)
+    ]
     for w in workers:
         w.start()
-    work(0)
+    lib.physscale_run_task(arg)
     for w in workers:
         w.join()
-    partials = [v for out in outs for v in (out[0], out[1])]
-    minimum = min(out[2] for out in outs)
-    return partials, minimum
+
+
+@functools.cache
+def openmp_parallel() -> Any | None:
+    """``GOMP_parallel`` of the OpenMP runtime torch runs on, or None (Python threads then).
+
+    PyTorch's intra-op threads are an OpenMP team on most builds (libgomp on
+    Linux, LLVM's libomp elsewhere; both export the GNU entry point). After each
+    parallel op its idle workers spin for a few milliseconds (libgomp's
+    GOMP_SPINCOUNT: measured 5.5 ms of CPU time on a 2-core EPYC); running the
+    native kernel on that same team instead of on new threads keeps them from
+    sharing a core with the spinner. ``PHYSSCALE_NATIVE_THREADS=python`` opts out.
+    """
+    if os.environ.get("PHYSSCALE_NATIVE_THREADS", "openmp") == "python":
+        return None
+    backend = next(
+        (
+            line.partition(":")[2].strip()
+            for line in torch.__config__.parallel_info().splitlines()
+            if "ATen parallel backend" in line
+        ),
+        "",
+    )
+    if backend != "OpenMP":
+        return None
+    try:
+        # torch loads its OpenMP runtime into the global namespace (RTLD_GLOBAL).
+        fn = ctypes.CDLL(None).GOMP_parallel
+    except (OSError, AttributeError, TypeError):
+        return None
+    fn.restype = None
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint, ctypes.c_uint]
+    return fn
