@@ -52,7 +52,7 @@ from physscale.errors import (
 from physscale.io._files import describe
 from physscale.io._progress import DatasetProgress
 from physscale.io.metadata import read_metadata
-from physscale.io.readers import PatternSource, pattern_source, read_mask
+from physscale.io.readers import CHUNK_BYTES, PatternSource, pattern_source, read_mask
 from physscale.io.streaming import fold_patterns
 from physscale.nphotons import DISAGREEMENT_RTOL, NphotonsResolution, NphotonsSource
 from physscale.nphotons import resolve_nphotons as _resolve
@@ -476,6 +476,15 @@ def fold_files(
     parallel = workers > 1 and len(plan.files) > 1
     # Files read side by side share the cores: each kernel call takes its share.
     share = max(1, torch.get_num_threads() // workers) if parallel else None
+    # One buffer per reading thread, kept across its files: fresh memory for every
+    # file would cost a page fault per 4 KiB read (measured up to 2.5x the read time).
+    buffers = threading.local()
+
+    def scratch() -> np.ndarray:
+        buf: np.ndarray | None = getattr(buffers, "buf", None)
+        if buf is None:
+            buf = buffers.buf = np.zeros(CHUNK_BYTES, dtype=np.uint8)
+        return buf
 
     def one(f: _File) -> IntensityAccumulator:
         if share is None:
@@ -495,9 +504,8 @@ def fold_files(
                     progress.advance(n_bytes=entries * per_entry)
 
         try:
-            fold_patterns(
-                acc, f.source, mask=mask, chunk_patterns=chunk_patterns, on_progress=on_progress
-            )
+            fold_patterns(acc, f.source, mask=mask, chunk_patterns=chunk_patterns,
+                          on_progress=on_progress, scratch=scratch())  # fmt: skip
         except PhysscaleError as exc:
             _name_the_file(exc, f)
             raise

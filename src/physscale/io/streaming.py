@@ -43,6 +43,7 @@ def fold_patterns(
     max_bytes: int = CHUNK_BYTES,
     on_progress: Callable[[int], None] | None = None,
     name: str | None = None,
+    scratch: np.ndarray | None = None,
 ) -> IntensityAccumulator:
     """Stream every pattern of ``source`` into ``acc``; returns ``acc``.
 
@@ -60,6 +61,9 @@ def fold_patterns(
             column-major files, which are read across all entries at once).
         name: how error messages call the data (default: the source's
             ``where``, e.g. ``scan.npz:diffraction``).
+        scratch: memory to read the pieces into (uint8, at least
+            ``max_bytes``), kept by the caller across files; see
+            :meth:`~physscale.io.readers.PatternSource.pieces`.
 
     Peak memory is about one piece (plus the accumulator's fixed buffers),
     whatever the size of the file or of one pattern.
@@ -78,7 +82,7 @@ def fold_patterns(
         done[1] = rows
 
     # One reused buffer: each piece is folded in before the next is read.
-    pieces = source.pieces(chunk_patterns, max_bytes, reuse=True)
+    pieces = source.pieces(chunk_patterns, max_bytes, reuse=True, scratch=scratch)
     first_spatial = min(spatial_axes(len(info.shape), acc.spatial_dims))
     if first_spatial == 0 or info.fortran_order:
         acc.update_fragments(info.shape, _reporting(pieces, report), mask, name=where)
