@@ -72,8 +72,8 @@ DATA_SUFFIXES = (".npy", ".npz", ".h5", ".hdf5", ".nxs", ".cxi")
 
 #: Files read at the same time by default: reading one file overlaps summing
 #: another. Measured with benchmarks/bench_files.py on a 2-core machine, data in
-#: the page cache: 2 workers took 1.16x the time of np.load-ing the same files,
-#: 1 worker 1.5x (see docs/performance.md).
+#: the page cache: 2 workers 1.3 to 1.6x the time of np.load-ing the same files,
+#: 1 worker 1.6 to 1.9x, 3 or 4 no better than 2 (see docs/performance.md).
 DEFAULT_WORKERS = 2
 
 _GLOB_CHARS = frozenset("*?[")
