@@ -32,7 +32,7 @@
 #include <stdint.h>
 
 #ifndef PHYSSCALE_NATIVE_ABI
-#define PHYSSCALE_NATIVE_ABI 2
+#define PHYSSCALE_NATIVE_ABI 3
 #endif
 #define LANES 32
 #define CHUNK 4096 /* a multiple of LANES */
@@ -450,5 +450,66 @@ PHYSSCALE_EXPORT void physscale_run_task(void *arg) {
                      : reduce_f64((const double *)t->x + start, len, t->square, t->kernel,
                                   t->out + 3 * k);
         if (rc != 0) __atomic_store_n(&t->status, -1, __ATOMIC_RELAXED);
+    }
+}
+
+/* ------------------------------------------------------------ per-pattern sums
+ * The same reduction, row by row: x holds `rows` consecutive rows of `row_len`
+ * elements each (the patterns of a C-contiguous stack whose spatial axes are
+ * the last ones), and row_out[r] gets row r's float64 sum (its compensated
+ * total, rounded once). Each row is one call of the kernel above (so every
+ * square is exact and each row's chunk sums are compensated), and a work item's
+ * rows are added, total and compensation both, into its own compensated sum in
+ * out[3 * item ...] (total, compensation, minimum), as physscale_run_task
+ * fills it. Work items are whole rows, `piece_rows` at a time, taken from an
+ * atomic counter; the result does not depend on which thread takes which. */
+typedef struct {
+    const void *x;      /* the first element */
+    int64_t rows;       /* number of rows */
+    int64_t row_len;    /* elements per row, > 0 */
+    int64_t piece_rows; /* rows per work item, > 0 */
+    int32_t itemsize;   /* 4: float32, 8: float64 */
+    int32_t square;
+    int32_t kernel;     /* a usable kernel id (checked by the caller) */
+    int32_t status;     /* set to -1 if a row was refused */
+    int64_t next;       /* the next work item (atomic) */
+    double *row_out;    /* one double per row */
+    double *out;        /* 3 doubles per work item */
+} physscale_rows_task;
+
+PHYSSCALE_EXPORT int64_t physscale_rows_task_size(void) {
+    return (int64_t)sizeof(physscale_rows_task);
+}
+
+PHYSSCALE_EXPORT void physscale_run_rows_task(void *arg) {
+    physscale_rows_task *t = (physscale_rows_task *)arg;
+    int64_t items = (t->rows + t->piece_rows - 1) / t->piece_rows;
+    for (;;) {
+        int64_t k = __atomic_fetch_add(&t->next, 1, __ATOMIC_RELAXED);
+        if (k >= items) return;
+        int64_t first = k * t->piece_rows;
+        int64_t last = first + t->piece_rows < t->rows ? first + t->piece_rows : t->rows;
+        csum s = {0.0, 0.0};
+        double m = INFINITY;
+        for (int64_t r = first; r < last; ++r) {
+            double row[3];
+            int64_t start = r * t->row_len;
+            int rc = t->itemsize == 4
+                         ? reduce_f32((const float *)t->x + start, t->row_len, t->square,
+                                      t->kernel, row)
+                         : reduce_f64((const double *)t->x + start, t->row_len, t->square,
+                                      t->kernel, row);
+            if (rc != 0) {
+                __atomic_store_n(&t->status, -1, __ATOMIC_RELAXED);
+                return;
+            }
+            t->row_out[r] = row[0] + row[1];
+            csum_add(&s, row[0]);
+            csum_add(&s, row[1]);
+            m = row[2] < m ? row[2] : m; /* a row's minimum is never NaN (see above) */
+        }
+        t->out[3 * k] = s.total;
+        t->out[3 * k + 1] = s.comp;
+        t->out[3 * k + 2] = m;
     }
 }

@@ -24,7 +24,7 @@ import pytest
 
 import physscale
 from physscale import ScaleRecord, _native
-from physscale.cli import Progress, main
+from physscale.cli import main
 from physscale.io import example_dataset_path, write_metadata
 
 
@@ -423,31 +423,6 @@ def test_inspect_npy_and_hdf5(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert code == 0 and "shape (3, 4, 4)  dtype float64" in out and "metadata: none" in out
     code, out, _ = call(capsys, "inspect", tmp_path / "a.h5")
     assert code == 0 and "/entry/diffraction" in out and "nphotons (metadata): 9.0" in out
-
-
-# ----------------------------------------------------------------- progress indicator
-class _Tty(io.StringIO):
-    def isatty(self) -> bool:
-        return True
-
-
-def test_progress_draws_on_a_terminal_and_erases_itself() -> None:
-    stream = _Tty()
-    progress = Progress(10, stream=stream, delay=0.0)
-    progress.advance(5)
-    assert "5/10" in stream.getvalue() and "50.0%" in stream.getvalue()
-    progress.close()
-    assert stream.getvalue().endswith("\r\033[K")
-
-
-@pytest.mark.parametrize(("stream", "enabled"), [(io.StringIO(), True), (_Tty(), False)])
-def test_progress_is_silent_off_a_terminal_or_when_disabled(
-    stream: io.StringIO, enabled: bool
-) -> None:
-    progress = Progress(10, stream=stream, enabled=enabled, delay=0.0)
-    progress.advance(10)
-    progress.close()
-    assert stream.getvalue() == ""
 
 
 def test_inspect_a_bundle_shows_record_and_manifest(

@@ -240,3 +240,45 @@ def test_excluding_never_changes_the_original_accumulator() -> None:
     fewer.update(x[:1])
     assert acc.state_dict() == before
     assert fewer.n_patterns == 6
+
+
+# ------------------------------------------------------------------ patterns larger than a piece
+@given(
+    shape=st.sampled_from([(3, 5, 7), (2, 3, 4, 5), (4, 6, 5, 2), (1, 9, 8), (5, 4, 3, 2)]),
+    layout=st.sampled_from([None, "NHWC"]),
+    masked=st.booleans(),
+    max_bytes=st.integers(4, 400),
+    fortran=st.booleans(),
+)
+def test_per_pattern_totals_of_a_file_folded_in_pieces_match_fsum(
+    shape: tuple[int, ...], layout: str | None, masked: bool, max_bytes: int, fortran: bool
+) -> None:
+    # Pieces smaller than one pattern go through update_fragments, which must still
+    # give every pattern its own total (the pieces of an entry belong to known patterns).
+    import tempfile
+    from pathlib import Path
+
+    from physscale.io.readers import pattern_source
+    from physscale.io.streaming import fold_patterns
+
+    rng = np.random.default_rng(sum(shape) + max_bytes)
+    x = rng.gamma(2.0, 0.5, size=shape).astype(np.float32)
+    last = len(shape) - 1
+    spatial = (last - 2, last - 1) if layout == "NHWC" else (last - 1, last)
+    keep = rng.random(tuple(shape[a] for a in spatial)) > 0.3 if masked else None
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "x.npy"
+        np.save(path, np.asfortranarray(x) if fortran else x)
+        acc = fold_patterns(
+            ps.IntensityAccumulator(layout=layout, keep_pattern_totals=True),
+            pattern_source(path),
+            mask=keep,
+            max_bytes=max_bytes,
+        )
+    placed = None
+    if keep is not None:
+        placed = keep.reshape((*keep.shape, 1)) if layout == "NHWC" else keep
+    expected = _reference_totals(x, spatial, placed)
+    assert acc.pattern_totals is not None
+    assert acc.pattern_totals.tolist() == pytest.approx(expected, rel=1e-13)
+    assert math.fsum(acc.pattern_totals.tolist()) == pytest.approx(acc.total_intensity, rel=1e-13)

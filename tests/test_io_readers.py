@@ -697,3 +697,21 @@ def test_a_member_name_that_is_not_utf8_is_a_data_file_error(tmp_path: Path) -> 
     npz.write_bytes(bytes(raw))
     with pytest.raises(DataFileError, match=r"name\.npz:diffraction: .*utf-8"):
         list(iter_patterns(npz))
+
+
+@pytest.mark.parametrize("fmt", ["npy", "npz"])
+def test_pieces_read_into_a_scratch_buffer_kept_across_files(tmp_path: Path, fmt: str) -> None:
+    # derive_files keeps one buffer per reading thread across its files; a buffer
+    # that is too small (or not bytes) is not used, and nothing else changes.
+    scratch = np.zeros(4096, dtype=np.uint8)
+    for i, dtype in enumerate((np.float32, ">f8")):
+        x = np.random.default_rng(i).random((5, 6, 7)).astype(dtype)
+        source = readers.pattern_source(_write(tmp_path / f"s{i}", fmt, x))
+        for buf in (scratch, np.zeros(10, np.uint8), np.zeros(600, np.float64)):
+            pieces = source.pieces(max_bytes=1000, reuse=True, scratch=buf)
+            got = np.empty(x.shape, np.float64)
+            for index, piece in pieces:
+                if buf is scratch:
+                    assert np.shares_memory(piece, scratch)
+                got[index] = piece
+            assert np.array_equal(got, x.astype(np.float64))

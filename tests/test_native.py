@@ -410,3 +410,132 @@ def test_derive_on_a_large_tensor_matches_fsum_through_the_native_kernel() -> No
     assert _native.thread_count(x.numel()) == min(torch.get_num_threads(), 2)
     expected = math.sqrt(1e9 / (fsum_reference(x, True) / 5))
     assert rel(float(ps.derive_intensity_scale(x, 1e9)), expected) <= 1e-14
+
+
+# ------------------------------------------------------------ per-pattern (per-row) sums
+def row_reduce(
+    x: torch.Tensor, row_len: int, square: bool, kernel: str | None = None, n_threads: int = 1
+) -> tuple[float, float, list[float]]:
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(_native, "thread_count", lambda numel: n_threads)
+        result = _native.reduce_rows(x, row_len, square=square, kernel=kernel)
+    assert result is not None
+    partials, minimum, rows = result
+    assert rows.dtype == torch.float64 and rows.shape == (x.numel() // row_len,)
+    return math.fsum(partials), minimum, rows.tolist()
+
+
+@st.composite
+def row_stacks(draw: st.DrawFn) -> tuple[torch.Tensor, int]:
+    """C-contiguous stacks of rows of any length (around the kernels' step and chunk)."""
+    dtype = draw(st.sampled_from([torch.float32, torch.float64]))
+    row_len = draw(st.one_of(st.integers(1, 70), st.integers(4096 - 33, 4096 + 33)))
+    rows = draw(st.integers(1, 12))
+    offset = draw(st.integers(0, 7))  # any element alignment of the first row
+    gen = torch.Generator().manual_seed(draw(st.integers(0, 2**32 - 1)))
+    scale = draw(st.sampled_from([1e-20, 1e-3, 1.0, 1e3, 1e20]))
+    base = torch.rand(offset + rows * row_len, generator=gen, dtype=torch.float64) * scale
+    return base.to(dtype)[offset:].reshape(rows, row_len), row_len
+
+
+@needs_native
+@every_kernel
+@given(row_stacks(), st.booleans(), st.integers(1, 4))
+def test_every_kernel_gives_every_row_its_fsum_sum(
+    kernel: str, case: tuple[torch.Tensor, int], square: bool, n_threads: int
+) -> None:
+    x, row_len = case
+    total, minimum, rows = row_reduce(x, row_len, square, kernel, n_threads)
+    for row, values in zip(rows, x, strict=True):
+        expected = fsum_reference(values, square)
+        assert row == expected if expected == 0 else rel(row, expected) <= 1e-14
+    assert rel(total, fsum_reference(x, square)) <= 1e-14
+    assert minimum == float(x.min())
+
+
+@needs_native
+@every_kernel
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_every_row_squares_exactly(kernel: str, dtype: torch.dtype) -> None:
+    # As test_every_kernel_squares_exactly, per row: 1 + 2**-11 + 2**-24 a square.
+    x = torch.full((3, 4096), 1 + 2**-12, dtype=dtype)
+    total, _, rows = row_reduce(x, 4096, True, kernel)
+    assert rows == [4096 * (1 + 2**-11 + 2**-24)] * 3
+    assert total == 3 * 4096 * (1 + 2**-11 + 2**-24)
+
+
+@needs_native
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -1e-30])
+def test_a_special_value_shows_in_its_row_and_the_total(value: float) -> None:
+    x = torch.rand(6, 5000) + 0.5
+    x[4, 4097] = value
+    total, minimum, rows = row_reduce(x, 5000, True, n_threads=3)
+    if value < 0:
+        assert minimum == float(x[4, 4097]) and all(math.isfinite(r) for r in rows)
+        return
+    assert not math.isfinite(total) and not math.isfinite(rows[4])
+    assert all(math.isfinite(r) for i, r in enumerate(rows) if i != 4)
+    assert minimum == float(x[x.isfinite()].min())  # the minimum never picks a NaN
+
+
+@needs_native
+def test_row_sums_do_not_depend_on_the_thread_count(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_native, "PIECE_NUMEL", 300)  # 3 rows of 100 per work item
+    x = torch.rand(1001, 100, dtype=torch.float64) * 1e3
+    results = [row_reduce(x, 100, True, n_threads=k) for k in (1, 2, 3, 4)]
+    assert all(r == results[0] for r in results)
+
+
+@needs_native
+def test_inputs_the_row_kernel_cannot_read_are_left_to_the_eager_kernel() -> None:
+    x = torch.rand(4, 6, 5)
+    assert _native.reduce_rows(x.transpose(1, 2), 30, square=True) is None  # not C order
+    assert _native.reduce_rows(x, 7, square=True) is None  # rows that do not divide it
+    assert _native.reduce_rows(x.half(), 30, square=True) is None
+    assert _native.reduce_rows(torch.rand(0, 5), 5, square=True) is None
+
+
+@needs_native
+@given(
+    st.lists(st.integers(1, 6), min_size=2, max_size=4),
+    st.sampled_from([torch.float32, torch.float64]),
+    st.booleans(),
+)
+def test_per_pattern_totals_come_from_the_native_kernel_for_stacks(
+    shape: list[int], dtype: torch.dtype, square: bool
+) -> None:
+    # A contiguous stack with its spatial axes last: each pattern is one run of memory,
+    # and the per-pattern pass is the native one (the eager one is not called).
+    x = (torch.rand(*shape, dtype=torch.float64) + 0.01).to(dtype)
+    axes = (x.ndim - 2, x.ndim - 1)
+    domain = "amplitude" if square else "intensity"
+
+    def no_eager(*args: object) -> None:
+        raise AssertionError("the eager per-pattern kernel ran")
+
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(_intensity_sum, "_eager_pattern_sums", no_eager)
+        native = _intensity_sum.intensity_sum(x, axes, domain, per_pattern=True)
+    eager = _intensity_sum.intensity_sum(x.transpose(-1, -2), axes, domain, per_pattern=True)
+    assert native.pattern_totals is not None and eager.pattern_totals is not None
+    expected = [fsum_reference(p, square) for p in x.reshape(-1, shape[-2] * shape[-1])]
+    assert native.pattern_totals.tolist() == pytest.approx(expected, rel=1e-14)
+    assert eager.pattern_totals.tolist() == pytest.approx(expected, rel=1e-14)
+    assert rel(native.total, eager.total) <= 1e-13
+
+
+@needs_native
+def test_a_thread_limit_caps_the_threads_of_this_thread_only(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import threading
+
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 8)
+    big = 100 * _native.MIN_NUMEL_PER_THREAD
+    seen: list[int] = []
+    with _native.thread_limit(2):
+        assert _native.thread_count(big) == 2
+        other = threading.Thread(target=lambda: seen.append(_native.thread_count(big)))
+        other.start()
+        other.join()
+    assert seen == [8] and _native.thread_count(big) == 8

@@ -7,6 +7,8 @@ arithmetic:
 
 - the native kernel (:mod:`physscale._native`): one fused, threaded pass over
   dense CPU float32/float64 data, no extra memory, at the memory-read floor;
+  with ``per_pattern``, the same pass row by row when every pattern is one
+  run of memory (C-contiguous data, spatial axes last, no mask);
 - the eager kernel (:func:`_eager_sum`, everything else): blocks of at most
   ``BLOCK_NUMEL`` elements converted to float64 into one reused buffer, so the
   extra memory is bounded (8 MiB on the CPU, 64 MiB on accelerators) whatever
@@ -149,10 +151,13 @@ def intensity_sum(
     # The native kernel (one fused, threaded pass) when it is built and the data
     # allow it; otherwise the eager blockwise kernel. Same float64 arithmetic.
     native = _native.reduce_dense(x, square=square) if mask is None and not per_pattern else None
+    rows = _native_rows(x, axes, square) if mask is None and per_pattern else None
     masked_totals: list[float] = []
     masked_pixels = 0
     pattern_totals = None
-    if per_pattern:
+    if rows is not None:
+        block_totals, lowest, pattern_totals = rows
+    elif per_pattern:
         block_totals, lowest, masked_totals, masked_pixels, pattern_totals = _eager_pattern_sums(
             x, axes, square, mask
         )
@@ -180,6 +185,21 @@ def intensity_sum(
         masked_total=math.fsum(masked_totals),
         pattern_totals=None if pattern_totals is None else pattern_totals.cpu(),
     )
+
+
+def _native_rows(
+    x: torch.Tensor, axes: tuple[int, ...], square: bool
+) -> tuple[list[float], float, torch.Tensor] | None:
+    """Per-pattern totals from the native kernel, when each pattern is one run of memory.
+
+    That is a C-contiguous ``x`` whose spatial axes are its last ones (NCHW
+    stacks, the files ``physscale derive`` reads): pattern ``i`` is then row
+    ``i`` of ``x.reshape(-1, H * W)``, in the pattern order of
+    :func:`_eager_pattern_sums`. None otherwise (the eager kernel runs).
+    """
+    if axes != tuple(range(x.ndim - len(axes), x.ndim)):
+        return None
+    return _native.reduce_rows(x, math.prod(x.shape[a] for a in axes), square=square)
 
 
 def _eager_sum(

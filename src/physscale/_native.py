@@ -12,12 +12,14 @@ the eager kernel, which gives the same result to within float64 rounding.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import math
 import os
 import threading
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +27,7 @@ import torch
 
 #: Must match PHYSSCALE_NATIVE_ABI in csrc/physscale_native.c: a stale build
 #: from an older checkout is ignored rather than called with the wrong signature.
-ABI_VERSION = 2
+ABI_VERSION = 3
 
 #: The kernels the library may hold, by id (bit k of physscale_native_kernels()):
 #: a portable loop the compiler vectorizes, and hand-written x86-64 AVX2+FMA and
@@ -80,7 +82,11 @@ def load(path: Path) -> ctypes.CDLL | None:
     lib.physscale_run_task.restype = None
     lib.physscale_run_task.argtypes = [ctypes.c_void_p]
     lib.physscale_task_size.restype = ctypes.c_int64
-    if lib.physscale_task_size() != ctypes.sizeof(_Task):
+    lib.physscale_run_rows_task.restype = None
+    lib.physscale_run_rows_task.argtypes = [ctypes.c_void_p]
+    lib.physscale_rows_task_size.restype = ctypes.c_int64
+    sizes = (lib.physscale_task_size(), lib.physscale_rows_task_size())
+    if sizes != (ctypes.sizeof(_Task), ctypes.sizeof(_RowsTask)):
         warnings.warn(
             f"physscale's native kernel {path} does not match this Python module "
             "(task layout); using the eager kernel. Reinstall physscale to rebuild it",
@@ -98,9 +104,36 @@ def load(path: Path) -> ctypes.CDLL | None:
     return lib
 
 
+# A per-thread cap on the threads of native calls (see thread_limit).
+_limit = threading.local()
+
+
+@contextlib.contextmanager
+def thread_limit(n: int) -> Iterator[None]:
+    """Cap the threads of the native calls this thread makes at ``n``, within the block.
+
+    For callers that already run several calls side by side (``derive_files``
+    reads files concurrently): each call then uses its share of the cores
+    instead of all of them.
+    """
+    old = getattr(_limit, "n", None)
+    _limit.n = max(1, int(n))
+    try:
+        yield
+    finally:
+        _limit.n = old
+
+
 def thread_count(numel: int) -> int:
-    """Threads for ``numel`` elements: torch's intra-op setting, >= MIN_NUMEL_PER_THREAD each."""
-    return max(1, min(torch.get_num_threads(), numel // MIN_NUMEL_PER_THREAD))
+    """Threads for ``numel`` elements: torch's intra-op setting, >= MIN_NUMEL_PER_THREAD each.
+
+    At most the cap a surrounding :func:`thread_limit` sets in this thread.
+    """
+    threads = torch.get_num_threads()
+    cap = getattr(_limit, "n", None)
+    if cap is not None:
+        threads = min(threads, cap)
+    return max(1, min(threads, numel // MIN_NUMEL_PER_THREAD))
 
 
 def available() -> bool:
@@ -212,27 +245,109 @@ class _Task(ctypes.Structure):
     ]
 
 
-def _run(lib: ctypes.CDLL, task: _Task, n_threads: int) -> None:
+def _run(lib: ctypes.CDLL, task: _Task | _RowsTask, n_threads: int, rows: bool = False) -> None:
     """Run ``task`` on ``n_threads`` threads: torch's OpenMP team when it has one."""
     arg = ctypes.byref(task)
+    run = lib.physscale_run_rows_task if rows else lib.physscale_run_task
     if n_threads <= 1:
-        lib.physscale_run_task(arg)
+        run(arg)
         return
     parallel = openmp_parallel()
     if parallel is not None:
         # The calling thread and n_threads - 1 of torch's own OpenMP workers;
         # ctypes releases the GIL, and the workers run only C.
-        runner = ctypes.cast(lib.physscale_run_task, ctypes.c_void_p)
+        runner = ctypes.cast(run, ctypes.c_void_p)
         parallel(runner, arg, n_threads, 0)
         return
-    workers = [
-        threading.Thread(target=lib.physscale_run_task, args=(arg,)) for _ in range(n_threads - 1)
-    ]
+    workers = [threading.Thread(target=run, args=(arg,)) for _ in range(n_threads - 1)]
     for w in workers:
         w.start()
-    lib.physscale_run_task(arg)
+    run(arg)
     for w in workers:
         w.join()
+
+
+# ------------------------------------------------------------ per-pattern sums
+class _RowsTask(ctypes.Structure):
+    """``physscale_rows_task`` in csrc/physscale_native.c (its size is checked at load time)."""
+
+    _fields_ = [
+        ("x", ctypes.c_void_p),
+        ("rows", ctypes.c_int64),
+        ("row_len", ctypes.c_int64),
+        ("piece_rows", ctypes.c_int64),
+        ("itemsize", ctypes.c_int32),
+        ("square", ctypes.c_int32),
+        ("kernel", ctypes.c_int32),
+        ("status", ctypes.c_int32),
+        ("next", ctypes.c_int64),
+        ("row_out", ctypes.c_void_p),
+        ("out", ctypes.c_void_p),
+    ]
+
+
+def reduce_rows(
+    x: torch.Tensor, row_len: int, *, square: bool, kernel: str | None = None
+) -> tuple[list[float], float, torch.Tensor] | None:
+    """:func:`reduce_dense`, plus the float64 sum of every row of ``row_len`` elements.
+
+    The per-pattern totals of a stack whose patterns are its last axes: ``x``
+    in C order holds ``x.numel() // row_len`` patterns one after the other.
+
+    Args:
+        x: any tensor; only C-contiguous CPU float32/float64 ones are read.
+        row_len: elements per row (one pattern's pixels); must divide ``x.numel()``.
+        square: sum ``x**2`` (amplitudes) rather than ``x`` (intensities).
+        kernel: one of :func:`kernels` to force (tests, benchmarks).
+
+    Returns ``(partials, minimum, rows)``: ``math.fsum(partials)`` is the total,
+    ``rows`` a float64 CPU tensor of one sum per row, in memory order. None
+    when the kernel does not apply (as for :func:`reduce_dense`, or ``x`` not
+    C-contiguous, or ``row_len`` not dividing its size). Each row is reduced by
+    the same kernel as :func:`reduce_dense` (exact squares, compensated chunk
+    sums); the caller validates the result.
+
+    Raises:
+        ValueError: ``kernel`` is not one this build and CPU can run.
+    """
+    lib = library()
+    if kernel is not None and kernel not in kernels():
+        raise ValueError(f"native kernel {kernel!r} is not available here; available: {kernels()}")
+    if lib is None or x.device.type != "cpu" or x.layout != torch.strided:
+        return None
+    if x.is_neg() or not x.is_contiguous() or x.dtype not in (torch.float32, torch.float64):
+        return None
+    n = x.numel()
+    if row_len < 1 or n == 0 or n % row_len:
+        return None
+    kernel_id = KERNELS.index(kernel if kernel is not None else _best())
+    rows = n // row_len
+    n_threads = thread_count(n)
+    # Work items of whole rows, about PIECE_NUMEL elements each (as reduce_dense's),
+    # so for inputs large enough to be threaded the result does not depend on the
+    # thread count; smaller ones are cut into one item per thread.
+    piece_rows = max(1, min(PIECE_NUMEL // row_len, -(-rows // n_threads)))
+    n_items = -(-rows // piece_rows)
+    row_out = torch.empty(rows, dtype=torch.float64)
+    out = (ctypes.c_double * (3 * n_items))()
+    task = _RowsTask(
+        x=x.data_ptr(),
+        rows=rows,
+        row_len=row_len,
+        piece_rows=piece_rows,
+        itemsize=x.element_size(),
+        square=int(square),
+        kernel=kernel_id,
+        status=0,
+        next=0,
+        row_out=row_out.data_ptr(),
+        out=ctypes.addressof(out),
+    )
+    _run(lib, task, min(n_threads, n_items), rows=True)
+    if task.status != 0:  # pragma: no cover - the kernel id was checked above
+        raise RuntimeError(f"the native kernel refused a row (kernel id {task.kernel})")
+    values = list(out)
+    return values[0::3] + values[1::3], min(values[2::3]), row_out
 
 
 @functools.cache

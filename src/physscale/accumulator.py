@@ -108,6 +108,27 @@ def _grow_all(partials: list[float], values: Sequence[float]) -> list[float]:
     return partials
 
 
+def _piece_patterns(
+    index: tuple[int | slice, ...], ndim: int, axes: Sequence[int], ids: torch.Tensor
+) -> tuple[tuple[int, ...], torch.Tensor]:
+    """A fragment's spatial axes (in its own dimensions) and its patterns' ids.
+
+    ``index`` is basic indexing (ints and slices) into a batch of ``ndim``
+    axes whose spatial axes are ``axes``; ``ids`` holds each pattern's id laid
+    out like the batch with size 1 on the spatial axes. The ids come in the
+    C order of the fragment's non-spatial axes, the order in which
+    ``intensity_sum(..., per_pattern=True)`` returns its pattern totals.
+    """
+    full = (*index, *[slice(None)] * (ndim - len(index)))
+    kept = [d for d, i in enumerate(full) if not isinstance(i, int)]
+    piece_axes = tuple(k for k, d in enumerate(kept) if d in axes)
+    # On a spatial axis ids has size 1: an int picks it, a slice keeps it.
+    id_index = tuple(
+        (0 if isinstance(i, int) else slice(None)) if d in axes else i for d, i in enumerate(full)
+    )
+    return piece_axes, ids[id_index].reshape(-1)
+
+
 @dataclass
 class _State:
     """An accumulator's state as plain values: what merge, all_reduce and load fold in."""
@@ -343,6 +364,8 @@ class IntensityAccumulator:
         shape: Sequence[int],
         fragments: Iterable[tuple[tuple[int | slice, ...], Any]],
         mask: Any = None,
+        *,
+        name: str = "batch",
     ) -> IntensityAccumulator:
         """Fold in one batch of ``shape`` that arrives in pieces; returns ``self``.
 
@@ -352,39 +375,45 @@ class IntensityAccumulator:
         and the pieces cover the batch exactly once, in any order. Only one
         piece needs to exist at a time. The result equals
         ``update(batch, mask)`` to float64 rounding; the state changes only
-        once every piece is summed, so an error leaves it unchanged.
+        once every piece is summed, so an error leaves it unchanged. With
+        ``keep_pattern_totals``, each piece's sums are added to the patterns
+        it belongs to (8 bytes a pattern of the batch), so every pattern
+        gets its total however the pieces cut it.
 
         Args:
             shape: the whole batch's shape (its spatial axes as for ``update``).
             fragments: ``(index, piece)`` pairs; pieces are numpy arrays or
                 tensors of real floats.
             mask: optional boolean valid-pixel mask, as for ``update``.
+            name: how error messages call the data (e.g. a file's name).
 
         Raises:
-            StateError: a piece whose shape does not match its index, pieces
-                that do not add up to the batch, or an accumulator that keeps
-                per-pattern totals (pieces cut through patterns).
+            StateError: a piece whose shape does not match its index, or pieces
+                that do not add up to the batch.
             AmbiguousLayoutError: as for ``update``.
         """
         batch = torch.Size(int(s) for s in shape)
-        check_layout(batch, self.axes_explicit, "batch")
+        check_layout(batch, self.axes_explicit, name)
         axes = spatial_axes(len(batch), self.spatial_dims)
         pattern_shape = tuple(batch[a] for a in axes)
         if math.prod(pattern_shape) == 0:
-            raise EmptyInputError(f"batch shape {tuple(batch)} has patterns with no pixels")
-        if self.keep_pattern_totals:
-            raise StateError(
-                "update_fragments cannot keep per-pattern totals (its pieces cut through "
-                "patterns); use update() with whole patterns"
-            )
+            raise EmptyInputError(f"{name} shape {tuple(batch)} has patterns with no pixels")
+        n_patterns = batch.numel() // math.prod(pattern_shape)
         layout = torch.empty((), dtype=torch.bool).expand(batch)  # shapes only, no memory
         m = None if mask is None else as_mask(mask, batch, torch.device("cpu"), axes)
+        # With per-pattern totals: each pattern's id laid out like the batch, size 1 on
+        # the spatial axes (a broadcast view), so a piece's index picks its patterns' ids.
+        totals = ids = None
+        if self.keep_pattern_totals:
+            id_shape = [1 if d in axes else n for d, n in enumerate(batch)]
+            ids = torch.arange(n_patterns).view(id_shape)
+            totals = torch.zeros(n_patterns, dtype=torch.float64)
         partials: list[float] = []
         masked_partials: list[float] = []
         integer_like: bool | None = None
         covered = masked_pixels = 0
         for index, piece in fragments:
-            x = as_float_tensor(piece, "batch")
+            x = as_float_tensor(piece, name)
             if x.shape != layout[index].shape:
                 raise StateError(
                     f"fragment at {index} has shape {tuple(x.shape)}, expected "
@@ -393,7 +422,15 @@ class IntensityAccumulator:
             if x.numel() == 0:
                 continue
             part_mask = None if m is None else m[index].to(x.device)
-            part = intensity_sum(x, tuple(range(x.ndim)), self.domain, part_mask, name="batch")
+            if ids is None or totals is None:
+                part = intensity_sum(x, tuple(range(x.ndim)), self.domain, part_mask, name=name)
+            else:
+                piece_axes, piece_ids = _piece_patterns(index, len(batch), axes, ids)
+                part = intensity_sum(
+                    x, piece_axes, self.domain, part_mask, name=name, per_pattern=True
+                )
+                assert part.pattern_totals is not None
+                totals.index_add_(0, piece_ids, part.pattern_totals)
             partials = _grow(partials, part.total)
             masked_partials = _grow(masked_partials, part.masked_total)
             masked_pixels += part.masked_pixels
@@ -407,13 +444,14 @@ class IntensityAccumulator:
         self._fold_state(
             _State(
                 partials=partials,
-                n_patterns=batch.numel() // math.prod(pattern_shape),
+                n_patterns=n_patterns,
                 pattern_shape=pattern_shape,
                 integer_like=integer_like,
                 masked=m is not None,
                 pixels=batch.numel(),
                 masked_pixels=masked_pixels,
                 masked_partials=masked_partials,
+                pattern_totals=totals,
             )
         )
         return self

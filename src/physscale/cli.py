@@ -1,10 +1,13 @@
 """The ``physscale`` command line: derive a dataset's intensity scale, inspect files.
 
-``physscale derive [PATH]`` streams a ``.npy``/``.npz``/HDF5 file through an
-:class:`~physscale.IntensityAccumulator` (bounded memory whatever the file
-size), resolves nphotons (``--nphotons`` > the file's metadata >
-``--nphotons-default``, else an error) and prints the :class:`~physscale.ScaleRecord`.
-Without PATH it runs on the example dataset shipped with physscale.
+``physscale derive [PATH...]`` streams ``.npy``/``.npz``/HDF5 files (paths,
+glob patterns, directories) through :class:`~physscale.IntensityAccumulator`
+instances merged exactly (bounded memory whatever the number and size of the
+files), resolves nphotons per file (``--nphotons`` > each file's metadata >
+``--nphotons-default``; files that disagree are an error), and prints the
+:class:`~physscale.ScaleRecord` with the spread of the per-pattern intensity
+and the frames the outlier rule flags; ``--plot`` draws them. Without PATH it
+runs on the example dataset shipped with physscale.
 
 ``physscale inspect PATH`` shows a record file, a bundle's record and manifest,
 or a dataset's arrays and metadata.
@@ -21,116 +24,58 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
+import os
 import sys
-import time
 import traceback
 import warnings
 import zipfile
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Literal, TextIO
 
-import numpy as np
 from pydantic import ValidationError
 
 from physscale import doctor
-from physscale._checks import check_layout, positive_finite, spatial_axes
-from physscale.accumulator import IntensityAccumulator
+from physscale._checks import positive_finite
+from physscale.diagnostics import OutlierRule
 from physscale.errors import (
     AmbiguousLayoutError,
     DataFileError,
-    MaskError,
+    FileListError,
     NphotonsError,
+    OptionError,
     PhysscaleError,
+    StateError,
     UnsafeFileError,
 )
 from physscale.io._atomic import atomic_write
 from physscale.io._files import ZIP_OPEN_ERRORS, describe, open_regular
-from physscale.io.metadata import read_metadata
-from physscale.io.readers import (
-    ArrayInfo,
-    example_dataset_path,
-    file_kind,
-    list_arrays,
-    pattern_source,
-    read_mask,
+from physscale.io._progress import PROGRESS_DELAY_S, DatasetProgress
+from physscale.io.dataset import (
+    DEFAULT_WORKERS,
+    DerivedFiles,
+    check_frames,
+    derive_plan,
+    expand_paths,
+    plan_files,
+    resolve_files,
 )
-from physscale.io.streaming import fold_patterns
-from physscale.nphotons import resolve_nphotons
-from physscale.record import ScaleRecord, derive_scale_record
+from physscale.io.metadata import read_metadata
+from physscale.io.readers import example_dataset_path, file_kind, list_arrays
+from physscale.record import ScaleRecord
 
-__all__ = ["build_parser", "main"]
+__all__ = ["PROGRESS_DELAY_S", "build_parser", "main"]
 
 PROG = "physscale"
 
-#: Seconds of work before the progress indicator appears (small inputs stay silent).
-PROGRESS_DELAY_S = 0.5
-_PROGRESS_INTERVAL_S = 0.1
 _MAX_RECORD_BYTES = 1 << 20
+#: Flagged frames the summary names (with their file); the rest are counted.
+_SUMMARY_FRAMES = 10
 
 
 class UsageError(Exception):
     """An invocation that needs another flag (exit status 2, like argparse's errors)."""
-
-
-# --------------------------------------------------------------------------- progress
-class Progress:
-    """A one-line progress indicator on a terminal stream (no dependency).
-
-    Draws nothing unless ``stream`` is a TTY and ``enabled``, and only once
-    ``delay`` seconds have passed, so quick runs and pipes stay clean.
-    """
-
-    def __init__(
-        self,
-        total: int,
-        *,
-        stream: TextIO,
-        enabled: bool = True,
-        delay: float = PROGRESS_DELAY_S,
-        label: str = "reading",
-    ) -> None:
-        self.total = max(total, 1)
-        self.done = 0
-        self.stream = stream
-        self.active = enabled and _isatty(stream)
-        self.delay = delay
-        self.label = label
-        self._start = time.monotonic()
-        self._last_draw = -1.0
-        self._drawn = False
-
-    def advance(self, n: int) -> None:
-        """Count ``n`` more units done and redraw if due."""
-        self.done += n
-        if not self.active:
-            return
-        now = time.monotonic()
-        if now - self._start < self.delay or now - self._last_draw < _PROGRESS_INTERVAL_S:
-            return
-        self._last_draw = now
-        frac = min(self.done / self.total, 1.0)
-        width = 30
-        bar = "#" * int(frac * width) + "-" * (width - int(frac * width))
-        self.stream.write(f"\r{PROG}: {self.label} [{bar}] {self.done}/{self.total} ({frac:6.1%})")
-        self.stream.flush()
-        self._drawn = True
-
-    def close(self) -> None:
-        """Erase the line, if one was drawn."""
-        if self._drawn:
-            self.stream.write("\r\033[K")
-            self.stream.flush()
-            self._drawn = False
-
-
-def _isatty(stream: TextIO) -> bool:
-    try:
-        return bool(stream.isatty())
-    except (AttributeError, ValueError):
-        return False
 
 
 # --------------------------------------------------------------------------- parser
@@ -150,6 +95,36 @@ def _positive_int(text: str) -> int:
         value = 0
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _frame_list(text: str) -> list[int]:
+    """``3,17,200-210`` (ranges inclusive) as a sorted list of distinct frame indices."""
+    frames: set[int] = set()
+    for part in text.split(","):
+        part = part.strip()
+        lo, dash, hi = part.partition("-")
+        try:
+            first = int(lo)
+            last = int(hi) if dash else first
+        except ValueError:
+            first = last = -1
+        if first < 0 or last < first or last - first > 10_000_000:
+            raise argparse.ArgumentTypeError(
+                f"expected frame indices such as 3,17,200-210 (ranges inclusive, indices "
+                f">= 0), got {part!r}"
+            )
+        frames.update(range(first, last + 1))
+    return sorted(frames)
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1), got {text!r}")
     return value
 
 
@@ -187,33 +162,50 @@ def build_parser() -> argparse.ArgumentParser:
 
     derive = sub.add_parser(
         "derive",
-        help="derive the intensity scale of a dataset",
-        description="Stream a dataset, resolve nphotons (--nphotons > the file's metadata > "
-        "--nphotons-default) and print the scale record. Without PATH, runs on the "
+        help="derive the intensity scale of a dataset (one file or many)",
+        description="Stream a dataset (files, glob patterns, directories), resolve nphotons "
+        "per file (--nphotons > the file's metadata > --nphotons-default; files that "
+        "disagree are an error), and print the scale record with the spread of the "
+        "per-pattern intensity and the frames the outlier rule flags. Nothing is excluded "
+        "unless asked (--exclude-outliers, --exclude-frames). Without PATH, runs on the "
         "example dataset shipped with physscale.",
+        epilog="A directory stands for its regular files named *.npy, *.npz, *.h5, *.hdf5, "
+        "*.nxs or *.cxi (any case; hidden files skipped), sorted by name; subdirectories "
+        "only with --recursive. A glob pattern (quoted or not) is expanded as the shell "
+        "does, sorted; one that matches nothing is a usage error. Files count in the order "
+        "given; frame indices count patterns through the files in that order. Exit "
+        "status: 0 success, 1 bad data or files, 2 usage errors.",
     )
     derive.add_argument(
-        "path",
-        nargs="?",
+        "paths",
+        nargs="*",
         metavar="PATH",
-        help=".npy, .npz or HDF5 file of normalized amplitudes (default: the shipped example)",
+        help=".npy, .npz or HDF5 files of normalized amplitudes, glob patterns or "
+        "directories (default: the shipped example)",
+    )
+    derive.add_argument(
+        "-r",
+        "--recursive",
+        action="store_true",
+        help="also read the data files of subdirectories (and let ** span directories)",
     )
     derive.add_argument(
         "--key",
         default="diffraction",
-        help="the .npz key or HDF5 dataset path of the patterns (default: diffraction)",
+        help="the .npz key or HDF5 dataset path of the patterns in every file "
+        "(default: diffraction)",
     )
     derive.add_argument(
         "--nphotons",
         type=_positive_number,
         metavar="N",
-        help="expected photons per pattern; overrides the file's metadata",
+        help="expected photons per pattern for every file; overrides the files' metadata",
     )
     derive.add_argument(
         "--nphotons-default",
         type=_positive_number,
         metavar="N",
-        help="nphotons to use when neither --nphotons nor the file's metadata gives one",
+        help="nphotons for files whose metadata gives none (when --nphotons is not given)",
     )
     derive.add_argument(
         "--layout",
@@ -242,10 +234,57 @@ def build_parser() -> argparse.ArgumentParser:
         "--json", action="store_true", help="print the record as JSON instead of a summary"
     )
     derive.add_argument(
+        "--plot",
+        type=Path,
+        metavar="FILE",
+        help="write the report figure (.png, .pdf or .svg): per-pattern totals against the "
+        "frame index with file boundaries, their histogram, the mean, the flagged frames "
+        'and the implied dose. Needs matplotlib: pip install "physscale[plot]"',
+    )
+    exclusion = derive.add_mutually_exclusive_group()
+    exclusion.add_argument(
+        "--exclude-outliers",
+        action="store_true",
+        help="derive without the frames the outlier rule flags (near zero, or far from the "
+        "median); the record states what was excluded and how far the scale moved",
+    )
+    exclusion.add_argument(
+        "--exclude-frames",
+        type=_frame_list,
+        metavar="LIST",
+        help="derive without these frames, e.g. 3,17,200-210 (ranges inclusive; frames "
+        "count patterns through the files in the order given)",
+    )
+    derive.add_argument(
+        "--outlier-threshold",
+        type=_positive_number,
+        metavar="K",
+        help="flag frames more than K robust standard deviations (1.4826 * MAD) from the "
+        "median (default 5)",
+    )
+    derive.add_argument(
+        "--near-zero",
+        type=_fraction,
+        metavar="F",
+        help="flag frames whose total is below F times the median (default 0.05)",
+    )
+    derive.add_argument(
+        "--no-diagnostics",
+        action="store_true",
+        help="do not keep per-pattern totals (no spread, no flags, no --plot or exclusion)",
+    )
+    derive.add_argument(
         "--chunk-patterns",
         type=_positive_int,
         metavar="K",
         help="first-axis entries read per chunk (default: about 16 MiB per chunk)",
+    )
+    derive.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=DEFAULT_WORKERS,
+        metavar="N",
+        help=f"files read at the same time (default {DEFAULT_WORKERS})",
     )
     _add_common(derive, top=False)
 
@@ -273,51 +312,115 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # --------------------------------------------------------------------------- derive
-def _load_mask(path: Path, info: ArrayInfo, spatial_dims: Sequence[int]) -> np.ndarray:
-    """The --mask array, its header checked first: never larger than one entry or pattern."""
-    axes = spatial_axes(len(info.shape), spatial_dims)
-    pattern = math.prod(info.shape[a] for a in axes)
-    return read_mask(path, f"--mask {path}", max(pattern, info.count // info.shape[0]))
-
-
-def _missing_nphotons(path: Path, metadata: Any, exc: NphotonsError) -> str:
-    """The one-line message when neither the flags nor the file give nphotons."""
-    if metadata is None:
-        why = "it has no metadata"
-    elif "was not given" in str(exc):
-        why = 'its metadata has no ["physics_parameters"]["nphotons"]'
-    else:  # a misplaced or misspelled key: the core's message says where it is
-        return f"{path}: {exc}; or pass --nphotons N"
-    return (
-        f"{path}: nphotons is not known: {why}. Pass --nphotons N (expected photons per "
-        f"pattern; overrides the file's metadata) or --nphotons-default N (used only when "
-        f"the metadata gives none)"
-    )
-
-
 def _fmt(value: float) -> str:
     return f"{value:.6g}"
 
 
-def _summary(record: ScaleRecord, key: str, layout: str | None) -> str:
+def _percent(ratio: float) -> str:
+    return f"{(ratio - 1.0) * 100:+.3g}%"
+
+
+_SOURCES_ONE = {
+    "explicit": "--nphotons",
+    "metadata": 'the file\'s metadata ["physics_parameters"]["nphotons"]',
+    "config": "the config",
+    "default": "--nphotons-default",
+}
+
+
+def _nphotons_line(record: ScaleRecord) -> list[str]:
+    sources = record.sources
+    n_files = 1 if sources is None else sources.n_files
+    line = f"  nphotons         {_fmt(record.nphotons)}    from "
+    if n_files == 1 or record.nphotons_source == "explicit":
+        lines = [line + _SOURCES_ONE[record.nphotons_source]]
+    elif record.nphotons_source == "metadata":
+        lines = [line + f"the metadata of all {n_files} files (they agree)"]
+    else:  # a default filled in for some files
+        without = sources.files_without_nphotons if sources is not None else 0
+        lines = [
+            line + f"--nphotons-default for {without} file(s), the metadata of the others "
+            f"(they agree)"
+        ]
+    meta = record.nphotons_candidates.get("metadata")
+    if record.nphotons_source == "explicit":
+        if n_files == 1 and meta is not None and meta != record.nphotons:
+            lines.append(f"                   (the file's metadata says {_fmt(meta)}; overridden)")
+        elif n_files > 1 and sources is not None and sources.metadata_nphotons:
+            said = ", ".join(
+                f"{_fmt(c.value)} ({c.files} file{'s' if c.files != 1 else ''})"
+                for c in sources.metadata_nphotons[:4]
+            )
+            more = " ..." if len(sources.metadata_nphotons) > 4 else ""
+            lines.append(f"                   (the files' metadata says {said}{more}; overridden)")
+    return lines
+
+
+def _stats_lines(derived: DerivedFiles, rule_flags: str) -> list[str]:
+    record = derived.record
+    stats = record.pattern_stats
+    if stats is None:
+        return []
+    q = stats.quantiles
+    lines = [
+        f"  per pattern      min {stats.minimum:.4g}  p01 {q['p01']:.4g}  median "
+        f"{stats.median:.4g}  p99 {q['p99']:.4g}  max {stats.maximum:.4g}  CV {stats.cv:.2%}",
+    ]
+    rule = stats.rule
+    if stats.flagged_count == 0:
+        lines.append("  flagged          none")
+    else:
+        lines.append(
+            f"  flagged          {stats.flagged_count} of {stats.n_patterns} frames: "
+            f"{stats.near_zero_count} near zero, {stats.far_count} far from the median"
+        )
+        shown = []
+        for frame in stats.flagged_frames[:_SUMMARY_FRAMES]:
+            name, local = derived.file_of(frame)
+            where = f"{os.path.basename(name)} #{local}: " if len(derived.files) > 1 else ""
+            shown.append(f"{frame} ({where}{derived.total_of(frame):.4g})")
+        more = stats.flagged_count - len(shown)
+        if more:
+            shown.append(f"and {more} more")
+        for i in range(0, len(shown), 3):
+            lines.append("                   " + ", ".join(shown[i : i + 3]))
+    lines.append(
+        f"                   (rule: below {rule.near_zero:.3g} x the median, or more than "
+        f"{rule.threshold:g} robust sd (1.4826 MAD) from it)"
+    )
+    excluded = record.excluded_frames
+    if excluded is not None:
+        how = "--exclude-outliers" if excluded.reason == "outliers" else "--exclude-frames"
+        lines.append(
+            f"  EXCLUDED         {excluded.count} frame(s) ({how}): the scale moved by "
+            f"x{excluded.scale_ratio:.6g} ({_percent(excluded.scale_ratio)}); "
+            f"{record.n_patterns} patterns count"
+        )
+    elif stats.flagged_count and stats.scale_ratio_without_flagged is not None:
+        ratio = stats.scale_ratio_without_flagged
+        lines.append(
+            f"                   without them s would move by x{ratio:.6g} "
+            f"({_percent(ratio)}); nothing was excluded ({rule_flags})"
+        )
+    return lines
+
+
+def _summary(derived: DerivedFiles, key: str, layout: str | None) -> str:
+    record = derived.record
     shape = " x ".join(str(n) for n in record.pattern_shape or ())
-    sources = {
-        "explicit": "--nphotons",
-        "metadata": 'the file\'s metadata ["physics_parameters"]["nphotons"]',
-        "config": "the config",
-        "default": "--nphotons-default",
-    }
     kind = "sum(x**2)" if record.domain == "amplitude" else "sum(x)"
+    n_files = len(derived.files)
+    before = (
+        record.n_patterns
+        if record.excluded_frames is None
+        else (record.excluded_frames.n_patterns_before)
+    )
+    in_files = f" in {n_files} files" if n_files > 1 else ""
     lines = [
         f"{PROG} derive: {record.data_source} (key {key!r})",
         f"  intensity scale  s = {_fmt(record.intensity_scale)}    (counts = (s * x)**2)",
-        f"  nphotons         {_fmt(record.nphotons)}    from {sources[record.nphotons_source]}",
-    ]
-    meta = record.nphotons_candidates.get("metadata")
-    if meta is not None and record.nphotons_source != "metadata" and meta != record.nphotons:
-        lines.append(f"                   (the file's metadata says {_fmt(meta)}; overridden)")
-    lines += [
-        f"  patterns         {record.n_patterns} of {shape} pixels "
+        *_nphotons_line(record),
+        f"  patterns         {before} of {shape} pixels{in_files} "
         f"({record.domain} domain, layout {layout or 'NCHW'}"
         f"{', masked' if record.masked else ''})",
     ]
@@ -333,76 +436,129 @@ def _summary(record: ScaleRecord, key: str, layout: str | None) -> str:
         f"(mean per-pattern {kind}, normalized units)",
         f"  implied dose     {_fmt(record.implied_nphotons or 0.0)} photons per pattern",
     ]
+    lines += _stats_lines(derived, "--exclude-outliers would")
     return "\n".join(lines)
 
 
-def _derive(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
-    path = Path(args.path) if args.path is not None else example_dataset_path()
-    # Checks file, key, header and every declared size before any work.
-    source = pattern_source(path, args.key)
-    info = source.info
-    try:
-        metadata = read_metadata(path)
-    except UnsafeFileError as exc:
-        if args.nphotons is None:
-            raise
-        # Nothing from the file ran; an explicit --nphotons makes the metadata moot.
-        metadata = None
-        if not args.quiet:
-            message = str(exc).replace("\n", " ")
-            stderr.write(
-                f"{PROG}: warning: {message} (metadata ignored; using --nphotons "
-                f"{_fmt(args.nphotons)})\n"
-            )
-    # Fail before reading the data when no nphotons can be had, or the layout is unclear.
-    if args.nphotons is None and args.nphotons_default is None:
+def _outlier_rule(args: argparse.Namespace) -> OutlierRule | None:
+    given = {}
+    if args.outlier_threshold is not None:
+        given["threshold"] = args.outlier_threshold
+    if args.near_zero is not None:
+        given["near_zero"] = args.near_zero
+    return OutlierRule(**given) if given else None
+
+
+def _check_options(args: argparse.Namespace) -> None:
+    """Flag combinations that cannot work, refused before anything is read."""
+    needs = [
+        flag
+        for flag, given in (
+            ("--plot", args.plot is not None),
+            ("--exclude-outliers", args.exclude_outliers),
+            ("--exclude-frames", args.exclude_frames is not None),
+        )
+        if given
+    ]
+    if args.no_diagnostics and needs:
+        raise UsageError(f"{needs[0]} needs the per-pattern totals; drop --no-diagnostics")
+    if args.plot is not None:
+        from physscale import report
+
         try:
-            resolve_nphotons(metadata)
-        except NphotonsError as exc:
-            raise UsageError(_missing_nphotons(path, metadata, exc)) from None
+            report.require_matplotlib()
+            report.plot_format(args.plot)
+        except (ImportError, OptionError) as exc:
+            raise UsageError(f"--plot {args.plot}: {exc}") from None
+
+
+def _derive(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
+    _check_options(args)
+    given: list[str | Path] = list(args.paths) or [example_dataset_path()]
     try:
-        check_layout(info.shape, args.layout is not None, str(path), cli=True)
-    except AmbiguousLayoutError as exc:
+        files = expand_paths(given, recursive=args.recursive)
+        # Checks every file, key, header, size, shape and metadata before any data.
+        plan = plan_files(
+            files,
+            key=args.key,
+            layout=args.layout,
+            domain=args.domain,
+            nphotons=args.nphotons,
+            nphotons_default=args.nphotons_default,
+            cli=True,
+        )
+        resolution = resolve_files(plan, cli=True)
+        exclude: Literal["outliers"] | list[int] | None = None
+        if args.exclude_outliers:
+            exclude = "outliers"
+        elif args.exclude_frames is not None:
+            exclude = check_frames(args.exclude_frames, sum(f.n_patterns for f in plan.files))
+    except (FileListError, AmbiguousLayoutError, NphotonsError) as exc:
+        # Fail before reading the data when a flag the data need is missing.
         raise UsageError(str(exc)) from None
-    acc = IntensityAccumulator(domain=args.domain, layout=args.layout)
-    mask = _load_mask(args.mask, info, acc.spatial_dims) if args.mask is not None else None
-    progress = Progress(info.shape[0], stream=stderr, enabled=not args.quiet)
+    except StateError as exc:
+        raise UsageError(f"--exclude-frames: {exc}") from None
+    if not args.quiet:
+        _warn_refused(plan.refused, args.nphotons, stderr)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        try:
-            fold_patterns(
-                acc,
-                source,
-                mask=mask,
+        with DatasetProgress(
+            len(plan.files), plan.nbytes, stream=stderr, enabled=not args.quiet
+        ) as progress:
+            derived = derive_plan(
+                plan,
+                resolution,
+                domain=args.domain,
+                mask=args.mask,
+                mask_name="--mask",
+                diagnostics=not args.no_diagnostics,
+                exclude=exclude,
+                outlier_rule=_outlier_rule(args),
                 chunk_patterns=args.chunk_patterns,
-                on_progress=progress.advance,
+                workers=args.workers,
+                progress=progress,
             )
-        except MaskError as exc:
-            raise MaskError(f"--mask {args.mask}: {exc}") from None
-        finally:
-            progress.close()
-        record = derive_scale_record(
-            acc,
-            nphotons=args.nphotons,
-            metadata=metadata,
-            default=args.nphotons_default,
-            data_source=str(path),
-        )
     if not args.quiet:
         for w in caught:
             stderr.write(f"{PROG}: warning: {_one_line(str(w.message))}\n")
+    record = derived.record
     text = record.model_dump_json(indent=2)
+    figure = None
+    if args.plot is not None:
+        from physscale import report
+
+        figure = report.render_report(derived, report.plot_format(args.plot))
+    # Atomically, as bundles are written: a failed write leaves the old files. Nothing
+    # is written unless every file was read and the record made.
     if args.out is not None:
-        # Atomically, as bundles are written: a failed write leaves the old record.
         with atomic_write(args.out) as fh:
             fh.write((text + "\n").encode("utf-8"))
+    if figure is not None:
+        with atomic_write(args.plot) as fh:
+            fh.write(figure)
     if args.json:
         stdout.write(text + "\n")
     else:
-        stdout.write(_summary(record, args.key, args.layout) + "\n")
+        stdout.write(_summary(derived, args.key, args.layout) + "\n")
         if args.out is not None:
             stdout.write(f"  record written to {args.out}\n")
+        if args.plot is not None:
+            stdout.write(f"  report figure written to {args.plot}\n")
     return 0
+
+
+def _warn_refused(refused: Sequence[Any], nphotons: float | None, stderr: TextIO) -> None:
+    """One line per file whose unsafe metadata was ignored (a few, then a count)."""
+    for f in refused[:5]:
+        stderr.write(
+            f"{PROG}: warning: {f.refused} (metadata ignored; using --nphotons "
+            f"{_fmt(nphotons or 0.0)})\n"
+        )
+    if len(refused) > 5:
+        stderr.write(
+            f"{PROG}: warning: the metadata of {len(refused) - 5} more file(s) was refused "
+            f"the same way (ignored)\n"
+        )
 
 
 # --------------------------------------------------------------------------- inspect
@@ -606,7 +762,8 @@ def _run(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
         # (Its OSError member is already taken by the clause above.)
         if args.debug:
             traceback.print_exc(file=stderr)
-        where = args.path if args.path is not None else "the example dataset"
+        named = getattr(args, "path", None) or ", ".join(map(str, getattr(args, "paths", [])))
+        where = named or "the example dataset"
         message = describe(exc)
         stderr.write(f"{PROG}: error: {where}: corrupt or truncated archive ({message})\n")
         return 1

@@ -143,7 +143,12 @@ def flag_outliers(
     rule = rule or OutlierRule()
     t = _as_totals(totals)
     median = _median(t)
-    robust = _robust_std(t, median, rule)
+    return _flags(t, median, _robust_std(t, median, rule), rule)
+
+
+def _flags(
+    t: torch.Tensor, median: float, robust: float, rule: OutlierRule
+) -> tuple[torch.Tensor, torch.Tensor]:
     near_zero = t < rule.near_zero * median
     far = (t - median).abs() > rule.threshold * robust
     return near_zero, far
@@ -175,19 +180,28 @@ def pattern_stats(
     rule = rule or OutlierRule()
     t = _as_totals(totals)
     n = t.numel()
+    # One median, one MAD, one exact pass over the totals: this runs after every
+    # derive with diagnostics, on up to millions of totals.
     median = _median(t)
-    near_zero, far = flag_outliers(t, rule)
+    robust = _robust_std(t, median, rule)
+    near_zero, far = _flags(t, median, robust, rule)
     flagged = near_zero | far
     indices = flagged.nonzero().reshape(-1)
-    total = math.fsum(t.tolist())
-    mean = total / n
     kept = n - int(indices.numel())
+    # Each sum correctly rounded (math.fsum); the total is their float64 sum.
+    rest_total = math.fsum(t[~flagged].tolist()) if indices.numel() else math.fsum(t.tolist())
+    flagged_total = math.fsum(t[indices].tolist())
+    total = rest_total + flagged_total
+    mean = total / n
     ratio: float | None = None
     if kept:
-        rest = math.fsum(t[~flagged].tolist()) / kept
+        rest = rest_total / kept
         ratio = math.sqrt(mean / rest) if rest > 0 else None
-    std = math.sqrt(math.fsum(((t - mean) ** 2).tolist()) / n)
-    qs = np.quantile(t.numpy(), [q / 100 for q in QUANTILES])
+    values = t.numpy()
+    deviation = values - mean
+    # numpy's pairwise float64 sum: a relative error of a few ulps, plenty for a spread.
+    std = math.sqrt(float(np.sum(deviation * deviation)) / n)
+    qs = np.quantile(values, [q / 100 for q in QUANTILES])
     return PatternStats(
         n_patterns=n,
         minimum=float(t.min()),
@@ -197,7 +211,7 @@ def pattern_stats(
         quantiles={f"p{q:02d}": float(v) for q, v in zip(QUANTILES, qs, strict=True)},
         std=std,
         cv=std / mean if mean > 0 else 0.0,
-        robust_std=_robust_std(t, median, rule),
+        robust_std=robust,
         rule=rule,
         near_zero_count=int(near_zero.sum()),
         far_count=int(far.sum()),

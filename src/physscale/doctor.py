@@ -52,8 +52,8 @@ BUILD_RECORD = LIBRARY.with_name("_native_build.json")
 OPTIONAL = {
     "h5py": "HDF5 files (extra: hdf5)",
     "lightning": "physscale.lightning (extra: lightning)",
-    "matplotlib": "plots",
-    "tqdm": "progress bars",
+    "matplotlib": "the report figure of physscale derive --plot (extra: plot)",
+    "tqdm": "progress bars of physscale derive (a dependency since 0.2)",
     "tensorflow": "the TensorFlow parity tests (extra: parity)",
 }
 

@@ -14,6 +14,7 @@ __all__ = [
     "DataFileError",
     "DtypeError",
     "EmptyInputError",
+    "FileListError",
     "IntegrityError",
     "MaskError",
     "MaskWarning",
@@ -108,6 +109,14 @@ class StateError(PhysscaleError, ValueError):
 
 class DataFileError(PhysscaleError, ValueError):
     """A data, record or bundle file that is missing, truncated or malformed."""
+
+
+class FileListError(PhysscaleError, ValueError):
+    """Paths, globs or directories that name no data file, or name one file twice.
+
+    A mistake in the list of files, not in a file: ``physscale derive``
+    treats it as a usage error (exit status 2).
+    """
 
 
 class UnsafeFileError(DataFileError):

@@ -22,7 +22,7 @@ from physscale._version import __version__
 from physscale.accumulator import IntensityAccumulator
 from physscale.diagnostics import MAX_LISTED_FRAMES, ExcludedFrames, OutlierRule, PatternStats
 from physscale.errors import RecordError
-from physscale.nphotons import NphotonsSource, resolve_nphotons
+from physscale.nphotons import NphotonsResolution, NphotonsSource, resolve_nphotons
 from physscale.scale import (
     accumulate,
     closed_form_intensity_scale,
@@ -31,12 +31,17 @@ from physscale.scale import (
 )
 
 __all__ = [
+    "MAX_LISTED_FILES",
     "READABLE_SCHEMA_VERSIONS",
     "SCHEMA_VERSION",
+    "DataSources",
+    "NphotonsCount",
     "ScaleMethod",
     "ScaleRecord",
+    "SourceFile",
     "closed_form_scale_record",
     "derive_scale_record",
+    "record_from_accumulator",
 ]
 
 #: The record schema this physscale writes.
@@ -57,6 +62,101 @@ MAX_PATTERNS = 2**63 - 1
 
 
 UTC = timezone.utc  # datetime.UTC is Python 3.11+; physscale supports 3.10
+
+#: At most this many files (and distinct metadata nphotons values) are listed in
+#: :class:`DataSources`; the counts and the hash always cover every file, so a
+#: record stays small (a few tens of kB) whatever the number of files.
+MAX_LISTED_FILES = 100
+
+
+class SourceFile(BaseModel):
+    """One data file a scale was derived from.
+
+    Attributes:
+        path: the file, as it was given (after expanding globs and directories).
+        n_patterns: the patterns it holds.
+        first_frame: the index of its first pattern in the frame numbering of
+            the record (files in the order given, patterns in storage order),
+            as ``pattern_stats.flagged_frames`` and ``excluded_frames`` count.
+        nphotons: what its metadata (``["physics_parameters"]["nphotons"]``)
+            said; None when it said nothing (or its metadata was refused).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    path: str
+    n_patterns: Annotated[int, Field(ge=1, le=MAX_PATTERNS)]
+    first_frame: Annotated[int, Field(ge=0, le=MAX_PATTERNS)]
+    nphotons: PositiveFinite | None = None
+
+
+class NphotonsCount(BaseModel):
+    """One nphotons value that files' metadata gave, and how many files gave it."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    value: PositiveFinite
+    files: Annotated[int, Field(ge=1)]
+
+
+class DataSources(BaseModel):
+    """The files a scale was derived from, bounded whatever their number.
+
+    Attributes:
+        n_files: how many files (every one is counted and hashed).
+        key: the ``.npz`` key or HDF5 dataset path read in each file.
+        paths_sha256: SHA-256 of the sorted paths, one per line, UTF-8:
+            ``hashlib.sha256("\\n".join(sorted(paths)).encode()).hexdigest()``;
+            it identifies the set of files even when they are not all listed.
+        files: the first :data:`MAX_LISTED_FILES` files, in the order given.
+        files_truncated: whether ``files`` lists fewer than ``n_files``.
+        metadata_nphotons: the distinct nphotons values the files' metadata
+            gave, with how many files gave each (at most
+            :data:`MAX_LISTED_FILES` values, the most common first).
+        metadata_nphotons_truncated: whether that list was cut.
+        files_without_nphotons: files whose metadata gave no nphotons.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    n_files: Annotated[int, Field(ge=1)]
+    key: str
+    paths_sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+    files: list[SourceFile] = Field(max_length=MAX_LISTED_FILES)
+    files_truncated: bool
+    metadata_nphotons: list[NphotonsCount] = Field(max_length=MAX_LISTED_FILES)
+    metadata_nphotons_truncated: bool
+    files_without_nphotons: Annotated[int, Field(ge=0)]
+
+    @model_validator(mode="after")
+    def _consistent(self) -> DataSources:
+        if len(self.files) > self.n_files or self.files_truncated != (
+            len(self.files) < self.n_files
+        ):
+            raise ValueError(
+                f"sources lists {len(self.files)} of {self.n_files} files but "
+                f"files_truncated is {self.files_truncated}"
+            )
+        frame = 0
+        for f in self.files:
+            if f.first_frame != frame:
+                raise ValueError(
+                    f"sources: {f.path} starts at frame {f.first_frame}, expected {frame} "
+                    f"(the patterns of the files before it)"
+                )
+            frame += f.n_patterns
+        listed = sum(c.files for c in self.metadata_nphotons) + self.files_without_nphotons
+        cut = self.metadata_nphotons_truncated
+        if listed > self.n_files or (not cut and listed != self.n_files):
+            raise ValueError(
+                f"sources: the nphotons counts cover {listed} files, not the {self.n_files} given"
+            )
+        return self
+
+    @property
+    def n_patterns_listed(self) -> int:
+        """The patterns of the listed files."""
+        return sum(f.n_patterns for f in self.files)
 
 
 def _utc_now() -> datetime:
@@ -99,6 +199,9 @@ class ScaleRecord(BaseModel):
             were kept.
         excluded_frames: the frames the scale was derived *without*, and why;
             None when every pattern counts (the TF-parity case).
+        sources: the data files the scale was derived from, with what each
+            file's metadata said about nphotons (bounded; see
+            :class:`DataSources`); set by :func:`physscale.io.derive_files`.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -136,6 +239,7 @@ class ScaleRecord(BaseModel):
     data_source: str | None = None
     pattern_stats: PatternStats | None = None
     excluded_frames: ExcludedFrames | None = None
+    sources: DataSources | None = None
 
     @field_validator("created_utc")
     @classmethod
@@ -219,6 +323,14 @@ class ScaleRecord(BaseModel):
             if stats.n_patterns != seen:
                 raise ValueError(
                     f"pattern_stats covers {stats.n_patterns} patterns but the data had {seen!r}"
+                )
+        sources = self.sources
+        if sources is not None and not sources.files_truncated:
+            seen = self.n_patterns if excluded is None else excluded.n_patterns_before
+            if sources.n_patterns_listed != seen:
+                raise ValueError(
+                    f"sources lists files of {sources.n_patterns_listed} patterns but the data "
+                    f"had {seen!r}"
                 )
         fractions = (self.masked_pixel_fraction, self.masked_intensity_fraction)
         if not self.masked and any(f is not None for f in fractions):
@@ -311,6 +423,40 @@ def derive_scale_record(
     else:
         keep = diagnostics or exclude is not None
         acc = accumulate(x_or_accumulator, spatial_dims, layout, domain, mask, keep)
+    return record_from_accumulator(
+        acc,
+        resolution,
+        data_source=data_source,
+        exclude=exclude,
+        outlier_rule=outlier_rule,
+    )
+
+
+def record_from_accumulator(
+    acc: IntensityAccumulator,
+    resolution: NphotonsResolution,
+    *,
+    data_source: str | None = None,
+    exclude: Literal["outliers"] | Sequence[int] | None = None,
+    outlier_rule: OutlierRule | None = None,
+    sources: DataSources | None = None,
+) -> ScaleRecord:
+    """The derived record of an accumulator's data, for an nphotons already resolved.
+
+    What :func:`derive_scale_record` does after resolving nphotons (and
+    :func:`physscale.io.derive_files` after resolving it per file).
+
+    Args:
+        acc: the accumulator that has seen the data.
+        resolution: nphotons, its source and the candidates on offer.
+        data_source: free text recorded with the scale (a path, a name).
+        exclude: as for :func:`derive_scale_record`.
+        outlier_rule: as for :func:`derive_scale_record`.
+        sources: the data files, for the record's ``sources``.
+
+    Raises:
+        PhysscaleError: no patterns, zero intensity, bad frame indices.
+    """
     stats = acc.pattern_stats(outlier_rule) if acc.keep_pattern_totals else None
     excluded = None
     if exclude is not None:
@@ -333,6 +479,7 @@ def derive_scale_record(
         data_source=data_source,
         pattern_stats=stats,
         excluded_frames=excluded,
+        sources=sources,
     )
 
 

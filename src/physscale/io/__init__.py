@@ -6,6 +6,7 @@ Nothing here executes code from a file: no unrestricted pickle, and
 
 from physscale.io.bundle import Bundle, load_bundle, save_bundle
 from physscale.io.checkpoint import record_from_checkpoint, record_to_checkpoint
+from physscale.io.dataset import DATA_SUFFIXES, derive_files, expand_paths
 from physscale.io.metadata import read_metadata, write_metadata
 from physscale.io.readers import (
     ArrayInfo,
@@ -16,10 +17,13 @@ from physscale.io.readers import (
 )
 
 __all__ = [
+    "DATA_SUFFIXES",
     "ArrayInfo",
     "Bundle",
     "array_info",
+    "derive_files",
     "example_dataset_path",
+    "expand_paths",
     "iter_patterns",
     "list_arrays",
     "load_bundle",

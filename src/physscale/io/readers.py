@@ -639,6 +639,7 @@ class PatternSource:
         max_bytes: int = CHUNK_BYTES,
         *,
         reuse: bool = False,
+        scratch: np.ndarray | None = None,
     ) -> Iterator[tuple[Index, np.ndarray]]:
         """The stored array in pieces of at most ``max_bytes``, each with its index.
 
@@ -651,6 +652,10 @@ class PatternSource:
                 piece is valid only until the next one is asked for (no
                 allocation per piece: for consumers that fold each piece
                 in at once).
+            scratch: with ``reuse``, the memory to read into: a C-contiguous
+                uint8 array of at least ``max_bytes`` bytes, kept by the
+                caller across files (no page faults on fresh memory per file).
+                Default: a buffer allocated for this call.
 
         Yields:
             ``(index, piece)`` with ``piece`` equal to ``stored[index]``
@@ -663,8 +668,19 @@ class PatternSource:
         step = _chunk_len(self.info, chunk_patterns)
         buffer = None
         if reuse and self.kind != "hdf5":
-            limit = max(1, max_bytes // self.info.dtype.itemsize)
-            buffer = np.empty(min(limit, self.info.count), dtype=self.info.dtype)
+            itemsize = self.info.dtype.itemsize
+            limit = min(max(1, max_bytes // itemsize), self.info.count)
+            usable = (
+                scratch is not None
+                and scratch.dtype == np.uint8
+                and scratch.flags.c_contiguous
+                and scratch.size >= limit * itemsize
+                and scratch.ctypes.data % itemsize == 0
+            )
+            if scratch is not None and usable:
+                buffer = scratch[: limit * itemsize].view(self.info.dtype)
+            else:
+                buffer = np.empty(limit, dtype=self.info.dtype)
         if self.kind == "npy":
             yield from self._npy_pieces(step, max_bytes, buffer)
         elif self.kind == "npz":

@@ -42,6 +42,8 @@ def fold_patterns(
     chunk_patterns: int | None = None,
     max_bytes: int = CHUNK_BYTES,
     on_progress: Callable[[int], None] | None = None,
+    name: str | None = None,
+    scratch: np.ndarray | None = None,
 ) -> IntensityAccumulator:
     """Stream every pattern of ``source`` into ``acc``; returns ``acc``.
 
@@ -57,11 +59,17 @@ def fold_patterns(
         on_progress: called with the number of first-axis entries each
             step completes (for a progress bar; approximate for
             column-major files, which are read across all entries at once).
+        name: how error messages call the data (default: the source's
+            ``where``, e.g. ``scan.npz:diffraction``).
+        scratch: memory to read the pieces into (uint8, at least
+            ``max_bytes``), kept by the caller across files; see
+            :meth:`~physscale.io.readers.PatternSource.pieces`.
 
     Peak memory is about one piece (plus the accumulator's fixed buffers),
     whatever the size of the file or of one pattern.
     """
     info = source.info
+    where = source.where if name is None else name
     n = info.shape[0]
     per_row = info.count // n
     done = [0, 0]  # elements read, entries reported
@@ -74,19 +82,19 @@ def fold_patterns(
         done[1] = rows
 
     # One reused buffer: each piece is folded in before the next is read.
-    pieces = source.pieces(chunk_patterns, max_bytes, reuse=True)
+    pieces = source.pieces(chunk_patterns, max_bytes, reuse=True, scratch=scratch)
     first_spatial = min(spatial_axes(len(info.shape), acc.spatial_dims))
     if first_spatial == 0 or info.fortran_order:
-        acc.update_fragments(info.shape, _reporting(pieces, report), mask)
+        acc.update_fragments(info.shape, _reporting(pieces, report), mask, name=where)
         return acc
     row_shape = (1, *info.shape[1:])
     for index, piece in pieces:
         if len(index) == 1:  # whole entries
-            acc.update(piece, mask=mask)
+            acc.update_named(piece, mask, where)
             report(piece)
         else:  # the first piece of one entry: fold the entry piece by piece
             row = _row_fragments(index, piece, pieces, info.shape)
-            acc.update_fragments(row_shape, _reporting(row, report), mask)
+            acc.update_fragments(row_shape, _reporting(row, report), mask, name=where)
     return acc
 
 

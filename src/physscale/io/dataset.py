@@ -1,0 +1,773 @@
+"""Many files, one scale: :func:`derive_files` over a whole beamline dataset.
+
+A dataset is seldom one file. :func:`derive_files` takes paths, glob
+patterns and directories (see :func:`expand_paths` for which files count),
+checks every file before reading any data (header, dtype, rank, pattern
+shape, the layout guard, nphotons from its metadata), then streams each file
+through its own :class:`~physscale.IntensityAccumulator` and merges them
+with the accumulator's exact merge. The scale is the scale of all the
+patterns together, to the last bit whatever the order of the files; the
+frame numbering (per-pattern totals, flagged and excluded frames) follows
+the files in the order given.
+
+Memory is bounded whatever the number and size of the files: one piece of at
+most 16 MiB per file being read (at most ``workers`` files at a time), 8
+bytes per pattern for the per-pattern totals, and a few hundred bytes per
+file for its name and counts. At most ``workers`` data files are open at
+once.
+"""
+
+from __future__ import annotations
+
+import bisect
+import collections
+import concurrent.futures
+import hashlib
+import itertools
+import math
+import os
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from physscale import _native
+from physscale._checks import DEFAULT_SPATIAL_DIMS, check_layout, positive_finite, spatial_axes
+from physscale._intensity_sum import Domain
+from physscale.accumulator import IntensityAccumulator
+from physscale.diagnostics import OutlierRule
+from physscale.errors import (
+    DataFileError,
+    FileListError,
+    MaskError,
+    NphotonsError,
+    PhysscaleError,
+    StateError,
+    UnsafeFileError,
+)
+from physscale.io._files import describe
+from physscale.io._progress import DatasetProgress
+from physscale.io.metadata import read_metadata
+from physscale.io.readers import CHUNK_BYTES, PatternSource, pattern_source, read_mask
+from physscale.io.streaming import fold_patterns
+from physscale.nphotons import DISAGREEMENT_RTOL, NphotonsResolution, NphotonsSource
+from physscale.nphotons import resolve_nphotons as _resolve
+from physscale.record import (
+    MAX_LISTED_FILES,
+    DataSources,
+    NphotonsCount,
+    ScaleRecord,
+    SourceFile,
+    record_from_accumulator,
+)
+
+__all__ = ["DATA_SUFFIXES", "DEFAULT_WORKERS", "derive_files", "expand_paths"]
+
+#: File name endings (any case) that count as data files in a directory.
+DATA_SUFFIXES = (".npy", ".npz", ".h5", ".hdf5", ".nxs", ".cxi")
+
+#: Files read at the same time by default: reading one file overlaps summing
+#: another. Measured with benchmarks/bench_files.py on a 2-core machine, data in
+#: the page cache: 2 workers 1.3 to 1.6x the time of np.load-ing the same files,
+#: 1 worker 1.6 to 1.9x, 3 or 4 no better than 2 (see docs/performance.md).
+DEFAULT_WORKERS = 2
+
+_GLOB_CHARS = frozenset("*?[")
+# How many files an error message names before it says "and N more".
+_NAMED_IN_ERRORS = 5
+
+
+# --------------------------------------------------------------------------- paths
+def _display(path: Path | str) -> str:
+    """A path as text that JSON can hold (undecodable bytes shown as escapes)."""
+    text = os.fspath(path)
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def _directory_files(directory: Path, recursive: bool) -> list[Path]:
+    """The data files of ``directory`` (see :func:`expand_paths`), sorted."""
+    found: list[tuple[tuple[str, ...], Path]] = []
+
+    def walk(folder: Path, parts: tuple[str, ...]) -> None:
+        try:
+            with os.scandir(folder) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as exc:
+            raise DataFileError(
+                f"{_display(folder)}: cannot list the directory ({describe(exc)})"
+            ) from None
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue  # hidden files, and physscale's own temporary files
+            try:
+                if entry.is_file() and entry.name.lower().endswith(DATA_SUFFIXES):
+                    found.append(((*parts, entry.name), Path(entry.path)))
+                elif recursive and entry.is_dir(follow_symlinks=False):
+                    walk(Path(entry.path), (*parts, entry.name))
+            except OSError:  # a dangling link or an entry gone meanwhile: not a data file
+                continue
+
+    walk(directory, ())
+    return [path for _, path in sorted(found, key=lambda item: item[0])]
+
+
+def expand_paths(
+    paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]],
+    *,
+    recursive: bool = False,
+) -> list[Path]:
+    """The data files named by paths, glob patterns and directories, in order.
+
+    The rule, for each entry in the order given:
+
+    - an existing **directory** stands for its data files: regular files (or
+      links to them) whose names end in ``.npy``, ``.npz``, ``.h5``,
+      ``.hdf5``, ``.nxs`` or ``.cxi`` (any case), hidden files (names
+      starting with ``.``) skipped, sorted by name; subdirectories only with
+      ``recursive=True`` (then sorted by their path, hidden ones skipped);
+    - an entry holding ``*``, ``?`` or ``[`` that is not an existing path is a
+      **glob pattern** (``**`` spans directories with ``recursive=True``),
+      expanded as a shell would (hidden files only when the pattern names
+      them), sorted; each match then counts as if it had been given: a file
+      as it is, a directory by the rule above;
+    - anything else is a **file**, used as given (whatever its name: files
+      are recognized by content). A missing file is reported when it is read.
+
+    Args:
+        paths: one path or pattern, or several.
+        recursive: also take the data files of subdirectories, and let
+            ``**`` in a pattern span directories.
+
+    Returns:
+        The files, each once.
+
+    Raises:
+        FileListError: a pattern that matches nothing, a directory with no
+            data file, no paths at all, or a file named twice (by two
+            entries, or through a link).
+        DataFileError: a directory that cannot be listed.
+    """
+    import glob
+
+    entries = [paths] if isinstance(paths, str | os.PathLike) else list(paths)
+    if not entries:
+        raise FileListError("no data files were given: pass at least one path")
+    out: list[Path] = []
+    seen: dict[tuple[int, int] | str, str] = {}
+
+    def add(path: Path, given: str) -> None:
+        try:
+            st = path.stat()
+            ident: tuple[int, int] | str = (st.st_dev, st.st_ino)
+        except OSError:  # missing: the reader says so, naming it
+            ident = os.path.abspath(path)
+        if ident in seen:
+            first = seen[ident]
+            how = "" if first == given else f" (as {first!r} and as {given!r})"
+            raise FileListError(
+                f"{_display(path)} is given twice{how}; each file may count only once"
+            )
+        seen[ident] = given
+        out.append(path)
+
+    for entry in entries:
+        text = os.fspath(entry)
+        path = Path(text)
+        if path.is_dir():
+            files = _directory_files(path, recursive)
+            if not files:
+                where = "or its subdirectories " if recursive else ""
+                hint = "" if recursive else " (subdirectories are read only with --recursive)"
+                raise FileListError(
+                    f"{_display(path)}: the directory {where}holds no data files: none named "
+                    f"*{', *'.join(DATA_SUFFIXES)} (hidden files are skipped){hint}"
+                )
+            for f in files:
+                add(f, text)
+        elif not os.path.lexists(path) and _GLOB_CHARS.intersection(text):
+            matches = sorted(glob.glob(text, recursive=recursive))
+            if not matches:
+                raise FileListError(f"{text!r} matches no file")
+            for match in matches:
+                m = Path(match)
+                if m.is_dir():
+                    files = _directory_files(m, recursive)
+                    if not files:
+                        raise FileListError(
+                            f"{_display(m)} (matched by {text!r}): the directory holds no "
+                            f"data files named *{', *'.join(DATA_SUFFIXES)}"
+                        )
+                    for f in files:
+                        add(f, match)
+                else:
+                    add(m, text)
+        else:
+            add(path, text)
+    return out
+
+
+# --------------------------------------------------------------------------- the plan
+@dataclass(frozen=True)
+class _File:
+    """One checked data file: its source, its patterns, what its metadata said."""
+
+    source: PatternSource
+    n_patterns: int
+    metadata_nphotons: float | None
+    has_metadata: bool
+    resolution: NphotonsResolution | None  # None: nphotons is not known for this file
+    refused: str | None  # why its metadata was ignored (unsafe, with explicit nphotons)
+
+    @property
+    def name(self) -> str:
+        return _display(self.source.path)
+
+
+@dataclass
+class _Plan:
+    """Every file checked, before any data is read."""
+
+    files: list[_File]
+    spatial_dims: tuple[int, ...]
+    axes_explicit: bool
+    pattern_shape: tuple[int, ...]
+    max_entry: int  # the most elements of one first-axis entry, over the files
+    nbytes: int
+    key: str
+
+    @property
+    def refused(self) -> list[_File]:
+        return [f for f in self.files if f.refused is not None]
+
+
+def _named(files: Sequence[str]) -> str:
+    shown = ", ".join(files[:_NAMED_IN_ERRORS])
+    more = len(files) - _NAMED_IN_ERRORS
+    return shown if more <= 0 else f"{shown} and {more} more"
+
+
+def _flags(cli: bool) -> tuple[str, str]:
+    return ("--nphotons N", "--nphotons-default N") if cli else ("nphotons=", "nphotons_default=")
+
+
+def plan_files(
+    paths: Sequence[Path],
+    *,
+    key: str = "diffraction",
+    spatial_dims: Sequence[int] = DEFAULT_SPATIAL_DIMS,
+    layout: str | None = None,
+    domain: Domain = "amplitude",
+    nphotons: Any = None,
+    nphotons_default: Any = None,
+    cli: bool = False,
+) -> _Plan:
+    """Check every file (header, dtype, rank, pattern shape, layout, metadata) in order.
+
+    Reads headers and metadata only, one file open at a time. nphotons is
+    resolved per file (``nphotons`` > its metadata > ``nphotons_default``)
+    but not yet compared across files (:func:`resolve_files` does that).
+
+    Raises:
+        DataFileError, UnsafeFileError: a bad file (named), or patterns of
+            another shape than the first file's.
+        AmbiguousLayoutError: channels-last-looking data with defaulted axes.
+        NphotonsError: an invalid nphotons anywhere (named).
+    """
+    explicit = None if nphotons is None else positive_finite(nphotons, "explicit nphotons")
+    default = (
+        None if nphotons_default is None else positive_finite(nphotons_default, "default nphotons")
+    )
+    template = IntensityAccumulator(spatial_dims, domain, layout=layout)
+    files: list[_File] = []
+    first: _File | None = None
+    shape: tuple[int, ...] = ()
+    max_entry = nbytes = 0
+    for path in paths:
+        source = pattern_source(path, key)
+        info = source.info
+        check_layout(info.shape, template.axes_explicit, source.where, cli=cli)
+        axes = spatial_axes(len(info.shape), template.spatial_dims)
+        pattern = tuple(info.shape[a] for a in axes)
+        if first is not None and pattern != shape:
+            raise DataFileError(
+                f"{source.where}: patterns of {' x '.join(map(str, pattern))} pixels (shape "
+                f"{info.shape}), but {first.source.where} has patterns of "
+                f"{' x '.join(map(str, shape))}; one scale is derived from patterns of one "
+                f"shape (derive each shape on its own)"
+            )
+        metadata, refused = None, None
+        try:
+            metadata = read_metadata(path)
+        except UnsafeFileError as exc:
+            if explicit is None:
+                raise
+            refused = " ".join(str(exc).split())
+        meta_value, resolution = _file_nphotons(source, metadata, explicit, default, cli)
+        entry = _File(
+            source=source,
+            n_patterns=info.count // math.prod(pattern),
+            metadata_nphotons=meta_value,
+            has_metadata=metadata is not None,
+            resolution=resolution,
+            refused=refused,
+        )
+        if first is None:
+            first, shape = entry, pattern
+        files.append(entry)
+        max_entry = max(max_entry, info.count // info.shape[0])
+        nbytes += info.nbytes
+    return _Plan(
+        files=files,
+        spatial_dims=template.spatial_dims,
+        axes_explicit=template.axes_explicit,
+        pattern_shape=shape,
+        max_entry=max_entry,
+        nbytes=nbytes,
+        key=key,
+    )
+
+
+def _file_nphotons(
+    source: PatternSource,
+    metadata: Any,
+    explicit: float | None,
+    default: float | None,
+    cli: bool,
+) -> tuple[float | None, NphotonsResolution | None]:
+    """What a file's metadata says about nphotons, and the value resolved for it."""
+    try:
+        resolution = _resolve(metadata, explicit=explicit, default=default)
+    except NphotonsError as exc:
+        if "was not given" in str(exc):
+            return None, None  # nothing anywhere: resolve_files names every such file
+        flag = _flags(cli)[0]
+        raise NphotonsError(f"{source.path}: {exc}; or pass {flag}") from None
+    return resolution.candidates.get("metadata"), resolution
+
+
+# --------------------------------------------------------------------------- nphotons
+def resolve_files(plan: _Plan, *, cli: bool = False) -> NphotonsResolution:
+    """The one nphotons of every file, its source, and the candidates offered.
+
+    Raises:
+        NphotonsError: files with no nphotons anywhere, or files whose values
+            disagree (each named, with what it said), unless an explicit
+            value was given.
+    """
+    explicit_flag, default_flag = _flags(cli)
+    missing = [f for f in plan.files if f.resolution is None]
+    if missing:
+        hint = (
+            f"Pass {explicit_flag} (expected photons per pattern; overrides the file's "
+            f"metadata) or {default_flag} (used only when the metadata gives none)"
+        )
+        if len(plan.files) == 1:
+            why = (
+                'its metadata has no ["physics_parameters"]["nphotons"]'
+                if missing[0].has_metadata
+                else "it has no metadata"
+            )
+            raise NphotonsError(f"{missing[0].name}: nphotons is not known: {why}. {hint}")
+        raise NphotonsError(
+            f"nphotons is not known for {len(missing)} of the {len(plan.files)} files "
+            f"({_named([f.name for f in missing])}): they have no metadata, or none with "
+            f'["physics_parameters"]["nphotons"]. {hint}'
+        )
+    resolved = [f.resolution for f in plan.files if f.resolution is not None]
+    groups = _groups([(r.value, f.name) for r, f in zip(resolved, plan.files, strict=True)])
+    if len(groups) > 1:
+        said = "; ".join(
+            f"{_named(names)} {'say' if len(names) > 1 else 'says'} {value:.6g}"
+            for value, names in groups[:_NAMED_IN_ERRORS]
+        )
+        more = "" if len(groups) <= _NAMED_IN_ERRORS else f"; and {len(groups) - 5} more values"
+        raise NphotonsError(
+            f"the files disagree on nphotons: {said}{more}. Derive them separately, or pass "
+            f"{explicit_flag} to use one value for every file"
+        )
+    value = groups[0][0]
+    sources = {r.source for r in resolved}
+    # The weakest source any file used: a default that filled in for one file is said.
+    order: tuple[NphotonsSource, ...] = ("default", "config", "metadata", "explicit")
+    source = next(s for s in order if s in sources)
+    candidates: dict[NphotonsSource, float] = {}
+    if "explicit" in sources:
+        candidates["explicit"] = value
+    meta = _groups([(f.metadata_nphotons, f.name) for f in plan.files
+                    if f.metadata_nphotons is not None])  # fmt: skip
+    if len(meta) == 1:  # every file that said something said the same
+        candidates["metadata"] = meta[0][0]
+    if "default" in sources:
+        candidates["default"] = value
+    return NphotonsResolution(value=value, source=source, candidates=candidates)
+
+
+def _groups(values: Sequence[tuple[float, str]]) -> list[tuple[float, list[str]]]:
+    """Values equal to within the disagreement tolerance, grouped; the most common first."""
+    groups: list[tuple[float, list[str]]] = []
+    for value, name in values:
+        for v, names in groups:
+            if math.isclose(v, value, rel_tol=DISAGREEMENT_RTOL):
+                names.append(name)
+                break
+        else:
+            groups.append((value, [name]))
+            if len(groups) > 10 * MAX_LISTED_FILES:  # bounded: enough to report
+                break
+    return sorted(groups, key=lambda g: -len(g[1]))
+
+
+def data_sources(plan: _Plan) -> DataSources:
+    """The record's bounded account of the files."""
+    listed: list[SourceFile] = []
+    frame = 0
+    for f in plan.files[:MAX_LISTED_FILES]:
+        listed.append(SourceFile(path=f.name, n_patterns=f.n_patterns, first_frame=frame,
+                                 nphotons=f.metadata_nphotons))  # fmt: skip
+        frame += f.n_patterns
+    counts = collections.Counter(
+        f.metadata_nphotons for f in plan.files if f.metadata_nphotons is not None
+    )
+    common = counts.most_common()
+    paths = sorted(f.name for f in plan.files)
+    digest = hashlib.sha256("\n".join(paths).encode("utf-8")).hexdigest()
+    return DataSources(
+        n_files=len(plan.files),
+        key=plan.key,
+        paths_sha256=digest,
+        files=listed,
+        files_truncated=len(plan.files) > MAX_LISTED_FILES,
+        metadata_nphotons=[NphotonsCount(value=v, files=n) for v, n in common[:MAX_LISTED_FILES]],
+        metadata_nphotons_truncated=len(common) > MAX_LISTED_FILES,
+        files_without_nphotons=sum(1 for f in plan.files if f.metadata_nphotons is None),
+    )
+
+
+# --------------------------------------------------------------------------- reading
+class _StoppedError(Exception):
+    """Raised inside a worker when another file failed: stop reading."""
+
+
+def fold_files(
+    plan: _Plan,
+    *,
+    domain: Domain = "amplitude",
+    keep_pattern_totals: bool = True,
+    mask: Any = None,
+    chunk_patterns: int | None = None,
+    workers: int = DEFAULT_WORKERS,
+    progress: DatasetProgress | None = None,
+) -> IntensityAccumulator:
+    """Stream every file of ``plan`` into its own accumulator and merge them in file order.
+
+    The merge is exact, so the scale does not depend on the order; the
+    per-pattern totals follow the files in order. ``workers`` files are read
+    at a time (threads: the readers and kernels release the GIL). The first
+    failing file in the order given raises, naming itself; no other state is
+    returned.
+    """
+    total = _accumulator(plan, domain, keep_pattern_totals)
+    stop = threading.Event()
+    lock = threading.Lock()
+    parallel = workers > 1 and len(plan.files) > 1
+    # Files read side by side share the cores: each kernel call takes its share.
+    share = max(1, torch.get_num_threads() // workers) if parallel else None
+    # One buffer per reading thread, kept across its files: fresh memory for every
+    # file would cost a page fault per 4 KiB read (measured up to 2.5x the read time).
+    buffers = threading.local()
+
+    def scratch() -> np.ndarray:
+        buf: np.ndarray | None = getattr(buffers, "buf", None)
+        if buf is None:
+            buf = buffers.buf = np.zeros(CHUNK_BYTES, dtype=np.uint8)
+        return buf
+
+    def one(f: _File) -> IntensityAccumulator:
+        if share is None:
+            return fold_one(f)
+        with _native.thread_limit(share):
+            return fold_one(f)
+
+    def fold_one(f: _File) -> IntensityAccumulator:
+        acc = _accumulator(plan, domain, keep_pattern_totals)
+        per_entry = f.source.row_bytes
+
+        def on_progress(entries: int) -> None:
+            if stop.is_set():
+                raise _StoppedError
+            if progress is not None:
+                with lock:
+                    progress.advance(n_bytes=entries * per_entry)
+
+        try:
+            fold_patterns(acc, f.source, mask=mask, chunk_patterns=chunk_patterns,
+                          on_progress=on_progress, scratch=scratch())  # fmt: skip
+        except PhysscaleError as exc:
+            _name_the_file(exc, f)
+            raise
+        return acc
+
+    def merge(acc: IntensityAccumulator) -> None:
+        total.merge(acc)
+        if progress is not None:
+            with lock:
+                progress.advance(n_files=1)
+
+    if not parallel:
+        for f in plan.files:
+            merge(one(f))
+        return total
+    with concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="physscale") as pool:
+        todo: Iterator[_File] = iter(plan.files)
+        window: collections.deque[concurrent.futures.Future[IntensityAccumulator]] = (
+            collections.deque()
+        )
+        try:
+            for f in todo:
+                window.append(pool.submit(one, f))
+                if len(window) >= workers:
+                    break
+            while window:
+                # In file order: the first failing file is the one reported.
+                acc = window.popleft().result()
+                nxt = next(todo, None)
+                if nxt is not None:
+                    window.append(pool.submit(one, nxt))
+                merge(acc)
+        except BaseException:
+            stop.set()
+            for fut in window:
+                fut.cancel()
+            raise
+    return total
+
+
+def _accumulator(plan: _Plan, domain: Domain, keep: bool) -> IntensityAccumulator:
+    acc = IntensityAccumulator(plan.spatial_dims, domain, keep_pattern_totals=keep)
+    acc.axes_explicit = plan.axes_explicit  # the layout guard ran on each file's shape
+    return acc
+
+
+def _name_the_file(exc: PhysscaleError, f: _File) -> None:
+    """Make sure an error from inside the data names the file it came from."""
+    text = str(exc)
+    if str(f.source.path) not in text:
+        exc.args = (f"{f.source.where}: {text}", *exc.args[1:])
+
+
+# --------------------------------------------------------------------------- the whole
+@dataclass(frozen=True)
+class DerivedFiles:
+    """What deriving over files gives: the record, and what the report needs.
+
+    Attributes:
+        record: the :class:`~physscale.ScaleRecord`.
+        pattern_totals: every pattern's total (float64, frame order), or
+            None without diagnostics.
+        files: each file's name and number of patterns, in frame order.
+    """
+
+    record: ScaleRecord
+    pattern_totals: torch.Tensor | None
+    files: list[tuple[str, int]]
+
+    def file_of(self, frame: int) -> tuple[str, int]:
+        """The file holding ``frame``, and the frame's index within that file."""
+        starts = list(itertools.accumulate((n for _, n in self.files[:-1]), initial=0))
+        i = bisect.bisect_right(starts, frame) - 1
+        return self.files[i][0], frame - starts[i]
+
+    def total_of(self, frame: int) -> float:
+        """The total of ``frame`` (normalized units); NaN without diagnostics."""
+        if self.pattern_totals is None:
+            return math.nan
+        return float(self.pattern_totals[frame])
+
+
+def data_source_text(files: Sequence[str]) -> str:
+    """The record's ``data_source`` for these files: the path, or a count and a folder."""
+    if len(files) == 1:
+        return files[0]
+    try:
+        folder = os.path.commonpath([os.path.dirname(os.path.abspath(f)) for f in files])
+    except ValueError:  # different drives
+        return f"{len(files)} files"
+    return f"{len(files)} files under {_display(folder)}"
+
+
+def check_frames(frames: Iterable[Any], n_patterns: int) -> list[int]:
+    """Frame indices to exclude, checked against the number of patterns before any reading.
+
+    Raises:
+        StateError: indices that are not distinct ints in ``[0, n_patterns)``,
+            or that would exclude every pattern.
+    """
+    out: list[int] = []
+    for i in frames:
+        if isinstance(i, bool) or not isinstance(i, int | np.integer):
+            raise StateError(f"frame indices must be ints, got {i!r:.40}")
+        out.append(int(i))
+    bad = [i for i in out if not 0 <= i < n_patterns]
+    if bad:
+        raise StateError(
+            f"frame indices must be in [0, {n_patterns}) (the files hold {n_patterns} "
+            f"patterns), got {', '.join(map(str, bad[:5]))}"
+        )
+    if len(set(out)) != len(out):
+        raise StateError("frame indices to exclude must be distinct")
+    if len(out) >= n_patterns:
+        raise StateError(
+            f"excluding all {n_patterns} patterns leaves nothing to derive a scale from"
+        )
+    return out
+
+
+def derive_plan(
+    plan: _Plan,
+    resolution: NphotonsResolution,
+    *,
+    domain: Domain = "amplitude",
+    mask: Any = None,
+    mask_name: str = "mask",
+    diagnostics: bool = True,
+    exclude: Literal["outliers"] | Sequence[int] | None = None,
+    outlier_rule: OutlierRule | None = None,
+    chunk_patterns: int | None = None,
+    workers: int = DEFAULT_WORKERS,
+    progress: DatasetProgress | None = None,
+) -> DerivedFiles:
+    """Read the planned files and build the record (the second half of :func:`derive_files`)."""
+    keep = diagnostics or exclude is not None
+    if exclude is not None and not isinstance(exclude, str):
+        exclude = check_frames(exclude, sum(f.n_patterns for f in plan.files))
+    if isinstance(mask, str | os.PathLike):
+        mask_name = f"{mask_name} {os.fspath(mask)}"
+        mask = read_mask(mask, mask_name, max(math.prod(plan.pattern_shape), plan.max_entry))
+    try:
+        acc = fold_files(plan, domain=domain, keep_pattern_totals=keep, mask=mask,
+                         chunk_patterns=chunk_patterns, workers=workers,
+                         progress=progress)  # fmt: skip
+    except MaskError as exc:
+        raise MaskError(f"{mask_name}: {exc}") from None
+    names = [f.name for f in plan.files]
+    record = record_from_accumulator(
+        acc,
+        resolution,
+        data_source=data_source_text(names),
+        exclude=exclude,
+        outlier_rule=outlier_rule,
+        sources=data_sources(plan),
+    )
+    return DerivedFiles(
+        record=record,
+        pattern_totals=acc.pattern_totals,
+        files=[(f.name, f.n_patterns) for f in plan.files],
+    )
+
+
+def derive_files(
+    paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]],
+    *,
+    nphotons: Any = None,
+    key: str = "diffraction",
+    layout: str | None = None,
+    spatial_dims: Sequence[int] = DEFAULT_SPATIAL_DIMS,
+    domain: Domain = "amplitude",
+    mask: Any = None,
+    nphotons_default: Any = None,
+    diagnostics: bool = True,
+    exclude: Literal["outliers"] | Sequence[int] | None = None,
+    outlier_rule: OutlierRule | None = None,
+    recursive: bool = False,
+    chunk_patterns: int | None = None,
+    workers: int = DEFAULT_WORKERS,
+    progress: bool = False,
+    plot: str | os.PathLike[str] | None = None,
+) -> ScaleRecord:
+    """Derive one intensity scale from every pattern of many files.
+
+    The result is exactly the scale of all the patterns together: each file
+    streams into its own accumulator and they are merged exactly, so the
+    scale is the same, to the last bit, whatever the order of the files.
+
+    Every file is checked before any data is read: a missing, unreadable,
+    truncated or corrupt file, a missing ``key``, a dtype that is not
+    float16/32/64, patterns of another shape than the first file's, or
+    channels-last-looking data without a layout raises an error naming the
+    file, and nothing is derived.
+
+    Args:
+        paths: files, glob patterns and directories (see
+            :func:`expand_paths` for which files a directory holds); one
+            string or path, or several.
+        nphotons: expected photons per pattern for every file; overrides
+            the files' metadata. Without it, each file's metadata
+            (``["physics_parameters"]["nphotons"]``) gives its value, and
+            files that disagree are an error naming them.
+        key: the ``.npz`` key or HDF5 dataset path of the patterns in every
+            file (ignored for ``.npy``).
+        layout: ``"NCHW"`` or ``"NHWC"``, as for
+            :func:`physscale.derive_intensity_scale`.
+        spatial_dims: the axes of one pattern, as for
+            :func:`physscale.derive_intensity_scale`.
+        domain: ``"amplitude"`` (normalized amplitudes, summed as ``x**2``)
+            or ``"intensity"``.
+        mask: optional boolean valid-pixel mask for every file, e.g. ``(H,
+            W)``; an array, or the path of a boolean ``.npy`` file.
+        nphotons_default: used for files whose metadata gives no nphotons.
+        diagnostics: keep every pattern's total (8 bytes a pattern) and put
+            their spread and the flagged frames in ``record.pattern_stats``.
+        exclude: derive *without* some frames (an explicit choice the record
+            states): ``"outliers"`` (those ``outlier_rule`` flags) or frame
+            indices (files in order, patterns in storage order; see
+            ``record.sources``). None (default): every pattern counts.
+        outlier_rule: the :class:`~physscale.diagnostics.OutlierRule`.
+        recursive: also read the data files of subdirectories.
+        chunk_patterns: first-axis entries per piece read (default: about
+            16 MiB a piece).
+        workers: files read at the same time (threads).
+        progress: draw progress bars (bytes and files, with rate and ETA)
+            on stderr when it is a terminal.
+        plot: also write the report figure (PNG) here; needs matplotlib
+            (``pip install "physscale[plot]"``) and diagnostics.
+
+    Returns:
+        The :class:`~physscale.ScaleRecord`, whose ``sources`` names the
+        files (bounded: the first 100, the count, and a SHA-256 of the
+        sorted paths) with what each file's metadata said about nphotons.
+
+    Raises:
+        PhysscaleError: ``FileListError`` (a pattern matching nothing, a
+            directory without data files, a file named twice),
+            ``DataFileError`` / ``UnsafeFileError`` (a bad file, named;
+            mixed pattern shapes), ``NphotonsError`` (nphotons unknown for
+            some files, or files that disagree), and what
+            :func:`physscale.derive_scale_record` raises.
+        ImportError: ``plot`` without matplotlib installed.
+    """
+    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+        raise FileListError(f"workers must be a positive int, got {workers!r}")
+    if plot is not None:
+        from physscale import report
+
+        report.require_matplotlib()
+        if not diagnostics:
+            raise FileListError("plot needs the per-pattern totals: leave diagnostics=True")
+    files = expand_paths(paths, recursive=recursive)
+    plan = plan_files(files, key=key, spatial_dims=spatial_dims, layout=layout, domain=domain,
+                      nphotons=nphotons, nphotons_default=nphotons_default)  # fmt: skip
+    resolution = resolve_files(plan)
+    with DatasetProgress(len(plan.files), plan.nbytes, enabled=progress) as bar:
+        derived = derive_plan(plan, resolution, domain=domain, mask=mask, diagnostics=diagnostics,
+                              exclude=exclude, outlier_rule=outlier_rule,
+                              chunk_patterns=chunk_patterns, workers=workers,
+                              progress=bar)  # fmt: skip
+    if plot is not None:
+        from physscale import report
+
+        report.write_report(plot, derived)
+    return derived.record
