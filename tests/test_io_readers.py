@@ -715,3 +715,24 @@ def test_pieces_read_into_a_scratch_buffer_kept_across_files(tmp_path: Path, fmt
                     assert np.shares_memory(piece, scratch)
                 got[index] = piece
             assert np.array_equal(got, x.astype(np.float64))
+
+
+def test_a_npy_that_changes_after_its_check_is_refused_when_it_streams(tmp_path: Path) -> None:
+    # The stream compares the checked header byte for byte instead of parsing it again:
+    # a different header, or data truncated since, must still be an error naming the file.
+    path = tmp_path / "scan.npy"
+    np.save(path, np.ones((4, 8, 8), np.float32))
+    source = pattern_source(path)
+    assert source.npy_header is not None
+    np.save(path, np.ones((4, 8, 9), np.float32))  # another shape
+    with pytest.raises(DataFileError, match=r"changed since it was checked"):
+        list(source.pieces())
+    np.save(path, np.ones((4, 8, 8), np.float32))
+    source = pattern_source(path)
+    with open(path, "r+b") as f:
+        f.truncate(len(source.npy_header) + 100)
+    with pytest.raises(DataFileError, match=r"scan\.npy.*truncated"):
+        list(source.pieces())
+    np.save(path, np.full((4, 8, 8), 2.0, np.float32))  # same header, new data: fine
+    chunks = [piece for _, piece in pattern_source(path).pieces()]
+    assert float(np.concatenate(chunks).sum()) == 2.0 * 256

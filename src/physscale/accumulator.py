@@ -330,7 +330,14 @@ class IntensityAccumulator:
         axes = spatial_axes(x.ndim, self.spatial_dims)
         m = None if mask is None else as_mask(mask, x.shape, x.device, axes)
         part = intensity_sum(
-            x, axes, self.domain, m, name=name, per_pattern=self.keep_pattern_totals
+            x,
+            axes,
+            self.domain,
+            m,
+            name=name,
+            per_pattern=self.keep_pattern_totals,
+            # Once one batch is not whole counts, the dataset is not (the flag is an AND).
+            units_check=self._integer_like is not False,
         )
         self._fold_sum(part, m is not None)
         return self

@@ -52,7 +52,7 @@ from physscale.errors import (
 from physscale.io._files import describe
 from physscale.io._progress import DatasetProgress
 from physscale.io.metadata import read_metadata
-from physscale.io.readers import CHUNK_BYTES, PatternSource, pattern_source, read_mask
+from physscale.io.readers import PatternSource, pattern_source, read_mask
 from physscale.io.streaming import fold_patterns
 from physscale.nphotons import DISAGREEMENT_RTOL, NphotonsResolution, NphotonsSource
 from physscale.nphotons import resolve_nphotons as _resolve
@@ -66,6 +66,12 @@ from physscale.record import (
 )
 
 __all__ = ["DATA_SUFFIXES", "DEFAULT_WORKERS", "derive_files", "expand_paths"]
+
+#: Bytes read per piece when deriving over files: small enough that the reading
+#: threads' buffers stay in the last-level cache while the kernel sums them
+#: (measured on 100 files, 2 GiB: 4 MiB pieces took about 0.75x the time of 16 MiB
+#: ones; 1 MiB pieces cost more in per-piece overhead than they save).
+PIECE_BYTES = 4 * 1024 * 1024
 
 #: File name endings (any case) that count as data files in a directory.
 DATA_SUFFIXES = (".npy", ".npz", ".h5", ".hdf5", ".nxs", ".cxi")
@@ -483,7 +489,7 @@ def fold_files(
     def scratch() -> np.ndarray:
         buf: np.ndarray | None = getattr(buffers, "buf", None)
         if buf is None:
-            buf = buffers.buf = np.zeros(CHUNK_BYTES, dtype=np.uint8)
+            buf = buffers.buf = np.zeros(PIECE_BYTES, dtype=np.uint8)
         return buf
 
     def one(f: _File) -> IntensityAccumulator:
@@ -504,8 +510,15 @@ def fold_files(
                     progress.advance(n_bytes=entries * per_entry)
 
         try:
-            fold_patterns(acc, f.source, mask=mask, chunk_patterns=chunk_patterns,
-                          on_progress=on_progress, scratch=scratch())  # fmt: skip
+            fold_patterns(
+                acc,
+                f.source,
+                mask=mask,
+                chunk_patterns=chunk_patterns,
+                max_bytes=PIECE_BYTES,
+                on_progress=on_progress,
+                scratch=scratch(),
+            )
         except PhysscaleError as exc:
             _name_the_file(exc, f)
             raise

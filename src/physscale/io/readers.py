@@ -605,6 +605,8 @@ class PatternSource:
         info: shape, dtype and order of the stored array (at least 3 axes,
             float16/32/64, at least one element).
         where: how errors name it (``"file.npz:diffraction"``).
+        npy_header: for ``.npy``, the raw bytes of the checked header: a
+            stream that finds them unchanged skips parsing them again.
     """
 
     path: Path
@@ -612,6 +614,7 @@ class PatternSource:
     kind: FileKind
     info: ArrayInfo
     where: str
+    npy_header: bytes | None = None
 
     @property
     def row_bytes(self) -> int:
@@ -692,8 +695,21 @@ class PatternSource:
     @contextlib.contextmanager
     def _open_npy(self) -> Iterator[tuple[IO[bytes], int]]:
         with open_regular(self.path) as f:
-            info, offset = _validate_npy(f, self.path)
-            self._same(info)
+            header = self.npy_header
+            if header is not None and f.read(len(header)) == header:
+                # The header checked before, byte for byte: only the size can have changed.
+                offset = len(header)
+                size = os.fstat(f.fileno()).st_size
+                if size < offset + self.info.nbytes:
+                    raise DataFileError(
+                        f"{self.where}: truncated since it was checked: the header promises "
+                        f"{self.info.nbytes} bytes of data but the file now holds "
+                        f"{max(size - offset, 0)}"
+                    )
+            else:
+                f.seek(0)
+                info, offset = _validate_npy(f, self.path)
+                self._same(info)
             yield f, offset
 
     def _npy_chunks(self, step: int) -> Iterator[np.ndarray]:
@@ -893,8 +909,10 @@ def pattern_source(path: str | os.PathLike[str], key: str = "diffraction") -> Pa
     kind = file_kind(p)
     if kind == "npy":
         with open_regular(p) as f:
-            info, _ = _validate_npy(f, p)
-        return PatternSource(p, p.name, kind, info, str(p))
+            info, offset = _validate_npy(f, p)
+            f.seek(0)
+            header = f.read(offset)
+        return PatternSource(p, p.name, kind, info, str(p), npy_header=header)
     where = f"{p}:{key}"
     if kind == "npz":
         with open_npz(p) as zf:
