@@ -277,7 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--chunk-patterns",
         type=_positive_int,
         metavar="K",
-        help="first-axis entries read per chunk (default: about 16 MiB per chunk)",
+        help="first-axis entries read per chunk (default: about 4 MiB per chunk)",
     )
     derive.add_argument(
         "--workers",

@@ -11,7 +11,7 @@ frame numbering (per-pattern totals, flagged and excluded frames) follows
 the files in the order given.
 
 Memory is bounded whatever the number and size of the files: one piece of at
-most 16 MiB per file being read (at most ``workers`` files at a time), 8
+most 4 MiB per file being read (at most ``workers`` files at a time), 8
 bytes per pattern for the per-pattern totals, and a few hundred bytes per
 file for its name and counts. At most ``workers`` data files are open at
 once.
@@ -78,8 +78,8 @@ DATA_SUFFIXES = (".npy", ".npz", ".h5", ".hdf5", ".nxs", ".cxi")
 
 #: Files read at the same time by default: reading one file overlaps summing
 #: another. Measured with benchmarks/bench_files.py on a 2-core machine, data in
-#: the page cache: 2 workers 1.3 to 1.6x the time of np.load-ing the same files,
-#: 1 worker 1.6 to 1.9x, 3 or 4 no better than 2 (see docs/performance.md).
+#: the page cache: 2 workers 1.0 to 1.15x the time of np.load-ing the same files,
+#: 1 worker 1.25 to 1.45x, 3 or 4 no better than 2 (see docs/performance.md).
 DEFAULT_WORKERS = 2
 
 _GLOB_CHARS = frozenset("*?[")
@@ -741,7 +741,7 @@ def derive_files(
         outlier_rule: the :class:`~physscale.diagnostics.OutlierRule`.
         recursive: also read the data files of subdirectories.
         chunk_patterns: first-axis entries per piece read (default: about
-            16 MiB a piece).
+            4 MiB a piece).
         workers: files read at the same time (threads).
         progress: draw progress bars (bytes and files, with rate and ETA)
             on stderr when it is a terminal.
