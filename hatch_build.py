@@ -158,6 +158,7 @@ def build_kernel(source: Path, output: Path) -> Outcome:
 
 class NativeKernelHook(BuildHookInterface):  # type: ignore[type-arg]
     PLUGIN_NAME = "custom"
+    _scratch: Path | None = None
 
     def initialize(self, version: str, build_data: dict[str, Any]) -> None:
         if self.target_name != "wheel":
@@ -170,7 +171,9 @@ class NativeKernelHook(BuildHookInterface):  # type: ignore[type-arg]
             output = root / "src" / TARGET
             output.unlink(missing_ok=True)
         else:
-            output = Path(tempfile.mkdtemp(prefix="physscale-native-")) / "kernel.so"
+            # Removed in finalize(), once the wheel has copied the files out of it.
+            self._scratch = Path(tempfile.mkdtemp(prefix="physscale-native-"))
+            output = self._scratch / "kernel.so"
         if os.environ.get("PHYSSCALE_NATIVE") == "0" and not require:
             outcome = Outcome(
                 built=False,
@@ -195,6 +198,7 @@ class NativeKernelHook(BuildHookInterface):  # type: ignore[type-arg]
                 "inputs); `physscale doctor` says how to get it."
             )
             if require:
+                self._remove_scratch()
                 raise RuntimeError(f"{msg}\nPHYSSCALE_REQUIRE_NATIVE=1: failing the build.")
             print(msg, file=sys.stderr)
             return
@@ -204,6 +208,14 @@ class NativeKernelHook(BuildHookInterface):  # type: ignore[type-arg]
         platform = sysconfig.get_platform().replace("-", "_").replace(".", "_")
         build_data["pure_python"] = False
         build_data["tag"] = f"py3-none-{platform}"
+
+    def finalize(self, version: str, build_data: dict[str, Any], artifact_path: str) -> None:
+        self._remove_scratch()
+
+    def _remove_scratch(self) -> None:
+        if self._scratch is not None:
+            shutil.rmtree(self._scratch, ignore_errors=True)
+            self._scratch = None
 
     def _record(
         self, version: str, build_data: dict[str, Any], outcome: Outcome, path: Path

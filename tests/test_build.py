@@ -9,6 +9,7 @@ import shutil
 import sys
 import sysconfig
 import tarfile
+import tempfile
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -70,6 +71,19 @@ def test_the_wheel_carries_the_kernel_and_a_platform_tag(tmp_path: Path) -> None
         tag = wheel_tag(whl)
     assert tag.startswith("py3-none-")
     assert tag != "py3-none-any"
+
+
+def test_a_wheel_build_leaves_no_scratch_folder_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The kernel is compiled into a scratch folder the wheel copies from; every
+    # build used to leave one in the temporary directory.
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    with build_wheel(tmp_path / "out") as whl:
+        assert hatch_build.OUTCOME in whl.namelist()
+    assert list(scratch.iterdir()) == []
 
 
 def test_without_the_kernel_the_wheel_is_pure_python(
