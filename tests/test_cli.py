@@ -607,7 +607,9 @@ sys.exit(main(["derive", {str(dataset[0])!r}, "--out", {str(out)!r}]))
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 1, result.stderr
-    assert "File too large" in _one_error_line(result.stderr)
+    line = _one_error_line(result.stderr)
+    assert "File too large" in line
+    assert str(out) in line  # once only "File too large", naming no file
     assert out.read_text() == "previous record\n"
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 

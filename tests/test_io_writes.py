@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import subprocess
 from pathlib import Path
@@ -25,6 +26,35 @@ def test_a_failed_write_leaves_the_target_and_no_temporary_file(tmp_path: Path) 
         write_half()
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["t.json"]
+
+
+def test_a_write_the_system_refuses_names_the_file(tmp_path: Path) -> None:
+    # The command line printed only "File too large": the OSError of a write
+    # to the temporary file named neither it nor the target.
+    target = tmp_path / "t.json"
+    target.write_text("old")
+
+    def write_to_a_full_disk() -> None:
+        with _atomic.atomic_write(target) as fh:
+            fh.write(b"half")
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    with pytest.raises(DataFileError) as caught:
+        write_to_a_full_disk()
+    message = str(caught.value)
+    assert message.startswith(f"{target}: could not write it")
+    assert os.strerror(errno.ENOSPC) in message
+    assert "unchanged" in message
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["t.json"]
+
+
+def test_an_os_error_about_another_file_is_not_blamed_on_the_target(tmp_path: Path) -> None:
+    target = tmp_path / "t.json"
+    with pytest.raises(FileNotFoundError) as caught, _atomic.atomic_write(target):
+        (tmp_path / "missing").read_bytes()
+    assert caught.value.filename == str(tmp_path / "missing")
+    assert not target.exists()
 
 
 def test_leftovers_of_dead_writers_are_removed_and_live_ones_kept(tmp_path: Path) -> None:

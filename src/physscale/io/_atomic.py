@@ -229,12 +229,24 @@ def atomic_write(path: str | os.PathLike[str], *, create_only: bool = False) -> 
         else:
             os.replace(tmp, target)
         _fsync_dir(target.parent)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        # A full disk, a quota or a size limit: the bare OSError names no file
+        # (or only the temporary one). An error about another file stays as is.
+        if isinstance(exc, OSError) and _about(exc, tmp, target):
+            raise DataFileError(
+                f"{target}: could not write it ({exc.strerror or exc}); the previous "
+                "file, if any, is unchanged"
+            ) from exc
         raise
     finally:
         os.close(fd)  # releases the lock, after the rename
+
+
+def _about(exc: OSError, *paths: Path) -> bool:
+    """Whether ``exc`` names no file or one of ``paths``."""
+    return exc.filename is None or str(exc.filename) in {str(p) for p in paths}
 
 
 def _link_new(tmp: Path, target: Path) -> None:
