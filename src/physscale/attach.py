@@ -172,22 +172,14 @@ def attach_intensity_scale(
             data field is missing or ambiguous, or ``record`` was given with
             derivation arguments.
     """
-    if _lookup(container, RECORD_FIELD) is not None and not overwrite:
-        raise StateError(
-            f"this {type(container).__name__} already has a {RECORD_FIELD}; the scale is "
-            f"derived once from the training data. Pass overwrite=True to replace it"
-        )
-    if record is not None:
-        if not isinstance(record, ScaleRecord):
-            raise StateError(f"record must be a physscale.ScaleRecord, got {type(record).__name__}")
-        given = {"nphotons": nphotons, "config": config, "default": default, "mask": mask}
-        clashing = [name for name, value in given.items() if value is not None]
-        if clashing:
-            raise StateError(
-                f"record= attaches an existing scale; {', '.join(clashing)} would only "
-                f"apply to a new derivation, so do not pass them with it"
-            )
-    else:
+    check_attach_arguments(
+        container,
+        attached=_lookup(container, RECORD_FIELD),
+        record=record,
+        overwrite=overwrite,
+        derivation={"nphotons": nphotons, "config": config, "default": default, "mask": mask},
+    )
+    if record is None:
         record = derive_scale_record(
             _training_data(container, key),
             nphotons=nphotons,
@@ -204,6 +196,38 @@ def attach_intensity_scale(
     _set(container, RECORD_FIELD, record)
     _set(container, NPHOTONS_SOURCE_FIELD, record.nphotons_source)
     return record
+
+
+def check_attach_arguments(
+    container: Any,
+    *,
+    attached: Any,
+    record: ScaleRecord | None,
+    overwrite: bool,
+    derivation: Mapping[str, Any],
+) -> None:
+    """The rules every attach shares (here and in the adapters).
+
+    The scale is derived once: a container that already holds a record
+    (``attached``) is refused unless ``overwrite``. ``record=`` attaches an
+    existing scale, so arguments that only steer a new derivation
+    (``derivation``, by name) may not come with it.
+    """
+    if attached is not None and not overwrite:
+        raise StateError(
+            f"this {type(container).__name__} already has a {RECORD_FIELD}; the scale is "
+            f"derived once from the training data. Pass overwrite=True to replace it"
+        )
+    if record is None:
+        return
+    if not isinstance(record, ScaleRecord):
+        raise StateError(f"record must be a physscale.ScaleRecord, got {type(record).__name__}")
+    clashing = [name for name, value in derivation.items() if value is not None]
+    if clashing:
+        raise StateError(
+            f"record= attaches an existing scale; {', '.join(clashing)} would only "
+            f"apply to a new derivation, so do not pass them with it"
+        )
 
 
 def _check_values(scale: torch.Tensor, where: str) -> None:

@@ -51,6 +51,8 @@ from typing import Any
 import torch
 
 from physscale.adapters._host import require_host
+from physscale.attach import RECORD_FIELD as _ATTACH_RECORD_FIELD
+from physscale.attach import check_attach_arguments
 from physscale.errors import DataFileError, RecordError, StateError, UnsafeFileError
 from physscale.likelihood import scalar_scale
 from physscale.nn import IntensityScaler, ScaledPoissonNLLLoss
@@ -77,8 +79,9 @@ __all__ = [
 LAYOUT = "NHWC"
 #: The port's own container field for the physics scale (its loaders read it).
 SCALE_FIELD = "physics_scaling_constant"
-#: Where :func:`attach` puts the :class:`~physscale.ScaleRecord` (not a port field).
-RECORD_FIELD = "physscale_record"
+#: Where :func:`attach` puts the :class:`~physscale.ScaleRecord` (not a port field;
+#: the same field as :func:`physscale.attach_intensity_scale`).
+RECORD_FIELD = _ATTACH_RECORD_FIELD
 #: The archive member :func:`save_bundle` adds to a port bundle.
 RECORD_MEMBER = "physscale_record.json"
 #: The port's params key for the physics scale (``params.dill``, ``params.cfg``).
@@ -190,22 +193,14 @@ def attach(
             ``record`` given together with derivation arguments.
         And every error of :func:`physscale.derive_scale_record`.
     """
-    if _get(container, RECORD_FIELD) is not None and not overwrite:
-        raise StateError(
-            f"this {type(container).__name__} already has a {RECORD_FIELD}; the scale is "
-            f"derived once from the training data. Pass overwrite=True to replace it"
-        )
-    if record is not None:
-        if not isinstance(record, ScaleRecord):
-            raise StateError(f"record must be a physscale.ScaleRecord, got {type(record).__name__}")
-        clashing = [n for n, v in (("nphotons", nphotons), ("config", config),
-                                   ("default", default)) if v is not None]  # fmt: skip
-        if clashing:
-            raise StateError(
-                f"record= attaches an existing scale; {', '.join(clashing)} would only apply "
-                f"to a new derivation, so do not pass them with it"
-            )
-    else:
+    check_attach_arguments(
+        container,
+        attached=_get(container, RECORD_FIELD),
+        record=record,
+        overwrite=overwrite,
+        derivation={"nphotons": nphotons, "config": config, "default": default},
+    )
+    if record is None:
         layout = container_layout(container)
         record = derive_scale_record(
             _get(container, "X"),
