@@ -156,6 +156,37 @@ def test_statistics_match_a_numpy_reference() -> None:
     assert stats.robust_std == pytest.approx(mad, rel=1e-12)
 
 
+@given(
+    st.lists(st.floats(0.0, 1e3, allow_subnormal=False), min_size=1, max_size=40),
+    st.integers(-900, 900),
+)
+def test_the_statistics_scale_with_the_totals_over_the_whole_float64_range(
+    base: list[float], k: int
+) -> None:
+    # A byte-flipped file held one value of 2.8e120: its total (7.6e240) was
+    # finite, but the variance overflowed and PatternStats refused std=inf.
+    totals = np.array(base)
+    c = 2.0**k  # a power of two: scaling is exact, so every figure scales exactly too
+    big = totals * c
+    if not np.isfinite(big).all() or not np.isfinite(math.fsum(big)):
+        return
+    plain, scaled = pattern_stats(totals), pattern_stats(big)
+    if plain.std == 0.0 or scaled.mean == 0.0:
+        return
+    assert math.isfinite(scaled.std) and math.isfinite(scaled.cv)
+    assert scaled.std == pytest.approx(plain.std * c, rel=1e-12)
+    assert scaled.cv == pytest.approx(plain.cv, rel=1e-12)
+    assert scaled.flagged_frames == plain.flagged_frames
+
+
+def test_one_huge_frame_gives_a_finite_spread_and_is_flagged() -> None:
+    totals = np.array([1.0] * 9 + [7.6e240])
+    stats = pattern_stats(totals)
+    assert stats.std == pytest.approx(7.6e240 * 0.3, rel=1e-12)  # std of [0]*9 + [1] is 0.3
+    assert stats.cv == pytest.approx(3.0, rel=1e-12)
+    assert stats.flagged_frames == [9]
+
+
 def test_the_scale_ratio_says_how_far_excluding_the_flagged_frames_would_move_it() -> None:
     x, dumps, hot = _beamline_run(2)
     acc = ps.IntensityAccumulator(keep_pattern_totals=True).update(x)

@@ -199,8 +199,13 @@ def pattern_stats(
         ratio = math.sqrt(mean / rest) if rest > 0 else None
     values = t.numpy()
     deviation = values - mean
-    # numpy's pairwise float64 sum: a relative error of a few ulps, plenty for a spread.
-    std = math.sqrt(float(np.sum(deviation * deviation)) / n)
+    # Squares of totals above ~1e154 overflow: square the deviations in units of
+    # the largest one (a power of two, so the scaling is exact). numpy's pairwise
+    # float64 sum: a relative error of a few ulps, plenty for a spread.
+    peak = float(np.abs(deviation).max())
+    unit = math.ldexp(1.0, math.frexp(peak)[1]) if peak > 0 else 1.0
+    relative = deviation / unit
+    std = unit * math.sqrt(float(np.sum(relative * relative)) / n)
     qs = np.quantile(values, [q / 100 for q in QUANTILES])
     return PatternStats(
         n_patterns=n,
