@@ -21,7 +21,7 @@ import signal
 import struct
 import time
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -192,6 +192,37 @@ def _apply(data: bytes, flips: list[tuple[int, int]], cut: int | None) -> bytes:
     return bytes(raw[:cut] if cut is not None else raw)
 
 
+def _explore_flips(
+    profile: str,
+    workdir: Path,
+    emit: Emit,
+    bases: list[bytes],
+    counter: Iterator[int],
+    *,
+    category: str,
+    kind: str,
+    suffix: str,
+    positions: int,
+    cut_max: int,
+    ci_examples: int,
+) -> None:
+    """Byte flips (and a truncation) of valid ``bases``, each file read the five ways."""
+
+    def flips(args: tuple[int, list[tuple[int, int]], int | None]) -> None:
+        which, changes, cut = args
+        base = bases[which]
+        path = workdir / f"flip{next(counter)}{suffix}"
+        path.write_bytes(_apply(base, [(a % len(base), v) for a, v in changes], cut))
+        data_cases(category, path, kind, emit)
+
+    strategy = st.tuples(
+        st.integers(0, len(bases) - 1),
+        _flips(positions),
+        st.one_of(st.none(), st.integers(0, cut_max)),
+    )
+    _explore(profile, _examples(profile, ci_examples), strategy, flips)
+
+
 _DIMS = st.one_of(
     st.integers(-3, 9),
     st.sampled_from([0, 1, 2**31 - 1, 2**31, 2**32 + 1, 2**62, 2**63 - 1, 2**63, 2**64 + 5]),
@@ -244,18 +275,19 @@ def suite_npy(profile: str, workdir: Path, emit: Emit) -> None:
     ]
     counter = iter(range(10**9))
 
-    def flips(args: tuple[int, list[tuple[int, int]], int | None]) -> None:
-        which, changes, cut = args
-        path = workdir / f"flip{next(counter)}.npy"
-        path.write_bytes(
-            _apply(bases[which], [(a % len(bases[which]), v) for a, v in changes], cut)
-        )
-        data_cases("npy: byte flips and truncation", path, "npy", emit)
-
-    strategy = st.tuples(
-        st.integers(0, len(bases) - 1), _flips(300), st.one_of(st.none(), st.integers(0, 600))
+    _explore_flips(
+        profile,
+        workdir,
+        emit,
+        bases,
+        counter,
+        category="npy: byte flips and truncation",
+        kind="npy",
+        suffix=".npy",
+        positions=300,
+        cut_max=600,
+        ci_examples=60,
     )
-    _explore(profile, _examples(profile, 60), strategy, flips)
 
     def edits(raw: bytes) -> None:
         path = workdir / f"edit{next(counter)}.npy"
@@ -339,17 +371,19 @@ def suite_npz(profile: str, workdir: Path, emit: Emit) -> None:
     bases = [b.base_npz(i) for i in range(4)]
     counter = iter(range(10**9))
 
-    def flips(args: tuple[int, list[tuple[int, int]], int | None]) -> None:
-        which, changes, cut = args
-        base = bases[which]
-        path = workdir / f"flip{next(counter)}.npz"
-        path.write_bytes(_apply(base, [(a % len(base), v) for a, v in changes], cut))
-        data_cases("npz: byte flips and truncation", path, "npz", emit)
-
-    strategy = st.tuples(
-        st.integers(0, len(bases) - 1), _flips(700), st.one_of(st.none(), st.integers(0, 1400))
+    _explore_flips(
+        profile,
+        workdir,
+        emit,
+        bases,
+        counter,
+        category="npz: byte flips and truncation",
+        kind="npz",
+        suffix=".npz",
+        positions=700,
+        cut_max=1400,
+        ci_examples=60,
     )
-    _explore(profile, _examples(profile, 60), strategy, flips)
 
     def edits(raw: bytes) -> None:
         path = workdir / f"edit{next(counter)}.npz"
@@ -428,17 +462,19 @@ def suite_hdf5(profile: str, workdir: Path, emit: Emit) -> None:
         bases.append(base.read_bytes())
     counter = iter(range(10**9))
 
-    def flips(args: tuple[int, list[tuple[int, int]], int | None]) -> None:
-        which, changes, cut = args
-        base = bases[which]
-        path = workdir / f"flip{next(counter)}.h5"
-        path.write_bytes(_apply(base, [(a % len(base), v) for a, v in changes], cut))
-        data_cases("HDF5: byte flips and truncation", path, "hdf5", emit)
-
-    strategy = st.tuples(
-        st.integers(0, len(bases) - 1), _flips(6000), st.one_of(st.none(), st.integers(0, 9000))
+    _explore_flips(
+        profile,
+        workdir,
+        emit,
+        bases,
+        counter,
+        category="HDF5: byte flips and truncation",
+        kind="hdf5",
+        suffix=".h5",
+        positions=6000,
+        cut_max=9000,
+        ci_examples=50,
     )
-    _explore(profile, _examples(profile, 50), strategy, flips)
 
     def variants(v: dict[str, Any]) -> None:
         path = workdir / f"var{next(counter)}.h5"
