@@ -74,11 +74,7 @@ def check_dataset_length(dset: Any, path: Path, where: str, cap: int) -> None:
             f"size physscale cannot check before reading; store it as a plain (contiguous) "
             f"dataset or an attribute"
         )
-    if len(raw) < 4:
-        raise DataFileError(f"{where}: corrupt variable-length string")
-    (length,) = struct.unpack_from("<I", raw)
-    if length > cap:
-        raise _too_long(where, length, cap)
+    _check_length(raw, where, cap, "variable-length string")
 
 
 def check_attribute_length(f: Any, path: Path, name: str, cap: int) -> None:
@@ -96,8 +92,13 @@ def check_attribute_length(f: Any, path: Path, name: str, cap: int) -> None:
             f"before reading it (dense or shared attribute storage); store the metadata as a "
             f"dataset named {name!r} instead"
         )
+    _check_length(raw, where, cap, "variable-length string attribute")
+
+
+def _check_length(raw: bytes, where: str, cap: int, what: str) -> None:
+    """Refuse the string whose stored data ``raw`` starts with a length above ``cap``."""
     if len(raw) < 4:
-        raise DataFileError(f"{where}: corrupt variable-length string attribute")
+        raise DataFileError(f"{where}: corrupt {what}")
     (length,) = struct.unpack_from("<I", raw)
     if length > cap:
         raise _too_long(where, length, cap)
