@@ -699,13 +699,7 @@ class PatternSource:
             if header is not None and f.read(len(header)) == header:
                 # The header checked before, byte for byte: only the size can have changed.
                 offset = len(header)
-                size = os.fstat(f.fileno()).st_size
-                if size < offset + self.info.nbytes:
-                    raise DataFileError(
-                        f"{self.where}: truncated since it was checked: the header promises "
-                        f"{self.info.nbytes} bytes of data but the file now holds "
-                        f"{max(size - offset, 0)}"
-                    )
+                _check_npy_size(f, self.info, offset, self.where)
             else:
                 f.seek(0)
                 info, offset = _validate_npy(f, self.path)
@@ -849,6 +843,12 @@ def _validate_npy(f: IO[bytes], path: Path) -> tuple[ArrayInfo, int]:
     info = read_npy_header(f, where, path.name)
     _check_patterns(info, where)
     offset = f.tell()
+    _check_npy_size(f, info, offset, where)
+    return info, offset
+
+
+def _check_npy_size(f: IO[bytes], info: ArrayInfo, offset: int, where: str) -> None:
+    """The open file must hold the header's ``offset`` bytes plus the data it promises."""
     size = os.fstat(f.fileno()).st_size
     if size < offset + info.nbytes:
         raise DataFileError(
@@ -856,7 +856,6 @@ def _validate_npy(f: IO[bytes], path: Path) -> tuple[ArrayInfo, int]:
             f"({info.nbytes} bytes of {info.dtype}) but the file holds "
             f"{max(size - offset, 0)} bytes of data"
         )
-    return info, offset
 
 
 def _check_npz_sizes(info: ArrayInfo, member: zipfile.ZipInfo, offset: int, where: str) -> None:
