@@ -187,6 +187,22 @@ def test_one_huge_frame_gives_a_finite_spread_and_is_flagged() -> None:
     assert stats.flagged_frames == [9]
 
 
+def test_the_scale_ratio_stays_finite_when_the_remaining_frames_are_nearly_dark() -> None:
+    # mean / rest overflowed (4 / 2.2e-308) and PatternStats refused the ratio inf.
+    tiny = 2.2250738585072014e-308
+    stats = pattern_stats([0.0, 12.0, tiny])
+    assert stats.flagged_frames == [0, 1]
+    assert stats.scale_ratio_without_flagged is not None
+    expected = math.exp(0.5 * (math.log(4.0) - math.log(tiny)))
+    assert stats.scale_ratio_without_flagged == pytest.approx(expected, rel=1e-12)
+
+
+def test_the_ratio_is_none_when_excluding_the_flagged_frames_leaves_no_intensity() -> None:
+    stats = pattern_stats([0.0, 0.0, 0.0, 0.0, 100.0])
+    assert stats.flagged_frames == [4]
+    assert stats.scale_ratio_without_flagged is None
+
+
 def test_the_scale_ratio_says_how_far_excluding_the_flagged_frames_would_move_it() -> None:
     x, dumps, hot = _beamline_run(2)
     acc = ps.IntensityAccumulator(keep_pattern_totals=True).update(x)
@@ -261,6 +277,29 @@ def test_bad_frame_lists_are_refused(frames: object, match: str) -> None:
     acc = ps.IntensityAccumulator(keep_pattern_totals=True).update(torch.rand(10, 4, 4) + 0.1)
     with pytest.raises(ps.StateError, match=match):
         acc.excluding(frames)  # type: ignore[arg-type]
+
+
+@given(
+    hot=st.sampled_from([1.0, 1e3, 1e6, 1e8, 1e9, 1e12, 1e100]),
+    frame=st.integers(0, 19),
+    seed=st.integers(0, 2**16),
+    batches=st.integers(1, 4),
+)
+def test_excluding_a_hot_frame_gives_the_scale_of_the_rest_however_bright_it_was(
+    hot: float, frame: int, seed: int, batches: int
+) -> None:
+    # The remaining total was the whole total minus the excluded frame's: a frame
+    # 1e8 times brighter (in amplitude) moved the excluded scale by 0.1 %, 1e9 by
+    # 28 %, 1e10 left "zero intensity", as the batch totals had rounded the rest away.
+    x = np.random.default_rng(seed).random((20, 1, 8, 8)) + 0.01
+    x[frame] *= hot
+    acc = ps.IntensityAccumulator(keep_pattern_totals=True)
+    for part in np.array_split(x, batches):
+        acc.update(part)
+    kept = np.delete(x, frame, axis=0)
+    assert acc.excluding([frame]).scale_for(1e6) == pytest.approx(
+        fsum_scale(kept, 1e6, (2, 3)), rel=1e-13
+    )
 
 
 def test_excluding_never_changes_the_original_accumulator() -> None:

@@ -79,6 +79,26 @@ def test_the_figure_says_what_was_excluded(tmp_path: Path) -> None:
     assert "4 frame(s) EXCLUDED (--exclude-outliers)" in text["Title"]
 
 
+def test_flagged_frames_whose_exclusion_leaves_no_scale_are_not_called_unflagged(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Four dark frames and one lit one: the lit frame is flagged, and excluding it
+    # would leave no intensity. The figure said "no frame flagged"; the summary
+    # said nothing about what excluding would do.
+    x = np.zeros((5, 8, 8), dtype=np.float32)
+    x[4] = 1.0
+    path = tmp_path / "dark.npy"
+    np.save(path, x)
+    plot = tmp_path / "report.png"
+    code, out, err = call(capsys, "derive", path, "--nphotons", "1e6", "--plot", plot)
+    assert code == 0, err
+    title = png_text(plot)["Title"]
+    assert "1 flagged" in title
+    assert "no frame flagged" not in title
+    assert "excluding the 1 flagged frame(s) would leave no intensity" in title
+    assert "without them no intensity would be left" in out
+
+
 @pytest.mark.parametrize("suffix", [".pdf", ".svg"])
 def test_pdf_and_svg_are_written_too(tmp_path: Path, suffix: str) -> None:
     plot = tmp_path / f"report{suffix}"

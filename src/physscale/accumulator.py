@@ -783,7 +783,9 @@ class IntensityAccumulator:
             frames: indices of patterns in the order they were accumulated
                 (as :attr:`pattern_totals` and :meth:`pattern_stats` count them).
 
-        The total drops by exactly the excluded patterns' totals. With a mask,
+        The total is the exact sum of the kept patterns' totals (each rounded
+        once to float64), so however bright an excluded frame was, the result
+        is that of the kept patterns to float64 rounding. With a mask,
         the masked fractions of what remains are unknown (None). Needs
         ``keep_pattern_totals=True``.
 
@@ -809,7 +811,9 @@ class IntensityAccumulator:
         out.axes_explicit = self.axes_explicit
         pixels_each = self._pixels // max(self._n_patterns, 1)
         out._adopt(self)
-        out._partials = _grow_all(list(self._partials), [-v for v in totals[index].tolist()])
+        # The kept patterns' own totals, summed exactly: subtracting the excluded ones
+        # from the whole would leave their rounding in (a hot frame's dwarfs the rest).
+        out._partials = _grow_all([], totals[keep].tolist())
         out._n_patterns = n - index.numel()
         out._pixels = self._pixels - index.numel() * pixels_each
         out._pattern_totals = [totals[keep]]

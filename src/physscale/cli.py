@@ -402,6 +402,11 @@ def _stats_lines(derived: DerivedFiles, rule_flags: str) -> list[str]:
             f"                   without them s would move by x{ratio:.6g} "
             f"({_percent(ratio)}); nothing was excluded ({rule_flags})"
         )
+    elif stats.flagged_count:
+        lines.append(
+            "                   without them no intensity would be left to derive a scale "
+            "from; nothing was excluded"
+        )
     return lines
 
 

@@ -99,7 +99,8 @@ class PatternStats(BaseModel):
         flagged_frames_truncated: whether the list was cut.
         scale_ratio_without_flagged: the factor by which the scale would move
             if the flagged frames were excluded, ``sqrt(mean / mean of the
-            rest)`` (1.0 when none is flagged; None when every frame is).
+            rest)`` (1.0 when none is flagged; None when excluding them
+            would leave no intensity, or a factor beyond float64).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -196,7 +197,11 @@ def pattern_stats(
     ratio: float | None = None
     if kept:
         rest = rest_total / kept
-        ratio = math.sqrt(mean / rest) if rest > 0 else None
+        if rest > 0:
+            # Two roots, not the root of the quotient: mean / rest overflows when the
+            # remaining frames are nearly dark. None if even this is beyond float64.
+            ratio = math.sqrt(mean) / math.sqrt(rest)
+            ratio = ratio if math.isfinite(ratio) else None
     values = t.numpy()
     deviation = values - mean
     # Squares of totals above ~1e154 overflow: square the deviations in units of

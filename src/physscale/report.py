@@ -127,6 +127,11 @@ def _title(derived: DerivedFiles, stats: PatternStats) -> tuple[str, str]:
             f"nothing excluded; excluding the {flagged} flagged frame(s) would move the scale "
             f"by $\\times${ratio:.6g} ({_percent(ratio)})"
         )
+    elif flagged:
+        sub = (
+            f"nothing excluded; excluding the {flagged} flagged frame(s) would leave no "
+            f"intensity to derive a scale from"
+        )
     else:
         sub = "no frame flagged; nothing excluded"
     return head, sub
