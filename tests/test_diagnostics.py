@@ -187,6 +187,13 @@ def test_one_huge_frame_gives_a_finite_spread_and_is_flagged() -> None:
     assert stats.flagged_frames == [9]
 
 
+@pytest.mark.parametrize("totals", [[1e308, 1e308], [1.7e308, 1.7e308, 0.0]])
+def test_totals_whose_sum_is_beyond_float64_are_refused_clearly(totals: list[float]) -> None:
+    # Were a raw OverflowError from math.fsum (and a numpy overflow warning).
+    with pytest.raises(ps.StateError, match="beyond float64"):
+        pattern_stats(totals)
+
+
 def test_the_scale_ratio_stays_finite_when_the_remaining_frames_are_nearly_dark() -> None:
     # mean / rest overflowed (4 / 2.2e-308) and PatternStats refused the ratio inf.
     tiny = 2.2250738585072014e-308

@@ -27,6 +27,7 @@ picture (``physscale derive --plot``) before it shows in the flags.
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Sequence
 from typing import Annotated, Literal
 
@@ -129,6 +130,14 @@ def _as_totals(totals: torch.Tensor | Sequence[float]) -> torch.Tensor:
         raise EmptyInputError("there are no per-pattern totals to summarize")
     if not bool(t.isfinite().all()) or bool((t < 0).any()):
         raise StateError("per-pattern totals must be finite and >= 0")
+    # Only totals this large can sum past float64; then check exactly (rare).
+    if float(t.max()) * t.numel() > sys.float_info.max:
+        try:
+            math.fsum(t.tolist())
+        except OverflowError:
+            raise StateError(
+                "the per-pattern totals sum beyond float64 (about 1.8e308); rescale the data"
+            ) from None
     return t
 
 
