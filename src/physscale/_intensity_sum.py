@@ -104,7 +104,17 @@ def _blocks(shape: tuple[int, ...], limit: int, prefix: Index = ()) -> Iterator[
             yield from _blocks(shape[1:], limit, (*prefix, i))
 
 
-def _integer_like(values: np.ndarray) -> bool:
+def whole_tolerance(dtype: torch.dtype) -> float:
+    """Relative tolerance for "a sampled intensity of data in ``dtype`` is whole".
+
+    Eight roundings of the dtype (a square root of a count, stored, squared in
+    float64 stays within three): bright non-integer data is not called whole,
+    as a fixed 1e-5 called every value above about 5e4 whole.
+    """
+    return 8.0 * float(torch.finfo(dtype).eps)
+
+
+def _integer_like(values: np.ndarray, rel: float) -> bool:
     """Whether a float64 sample of intensities looks like whole photon counts.
 
     numpy on the host: a handful of tiny torch ops cost more in dispatch (and, on
@@ -114,7 +124,7 @@ def _integer_like(values: np.ndarray) -> bool:
     # Too little signal to judge (tiny or mostly dark samples, all-ones toys).
     if np.count_nonzero(v >= 1.0) < 16 or float(v.max()) < 2.0:
         return False
-    return bool(np.all(np.abs(v - np.round(v)) <= 1e-4 + 1e-5 * v))
+    return bool(np.all(np.abs(v - np.round(v)) <= 1e-4 + rel * v))
 
 
 def intensity_sum(
@@ -184,7 +194,9 @@ def intensity_sum(
     integer_like = False
     if units_check:
         sample = _units_sample(x, mask)
-        integer_like = _integer_like(sample * sample if square else sample)
+        integer_like = _integer_like(
+            sample * sample if square else sample, whole_tolerance(x.dtype)
+        )
     return IntensitySum(
         total=math.fsum(block_totals),
         n_patterns=n_patterns,

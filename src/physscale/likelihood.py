@@ -57,6 +57,7 @@ import numpy as np
 import torch
 
 from physscale._checks import check_option
+from physscale._intensity_sum import whole_tolerance
 from physscale._validation import is_validation_enabled
 from physscale.errors import (
     BroadcastError,
@@ -94,8 +95,8 @@ _FLOAT32_SAFE_TOTAL = float(torch.finfo(torch.float32).max) / 8.0
 #: How many leading obs values the units check samples (as derive does).
 _UNITS_SAMPLE = 4096
 #: Relative tolerance for "the count scale maps whole obs to whole counts": eight
-#: float32 roundings (derive's 1e-5 would call any count above ~5e4 whole).
-_COUNTS_WHOLE_REL = 8.0 * float(torch.finfo(torch.float32).eps)
+#: float32 roundings (the rounding of sqrt, square and product).
+_COUNTS_WHOLE_REL = whole_tolerance(torch.float32)
 
 
 _compiler_is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None)
@@ -739,11 +740,8 @@ class _Checked:
     obs_whole: bool  # obs itself is whole-valued (counts given as amplitudes)
 
 
-def _whole(v: torch.Tensor, rel: float = 1e-5) -> torch.Tensor:
-    """1 if every value of ``v`` is within ``1e-4 + rel*|v|`` of a whole number, else 0.
-
-    The default is derive's tolerance for sampled intensities.
-    """
+def _whole(v: torch.Tensor, rel: float) -> torch.Tensor:
+    """1 if every value of ``v`` is within ``1e-4 + rel*|v|`` of a whole number, else 0."""
     return (v - v.round()).abs().le_(1e-4 + rel * v.abs()).all()
 
 
@@ -770,9 +768,9 @@ def _units_parts(o: torch.Tensor, amplitude: bool, t: Scale) -> list[torch.Tenso
     v = a * a if amplitude else a
     k = (x * t) ** 2 if amplitude else x * (t * t)
     k_whole = _whole(k.reshape(-1)[:_UNITS_SAMPLE], rel=_COUNTS_WHOLE_REL)
-    parts = [v.ge(1.0).sum(), v.amax(), _whole(v), k_whole]
+    parts = [v.ge(1.0).sum(), v.amax(), _whole(v, rel=whole_tolerance(o.dtype)), k_whole]
     if amplitude:
-        parts.append(_whole(a))
+        parts.append(_whole(a, rel=whole_tolerance(o.dtype)))
     return parts
 
 
