@@ -114,6 +114,13 @@ def whole_tolerance(dtype: torch.dtype) -> float:
     return 8.0 * float(torch.finfo(dtype).eps)
 
 
+#: "Whole" needs evidence: the chance that values with no integer structure all
+#: land within the tolerance of an integer (2 * tolerance each, for values >= 1)
+#: must be below this. Where the dtype cannot tell integers apart (float16 above
+#: a few hundred, float32 above ~1e6) the values give no evidence either way.
+WHOLE_CHANCE = 1e-6
+
+
 def _integer_like(values: np.ndarray, rel: float) -> bool:
     """Whether a float64 sample of intensities looks like whole photon counts.
 
@@ -124,7 +131,11 @@ def _integer_like(values: np.ndarray, rel: float) -> bool:
     # Too little signal to judge (tiny or mostly dark samples, all-ones toys).
     if np.count_nonzero(v >= 1.0) < 16 or float(v.max()) < 2.0:
         return False
-    return bool(np.all(np.abs(v - np.round(v)) <= 1e-4 + rel * v))
+    tol = 1e-4 + rel * v
+    if not np.all(np.abs(v - np.round(v)) <= tol):
+        return False
+    chance = np.log(np.minimum(2.0 * tol[v >= 1.0], 1.0)).sum()
+    return bool(chance <= math.log(WHOLE_CHANCE))
 
 
 def intensity_sum(

@@ -57,7 +57,7 @@ import numpy as np
 import torch
 
 from physscale._checks import check_option
-from physscale._intensity_sum import whole_tolerance
+from physscale._intensity_sum import WHOLE_CHANCE, whole_tolerance
 from physscale._validation import is_validation_enabled
 from physscale.errors import (
     BroadcastError,
@@ -741,8 +741,12 @@ class _Checked:
 
 
 def _whole(v: torch.Tensor, rel: float) -> torch.Tensor:
-    """1 if every value of ``v`` is within ``1e-4 + rel*|v|`` of a whole number, else 0."""
-    return (v - v.round()).abs().le_(1e-4 + rel * v.abs()).all()
+    """True if every value of ``v`` is within ``1e-4 + rel*|v|`` of a whole number,
+    and that is evidence (derive's rule, ``_intensity_sum.WHOLE_CHANCE``)."""
+    tol = 1e-4 + rel * v.abs()
+    within = (v - v.round()).abs().le(tol).all()
+    chance = torch.where(v >= 1.0, (2.0 * tol).clamp(max=1.0).log(), 0.0).sum()
+    return within & chance.le(math.log(WHOLE_CHANCE))
 
 
 def _units_parts(o: torch.Tensor, amplitude: bool, t: Scale) -> list[torch.Tensor]:
