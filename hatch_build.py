@@ -1,7 +1,7 @@
 """Build hook: compile physscale's optional native kernel into the wheel.
 
-``csrc/physscale_native.c`` becomes ``physscale/_native_kernel.so``, a plain C
-shared library that ``physscale._native`` loads with ctypes (no Python
+``src/physscale/core/kernels/native.c`` becomes ``_native_kernel.so`` beside it, a plain C
+shared library that ``physscale.core.kernels.native`` loads with ctypes (no Python
 headers, so one build serves every Python version). Without a working C
 compiler the wheel is built pure-Python and physscale uses its eager kernel,
 which gives the same results, more slowly.
@@ -14,7 +14,7 @@ Environment:
 Without ``$CC`` the compiler is Python's configured one (``sysconfig``'s CC)
 when that executable exists, else the first of ``cc``, ``gcc``, ``clang`` on
 PATH. The outcome (built or not, the compiler, a one-line reason) is written
-into the package as ``physscale/_native_build.json``, which ``physscale
+into the package as ``physscale/core/kernels/_native_build.json``, which ``physscale
 doctor`` and ``physscale --version`` read: pip shows a build hook's messages
 only with ``-v``.
 """
@@ -34,10 +34,10 @@ from typing import Any, NamedTuple
 
 from hatchling.builders.hooks.plugin.interface import BuildHookInterface
 
-SOURCE = Path("csrc") / "physscale_native.c"
-TARGET = "physscale/_native_kernel.so"
-#: The build outcome, read by ``physscale doctor`` (physscale/doctor.py).
-OUTCOME = "physscale/_native_build.json"
+SOURCE = Path("src") / "physscale" / "core" / "kernels" / "native.c"
+TARGET = "physscale/core/kernels/_native_kernel.so"
+#: The build outcome, read by ``physscale doctor`` (physscale/cli/doctor.py).
+OUTCOME = "physscale/core/kernels/_native_build.json"
 
 #: Compilers looked for on PATH when neither $CC nor Python's CC gives one.
 FALLBACK_COMPILERS = ("cc", "gcc", "clang")

@@ -49,7 +49,8 @@ import torch
 from _common import interleaved_seconds, median_ratio, peak_extra_mib
 
 import physscale as ps
-from physscale import _device_sum, _native
+from physscale.core.kernels import device as _device_sum
+from physscale.core.kernels import native as _native
 
 #: Targets from issue 12 (CPU and GPU alike): derive <= 1.3x one x.sum(); extra
 #: memory <= 64 MiB whatever the input size; >= 5x faster than the naive formula.
@@ -59,7 +60,7 @@ NAIVE_SPEEDUP_TARGET = 5.0
 
 _FIRST_CALL = """
 import sys, torch, physscale as ps
-from physscale import _native
+from physscale.core.kernels import native as _native
 sys.path.insert(0, {bench!r})
 from _common import peak_extra_mib
 if {eager!r}:

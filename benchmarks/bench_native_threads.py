@@ -25,7 +25,7 @@ from unittest import mock
 
 import torch
 
-from physscale import _native
+from physscale.core.kernels import native as _native
 
 
 def spin_ms(x: torch.Tensor, rounds: int = 8) -> list[float]:

@@ -69,7 +69,7 @@ sdist="$out/$(basename "$sdist")"
 echo "sdist:          $(basename "$sdist")"
 echo "platform wheel: $(basename "$raw_wheel")  (tags: $(wheel_tags "$raw_wheel"))"
 listing=$(tar tzf "$sdist") # (not piped into grep -q: pipefail would see tar's SIGPIPE)
-for member in csrc/physscale_native.c hatch_build.py pyproject.toml; do
+for member in src/physscale/core/kernels/native.c hatch_build.py pyproject.toml; do
     grep -q "/$member\$" <<<"$listing" || fail "the sdist lacks $member"
 done
 if grep -qE '_native_kernel\.so|_native_build\.json' <<<"$listing"; then
@@ -123,7 +123,7 @@ try_install() {
     ) || fail "$name: the installed CLI failed"
     local kernel
     kernel=$(cd "$work" && "$venv/bin/python" -c \
-        'import physscale._native as n; print("native" if n.available() else "eager")')
+        'import physscale.core.kernels.native as n; print("native" if n.available() else "eager")')
     [ "$kernel" = "$expect" ] || fail "$name: the $kernel kernel runs; expected $expect"
     echo "-- $name: OK ($kernel kernel)"
 }

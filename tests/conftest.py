@@ -11,7 +11,7 @@ import os
 import pytest
 from hypothesis import HealthCheck, settings
 
-from physscale import _native
+from physscale.core.kernels import native as _native
 
 # The kernel fixture is constant across a test's examples, so hypothesis may
 # share it between them.

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from physscale import _native
+from physscale.core.kernels import native as _native
 
 ROOT = Path(__file__).resolve().parents[1]
 if not (ROOT / "hatch_build.py").is_file():  # pragma: no cover - an installed test tree
@@ -117,9 +117,10 @@ def test_a_failed_editable_rebuild_leaves_no_stale_library(
 ) -> None:
     pytest.importorskip("hatchling")
     tree = tmp_path / "tree"
-    shutil.copytree(ROOT / "csrc", tree / "csrc")
+    source = tree / hatch_build.SOURCE
+    source.parent.mkdir(parents=True)
+    shutil.copy(ROOT / hatch_build.SOURCE, source)
     stale = tree / "src" / hatch_build.TARGET
-    stale.parent.mkdir(parents=True)
     stale.write_bytes(b"an old build")
     monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
     monkeypatch.delenv("PHYSSCALE_REQUIRE_NATIVE", raising=False)
@@ -278,8 +279,8 @@ def test_the_sdist_carries_the_kernel_source_and_no_build_product(tmp_path: Path
     path = next(builder.build(directory=str(tmp_path), versions=["standard"]))
     with tarfile.open(path) as tar:
         names = {name.split("/", 1)[1] for name in tar.getnames() if "/" in name}
-    assert {"csrc/physscale_native.c", "hatch_build.py", "pyproject.toml"} <= names
-    assert "src/physscale/doctor.py" in names
+    assert {"src/physscale/core/kernels/native.c", "hatch_build.py", "pyproject.toml"} <= names
+    assert "src/physscale/cli/doctor.py" in names
     # An editable install leaves both in src/physscale; a wheel built from the
     # sdist must compile its own.
     assert not any(n.endswith(("_native_kernel.so", "_native_build.json")) for n in names)

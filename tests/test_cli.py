@@ -23,8 +23,9 @@ import numpy as np
 import pytest
 
 import physscale
-from physscale import ScaleRecord, _native
+from physscale import ScaleRecord
 from physscale.cli import main
+from physscale.core.kernels import native as _native
 from physscale.io import example_dataset_path, write_metadata
 
 

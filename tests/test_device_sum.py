@@ -1,4 +1,4 @@
-"""The fused accelerator pass (physscale._device_sum), run on the CPU by forcing it.
+"""The fused accelerator pass (physscale.core.kernels.device), run on the CPU by forcing it.
 
 On a GPU derive reads the data once through a compiled float64 reduction
 instead of the blockwise kernel. The same graph compiles for the CPU with
@@ -20,7 +20,9 @@ import torch
 from _reference import rel
 
 import physscale as ps
-from physscale import _device_sum, _intensity_sum, _native
+from physscale.core.kernels import device as _device_sum
+from physscale.core.kernels import native as _native
+from physscale.core.kernels import sums as _intensity_sum
 
 needs_cxx = pytest.mark.skipif(
     shutil.which("c++") is None and shutil.which("g++") is None,

@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import physscale as ps
-from physscale import _intensity_sum
+from physscale.core.kernels import sums as _intensity_sum
 from physscale.diagnostics import MAX_LISTED_FRAMES, OutlierRule, pattern_stats
 
 pytestmark = [

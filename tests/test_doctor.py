@@ -20,8 +20,8 @@ import pytest
 import torch
 
 import physscale as ps
-from physscale import _native, doctor
-from physscale.cli import main
+from physscale.cli import doctor, main
+from physscale.core.kernels import native as _native
 
 NO_COMPILER = {
     "built": False,
@@ -95,7 +95,9 @@ def test_doctor_without_a_compiler_says_why_and_how_to_get_the_kernel(
 def test_doctor_after_a_failed_compile_names_the_compiler_and_its_error(
     no_kernel: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    reason = "cc could not compile csrc/physscale_native.c: error: unknown type name 'x'"
+    reason = (
+        "cc could not compile src/physscale/core/kernels/native.c: error: unknown type name 'x'"
+    )
     recorded(no_kernel, status="compile-failed", compiler="cc", reason=reason)
     status = doctor.kernel_status()
     assert (status.kernel, status.reason) == ("eager", reason)

@@ -143,7 +143,7 @@ def test_a_masked_array_with_nothing_masked_is_plain_data() -> None:
 
 
 def test_the_loss_and_other_tensor_paths_refuse_a_masked_array_naming_mask() -> None:
-    from physscale._checks import as_float_tensor
+    from physscale.core.checks import as_float_tensor
 
     with pytest.raises(ps.DtypeError, match=r"mask=~numpy\.ma\.getmaskarray"):
         as_float_tensor(np.ma.MaskedArray(np.ones((2, 2))), "x")

@@ -15,7 +15,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import physscale as ps
-from physscale import _intensity_sum, _native
+from physscale.core.kernels import native as _native
+from physscale.core.kernels import sums as _intensity_sum
 
 needs_native = pytest.mark.skipif(
     not _native.available() and os.environ.get("PHYSSCALE_REQUIRE_NATIVE") != "1",
@@ -166,7 +167,7 @@ def test_every_kernel_squares_exactly(kernel: str, dtype: torch.dtype) -> None:
 def test_every_kernel_compensates_chunk_sums(kernel: str, offset: int) -> None:
     # One chunk sums to 1e16, then 1000 chunks each sum to 1: plain float64
     # addition rounds every 1e16 + 1 back to 1e16 and loses all of them.
-    chunk = 4096  # CHUNK in csrc/physscale_native.c
+    chunk = 4096  # CHUNK in src/physscale/core/kernels/native.c
     x = torch.zeros(offset + 1001 * chunk)[offset:]
     x[0] = 1e8
     x[chunk::chunk] = 1.0
@@ -243,7 +244,7 @@ def test_chunk_sums_are_compensated_so_small_chunks_are_not_lost_after_a_large_o
     # One chunk sums to 1e16, then 1000 chunks each sum to 1: plain float64
     # addition rounds every 1e16 + 1 back to 1e16 and loses all of them.
     monkeypatch.setattr(_native, "thread_count", lambda numel: 1)
-    chunk = 4096  # CHUNK in csrc/physscale_native.c
+    chunk = 4096  # CHUNK in src/physscale/core/kernels/native.c
     x = torch.zeros(1001 * chunk)
     x[0] = 1e8
     x[chunk::chunk] = 1.0

@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import physscale as ps
-from physscale import _intensity_sum
+from physscale.core.kernels import sums as _intensity_sum
 
 # Random nphotons can land on a scale near 1, which the units guard flags, and
 # random masks can hide most of the intensity, which the mask guard flags; the

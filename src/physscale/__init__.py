@@ -9,11 +9,20 @@ The submodules ``physscale.io``, ``physscale.nn``, ``physscale.lightning`` and
 import importlib
 from typing import Any
 
-from physscale._validation import is_validation_enabled, set_validation, validation
 from physscale._version import __version__
 from physscale.accumulator import IntensityAccumulator
 from physscale.attach import attach_intensity_scale, collate_with_scale, scale_for_batch
+from physscale.core.likelihood import scaled_poisson_nll
+from physscale.core.nphotons import NphotonsResolution, resolve_nphotons
+from physscale.core.validation import is_validation_enabled, set_validation, validation
 from physscale.counts import gain_from_scale, normalize_counts, scale_from_gain
+from physscale.derive import (
+    amplitude_normalization_factor,
+    closed_form_intensity_scale,
+    derive_intensity_scale,
+    normalization_target,
+    normalize_amplitudes,
+)
 from physscale.distributed import derive_from_dataloader
 from physscale.errors import (
     AmbiguousLayoutError,
@@ -37,21 +46,12 @@ from physscale.errors import (
     UnsafeFileError,
     ZeroIntensityError,
 )
-from physscale.likelihood import scaled_poisson_nll
 from physscale.nn import ScaledPoissonNLLLoss
-from physscale.nphotons import NphotonsResolution, resolve_nphotons
 from physscale.record import (
     SCHEMA_VERSION,
     ScaleRecord,
     closed_form_scale_record,
     derive_scale_record,
-)
-from physscale.scale import (
-    amplitude_normalization_factor,
-    closed_form_intensity_scale,
-    derive_intensity_scale,
-    normalization_target,
-    normalize_amplitudes,
 )
 
 __all__ = [

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from physscale._checks import (
+from physscale.core.checks import (
     DEFAULT_SPATIAL_DIMS,
     LAYOUTS,
     as_float_tensor,
@@ -30,7 +30,7 @@ from physscale._checks import (
     spatial_axes,
     split_masked,
 )
-from physscale._intensity_sum import Domain, IntensitySum, intensity_sum
+from physscale.core.kernels.sums import Domain, IntensitySum, intensity_sum
 from physscale.diagnostics import OutlierRule, PatternStats, flag_outliers, pattern_stats
 from physscale.errors import (
     EmptyInputError,

@@ -28,9 +28,10 @@ from typing import Any
 import torch
 from torch.utils.data import default_collate
 
-from physscale._checks import DEFAULT_SPATIAL_DIMS, LAYOUTS, check_concrete, check_option
-from physscale._intensity_sum import Domain
-from physscale._validation import is_validation_enabled
+from physscale.core.checks import DEFAULT_SPATIAL_DIMS, LAYOUTS, check_concrete, check_option
+from physscale.core.kernels.sums import Domain
+from physscale.core.likelihood import scalar_scale
+from physscale.core.validation import is_validation_enabled
 from physscale.errors import (
     BroadcastError,
     DtypeError,
@@ -38,7 +39,6 @@ from physscale.errors import (
     NonFiniteError,
     StateError,
 )
-from physscale.likelihood import scalar_scale
 from physscale.record import ScaleRecord, derive_scale_record
 
 __all__ = [

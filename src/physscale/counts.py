@@ -27,12 +27,12 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 
-from physscale._checks import DEFAULT_SPATIAL_DIMS
 from physscale.accumulator import IntensityAccumulator
+from physscale.core.checks import DEFAULT_SPATIAL_DIMS
+from physscale.core.likelihood import _positive_real, scalar_scale
+from physscale.derive import normalization_target
 from physscale.errors import DtypeError, EmptyInputError, MaskError, NonFiniteError
-from physscale.likelihood import _positive_real, scalar_scale
 from physscale.record import ScaleRecord
-from physscale.scale import normalization_target
 
 __all__ = ["gain_from_scale", "normalize_counts", "scale_from_gain"]
 

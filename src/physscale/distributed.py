@@ -15,12 +15,12 @@ from typing import Any
 
 import torch
 
-from physscale._checks import DEFAULT_SPATIAL_DIMS
-from physscale._intensity_sum import Domain
 from physscale.accumulator import IntensityAccumulator
 from physscale.attach import DATA_KEYS
+from physscale.core.checks import DEFAULT_SPATIAL_DIMS
+from physscale.core.kernels.sums import Domain
+from physscale.core.nphotons import resolve_nphotons
 from physscale.errors import StateError
-from physscale.nphotons import resolve_nphotons
 from physscale.record import ScaleRecord, derive_scale_record
 
 __all__ = ["accumulate_batches", "batch_data", "derive_from_dataloader", "is_distributed"]

@@ -38,8 +38,8 @@ except ImportError as exc:
         "(or pip install lightning)"
     ) from exc
 
-from physscale._checks import DEFAULT_SPATIAL_DIMS
-from physscale._intensity_sum import Domain
+from physscale.core.checks import DEFAULT_SPATIAL_DIMS
+from physscale.core.kernels.sums import Domain
 from physscale.distributed import derive_from_dataloader
 from physscale.errors import RecordError, StateError
 from physscale.io.checkpoint import CHECKPOINT_KEY, record_from_checkpoint, record_to_checkpoint

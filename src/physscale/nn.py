@@ -22,10 +22,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from physscale._checks import check_option, positive_finite
-from physscale._validation import is_validation_enabled
-from physscale.errors import DtypeError, MaskError, OptionError, RecordError
-from physscale.likelihood import (
+from physscale.core.checks import check_option, positive_finite
+from physscale.core.likelihood import (
     DOMAINS,
     FORMS,
     REDUCTIONS,
@@ -40,6 +38,8 @@ from physscale.likelihood import (
     scalar_scale,
     scaled_poisson_nll,
 )
+from physscale.core.validation import is_validation_enabled
+from physscale.errors import DtypeError, MaskError, OptionError, RecordError
 from physscale.record import ScaleRecord
 
 __all__ = ["IntensityScaler", "ScaledPoissonNLLLoss"]

@@ -16,19 +16,19 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from physscale._checks import DEFAULT_SPATIAL_DIMS, positive_finite
-from physscale._intensity_sum import Domain
 from physscale._version import __version__
 from physscale.accumulator import IntensityAccumulator
-from physscale.diagnostics import MAX_LISTED_FRAMES, ExcludedFrames, OutlierRule, PatternStats
-from physscale.errors import RecordError
-from physscale.nphotons import NphotonsResolution, NphotonsSource, resolve_nphotons
-from physscale.scale import (
+from physscale.core.checks import DEFAULT_SPATIAL_DIMS, positive_finite
+from physscale.core.kernels.sums import Domain
+from physscale.core.nphotons import NphotonsResolution, NphotonsSource, resolve_nphotons
+from physscale.derive import (
     accumulate,
     closed_form_intensity_scale,
     normalization_target,
     pattern_sizes,
 )
+from physscale.diagnostics import MAX_LISTED_FRAMES, ExcludedFrames, OutlierRule, PatternStats
+from physscale.errors import RecordError
 
 __all__ = [
     "MAX_LISTED_FILES",

@@ -37,10 +37,10 @@ from typing import Any
 
 import torch
 
-from physscale._checks import check_option
 from physscale.adapters._host import require_host
+from physscale.core.checks import check_option
+from physscale.core.likelihood import FORMS, Form, scaled_poisson_nll
 from physscale.counts import scale_from_gain
-from physscale.likelihood import FORMS, Form, scaled_poisson_nll
 
 # The two classes are made on first access (module __getattr__ below).
 __all__ = ["PoissonLikelihood", "PoissonLikelihoodDistance", "poisson_nll_per_sample"]  # noqa: F822

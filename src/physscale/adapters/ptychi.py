@@ -26,10 +26,10 @@ from typing import Any
 
 import torch
 
-from physscale._checks import check_option
 from physscale.adapters._host import require_host
+from physscale.core.checks import check_option
+from physscale.core.likelihood import FORMS, REDUCTIONS, Form, Reduction, scaled_poisson_nll
 from physscale.errors import StateError
-from physscale.likelihood import FORMS, REDUCTIONS, Form, Reduction, scaled_poisson_nll
 
 __all__ = ["PoissonLoss", "use_poisson_loss"]
 

@@ -53,8 +53,8 @@ import torch
 from physscale.adapters._host import require_host
 from physscale.attach import RECORD_FIELD as _ATTACH_RECORD_FIELD
 from physscale.attach import check_attach_arguments
+from physscale.core.likelihood import scalar_scale
 from physscale.errors import DataFileError, RecordError, StateError, UnsafeFileError
-from physscale.likelihood import scalar_scale
 from physscale.nn import IntensityScaler, ScaledPoissonNLLLoss
 from physscale.record import ScaleRecord, derive_scale_record
 

@@ -35,10 +35,12 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from physscale import _native
-from physscale._checks import DEFAULT_SPATIAL_DIMS, check_layout, positive_finite, spatial_axes
-from physscale._intensity_sum import Domain
 from physscale.accumulator import IntensityAccumulator
+from physscale.core.checks import DEFAULT_SPATIAL_DIMS, check_layout, positive_finite, spatial_axes
+from physscale.core.kernels import native as _native
+from physscale.core.kernels.sums import Domain
+from physscale.core.nphotons import DISAGREEMENT_RTOL, NphotonsResolution, NphotonsSource
+from physscale.core.nphotons import resolve_nphotons as _resolve
 from physscale.diagnostics import OutlierRule
 from physscale.errors import (
     DataFileError,
@@ -54,8 +56,6 @@ from physscale.io._progress import DatasetProgress
 from physscale.io.metadata import read_metadata
 from physscale.io.readers import PatternSource, pattern_source, read_mask
 from physscale.io.streaming import fold_patterns
-from physscale.nphotons import DISAGREEMENT_RTOL, NphotonsResolution, NphotonsSource
-from physscale.nphotons import resolve_nphotons as _resolve
 from physscale.record import (
     MAX_LISTED_FILES,
     DataSources,

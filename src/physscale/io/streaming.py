@@ -25,8 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from physscale._checks import spatial_axes
 from physscale.accumulator import IntensityAccumulator
+from physscale.core.checks import spatial_axes
 from physscale.io.readers import CHUNK_BYTES, Index, PatternSource
 
 __all__ = ["fold_patterns"]

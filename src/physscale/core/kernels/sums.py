@@ -5,7 +5,7 @@ Everything that derives a scale (``derive_intensity_scale``, the streaming
 :func:`intensity_sum`, which runs one of two kernels doing the same float64
 arithmetic:
 
-- the native kernel (:mod:`physscale._native`): one fused, threaded pass over
+- the native kernel (:mod:`physscale.core.kernels.native`): one fused, threaded pass over
   dense CPU float32/float64 data, no extra memory, at the memory-read floor;
   with ``per_pattern``, the same pass row by row when every pattern is one
   run of memory (C-contiguous data, spatial axes last, no mask);
@@ -29,7 +29,8 @@ from typing import Literal
 import numpy as np
 import torch
 
-from physscale import _device_sum, _native
+from physscale.core.kernels import device as _device_sum
+from physscale.core.kernels import native as _native
 from physscale.errors import EmptyInputError, NegativeValueError, NonFiniteError
 
 Domain = Literal["amplitude", "intensity"]
@@ -245,7 +246,7 @@ def _eager_sum(
     With a mask, also the per-block intensity of the excluded pixels (finite
     values >= 0 only) and the number of excluded pixels.
     Large unmasked inputs on accelerators take one compiled pass instead
-    (:mod:`physscale._device_sum`) unless it reports a bad value.
+    (:mod:`physscale.core.kernels.device`) unless it reports a bad value.
     """
     if mask is None:
         fused = _device_sum.fused_sum(x, square)

@@ -1,9 +1,9 @@
 """The optional native kernel: one fused, multi-threaded pass on the CPU.
 
-``csrc/physscale_native.c`` is compiled at install time when a C compiler is
+``src/physscale/core/kernels/native.c`` is compiled at install time when a C compiler is
 available (see ``hatch_build.py``) into ``physscale/_native_kernel.so`` and
 loaded here with :mod:`ctypes`. It computes the same float64 sum and minimum as
-the eager kernel in :mod:`physscale._intensity_sum`, in one read of the data
+the eager kernel in :mod:`physscale.core.kernels.sums`, in one read of the data
 instead of three passes per block, so deriving a scale costs about as much as
 reading the tensor once. Without the library (no compiler at install time,
 an unsupported platform, or ``PHYSSCALE_NATIVE=0``) every caller falls back to
@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-#: Must match PHYSSCALE_NATIVE_ABI in csrc/physscale_native.c: a stale build
+#: Must match PHYSSCALE_NATIVE_ABI in src/physscale/core/kernels/native.c: a stale build
 #: from an older checkout is ignored rather than called with the wrong signature.
 ABI_VERSION = 3
 
@@ -230,7 +230,7 @@ def reduce_dense(
 
 
 class _Task(ctypes.Structure):
-    """``physscale_task`` in csrc/physscale_native.c (its size is checked at load time)."""
+    """``physscale_task`` in native.c (its size is checked at load time)."""
 
     _fields_ = [
         ("x", ctypes.c_void_p),
@@ -269,7 +269,7 @@ def _run(lib: ctypes.CDLL, task: _Task | _RowsTask, n_threads: int, rows: bool =
 
 # ------------------------------------------------------------ per-pattern sums
 class _RowsTask(ctypes.Structure):
-    """``physscale_rows_task`` in csrc/physscale_native.c (its size is checked at load time)."""
+    """``physscale_rows_task`` in native.c (its size is checked at load time)."""
 
     _fields_ = [
         ("x", ctypes.c_void_p),

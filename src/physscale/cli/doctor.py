@@ -30,9 +30,9 @@ import numpy
 import pydantic
 import torch
 
-from physscale import _native
-from physscale._validation import is_validation_enabled
 from physscale._version import __version__
+from physscale.core.kernels import native as _native
+from physscale.core.validation import is_validation_enabled
 
 __all__ = [
     "KernelStatus",

@@ -36,7 +36,7 @@ from typing import Any
 
 import torch
 
-from physscale import _native
+from physscale.core.kernels import native as _native
 
 #: Elements per row: each row is summed in float64, then the row sums.
 ROW = 4096

@@ -17,9 +17,9 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 
-from physscale._checks import DEFAULT_SPATIAL_DIMS, as_float_tensor, positive_finite
-from physscale._intensity_sum import Domain
 from physscale.accumulator import IntensityAccumulator
+from physscale.core.checks import DEFAULT_SPATIAL_DIMS, as_float_tensor, positive_finite
+from physscale.core.kernels.sums import Domain
 from physscale.errors import AxisError, EmptyInputError
 
 __all__ = [

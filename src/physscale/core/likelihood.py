@@ -56,9 +56,9 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from physscale._checks import check_option
-from physscale._intensity_sum import WHOLE_CHANCE, whole_tolerance
-from physscale._validation import is_validation_enabled
+from physscale.core.checks import check_option
+from physscale.core.kernels.sums import WHOLE_CHANCE, whole_tolerance
+from physscale.core.validation import is_validation_enabled
 from physscale.errors import (
     BroadcastError,
     DtypeError,

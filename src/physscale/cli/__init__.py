@@ -36,8 +36,8 @@ from typing import Any, Literal, TextIO
 
 from pydantic import ValidationError
 
-from physscale import doctor
-from physscale._checks import positive_finite
+from physscale.cli import doctor
+from physscale.core.checks import positive_finite
 from physscale.diagnostics import OutlierRule
 from physscale.errors import (
     AmbiguousLayoutError,

@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from physscale._checks import positive_finite
+from physscale.core.checks import positive_finite
 from physscale.errors import NphotonsError
 
 __all__ = ["NphotonsResolution", "NphotonsSource", "resolve_nphotons"]
