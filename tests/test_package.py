@@ -54,3 +54,30 @@ def test_io_attribute_is_the_io_module_with_its_public_functions() -> None:
 def test_unknown_attribute_is_an_attribute_error() -> None:
     with pytest.raises(AttributeError, match="no attribute 'nonexistent'"):
         ps.nonexistent  # noqa: B018
+
+
+def test_every_public_name_exists_and_the_surface_stays_small() -> None:
+    assert all(hasattr(ps, name) for name in ps.__all__)
+    # 0.2.0 had 45 top-level names, 20 of them errors and warnings.
+    assert len(ps.__all__) <= 30
+    errors = [n for n in ps.__all__ if n.endswith(("Error", "Warning"))]
+    assert errors == ["PhysscaleError", "AmbiguousLayoutError", "MaskWarning", "UnitsWarning"]
+
+
+@pytest.mark.parametrize("name", sorted(ps._MOVED))
+def test_a_moved_name_still_works_with_a_deprecation_warning(name: str) -> None:
+    home = ps._MOVED[name]
+    with pytest.warns(DeprecationWarning, match=rf"physscale\.{name} moved to {home}\.{name}"):
+        value = getattr(ps, name)
+    assert value is getattr(sys.modules[home], name)
+    assert name not in ps.__all__
+
+
+def test_every_error_class_is_a_physscale_error_and_a_builtin() -> None:
+    for name in ps.errors.__all__:
+        cls = getattr(ps.errors, name)
+        if name.endswith("Warning"):
+            assert issubclass(cls, UserWarning)
+        else:
+            assert issubclass(cls, ps.PhysscaleError)
+            assert cls is ps.PhysscaleError or issubclass(cls, ValueError | TypeError)

@@ -7,6 +7,7 @@ The submodules ``physscale.io``, ``physscale.nn``, ``physscale.lightning`` and
 """
 
 import importlib
+import warnings
 from typing import Any
 
 from physscale._version import __version__
@@ -20,95 +21,98 @@ from physscale.derive import (
     amplitude_normalization_factor,
     closed_form_intensity_scale,
     derive_intensity_scale,
-    normalization_target,
     normalize_amplitudes,
 )
 from physscale.distributed import derive_from_dataloader
-from physscale.errors import (
-    AmbiguousLayoutError,
-    AxisError,
-    BroadcastError,
-    DataFileError,
-    DtypeError,
-    EmptyInputError,
-    FileListError,
-    IntegrityError,
-    MaskError,
-    MaskWarning,
-    NegativeValueError,
-    NonFiniteError,
-    NphotonsError,
-    OptionError,
-    PhysscaleError,
-    RecordError,
-    StateError,
-    UnitsWarning,
-    UnsafeFileError,
-    ZeroIntensityError,
-)
+from physscale.errors import AmbiguousLayoutError, MaskWarning, PhysscaleError, UnitsWarning
 from physscale.nn import ScaledPoissonNLLLoss
 from physscale.record import (
-    SCHEMA_VERSION,
     ScaleRecord,
     closed_form_scale_record,
     derive_scale_record,
 )
 
-__all__ = [
-    "SCHEMA_VERSION",
-    "AmbiguousLayoutError",
-    "AxisError",
-    "BroadcastError",
-    "DataFileError",
-    "DtypeError",
-    "EmptyInputError",
-    "FileListError",
-    "IntegrityError",
-    "IntensityAccumulator",
-    "MaskError",
-    "MaskWarning",
-    "NegativeValueError",
-    "NonFiniteError",
-    "NphotonsError",
-    "NphotonsResolution",
-    "OptionError",
-    "PhysscaleError",
-    "RecordError",
-    "ScaleRecord",
-    "ScaledPoissonNLLLoss",
-    "StateError",
-    "UnitsWarning",
-    "UnsafeFileError",
-    "ZeroIntensityError",
-    "__version__",
-    "amplitude_normalization_factor",
-    "attach_intensity_scale",
-    "closed_form_intensity_scale",
-    "closed_form_scale_record",
-    "collate_with_scale",
-    "derive_from_dataloader",
+# Grouped by task, main functions first (the order of the API reference).
+__all__ = [  # noqa: RUF022
+    # deriving the scale
     "derive_intensity_scale",
     "derive_scale_record",
-    "gain_from_scale",
-    "is_validation_enabled",
-    "normalization_target",
-    "normalize_amplitudes",
-    "normalize_counts",
+    "IntensityAccumulator",
+    "derive_from_dataloader",
+    "closed_form_intensity_scale",
+    "closed_form_scale_record",
+    # nphotons and the provenance record
     "resolve_nphotons",
-    "scale_for_batch",
-    "scale_from_gain",
+    "NphotonsResolution",
+    "ScaleRecord",
+    # the likelihood
     "scaled_poisson_nll",
+    "ScaledPoissonNLLLoss",
+    # counts and normalization
+    "normalize_counts",
+    "normalize_amplitudes",
+    "amplitude_normalization_factor",
+    "scale_from_gain",
+    "gain_from_scale",
+    # training data
+    "attach_intensity_scale",
+    "collate_with_scale",
+    "scale_for_batch",
+    # the validation switch
     "set_validation",
     "validation",
+    "is_validation_enabled",
+    # errors users catch and warnings they filter (the rest: physscale.errors)
+    "PhysscaleError",
+    "AmbiguousLayoutError",
+    "MaskWarning",
+    "UnitsWarning",
+    "__version__",
 ]
 
 #: Submodules loaded on first attribute access (PEP 562).
 _LAZY_SUBMODULES = frozenset({"adapters", "io", "lightning", "nn"})
 
+#: Names that moved out of the top level in 0.3: the old spelling still works, with
+#: a DeprecationWarning, until 0.4.
+_MOVED = {
+    **dict.fromkeys(
+        (
+            "AxisError",
+            "BroadcastError",
+            "DataFileError",
+            "DtypeError",
+            "EmptyInputError",
+            "FileListError",
+            "IntegrityError",
+            "MaskError",
+            "NegativeValueError",
+            "NonFiniteError",
+            "NphotonsError",
+            "OptionError",
+            "RecordError",
+            "StateError",
+            "UnsafeFileError",
+            "ZeroIntensityError",
+        ),
+        "physscale.errors",
+    ),
+    "SCHEMA_VERSION": "physscale.record",
+    "normalization_target": "physscale.derive",
+}
+
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY_SUBMODULES:
         return importlib.import_module(f"physscale.{name}")
+    if name in _MOVED:
+        home = _MOVED[name]
+        warnings.warn(
+            f"physscale.{name} moved to {home}.{name} in 0.3; the top-level alias goes in 0.4",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return getattr(importlib.import_module(home), name)
     raise AttributeError(f"module 'physscale' has no attribute {name!r}")
 
 
