@@ -579,14 +579,14 @@ def test_a_killed_save_keeps_the_old_bundle_and_the_next_save_removes_its_leftov
     before = bundle_path.read_bytes()
 
     def child() -> None:
-        original = bundle_module._write_member
+        original = bundle_module.write_member
 
-        def write_then_die(zf: Any, name: str, data: bytes, compress: bool) -> None:
-            original(zf, name, data, compress)
+        def write_then_die(zf: Any, name: str, data: bytes, **how: Any) -> None:
+            original(zf, name, data, **how)
             if name == "record.json":
                 os.kill(os.getpid(), signal.SIGKILL)
 
-        bundle_module._write_member = write_then_die  # type: ignore[assignment]
+        bundle_module.write_member = write_then_die  # type: ignore[assignment]
         save_bundle(bundle_path, {"w": torch.ones(1000)}, _record())
 
     proc = multiprocessing.get_context("fork").Process(target=child)

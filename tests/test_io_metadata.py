@@ -10,6 +10,7 @@ import os
 import pickle
 import re
 import subprocess
+import sys
 import tempfile
 import zipfile
 from pathlib import Path
@@ -405,6 +406,26 @@ def test_a_memo_index_beyond_the_pickle_is_refused_before_unpickling(tmp_path: P
     _npz_with_metadata_member(path, pickled)
     with pytest.raises(UnsafeFileError, match=r"memo\.npz:_metadata: .*memo slot 16777216"):
         read_metadata(path)
+
+
+def test_an_object_scalar_made_from_bytes_is_refused_not_a_crash(tmp_path: Path) -> None:
+    # numpy.dtype("O8") + numpy's scalar(dtype, 8 bytes) turns arbitrary bytes into an
+    # object pointer (SIGSEGV). Run in a child, so a crash fails this test, not pytest.
+    raw = pickle.dumps(np.float64(1.0), protocol=4)
+    raw = raw.replace(b"\x8c\x02f8", b"\x8c\x02O8").replace(np.float64(1.0).tobytes(), b"A" * 8)
+    path = tmp_path / "scalar.npz"
+    _npz_with_metadata_member(path, raw)
+    code = (
+        "import sys, physscale.errors as e\nfrom physscale.io import read_metadata\n"
+        "try:\n    read_metadata(sys.argv[1])\nexcept e.PhysscaleError as exc:\n"
+        "    print(type(exc).__name__, exc)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
+    assert done.stdout.startswith("UnsafeFileError"), done.stdout
+    assert re.search(r"references numpy\._?core\.multiarray\.scalar", done.stdout), done.stdout
 
 
 def test_a_pickle_with_more_operations_than_metadata_needs_is_refused(tmp_path: Path) -> None:

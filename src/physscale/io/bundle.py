@@ -49,7 +49,6 @@ import torch
 
 from physscale._version import __version__
 from physscale.errors import DataFileError, DtypeError, IntegrityError, RecordError, UnsafeFileError
-from physscale.io._atomic import atomic_write
 from physscale.io._files import (
     ZIP_OPEN_ERRORS,
     check_zip_member,
@@ -58,6 +57,7 @@ from physscale.io._files import (
     open_regular,
     preview,
 )
+from physscale.io.archive import new_archive, write_member
 from physscale.io.checkpoint import parse_record_json, require_record
 from physscale.record import READABLE_SCHEMA_VERSIONS, ScaleRecord
 
@@ -88,8 +88,8 @@ _SIGNATURE_FORMAT = "physscale-bundle-signature"
 _SIGNATURE_ALGORITHM = "HMAC-SHA256"
 # Domain separation: this key's HMACs of anything else never verify as a bundle's.
 _SIGNED_PREFIX = b"physscale-bundle-manifest-v1\n"
-# A fixed timestamp makes a bundle's bytes depend on its contents only.
-_ZIP_TIME = (1980, 1, 1, 0, 0, 0)
+# Members are rw-r--r-- when unpacked (the timestamp is fixed by new_archive).
+_MODE = 0o644
 # A manifest is a few hundred bytes plus `extra`, a record about 1 kB, a
 # signature 200 bytes: refuse to inflate anything absurd.
 _MAX_MANIFEST_BYTES = 4 * 2**20
@@ -167,13 +167,6 @@ def _state_dict_bytes(state_dict: Mapping[str, Any]) -> bytes:
             f"strings in the state dict"
         ) from None
     return data
-
-
-def _write_member(zf: zipfile.ZipFile, name: str, data: bytes, compress: bool) -> None:
-    info = zipfile.ZipInfo(name, date_time=_ZIP_TIME)
-    info.compress_type = zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED
-    info.external_attr = 0o644 << 16
-    zf.writestr(info, data)
 
 
 def _check_key(key: Any) -> bytes:
@@ -257,10 +250,10 @@ def save_bundle(
         "extra": extra_json,
     }
     manifest_bytes = json.dumps(manifest, indent=2).encode()
-    with atomic_write(path) as fh, zipfile.ZipFile(fh, "w") as zf:
-        _write_member(zf, MANIFEST_MEMBER, manifest_bytes, True)
-        _write_member(zf, RECORD_MEMBER, payload[RECORD_MEMBER], True)
-        _write_member(zf, STATE_DICT_MEMBER, payload[STATE_DICT_MEMBER], False)
+    with new_archive(path) as zf:
+        write_member(zf, MANIFEST_MEMBER, manifest_bytes, compress=True, mode=_MODE)
+        write_member(zf, RECORD_MEMBER, payload[RECORD_MEMBER], compress=True, mode=_MODE)
+        write_member(zf, STATE_DICT_MEMBER, payload[STATE_DICT_MEMBER], compress=False, mode=_MODE)
         if secret is not None:
             signature = {
                 "format": _SIGNATURE_FORMAT,
@@ -268,7 +261,8 @@ def save_bundle(
                 "signs": MANIFEST_MEMBER,
                 "hmac": _signature(secret, manifest_bytes),
             }
-            _write_member(zf, SIGNATURE_MEMBER, json.dumps(signature, indent=2).encode(), True)
+            signed = json.dumps(signature, indent=2).encode()
+            write_member(zf, SIGNATURE_MEMBER, signed, compress=True, mode=_MODE)
     return Path(path)
 
 

@@ -5,11 +5,11 @@ PtychoPINN stores a dataset's metadata as a JSON string under the NPZ key
 pickle, so ``np.load(..., allow_pickle=False)`` cannot read them and
 ``allow_pickle=True`` runs whatever code the pickle names. physscale reads the
 member itself (``zipfile`` and the ``.npy`` header) and unpickles it with
-:class:`_MetadataUnpickler`, which resolves no real global at all: the
-names a 0-d string array needs map to inert stand-ins (``_codecs.encode``,
-which pickle protocols 0-2 use for bytes, to one that only turns latin-1 text
-into bytes), everything else is refused with :class:`physscale.UnsafeFileError`.
-Nothing from the file runs.
+physscale's one unpickler (:func:`physscale.io.pickles.load_pickle`) under
+rules that resolve no real global at all: the names a 0-d string array needs
+map to inert stand-ins (``_codecs.encode``, which pickle protocols 0-2 use
+for bytes, to one that only turns latin-1 text into bytes), everything else
+is refused with :class:`physscale.UnsafeFileError`. Nothing from the file runs.
 
 :func:`write_metadata` stores metadata as a plain unicode array instead, which
 numpy reads without pickle and PtychoPINN reads as before (``.item()`` gives
@@ -18,13 +18,9 @@ the JSON string).
 
 from __future__ import annotations
 
-import io
 import json
 import os
-import pickle
-import pickletools
 import re
-import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Any
@@ -33,7 +29,7 @@ import numpy as np
 
 from physscale.errors import DataFileError, UnsafeFileError
 from physscale.io import _hdf5_vlen
-from physscale.io._atomic import TargetAppearedError, atomic_write, locked
+from physscale.io._atomic import TargetAppearedError, locked
 from physscale.io._files import (
     ZIP_OPEN_ERRORS,
     check_zip_member,
@@ -42,14 +38,12 @@ from physscale.io._files import (
     preview,
     zip_archive_size,
 )
-from physscale.io.readers import (
-    READ_ERRORS,
-    file_kind,
-    hdf5_errors,
-    open_hdf5,
-    open_npz,
-    read_npy_header,
-)
+from physscale.io.archive import copy_members, member_info, new_archive
+from physscale.io.formats.base import READ_ERRORS, file_kind
+from physscale.io.formats.hdf5 import hdf5_errors, import_h5py, open_hdf5
+from physscale.io.formats.npy import read_npy_header
+from physscale.io.formats.npz import open_npz
+from physscale.io.pickles import PickleRules, load_pickle
 
 __all__ = ["METADATA_KEY", "metadata_from_npy_stream", "read_metadata", "write_metadata"]
 
@@ -63,9 +57,8 @@ MAX_METADATA_BYTES = 4 * 1024 * 1024
 # A pickled 0-d object array holding one string takes about 60 opcodes. The
 # cap bounds what a pickle can make the unpickler allocate (each opcode makes
 # at most one small object), and memo indices beyond it are refused before
-# CPython's unpickler sizes its memo table from them.
+# CPython's unpickler sizes its memo table from them (see physscale.io.pickles).
 _MAX_PICKLE_OPCODES = 1000
-_MEMO_PUTS = {"PUT", "BINPUT", "LONG_BINPUT"}
 
 # Attempts when other writers keep creating or replacing the file meanwhile.
 _WRITE_ATTEMPTS = 10
@@ -167,92 +160,44 @@ def _str_standin(where: str) -> Any:
     return make_str
 
 
-class _MetadataUnpickler(pickle.Unpickler):
-    """An unpickler that resolves no real global, only inert stand-ins.
+def _reconstruct(where: str) -> Any:
+    """Stands in for ``numpy.core.multiarray._reconstruct``: an :class:`_ArrayStub`."""
 
-    ``find_class`` is the only way a pickle reaches code (GLOBAL, STACK_GLOBAL,
-    INST, OBJ and EXT all go through it), so refusing every other name means
-    nothing from the file can run.
-    """
+    def reconstruct(cls: Any, shape: Any, order: Any) -> _ArrayStub:
+        if cls is not _NDARRAY_MARKER:
+            raise UnsafeFileError(f"{where}: pickle reconstructs a non-ndarray class")
+        return _ArrayStub(where)
 
-    def __init__(self, file: IO[bytes], where: str) -> None:
-        super().__init__(file)
-        self.where = where
-
-    def find_class(self, module: str, name: str) -> Any:
-        where = self.where
-        if (module, name) in _RECONSTRUCT:
-
-            def reconstruct(cls: Any, shape: Any, order: Any) -> _ArrayStub:
-                if cls is not _NDARRAY_MARKER:
-                    raise UnsafeFileError(f"{where}: pickle reconstructs a non-ndarray class")
-                return _ArrayStub(where)
-
-            return reconstruct
-        if (module, name) in _NDARRAY:
-            return _NDARRAY_MARKER
-        if (module, name) in _DTYPE:
-            return lambda *args: _DtypeStub(where, *args)
-        if (module, name) in _STR:
-            return _str_standin(where)
-        if (module, name) == _CODECS_ENCODE:
-            return _latin1_encoder(where)
-        raise UnsafeFileError(
-            f"{where}: refused to unpickle metadata that references {module}.{name}; a "
-            f"metadata pickle may only rebuild a 0-d array holding a JSON string. This "
-            f"file tries to run code or holds other objects; do not open it with "
-            f"np.load(allow_pickle=True)"
-        )
-
-    def persistent_load(self, pid: Any) -> Any:
-        raise UnsafeFileError(f"{self.where}: refused a pickle persistent id in metadata")
+    return reconstruct
 
 
 _NDARRAY_MARKER = object()
 
-
-def _check_opcodes(data: bytes, where: str) -> None:
-    """Walk the pickle's opcodes before CPython's unpickler sees it.
-
-    Refuses pickles with more opcodes than a metadata pickle needs, memo
-    indices beyond that (CPython allocates the memo table up to the largest
-    index it is given: ``LONG_BINPUT 2**27`` alone is 1 GiB), and lengths that
-    run past the data.
-    """
-    count = 0
-    try:
-        for opcode, arg, _pos in pickletools.genops(data):
-            count += 1
-            if count > _MAX_PICKLE_OPCODES:
-                raise UnsafeFileError(
-                    f"{where}: the metadata pickle has more than {_MAX_PICKLE_OPCODES} "
-                    f"operations; a 0-d string array needs about 60. Refused"
-                )
-            if opcode.name in _MEMO_PUTS and not (
-                isinstance(arg, int) and 0 <= arg < _MAX_PICKLE_OPCODES
-            ):
-                raise UnsafeFileError(
-                    f"{where}: the metadata pickle stores into memo slot {preview(arg)}, "
-                    f"far beyond what its {count} operations can use. Refused"
-                )
-            if opcode.name == "STOP":
-                return
-    except UnsafeFileError:
-        raise
-    except Exception as exc:  # pickletools' ValueError on bad opcodes, short data...
-        raise DataFileError(f"{where}: corrupt metadata pickle ({describe(exc)})") from None
-    raise DataFileError(f"{where}: corrupt metadata pickle (no STOP opcode)")
+# What a metadata pickle may name: no real global at all, only inert stand-ins.
+_RULES = PickleRules(
+    allowed={
+        **dict.fromkeys(_RECONSTRUCT, _reconstruct),
+        **dict.fromkeys(_NDARRAY, lambda where: _NDARRAY_MARKER),
+        **dict.fromkeys(_DTYPE, lambda where: lambda *args: _DtypeStub(where, *args)),
+        **dict.fromkeys(_STR, _str_standin),
+        _CODECS_ENCODE: _latin1_encoder,
+    },
+    max_opcodes=_MAX_PICKLE_OPCODES,
+    what="metadata",
+    needs="a 0-d string array needs about 60",
+    refusal=(
+        "{where}: refused to unpickle metadata that references {module}.{name}; a "
+        "metadata pickle may only rebuild a 0-d array holding a JSON string. This "
+        "file tries to run code or holds other objects; do not open it with "
+        "np.load(allow_pickle=True)"
+    ),
+    corrupt="{where}: corrupt metadata pickle",
+)
 
 
 def _unpickle_string(data: bytes, where: str) -> str:
     """The JSON string inside a pickled 0-d object array, with no code run."""
-    _check_opcodes(data, where)
-    try:
-        obj = _MetadataUnpickler(io.BytesIO(data), where).load()
-    except UnsafeFileError:
-        raise
-    except Exception as exc:  # any malformed pickle: report, never trust
-        raise DataFileError(f"{where}: corrupt metadata pickle ({describe(exc)})") from None
+    obj = load_pickle(data, where, _RULES)
     if not isinstance(obj, _ArrayStub) or obj.value is None:
         raise UnsafeFileError(f"{where}: the metadata pickle is not a 0-d string array")
     return obj.value
@@ -405,9 +350,7 @@ def _read_hdf5_metadata(path: Path) -> dict[str, Any] | None:
 
 
 def _h5py_dataset(path: Path) -> Any:
-    from physscale.io.readers import _import_h5py
-
-    return _import_h5py(path).Dataset
+    return import_h5py(path).Dataset
 
 
 def _check_hdf5_string(shape: Any, dtype: np.dtype[Any], where: str) -> None:
@@ -431,9 +374,7 @@ def _check_hdf5_string(shape: Any, dtype: np.dtype[Any], where: str) -> None:
 
 
 def _string_info(dtype: np.dtype[Any]) -> Any:
-    from physscale.io.readers import _import_h5py
-
-    return _import_h5py(Path("hdf5")).check_string_dtype(dtype)
+    return import_h5py(Path("hdf5")).check_string_dtype(dtype)
 
 
 def write_metadata(
@@ -475,16 +416,11 @@ def write_metadata(
     for _ in range(_WRITE_ATTEMPTS):
         with locked(p) as current:
             try:
-                with (
-                    atomic_write(p, create_only=current is None) as fh,
-                    zipfile.ZipFile(
-                        fh, "w", compression=zipfile.ZIP_DEFLATED, allowZip64=True
-                    ) as out,
-                ):
+                with new_archive(p, create_only=current is None) as out:
                     if current is not None:
-                        _copy_members(current, p, out, skip)
+                        copy_members(current, p, out, skip, unchanged="metadata not written")
                     for name, arr in new.items():
-                        with out.open(_member_info(name + ".npy"), "w", force_zip64=True) as m:
+                        with out.open(member_info(name + ".npy"), "w", force_zip64=True) as m:
                             np.lib.format.write_array(m, arr, allow_pickle=False)
             except TargetAppearedError:
                 continue  # another writer created the file meanwhile: update theirs
@@ -492,37 +428,3 @@ def write_metadata(
     raise DataFileError(  # pragma: no cover - needs a file replaced 10 times during one write
         f"{path}: kept being replaced by other writers; metadata not written"
     )
-
-
-def _member_info(name: str) -> zipfile.ZipInfo:
-    # A fixed timestamp keeps files byte-for-byte reproducible (zip's epoch).
-    info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
-    info.compress_type = zipfile.ZIP_DEFLATED
-    return info
-
-
-def _copy_members(src: IO[bytes], path: Path, out: zipfile.ZipFile, skip: set[str]) -> None:
-    """Copy the members of the open (locked) ``.npz`` ``src`` into ``out``, in 4 MiB pieces."""
-    try:
-        zf = zipfile.ZipFile(src)
-    except ZIP_OPEN_ERRORS as exc:
-        raise DataFileError(
-            f"{path}: not a readable .npz (zip) archive, probably truncated or corrupt "
-            f"({describe(exc)}); metadata not written"
-        ) from None
-    with zf:
-        size = os.fstat(src.fileno()).st_size
-        for info in zf.infolist():
-            if info.filename in skip:
-                continue
-            where = f"{path}:{info.filename}"
-            check_zip_member(info, where, archive_size=size)
-            target = _member_info(info.filename)
-            try:
-                with zf.open(info) as fin, out.open(target, "w", force_zip64=True) as fout:
-                    while chunk := fin.read(1 << 22):
-                        fout.write(chunk)
-            except ZIP_OPEN_ERRORS as exc:
-                raise DataFileError(
-                    f"{where}: corrupt member ({describe(exc)}); metadata not written"
-                ) from None
