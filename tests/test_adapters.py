@@ -24,6 +24,7 @@ import physscale as ps
 from physscale.adapters import deepinv as dinv_adapter
 from physscale.adapters import ptychi as ptychi_adapter
 from physscale.adapters import ptychopinn as port_adapter
+from physscale.errors import DataFileError, UnsafeFileError
 from physscale.nn import ScaledPoissonNLLLoss
 
 
@@ -315,5 +316,269 @@ def test_port_bundle_member_over_the_size_limit_is_refused_unread(
 ) -> None:
     _port_zip(tmp_path / "wts.h5.zip", pickle.dumps({"intensity_scale": 3.0, "pad": "x" * 100}))
     monkeypatch.setattr(port_adapter, "_MAX_MEMBER_BYTES", 64)
-    with pytest.raises(ps.DataFileError, match="too large"):
+    with pytest.raises(ps.DataFileError, match="more than the 64 bytes"):
         port_adapter.record_from_bundle(tmp_path / "wts.h5.zip")
+
+
+# --------------------------------------------------------------------------- port bundles: hostile
+
+
+def _patch_member(path: Path, name: str, *, flag: int | None = None, method: int | None = None,
+                  name_byte: int | None = None) -> None:  # fmt: skip
+    """Edit one member's flag bits, compression method or first name byte, in both headers."""
+    raw = bytearray(path.read_bytes())
+    for header, flag_at, method_at, len_at, name_at in (
+        (b"PK\x03\x04", 6, 8, 26, 30),
+        (b"PK\x01\x02", 8, 10, 28, 46),
+    ):
+        start = 0
+        while (at := raw.find(header, start)) != -1:
+            length = int.from_bytes(raw[at + len_at : at + len_at + 2], "little")
+            if bytes(raw[at + name_at : at + name_at + length]) == name.encode():
+                if flag is not None:
+                    raw[at + flag_at : at + flag_at + 2] = flag.to_bytes(2, "little")
+                if method is not None:
+                    raw[at + method_at : at + method_at + 2] = method.to_bytes(2, "little")
+                if name_byte is not None:
+                    raw[at + name_at] = name_byte
+            start = at + 4
+    path.write_bytes(bytes(raw))
+
+
+_PARAMS_MEMBER = "diffraction_to_obj/params.dill"
+
+
+@pytest.mark.parametrize(
+    ("edit", "match"),
+    [
+        ({"flag": 0x1}, "encrypted"),  # zipfile raised RuntimeError
+        ({"method": 99}, "compression method 99"),  # NotImplementedError (AES)
+        ({"flag": 1 << 11, "name_byte": 0x93}, "utf-8"),  # UnicodeDecodeError
+    ],
+)
+def test_port_bundle_damaged_members_are_data_errors(
+    tmp_path: Path, edit: dict[str, int], match: str
+) -> None:
+    path = _port_zip(tmp_path / "wts.h5.zip", pickle.dumps({"intensity_scale": 3.0}))
+    _patch_member(path, _PARAMS_MEMBER, **edit)
+    with pytest.raises(DataFileError, match=match):
+        port_adapter.record_from_bundle(path)
+
+
+def test_port_bundle_record_member_that_is_not_utf8_is_a_data_error(tmp_path: Path) -> None:
+    # data.decode("utf-8") raised UnicodeDecodeError.
+    raw = pickle.dumps({"intensity_scale": 3.0, "nphotons": 1e6})
+    path = _port_zip(tmp_path / "a.zip", raw, {port_adapter.RECORD_MEMBER: b"{\xff\xfe}"})
+    with pytest.raises(DataFileError, match=r"physscale_record\.json is not UTF-8 text"):
+        port_adapter.record_from_bundle(path)
+
+
+@pytest.mark.parametrize("path", ["", "/"])
+def test_port_bundle_path_that_names_no_file_is_a_data_error(path: str) -> None:
+    # Path("").with_name(...) raised ValueError ("has an empty name").
+    with pytest.raises(DataFileError, match="no port bundle at"):
+        port_adapter.record_from_bundle(path)
+
+
+def test_port_bundle_model_not_in_the_bundle_is_a_data_error(tmp_path: Path) -> None:
+    # The first params.dill present was read instead: another model's scale, silently.
+    path = _port_zip(tmp_path / "wts.h5.zip", pickle.dumps({"intensity_scale": 3.0,
+                                                           "nphotons": 1e6}))  # fmt: skip
+    assert port_adapter.record_from_bundle(path, model="diffraction_to_obj").intensity_scale == 3.0
+    with pytest.raises(DataFileError, match=r"no params for model 'autoencoder'.*"
+                       r"\['diffraction_to_obj'\]"):  # fmt: skip
+        port_adapter.record_from_bundle(path, model="autoencoder")
+
+
+def _in_child(code: str) -> dict[str, Any]:
+    """Run ``code`` in a fresh interpreter (a crash fails the test, not pytest); its JSON line."""
+    import json
+    import subprocess
+
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False
+    )
+    assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+_CHILD = """
+import json, tracemalloc
+import physscale.errors
+from physscale.adapters import ptychopinn
+tracemalloc.start()
+try:
+    ptychopinn.record_from_bundle({path!r})
+    error, message = None, ""
+except physscale.errors.PhysscaleError as exc:
+    error, message = type(exc).__name__, str(exc)
+peak = tracemalloc.get_traced_memory()[1]
+print(json.dumps({{"error": error, "message": message, "peak": peak}}))
+"""
+
+
+def _object_scalar_pickle() -> bytes:
+    """numpy.dtype("O8") + scalar(dtype, 8 bytes): an object pointer made of arbitrary bytes."""
+    raw = pickle.dumps({"intensity_scale": np.float64(1.0)}, protocol=4)
+    assert raw.count(b"\x8c\x02f8") == 1 and raw.count(np.float64(1.0).tobytes()) == 1
+    return raw.replace(b"\x8c\x02f8", b"\x8c\x02O8").replace(np.float64(1.0).tobytes(), b"A" * 8)
+
+
+def test_port_bundle_object_scalar_from_bytes_is_refused_not_a_crash(tmp_path: Path) -> None:
+    # numpy.dtype + numpy.core.multiarray.scalar were on the allow-list: this
+    # 296-byte bundle killed the interpreter with SIGSEGV.
+    path = _port_zip(tmp_path / "crash.zip", _object_scalar_pickle())
+    result = _in_child(_CHILD.format(path=str(path)))
+    assert result["error"] == "UnsafeFileError", result
+    assert "only numeric scalars" in result["message"]
+
+
+def test_port_bundle_memo_bomb_is_refused_in_bounded_memory(tmp_path: Path) -> None:
+    # LONG_BINPUT 2**28: CPython sized its memo table from it; this 169-byte
+    # bundle took 4.4 GB of memory before an error.
+    bomb = b"\x80\x02}q\x00r" + (2**28).to_bytes(4, "little") + b"."
+    path = _port_zip(tmp_path / "memo.zip", bomb)
+    result = _in_child(_CHILD.format(path=str(path)))
+    assert result["error"] == "UnsafeFileError", result
+    assert "memo slot 268435456" in result["message"]
+    assert result["peak"] < 20 * 2**20
+
+
+def _path_bomb(parts: int = 1000) -> bytes:
+    """``{"intensity_scale": Path(*[p] * parts)}``, ``p = Path(*["a" * 1000] * parts)``.
+
+    5 kB of pickle; the path would be 1 GB long.
+    """
+    out = bytearray(b"\x80\x04}\x94\x8c\x0fintensity_scale\x94")  # memo 0, 1
+    out += b"\x8c\x07pathlib\x8c\x0dPurePosixPath\x93\x94"  # memo 2: the class
+    out += b"X" + (1000).to_bytes(4, "little") + b"a" * 1000 + b"\x94"  # memo 3: the string
+    for item in (3, 4):  # memo 4: class(*[s] * parts); then class(*[memo 4] * parts)
+        out += b"h\x02(" + (b"h" + bytes([item])) * parts
+        out += b"tR\x94"
+    out += b"s."
+    return bytes(out)
+
+
+def test_port_bundle_path_multiplication_is_refused(tmp_path: Path) -> None:
+    raw = _path_bomb()
+    assert len(raw) < 6000
+    path = _port_zip(tmp_path / "paths.zip", raw)
+    result = _in_child(_CHILD.format(path=str(path)))
+    assert result["error"] == "UnsafeFileError", result
+    assert "longer than 65536 characters" in result["message"]
+    assert result["peak"] < 20 * 2**20
+
+
+def test_port_bundle_pickle_deeper_or_longer_than_params_is_refused(tmp_path: Path) -> None:
+    # {"intensity_scale": 3.0, "nested": [[[...]]]}, 20,000 lists deep, in 40 kB.
+    head = pickle.dumps({"intensity_scale": 3.0}, protocol=2)[:-1]  # without STOP
+    raw = head + b"X\x06\x00\x00\x00nested" + b"]" * 20_000 + b"a" * 19_999 + b"s."
+    path = _port_zip(tmp_path / "deep.zip", raw)
+    with pytest.raises(UnsafeFileError, match="more than 10000 operations"):
+        port_adapter.record_from_bundle(path)
+
+
+def test_port_bundle_reads_every_plain_value_a_config_holds(tmp_path: Path) -> None:
+    import collections
+    import pathlib
+
+    params = {
+        "intensity_scale": np.float64(31.25),
+        "nphotons": np.float32(1e6),
+        "N": np.int64(64),
+        "flag": np.bool_(True),
+        "gain": np.complex64(1 + 2j),
+        "big_endian": np.array([7], dtype=">i4")[0],
+        "paths": [pathlib.PurePosixPath("/a/b"), pathlib.PureWindowsPath("C:/x"), Path("rel")],
+        "ordered": collections.OrderedDict(a=1, b=[1, 2]),
+        **{f"key{i}": float(i) for i in range(200)},
+    }
+    for protocol in (3, 4, 5):
+        path = _port_zip(tmp_path / f"p{protocol}.zip", pickle.dumps(params, protocol=protocol))
+        record = port_adapter.record_from_bundle(path)
+        assert (record.intensity_scale, record.nphotons) == (31.25, 1e6)
+
+
+# --------------------------------------------------------------------------- port bundles: saving
+
+
+def _fake_port(monkeypatch: pytest.MonkeyPatch, *, fail_after: str | None = None) -> list[str]:
+    """A stand-in for ptycho_torch.model_manager whose writer does what the port's does."""
+    import types
+
+    calls: list[str] = []
+
+    def save_torch_bundle(models: dict[str, Any], base_path: str, config: Any,
+                          intensity_scale: float | None = None) -> None:  # fmt: skip
+        calls.append(base_path)
+        params = {"N": 64, "nphotons": 1e6, "intensity_scale": intensity_scale}
+        with zipfile.ZipFile(f"{base_path}.zip", "w", zipfile.ZIP_DEFLATED) as zf:
+            zf.writestr("manifest.dill", pickle.dumps({"models": list(models)}))
+            for name in models:
+                zf.writestr(f"{name}/model.pth", b"weights of " + name.encode())
+                if name == fail_after:
+                    raise OSError("the port's writer died")
+                zf.writestr(f"{name}/params.dill", pickle.dumps(params))
+
+    package = types.ModuleType("ptycho_torch")
+    manager = types.ModuleType("ptycho_torch.model_manager")
+    manager.save_torch_bundle = save_torch_bundle  # type: ignore[attr-defined]
+    package.model_manager = manager  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "ptycho_torch", package)
+    monkeypatch.setitem(sys.modules, "ptycho_torch.model_manager", manager)
+    return calls
+
+
+_MODELS = {"autoencoder": torch.nn.Linear(1, 1), "diffraction_to_obj": torch.nn.Linear(1, 1)}
+
+
+def test_port_save_bundle_writes_the_ports_members_and_the_record(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = _fake_port(monkeypatch)
+    record = ps.closed_form_scale_record(1e6, 64)
+    path = port_adapter.save_bundle(_MODELS, tmp_path / "out" / "wts.h5", None, record)
+    assert path == tmp_path / "out" / "wts.h5.zip"
+    assert not Path(calls[0]).is_relative_to(tmp_path)  # the port wrote elsewhere
+    assert sorted(p.name for p in path.parent.iterdir()) == ["wts.h5.zip"]
+    with zipfile.ZipFile(path) as zf:
+        assert zf.testzip() is None
+        assert set(zf.namelist()) == {
+            "manifest.dill", "autoencoder/model.pth", "autoencoder/params.dill",
+            "diffraction_to_obj/model.pth", "diffraction_to_obj/params.dill",
+            port_adapter.RECORD_MEMBER,
+        }  # fmt: skip
+        assert zf.read("autoencoder/model.pth") == b"weights of autoencoder"
+    assert port_adapter.record_from_bundle(tmp_path / "out" / "wts.h5") == record
+
+
+@pytest.mark.parametrize("where", ["our writer", "the port's writer"])
+def test_port_save_bundle_that_fails_mid_write_leaves_the_old_bundle(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    import errno
+
+    from physscale.io import archive
+
+    _fake_port(monkeypatch)
+    old = ps.closed_form_scale_record(1e6, 64)
+    path = port_adapter.save_bundle(_MODELS, tmp_path / "wts.h5", None, old)
+    before, inode = path.read_bytes(), path.stat().st_ino
+    if where == "our writer":
+
+        def disk_full(*args: Any, **kwargs: Any) -> None:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        # The port's members are already copied into the new archive by then.
+        monkeypatch.setattr(archive, "write_member", disk_full)
+        expected: Any = pytest.raises(DataFileError, match=r"No space left.*unchanged")
+    else:
+        _fake_port(monkeypatch, fail_after="diffraction_to_obj")
+        expected = pytest.raises(OSError, match="the port's writer died")
+    with expected:
+        new = ps.closed_form_scale_record(4e6, 64)
+        port_adapter.save_bundle(_MODELS, tmp_path / "wts.h5", None, new)
+    assert path.read_bytes() == before and path.stat().st_ino == inode
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["wts.h5.zip"]
+    assert port_adapter.record_from_bundle(path) == old

@@ -1,36 +1,18 @@
 """PtychoPINN's PyTorch port (``ptycho_torch``): its container, its loss slot, its bundles.
 
-The port's conventions, and where physscale meets them:
+Only the port's conventions live here (docs/interop/ptychopinn.md has the
+full map); the math, the unpickler and the archive writer are physscale's own:
 
-- **Data.** Its ``PtychoDataContainerTorch`` holds ``X``, the normalized
-  diffraction amplitudes, channels-last ``(n, N, N, C)`` with ``C =
-  gridsize**2``, and optionally ``metadata`` (PtychoPINN's schema). The
-  port's own derivation guesses the channel axis (the smallest non-batch
-  axis). :func:`attach` takes the layout from the container (``"NHWC"``), so
-  no default axis is ever used, and writes the port's own field
-  ``physics_scaling_constant`` (a ``(1, 1, 1)`` float32 tensor, what the
-  port's loaders hand to ``compute_loss``) plus ``physscale_record``. The
-  port's ``nphotons_source`` / ``nphotons_resolved`` fields (its own
-  vocabulary) are left alone; physscale's source is in the record.
-- **Loss.** ``PtychoPINN_Lightning.compute_loss`` multiplies ``pred`` and the
-  observations by ``physics_scaling_constant`` and then calls
-  ``self.Loss(pred_physics, obs_physics)``: photon-count *amplitudes*, one
-  value per sample (``Independent(Poisson(lam), 3)``), then takes the batch
-  mean and divides by the detached ``mean(obs)``. The loss in that slot is
-  therefore the count-native use of :func:`physscale.scaled_poisson_nll`:
-  scale 1, ``form="exact"``, ``reduction="per_sample"``
-  (:func:`poisson_loss`; :func:`install_loss` puts it in the slot without
-  adding ``state_dict`` keys).
-- **Bundles.** The port saves ``wts.h5.zip`` archives whose per-model
-  ``params.dill`` (a pickle) holds ``intensity_scale``: the physics scale
-  its inference multiplies by. :func:`save_bundle` writes that value from a
-  record and adds the record itself as ``physscale_record.json``;
-  :func:`record_from_bundle` reads it back, and reads the scale of a bundle
-  the port wrote alone without executing its pickle.
-- **Scaler.** The port's ``IntensityScalerModule`` multiplies in ``scale(x, f)``
-  where physscale's :class:`~physscale.nn.IntensityScaler` divides in
-  ``normalize`` (and divides in ``inv_scale`` where physscale multiplies in
-  ``denormalize``): :func:`scaler_from_port` and :func:`port_factor` convert.
+- **Data.** ``PtychoDataContainerTorch.X``: normalized amplitudes, channels
+  last ``(n, N, N, C)``, ``C = gridsize**2``; the scale in its field
+  ``physics_scaling_constant``, a ``(1, 1, 1)`` float32 tensor.
+- **Loss.** ``compute_loss`` hands its ``Loss`` slot photon-count amplitudes
+  and wants one value per sample: :func:`physscale.scaled_poisson_nll` with
+  scale 1, ``form="exact"``, ``reduction="per_sample"``.
+- **Bundles.** ``wts.h5.zip``, with a per-model ``params.dill`` (a pickle)
+  whose ``intensity_scale`` its inference multiplies by (1.0 when unknown).
+- **Scaler.** ``IntensityScalerModule.scale(x, f) = x * f``, the inverse of
+  physscale's ``normalize``: ``s = 1 / f``.
 
 The port is imported only by :func:`save_bundle` (and its model only by the
 objects you pass in); everything else works on duck-typed objects.
@@ -38,12 +20,9 @@ objects you pass in); everything else works on duck-typed objects.
 
 from __future__ import annotations
 
-import io
 import math
 import os
-import pickle
-import zipfile
-import zlib
+import tempfile
 from collections.abc import Mapping, MutableMapping
 from pathlib import Path
 from typing import Any
@@ -53,10 +32,14 @@ import torch
 from physscale.adapters._host import require_host
 from physscale.attach import RECORD_FIELD as _ATTACH_RECORD_FIELD
 from physscale.attach import check_attach_arguments
-from physscale.core.likelihood import scalar_scale
-from physscale.errors import DataFileError, RecordError, StateError, UnsafeFileError
+from physscale.core.checks import scalar_scale
+from physscale.derive import derive_scale_record
+from physscale.errors import DataFileError, RecordError, StateError
+from physscale.io.archive import add_members, open_archive, read_member
+from physscale.io.checkpoint import parse_record_json, require_record
+from physscale.io.pickles import PLAIN_DATA, PickleRules, load_pickle
 from physscale.nn import IntensityScaler, ScaledPoissonNLLLoss
-from physscale.record import ScaleRecord, derive_scale_record
+from physscale.record import ScaleRecord
 
 __all__ = [
     "LAYOUT",
@@ -94,16 +77,39 @@ _INSTALL = (
     "and add the folder holding ptycho_torch/ to PYTHONPATH)"
 )
 _MAX_MEMBER_BYTES = 16 * 2**20
+_MODELS = ("diffraction_to_obj", "autoencoder")  # the port's two; they share one params
+_PARAMS = "params.dill"
+_WHAT = "port bundle (zip archive)"
+
+# params.dill is the port's config: numbers, strings, paths, numpy scalars. A real
+# one has a few hundred operations; the cap bounds memory whatever the file says.
+_PARAMS_RULES = PickleRules(
+    allowed=PLAIN_DATA,
+    max_opcodes=10_000,
+    what="params",
+    needs="the port's params need a few hundred",
+    refusal=(
+        "{where} references {module}.{name}; physscale reads only plain data from a port "
+        "bundle and never runs code from it"
+    ),
+    corrupt="{where} is not a readable pickle",
+)
 
 
 # --------------------------------------------------------------------------- data
 
 
-def _is_port_container(container: Any) -> bool:
-    kind = type(container)
-    return kind.__name__ == "PtychoDataContainerTorch" and kind.__module__.startswith(
-        "ptycho_torch"
-    )
+def _get(container: Any, name: str) -> Any:
+    if isinstance(container, Mapping):
+        return container.get(name)
+    return getattr(container, name, None)
+
+
+def _set(container: Any, name: str, value: Any) -> None:
+    if isinstance(container, MutableMapping):
+        container[name] = value
+    else:
+        setattr(container, name, value)
 
 
 def container_layout(container: Any) -> str:
@@ -118,36 +124,23 @@ def container_layout(container: Any) -> str:
             with square patterns (then pass the data to
             :func:`physscale.derive_scale_record` with an explicit ``layout``).
     """
-    if isinstance(container, Mapping):
-        x = container.get("X")
-    elif _is_port_container(container):
-        x = getattr(container, "X", None)
-    else:
+    kind = type(container)
+    is_port = kind.__name__ == "PtychoDataContainerTorch" and kind.__module__.startswith(
+        "ptycho_torch"
+    )
+    if not (is_port or isinstance(container, Mapping)):
         raise StateError(
-            f"{type(container).__name__} is not the port's PtychoDataContainerTorch or a dict "
+            f"{kind.__name__} is not the port's PtychoDataContainerTorch or a dict "
             f"with 'X'; its layout is unknown, so derive the scale with an explicit layout= "
             f"(physscale.attach_intensity_scale(container, layout=...))"
         )
-    shape = tuple(getattr(x, "shape", ()))
+    shape = tuple(getattr(_get(container, "X"), "shape", ()))
     if len(shape) != 4 or shape[1] != shape[2]:
         raise StateError(
             f"the port's X is (n, N, N, C) with C = gridsize**2, got shape {shape}; pass the "
             f"data to physscale.derive_scale_record with the layout it really has"
         )
     return LAYOUT
-
-
-def _set(container: Any, name: str, value: Any) -> None:
-    if isinstance(container, MutableMapping):
-        container[name] = value
-    else:
-        setattr(container, name, value)
-
-
-def _get(container: Any, name: str) -> Any:
-    if isinstance(container, Mapping):
-        return container.get(name)
-    return getattr(container, name, None)
 
 
 def attach(
@@ -161,32 +154,21 @@ def attach(
 ) -> ScaleRecord:
     """Derive the physics scale of a port training container and attach it the port's way.
 
-    nphotons is resolved the physscale way (SPEC §4): ``nphotons`` >
-    ``container.metadata`` > ``config`` (the port's ``TrainingConfig`` has
-    ``nphotons``) > ``default``; the layout comes from the container
-    (:func:`container_layout`), never from a default.
-
-    Afterwards the container holds:
-
-    - ``physics_scaling_constant``: the scale, a ``(1, 1, 1)`` float32 tensor,
-      exactly where and how the port keeps it (its ``_ensure_container`` then
-      keeps it instead of deriving its own);
-    - ``physscale_record``: the :class:`~physscale.ScaleRecord`.
-
-    The port's ``nphotons_source`` and ``nphotons_resolved`` are not touched.
+    nphotons: ``nphotons`` > ``container.metadata`` > ``config`` (the port's
+    ``TrainingConfig``) > ``default`` (SPEC §4); the layout comes from the
+    container (:func:`container_layout`), never from a default. Afterwards
+    the container holds ``physics_scaling_constant`` (a ``(1, 1, 1)``
+    float32 tensor, where the port's ``_ensure_container`` looks before
+    deriving its own) and ``physscale_record``; the port's own
+    ``nphotons_source`` / ``nphotons_resolved`` are not touched.
 
     Args:
         container: the port's ``PtychoDataContainerTorch`` (or a dict with
             ``"X"``), ``X`` normalized amplitudes ``(n, N, N, C)``.
-        nphotons: the explicit value, as for :func:`physscale.resolve_nphotons`.
-        config: as for :func:`physscale.resolve_nphotons`.
-        default: as for :func:`physscale.resolve_nphotons`.
+        nphotons, config, default: as for :func:`physscale.resolve_nphotons`.
         record: attach this record instead of deriving one (validation, test
             and inference containers carry the *training* scale).
         overwrite: replace a ``physscale_record`` already attached.
-
-    Returns:
-        The attached record.
 
     Raises:
         StateError: not a port container, a record already attached, or
@@ -210,14 +192,11 @@ def attach(
             default=default,
             layout=layout,
         )
-    _set(container, SCALE_FIELD, _port_scale_tensor(record.intensity_scale))
+    # The port keeps (1, 1, 1) float32 (components._attach_physics_scale).
+    scale = torch.tensor(record.intensity_scale, dtype=torch.float32).view(1, 1, 1)
+    _set(container, SCALE_FIELD, scale)
     _set(container, RECORD_FIELD, record)
     return record
-
-
-def _port_scale_tensor(scale: float) -> torch.Tensor:
-    # The port keeps (1, 1, 1) float32 (components._attach_physics_scale).
-    return torch.tensor(scale, dtype=torch.float32).view(1, 1, 1)
 
 
 # --------------------------------------------------------------------------- loss
@@ -226,13 +205,11 @@ def _port_scale_tensor(scale: float) -> torch.Tensor:
 def poisson_loss(*, eps: float = 1e-12, persistent: bool = False) -> ScaledPoissonNLLLoss:
     """The port's Poisson loss as a physscale module, for its ``Loss`` slot.
 
-    ``compute_loss`` hands the slot photon-count amplitudes (it has already
-    multiplied by ``physics_scaling_constant``), so this is
     ``ScaledPoissonNLLLoss(1.0, form="exact", reduction="per_sample")``:
-    ``-log Poisson((obs)**2; (pred)**2)`` summed over ``(N, N, C)``, one
-    value per sample, exactly the port's ``PoissonLoss`` (float64: 2.5e-14
-    relative), with finite gradients where the rate and the counts are both
-    0 (the port's ``log_prob`` gives NaN there).
+    ``-log Poisson(obs**2; pred**2)`` summed over ``(N, N, C)``, one value
+    per sample, the port's ``PoissonLoss`` (float64: 2.5e-14 relative), with
+    finite gradients where the rate and the counts are both 0 (the port's
+    ``log_prob`` gives NaN there).
 
     Args:
         eps: floor on the rate inside the logarithm, in counts. ``eps=0.0``
@@ -255,17 +232,13 @@ def poisson_loss(*, eps: float = 1e-12, persistent: bool = False) -> ScaledPoiss
 def install_loss(
     model: torch.nn.Module, *, eps: float = 1e-12, persistent: bool = False
 ) -> ScaledPoissonNLLLoss:
-    """Put :func:`poisson_loss` in a ``PtychoPINN_Lightning``'s ``Loss`` slot.
+    """Put :func:`poisson_loss` in a ``PtychoPINN_Lightning``'s ``Loss`` slot and return it.
 
     Args:
         model: the port's ``PtychoPINN_Lightning`` (unsupervised, amplitude
             forward, Poisson loss: the path that multiplies by
             ``physics_scaling_constant`` before calling ``self.Loss``).
-        eps: as for :func:`poisson_loss`.
-        persistent: as for :func:`poisson_loss`.
-
-    Returns:
-        The installed loss module.
+        eps, persistent: as for :func:`poisson_loss`.
 
     Raises:
         StateError: the model has no Poisson ``Loss`` slot on that path
@@ -309,18 +282,13 @@ def scaler_from_port(
 ) -> IntensityScaler:
     """An :class:`~physscale.nn.IntensityScaler` that computes what the port's scaler does.
 
-    The port's ``IntensityScalerModule.scale(x, f)`` returns ``x * f`` and
-    ``inv_scale(x, f)`` returns ``x / f``, with ``f = exp(log_scale)`` when it
-    has a (trainable) ``log_scale`` and the ``scale_factor`` passed per call
-    otherwise. physscale's ``normalize(x) = x / s`` and ``denormalize(y) = y * s``,
-    so ``s = 1 / f``: the returned scaler's ``normalize`` equals the port's
-    ``scale`` and its ``denormalize`` the port's ``inv_scale``.
-
-    Note that the port initialises ``log_scale`` to ``log(intensity_scale)``
-    and *multiplies* by it, where TF divides by it (SPEC failure mode 2).
-    This function reproduces what the port computes; to get TF's behaviour
-    from the port's configured ``intensity_scale`` use
-    ``IntensityScaler(model_config.intensity_scale)``.
+    The port's ``scale(x, f) = x * f`` and ``inv_scale(x, f) = x / f``, with
+    ``f = exp(log_scale)`` when it has a (trainable) ``log_scale``, else the
+    ``scale_factor`` passed per call; with ``s = 1 / f`` the returned scaler's
+    ``normalize`` is the port's ``scale`` and its ``denormalize`` the port's
+    ``inv_scale``. (The port multiplies by ``intensity_scale`` where TF
+    divides, SPEC failure mode 2: for TF's behaviour use
+    ``IntensityScaler(model_config.intensity_scale)``.)
 
     Args:
         port_scaler: the port's ``IntensityScalerModule`` (its ``log_scale``
@@ -359,18 +327,12 @@ def port_factor(scaler: IntensityScaler) -> float:
 
 
 def scale_into_params(params: Mapping[str, Any], record: ScaleRecord) -> dict[str, Any]:
-    """A copy of the port's params dict carrying the record's scale.
+    """A copy of the port's params dict (a ``params.cfg`` snapshot) carrying the record's scale.
 
-    Sets ``params["intensity_scale"]`` (the physics scale the port's inference
-    multiplies by, ``inference._run_inference_and_reconstruct``) and
-    ``params["physscale_record"]`` (the record as a JSON string).
-
-    Args:
-        params: the port's params (``params.cfg`` snapshot, a dict).
-        record: the scale to carry (its current, trained value).
+    Sets ``"intensity_scale"`` (what the port's inference multiplies by) and
+    ``"physscale_record"`` (the record as a JSON string).
     """
-    if not isinstance(record, ScaleRecord):
-        raise RecordError(f"record must be a physscale.ScaleRecord, got {type(record).__name__}")
+    require_record(record)
     out = dict(params)
     out[PARAMS_SCALE_KEY] = float(record.intensity_scale)
     out[PARAMS_RECORD_KEY] = record.model_dump_json()
@@ -399,7 +361,7 @@ def record_from_params(params: Mapping[str, Any], *, where: str = "params") -> S
     if stored is not None:
         if not isinstance(stored, str):
             raise RecordError(f"{where}[{PARAMS_RECORD_KEY!r}] must be a JSON string")
-        record = _validated_record(stored, f"{where}[{PARAMS_RECORD_KEY!r}]")
+        record = parse_record_json(stored, f"{where}[{PARAMS_RECORD_KEY!r}]")
         if not math.isclose(record.intensity_scale, scale, rel_tol=1e-6):
             raise RecordError(
                 f"{where} carries intensity_scale {scale!r} but its physscale record says "
@@ -424,66 +386,31 @@ def record_from_params(params: Mapping[str, Any], *, where: str = "params") -> S
     )
 
 
-def _validated_record(text: str, where: str) -> ScaleRecord:
-    try:
-        return ScaleRecord.model_validate_json(text)
-    except ValueError as exc:
-        raise RecordError(f"{where} is not a valid physscale record: {exc}") from None
-
-
-#: The only globals a port params pickle may name: value constructors that run no
-#: user code (paths in the config, numpy scalars from numpy-typed settings).
-_DATA_GLOBALS = frozenset(
-    {
-        ("pathlib", "PosixPath"),
-        ("pathlib", "WindowsPath"),
-        ("pathlib", "PurePosixPath"),
-        ("pathlib", "PureWindowsPath"),
-        ("pathlib", "Path"),
-        ("collections", "OrderedDict"),
-        ("numpy", "dtype"),
-        ("numpy.core.multiarray", "scalar"),
-        ("numpy._core.multiarray", "scalar"),
-    }
-)
-
-
-class _DataOnlyUnpickler(pickle.Unpickler):
-    """Unpickles plain data only: every class or function outside ``_DATA_GLOBALS`` is refused.
-
-    The port's ``params.dill`` is a dict of numbers, strings, booleans, None
-    (and perhaps paths or numpy scalars); a pickle that names any other
-    callable could run code, so it never loads.
-    """
-
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) in _DATA_GLOBALS:
-            return super().find_class(module, name)
-        raise UnsafeFileError(
-            f"params.dill references {module}.{name}; physscale reads only plain data from "
-            f"a port bundle and never runs code from it"
-        )
-
-
 def _bundle_zip(path: str | os.PathLike[str]) -> Path:
     p = Path(path)
-    if p.suffix != ".zip":
+    if p.suffix != ".zip" and p.name:
         zipped = p.with_name(p.name + ".zip")  # the port's base path ("wts.h5" -> wts.h5.zip)
         if zipped.is_file() or not p.is_file():
             p = zipped
+    if not p.name:  # "" or "/": a folder, not a bundle
+        raise DataFileError(f"no port bundle at {os.fspath(path)!r}")
     if not p.is_file():
         raise DataFileError(f"no port bundle at {p}")
     return p
 
 
-def _read_member(zf: zipfile.ZipFile, member: str, where: Path) -> bytes:
-    info = zf.getinfo(member)
-    if info.file_size > _MAX_MEMBER_BYTES:
-        raise DataFileError(f"{where}: member {member!r} is {info.file_size} bytes, too large")
-    try:
-        return zf.read(member)
-    except (zipfile.BadZipFile, zlib.error, OSError, EOFError) as exc:
-        raise DataFileError(f"{where}: cannot read member {member!r} ({exc})") from None
+def _params_member(names: list[str], zpath: Path, model: str | None) -> str:
+    """The ``<model>/params.dill`` to read: ``model``'s, else the first of the port's two."""
+    present = sorted(n.removesuffix("/" + _PARAMS) for n in names if n.endswith("/" + _PARAMS))
+    if model is not None and model not in present:
+        raise DataFileError(
+            f"{zpath} holds no params for model {model!r}; it has params for "
+            f"{present or 'no model'}"
+        )
+    preferred = [model] if model is not None else [m for m in _MODELS if m in present] + present
+    if not preferred:
+        raise DataFileError(f"{zpath} holds no <model>/params.dill; not a port bundle")
+    return f"{preferred[0]}/{_PARAMS}"
 
 
 def record_from_bundle(path: str | os.PathLike[str], *, model: str | None = None) -> ScaleRecord:
@@ -492,7 +419,7 @@ def record_from_bundle(path: str | os.PathLike[str], *, model: str | None = None
     Reads ``physscale_record.json`` when :func:`save_bundle` wrote one (and
     checks it against the bundle's params); otherwise the port's own
     ``<model>/params.dill`` ``intensity_scale``, unpickled as plain data only
-    (see :func:`record_from_params`).
+    and in bounded memory (see :func:`record_from_params`).
 
     Args:
         path: the archive, or the port's base path (``.../wts.h5``; ``.zip``
@@ -501,40 +428,32 @@ def record_from_bundle(path: str | os.PathLike[str], *, model: str | None = None
             (``diffraction_to_obj`` or ``autoencoder``; they share one snapshot).
 
     Raises:
-        DataFileError: not a readable zip archive, or no params in it.
-        UnsafeFileError: ``params.dill`` holds anything but plain data.
+        DataFileError: no such file, not a readable zip archive, a damaged,
+            encrypted, oversized or undecodable member, no params in it (or
+            none for ``model``).
+        UnsafeFileError: ``params.dill`` holds anything but plain data, or
+            more than a params pickle needs.
         RecordError: as for :func:`record_from_params`.
     """
     zpath = _bundle_zip(path)
-    try:
-        with zipfile.ZipFile(zpath) as zf:
-            names = set(zf.namelist())
-            candidates = [model] if model else ["diffraction_to_obj", "autoencoder"]
-            members = [f"{m}/params.dill" for m in candidates if f"{m}/params.dill" in names]
-            if not members:
-                members = sorted(n for n in names if n.endswith("/params.dill"))[:1]
-            if not members:
-                raise DataFileError(f"{zpath} holds no <model>/params.dill; not a port bundle")
-            raw = _read_member(zf, members[0], zpath)
-            stored = (
-                _read_member(zf, RECORD_MEMBER, zpath).decode("utf-8")
-                if RECORD_MEMBER in names
-                else None
-            )
-    except zipfile.BadZipFile as exc:
-        raise DataFileError(f"{zpath} is not a zip archive ({exc})") from None
-    try:
-        params = _DataOnlyUnpickler(io.BytesIO(raw)).load()
-    except UnsafeFileError:
-        raise
-    except Exception as exc:  # any malformed pickle: a data error, never a traceback
-        raise DataFileError(f"{zpath}: {members[0]} is not a readable pickle ({exc})") from None
+    with open_archive(zpath, _WHAT) as zf:
+        names = zf.namelist()
+        member = _params_member(names, zpath, model)
+        raw = read_member(zf, member, f"{zpath}: {member}", max_bytes=_MAX_MEMBER_BYTES)
+        stored = None
+        if RECORD_MEMBER in names:
+            where = f"{zpath}: {RECORD_MEMBER}"
+            data = read_member(zf, RECORD_MEMBER, where, max_bytes=_MAX_MEMBER_BYTES)
+            try:
+                stored = data.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise DataFileError(f"{where} is not UTF-8 text ({exc.reason})") from None
+    params = load_pickle(raw, f"{zpath}: {member}", _PARAMS_RULES)
     if not isinstance(params, dict):
-        raise DataFileError(f"{zpath}: {members[0]} holds {type(params).__name__}, not a dict")
-    where = f"{zpath.name}:{members[0]}"
+        raise DataFileError(f"{zpath}: {member} holds {type(params).__name__}, not a dict")
     if stored is not None:
         params = {**params, PARAMS_RECORD_KEY: stored}
-    return record_from_params(params, where=where)
+    return record_from_params(params, where=f"{zpath.name}:{member}")
 
 
 def save_bundle(
@@ -545,10 +464,12 @@ def save_bundle(
 ) -> Path:
     """Save a port bundle with the port's own writer, carrying ``record``'s scale.
 
-    Calls ``ptycho_torch.model_manager.save_torch_bundle(models, base_path,
-    config, intensity_scale=record.intensity_scale)`` (so the port's
-    ``load_torch_bundle`` and inference read the scale as always), then adds
-    ``physscale_record.json`` to the archive.
+    The port's ``model_manager.save_torch_bundle(models, ..., config,
+    intensity_scale=record.intensity_scale)`` writes its archive in a scratch
+    folder (so its ``load_torch_bundle`` and inference read the scale as
+    always); ``<base_path>.zip`` is then written as a new archive, the port's
+    members plus ``physscale_record.json``, and put in place in one step. An
+    existing bundle there is never edited: if anything fails it stays as it was.
 
     Args:
         models: the port's models by name (``{"autoencoder": ...,
@@ -562,16 +483,18 @@ def save_bundle(
 
     Raises:
         ModuleNotFoundError: the port is not importable (says how to get it).
+        DataFileError: the archive could not be written (the old one is unchanged).
     """
-    if not isinstance(record, ScaleRecord):
-        raise RecordError(f"record must be a physscale.ScaleRecord, got {type(record).__name__}")
+    require_record(record)
     manager = require_host(
         "ptycho_torch.model_manager", _INSTALL, "physscale.adapters.ptychopinn.save_bundle"
     )
-    manager.save_torch_bundle(
-        dict(models), str(base_path), config, intensity_scale=float(record.intensity_scale)
-    )
     zpath = Path(f"{base_path}.zip")
-    with zipfile.ZipFile(zpath, "a", zipfile.ZIP_DEFLATED) as zf:
-        zf.writestr(RECORD_MEMBER, record.model_dump_json())
+    zpath.parent.mkdir(parents=True, exist_ok=True)  # as the port's writer does
+    with tempfile.TemporaryDirectory(prefix="physscale-port-bundle-") as scratch:
+        base = Path(scratch) / (Path(base_path).name or "wts.h5")
+        scale = float(record.intensity_scale)
+        manager.save_torch_bundle(dict(models), str(base), config, intensity_scale=scale)
+        members = {RECORD_MEMBER: record.model_dump_json().encode()}
+        add_members(Path(f"{base}.zip"), zpath, members, what=_WHAT)
     return zpath
