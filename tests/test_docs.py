@@ -24,7 +24,7 @@ if not (ROOT / "conftest.py").is_file() or not (ROOT / "docs").is_dir():  # prag
 pytest.importorskip("sybil")
 
 #: Fence languages allowed in the docs: ``python`` runs; the others never do.
-LANGUAGES = {"python", "bash", "console", "text", "json", "toml", "yaml", ""}
+LANGUAGES = {"python", "bash", "console", "text", "json", "toml", "yaml", "mermaid", ""}
 FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>```+|~~~+)(?P<info>[^\n`]*)$", re.MULTILINE)
 
 
