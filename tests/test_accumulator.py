@@ -13,6 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import physscale as ps
+from physscale import accumulator as functional
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore::physscale.errors.UnitsWarning"),
@@ -218,3 +219,51 @@ def test_update_all_consumes_an_iterable_of_batches() -> None:
     x = torch.rand(10, 2, 5, 5, dtype=torch.float64)
     acc = ps.IntensityAccumulator().update_all(iter(x.split(3)))
     assert rel(float(acc.intensity_scale(1e4)), fsum_scale(x.numpy(), 1e4, (2, 3))) <= 1e-12
+
+
+# ------------------------------------------------------------------ the functional form
+def _batch(x: np.ndarray, keep: bool = False) -> functional.AccumulatorState:
+    return functional.batch_state(
+        x,
+        None,
+        "batch",
+        domain="amplitude",
+        spatial_dims=(-2, -1),
+        axes_explicit=True,
+        per_pattern=keep,
+        units_check=True,
+    )
+
+
+@given(stacks(), stacks())
+def test_fold_is_pure_and_equals_the_class_update(a: np.ndarray, b: np.ndarray) -> None:
+    b = b[..., : a.shape[-2], : a.shape[-1]]
+    if b.shape[-2:] != a.shape[-2:]:
+        return
+    first, second = _batch(a), _batch(b)
+    before = (first, second)
+    both = functional.fold(functional.fold(functional.empty_state(False), first), second)
+    assert (first, second) == before  # neither input changed (frozen states)
+    acc = ps.IntensityAccumulator().update(a).update(b)
+    assert acc.state_dict() == functional.state_to_dict(both, "amplitude", (-2, -1))
+    assert acc.scale_for(1e7) == both.scale_for(1e7)
+
+
+def test_the_state_of_a_refused_fold_is_unchanged() -> None:
+    state = _batch(np.ones((2, 4, 4)))
+    with pytest.raises(ps.errors.StateError, match="pattern shape"):
+        functional.fold(state, _batch(np.ones((2, 3, 3))))
+    assert state == _batch(np.ones((2, 4, 4)))
+
+
+def test_kept_totals_stay_few_pieces_over_many_batches_and_keep_every_bit() -> None:
+    rng = np.random.default_rng(5)
+    batches = [rng.lognormal(0.0, 2.0, (int(rng.integers(0, 4)), 3, 3)) for _ in range(500)]
+    acc = ps.IntensityAccumulator(keep_pattern_totals=True)
+    for batch in batches:
+        acc.update(batch)
+    pieces = acc._state.pattern_totals
+    assert pieces is not None and 1 < len(pieces) <= 64  # joined in one copy past 64
+    expected = torch.cat([_batch(b, keep=True).pattern_totals[0] for b in batches if len(b)])
+    assert torch.equal(acc.pattern_totals, expected)
+    assert len(acc._state.pattern_totals) == 1  # joined once, on read

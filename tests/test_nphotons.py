@@ -13,6 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import physscale as ps
+from physscale.core.nphotons import PRECEDENCE, nphotons_precedence
 
 positive = st.floats(1e-3, 1e15, allow_nan=False, allow_infinity=False)
 maybe = st.one_of(st.none(), positive)
@@ -214,3 +215,19 @@ def test_misplaced_or_misspelled_metadata_nphotons_is_an_error_not_a_silent_defa
 def test_a_misspelled_duplicate_beside_the_right_key_is_ignored() -> None:
     r = ps.resolve_nphotons({"physics_parameters": {"nphotons": 1e6, "n_photons": 3.0}})
     assert r.value == 1e6
+
+
+@given(maybe, maybe, maybe, maybe)
+def test_the_precedence_is_one_pure_function_the_first_offered_source_wins(
+    explicit: float | None, m: float | None, c: float | None, d: float | None
+) -> None:
+    assert PRECEDENCE == ("explicit", "metadata", "config", "default")
+    offered = {"explicit": explicit, "metadata": m, "config": c, "default": d}
+    present = [k for k, v in offered.items() if v is not None]
+    if not present:
+        with pytest.raises(ps.errors.NphotonsError, match="was not given"):
+            nphotons_precedence(offered)  # type: ignore[arg-type]
+        return
+    assert nphotons_precedence(offered) == present[0]  # type: ignore[arg-type]
+    # The order of the mapping does not matter, only the sources' priority.
+    assert nphotons_precedence(dict(reversed(offered.items()))) == present[0]  # type: ignore[arg-type]

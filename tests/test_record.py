@@ -236,3 +236,14 @@ def test_derive_scale_record_without_any_nphotons_is_an_error() -> None:
     r = ps.derive_scale_record(np.ones((2, 3, 3)) * 0.5, metadata={"physics_parameters": {}},
                                default=1e9)  # fmt: skip
     assert r.nphotons_source == "default"  # never mislabelled "metadata"
+
+
+def test_records_are_made_above_the_record_module_which_holds_types_only() -> None:
+    import physscale.derive
+    import physscale.record
+
+    for name in ("derive_scale_record", "record_from_accumulator", "closed_form_scale_record"):
+        assert not hasattr(physscale.record, name)
+        assert name in physscale.derive.__all__
+    assert ps.derive_scale_record is physscale.derive.derive_scale_record
+    assert ps.closed_form_scale_record is physscale.derive.closed_form_scale_record

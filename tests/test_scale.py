@@ -12,7 +12,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import physscale as ps
-from physscale.core.kernels import sums as _intensity_sum
+from physscale.core import scale as core_scale
+from physscale.core.kernels import eager
 
 # Random nphotons can land on a scale near 1, which the units guard flags, and
 # random masks can hide most of the intensity, which the mask guard flags; the
@@ -158,7 +159,7 @@ def test_blocked_reduction_is_invariant_to_block_size(x64: np.ndarray, block: in
     x = torch.from_numpy(x64).to(torch.float32)
     expected = fsum_scale(x.double().numpy(), 1e6, (x.ndim - 2, x.ndim - 1))
     with pytest.MonkeyPatch.context() as m:
-        m.setattr(_intensity_sum, "BLOCK_NUMEL", block)
+        m.setattr(eager, "BLOCK_NUMEL", block)
         got = float(ps.derive_intensity_scale(x, 1e6))
     assert rel(got, expected) <= 1e-12
 
@@ -246,7 +247,7 @@ def test_closed_form_equals_derived_scale_after_amplitude_normalization(
 
 def test_normalization_target_is_half_side_squared_not_side_squared() -> None:
     # SPEC failure mode 6: (N/2)**2, not N**2.
-    assert ps.normalization_target((64, 64)) == 32.0**2
+    assert core_scale.normalization_target((64, 64)) == 32.0**2
     assert ps.closed_form_intensity_scale(1e6, 64) == pytest.approx(1e3 / 32, rel=1e-15)
 
 
@@ -439,3 +440,48 @@ def test_closed_form_accepts_numpy_integers_and_rejects_bools() -> None:
         ps.closed_form_intensity_scale(1e6, True)
     with pytest.raises(ps.AxisError, match="sequence of sizes"):
         ps.closed_form_intensity_scale(1e6, 64.0)  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------ the formula, by name
+@given(
+    st.floats(1e-300, 1e300),
+    st.integers(1, 2**53),
+    st.floats(1e-300, 1e300),
+)
+def test_scale_from_totals_is_the_root_of_target_over_the_mean(
+    total: float, n: int, target: float
+) -> None:
+    # The mean first, then the root (0.2.0's rounding), in float64.
+    expected = math.sqrt(target / (total / n))
+    if math.isfinite(expected):
+        assert core_scale.scale_from_totals(total, n, target) == expected
+    else:
+        with pytest.raises(ps.errors.ZeroIntensityError, match="too small for a finite scale"):
+            core_scale.scale_from_totals(total, n, target)
+
+
+def test_scale_from_totals_refuses_no_patterns_and_zero_intensity() -> None:
+    with pytest.raises(ps.errors.EmptyInputError, match="n_patterns is 0"):
+        core_scale.scale_from_totals(1.0, 0, 1.0)
+    with pytest.raises(ps.errors.ZeroIntensityError, match="all 3 pattern"):
+        core_scale.scale_from_totals(0.0, 3, 1.0)
+
+
+def test_derive_and_the_accumulator_give_the_bits_of_scale_from_totals() -> None:
+    x = np.random.default_rng(3).lognormal(0.0, 1.0, (7, 2, 9, 5))
+    acc = ps.IntensityAccumulator().update(x)
+    expected = core_scale.scale_from_totals(acc.total_intensity, acc.n_patterns, 1e6)
+    assert acc.scale_for(1e6) == expected
+    assert float(acc.intensity_scale(1e6)) == expected
+    assert float(ps.derive_intensity_scale(x, 1e6)) == expected
+    target = core_scale.normalization_target((9, 5))
+    factor = core_scale.scale_from_totals(acc.total_intensity, acc.n_patterns, target)
+    assert float(ps.amplitude_normalization_factor(x)) == factor
+
+
+def test_the_closed_form_is_scale_from_totals_of_the_normalization_target() -> None:
+    for shape in [(64, 64), (32, 48), (1, 1)]:
+        target = core_scale.normalization_target(shape)
+        # On normalized data the mean is the target: n patterns of total n * target.
+        from_totals = core_scale.scale_from_totals(5 * target, 5, 1e6)
+        assert rel(core_scale.closed_form_intensity_scale(1e6, shape), from_totals) <= 1e-15

@@ -15,22 +15,20 @@ from physscale.accumulator import IntensityAccumulator
 from physscale.attach import attach_intensity_scale, collate_with_scale, scale_for_batch
 from physscale.core.likelihood import scaled_poisson_nll
 from physscale.core.nphotons import NphotonsResolution, resolve_nphotons
+from physscale.core.scale import closed_form_intensity_scale
 from physscale.core.validation import is_validation_enabled, set_validation, validation
 from physscale.counts import gain_from_scale, normalize_counts, scale_from_gain
 from physscale.derive import (
     amplitude_normalization_factor,
-    closed_form_intensity_scale,
+    closed_form_scale_record,
     derive_intensity_scale,
+    derive_scale_record,
     normalize_amplitudes,
 )
 from physscale.distributed import derive_from_dataloader
 from physscale.errors import AmbiguousLayoutError, MaskWarning, PhysscaleError, UnitsWarning
 from physscale.nn import ScaledPoissonNLLLoss
-from physscale.record import (
-    ScaleRecord,
-    closed_form_scale_record,
-    derive_scale_record,
-)
+from physscale.record import ScaleRecord
 
 # Grouped by task, main functions first (the order of the API reference).
 __all__ = [  # noqa: RUF022
@@ -98,7 +96,7 @@ _MOVED = {
         "physscale.errors",
     ),
     "SCHEMA_VERSION": "physscale.record",
-    "normalization_target": "physscale.derive",
+    "normalization_target": "physscale.core.scale",
 }
 
 

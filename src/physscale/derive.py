@@ -1,4 +1,4 @@
-"""Deriving the physics scale, the amplitude normalization, and the closed form.
+"""Deriving the physics scale and its record, and the amplitude normalization.
 
 SPEC §1. The physics scale ``s = sqrt(nphotons / mean per-pattern sum(x**2))``
 maps normalized amplitudes to photon-count amplitudes (counts are
@@ -6,13 +6,17 @@ maps normalized amplitudes to photon-count amplitudes (counts are
 ``sqrt((N/2)**2 / mean per-pattern sum(x_raw**2))`` is the same computation
 with the target ``(N/2)**2`` in place of ``nphotons``; after it,
 ``s == sqrt(nphotons) / (N/2)`` (the closed form TF training uses).
+
+The formulas live in :mod:`physscale.core.scale` (``scale_from_totals``,
+``normalization_target``, ``closed_form_intensity_scale``); the totals come
+from an :class:`~physscale.IntensityAccumulator`. This module puts them
+together and builds the :class:`~physscale.ScaleRecord` of a scale.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 import torch
@@ -20,14 +24,24 @@ import torch
 from physscale.accumulator import IntensityAccumulator
 from physscale.core.checks import DEFAULT_SPATIAL_DIMS, as_float_tensor, positive_finite
 from physscale.core.kernels.sums import Domain
-from physscale.errors import AxisError, EmptyInputError
+from physscale.core.nphotons import NphotonsResolution, NphotonsSource, resolve_nphotons
+from physscale.core.scale import (
+    closed_form_intensity_scale,
+    normalization_target,
+    pattern_sizes,
+    scale_from_totals,
+)
+from physscale.diagnostics import MAX_LISTED_FRAMES, ExcludedFrames, OutlierRule
+from physscale.errors import EmptyInputError, RecordError
+from physscale.record import DataSources, ScaleRecord
 
 __all__ = [
     "amplitude_normalization_factor",
-    "closed_form_intensity_scale",
+    "closed_form_scale_record",
     "derive_intensity_scale",
-    "normalization_target",
+    "derive_scale_record",
     "normalize_amplitudes",
+    "record_from_accumulator",
 ]
 
 ArrayT = TypeVar("ArrayT", torch.Tensor, np.ndarray)
@@ -98,6 +112,8 @@ def derive_intensity_scale(
     Returns:
         0-d float64 tensor on ``x``'s device (CPU for numpy input or devices
         without float64): the amplitude factor ``s``; counts are ``(s * x)**2``.
+        It is :func:`physscale.core.scale.scale_from_totals` of the exact
+        float64 total the :class:`~physscale.IntensityAccumulator` sums.
 
     Raises:
         PhysscaleError: a subclass that says what was wrong: DtypeError,
@@ -114,18 +130,6 @@ def derive_intensity_scale(
     n = positive_finite(nphotons, "nphotons")
     acc = accumulate(x, spatial_dims, layout, domain, mask)
     return acc.intensity_scale(n).to(_result_device(x))
-
-
-def normalization_target(pattern_shape: Sequence[int]) -> float:
-    """The mean per-pattern ``sum(x**2)`` after amplitude normalization: ``(N/2)**2``.
-
-    For an ``N x N`` pattern this is ``(N/2)**2``; for ``H x W`` physscale
-    uses ``H * W / 4``, which reduces to it. (Normalizing to ``N**2`` instead
-    is the factor-of-2 trap of SPEC failure mode 6.)
-    """
-    if len(pattern_shape) == 0 or any(int(n) < 1 for n in pattern_shape):
-        raise AxisError(f"pattern_shape must be positive sizes, got {tuple(pattern_shape)}")
-    return math.prod(int(n) for n in pattern_shape) / 4.0
 
 
 def amplitude_normalization_factor(
@@ -149,7 +153,8 @@ def amplitude_normalization_factor(
     """
     acc = accumulate(x_raw, spatial_dims, layout, "amplitude", mask)
     assert acc.pattern_shape is not None  # update() saw at least one pattern
-    factor = acc.scale_for(normalization_target(acc.pattern_shape))
+    target = normalization_target(acc.pattern_shape)
+    factor = scale_from_totals(acc.total_intensity, acc.n_patterns, target)
     return torch.tensor(factor, dtype=torch.float64, device=_result_device(x_raw))
 
 
@@ -179,28 +184,170 @@ def normalize_amplitudes(
     return t * factor, factor
 
 
-def closed_form_intensity_scale(nphotons: Any, pattern_shape: int | Sequence[int]) -> float:
-    """The scale of normalized data in closed form: ``sqrt(nphotons) / (N/2)``.
+def derive_scale_record(
+    x_or_accumulator: Any,
+    *,
+    nphotons: Any = None,
+    metadata: Any = None,
+    config: Any = None,
+    default: Any = None,
+    data_source: str | None = None,
+    spatial_dims: Sequence[int] = DEFAULT_SPATIAL_DIMS,
+    layout: str | None = None,
+    domain: Domain = "amplitude",
+    mask: Any = None,
+    diagnostics: bool = False,
+    exclude: Literal["outliers"] | Sequence[int] | None = None,
+    outlier_rule: OutlierRule | None = None,
+) -> ScaleRecord:
+    """Resolve nphotons, derive the scale, and return its :class:`ScaleRecord`.
 
     Args:
-        nphotons: expected photons per pattern, positive finite.
-        pattern_shape: ``N`` (square patterns) or the spatial sizes ``(H, W)``.
-
-    Equals :func:`derive_intensity_scale` on data normalized by
-    :func:`normalize_amplitudes` (a property the tests check).
+        x_or_accumulator: normalized data (as for
+            :func:`physscale.derive_intensity_scale`) or an
+            :class:`IntensityAccumulator` that has seen the data.
+        nphotons: the explicit value, as for :func:`physscale.resolve_nphotons`.
+        metadata: as for :func:`physscale.resolve_nphotons`.
+        config: as for :func:`physscale.resolve_nphotons`.
+        default: as for :func:`physscale.resolve_nphotons`.
+        data_source: free text recorded with the scale (a path, a name).
+        spatial_dims: as for :func:`physscale.derive_intensity_scale`; this
+            and the next three are not allowed with an accumulator, which
+            fixed them already.
+        layout: as for :func:`physscale.derive_intensity_scale`.
+        domain: as for :func:`physscale.derive_intensity_scale`.
+        mask: as for :func:`physscale.derive_intensity_scale`.
+        diagnostics: for array input, keep every pattern's total and put
+            their spread and the flagged frames in ``record.pattern_stats``.
+            An accumulator made with ``keep_pattern_totals=True`` always gives them.
+        exclude: derive *without* some frames, an explicit choice that the
+            record states in ``excluded_frames``: ``"outliers"`` (the frames
+            ``outlier_rule`` flags; nothing is excluded if none is) or a
+            sequence of pattern indices. Needs per-pattern totals (implied
+            for array input). None (default): every pattern counts.
+        outlier_rule: the :class:`~physscale.diagnostics.OutlierRule` for the
+            statistics and for ``exclude="outliers"`` (default: its defaults).
     """
+    resolution = resolve_nphotons(metadata, config, explicit=nphotons, default=default)
+    if isinstance(x_or_accumulator, IntensityAccumulator):
+        acc = x_or_accumulator
+        if mask is not None or layout is not None or spatial_dims is not DEFAULT_SPATIAL_DIMS \
+                or domain != "amplitude":  # fmt: skip
+            raise RecordError(
+                "spatial_dims, layout, domain and mask belong to the accumulator; "
+                "do not pass them with one"
+            )
+    else:
+        keep = diagnostics or exclude is not None
+        acc = accumulate(x_or_accumulator, spatial_dims, layout, domain, mask, keep)
+    return record_from_accumulator(
+        acc,
+        resolution,
+        data_source=data_source,
+        exclude=exclude,
+        outlier_rule=outlier_rule,
+    )
+
+
+def record_from_accumulator(
+    acc: IntensityAccumulator,
+    resolution: NphotonsResolution,
+    *,
+    data_source: str | None = None,
+    exclude: Literal["outliers"] | Sequence[int] | None = None,
+    outlier_rule: OutlierRule | None = None,
+    sources: DataSources | None = None,
+) -> ScaleRecord:
+    """The derived record of an accumulator's data, for an nphotons already resolved.
+
+    What :func:`derive_scale_record` does after resolving nphotons (and
+    :func:`physscale.io.derive_files` after resolving it per file).
+
+    Args:
+        acc: the accumulator that has seen the data.
+        resolution: nphotons, its source and the candidates on offer.
+        data_source: free text recorded with the scale (a path, a name).
+        exclude: as for :func:`derive_scale_record`.
+        outlier_rule: as for :func:`derive_scale_record`.
+        sources: the data files, for the record's ``sources``.
+
+    Raises:
+        PhysscaleError: no patterns, zero intensity, bad frame indices.
+    """
+    stats = acc.pattern_stats(outlier_rule) if acc.keep_pattern_totals else None
+    excluded = None
+    if exclude is not None:
+        acc, excluded = _exclude(acc, exclude, outlier_rule, resolution.value)
+    scale = float(acc.intensity_scale(resolution.value))
+    return ScaleRecord(
+        intensity_scale=scale,
+        nphotons=resolution.value,
+        nphotons_source=resolution.source,
+        nphotons_candidates=resolution.candidates,
+        method="derived",
+        domain=acc.domain,
+        n_patterns=acc.n_patterns,
+        pattern_shape=acc.pattern_shape,
+        spatial_dims=acc.spatial_dims,
+        masked=acc.masked,
+        masked_pixel_fraction=acc.masked_pixel_fraction,
+        masked_intensity_fraction=acc.masked_intensity_fraction,
+        mean_intensity=acc.mean_intensity,
+        data_source=data_source,
+        pattern_stats=stats,
+        excluded_frames=excluded,
+        sources=sources,
+    )
+
+
+def _exclude(
+    acc: IntensityAccumulator,
+    exclude: Literal["outliers"] | Sequence[int],
+    rule: OutlierRule | None,
+    nphotons: float,
+) -> tuple[IntensityAccumulator, ExcludedFrames | None]:
+    """The accumulator without the chosen frames, and the record of what was excluded."""
+    if isinstance(exclude, str):
+        if exclude != "outliers":
+            raise RecordError(
+                f"exclude must be 'outliers' or a sequence of frame indices, got {exclude!r}"
+            )
+        frames = acc.outlier_frames(rule)
+        reason: Literal["outliers", "explicit"] = "outliers"
+    else:
+        frames = [int(i) for i in exclude]
+        reason, rule = "explicit", None
+    if not frames:
+        return acc, None
+    kept = acc.excluding(frames)
+    ratio = kept.scale_for(nphotons) / acc.scale_for(nphotons)
+    ordered = sorted(frames)
+    return kept, ExcludedFrames(
+        reason=reason,
+        rule=(rule or OutlierRule()) if reason == "outliers" else None,
+        count=len(frames),
+        frames=ordered[:MAX_LISTED_FRAMES],
+        frames_truncated=len(frames) > MAX_LISTED_FRAMES,
+        n_patterns_before=acc.n_patterns,
+        scale_ratio=ratio,
+    )
+
+
+def closed_form_scale_record(
+    nphotons: Any,
+    pattern_shape: int | Sequence[int],
+    *,
+    nphotons_source: NphotonsSource = "explicit",
+    data_source: str | None = None,
+) -> ScaleRecord:
+    """The record of the closed-form scale ``sqrt(nphotons) / (N/2)`` (TF training)."""
+    shape = pattern_sizes(pattern_shape)
     n = positive_finite(nphotons, "nphotons")
-    return math.sqrt(n / normalization_target(pattern_sizes(pattern_shape)))
-
-
-def pattern_sizes(pattern_shape: Any) -> tuple[int, ...]:
-    """``N`` (an integer, square patterns) or a sequence of sizes, as a tuple of ints."""
-    if isinstance(pattern_shape, bool | np.bool_):
-        raise AxisError(f"pattern_shape must be N or (H, W), got the boolean {pattern_shape!r}")
-    if isinstance(pattern_shape, int | np.integer):
-        return (int(pattern_shape), int(pattern_shape))
-    if isinstance(pattern_shape, Sequence) and all(
-        isinstance(n, int | np.integer) and not isinstance(n, bool) for n in pattern_shape
-    ):
-        return tuple(int(n) for n in pattern_shape)
-    raise AxisError(f"pattern_shape must be N or a sequence of sizes (H, W), got {pattern_shape!r}")
+    return ScaleRecord(
+        intensity_scale=closed_form_intensity_scale(n, shape),
+        nphotons=n,
+        nphotons_source=nphotons_source,
+        method="closed_form",
+        pattern_shape=shape,
+        data_source=data_source,
+    )

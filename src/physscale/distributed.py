@@ -20,8 +20,9 @@ from physscale.attach import DATA_KEYS
 from physscale.core.checks import DEFAULT_SPATIAL_DIMS
 from physscale.core.kernels.sums import Domain
 from physscale.core.nphotons import resolve_nphotons
+from physscale.derive import derive_scale_record
 from physscale.errors import StateError
-from physscale.record import ScaleRecord, derive_scale_record
+from physscale.record import ScaleRecord
 
 __all__ = ["accumulate_batches", "batch_data", "derive_from_dataloader", "is_distributed"]
 

@@ -1,33 +1,28 @@
-"""ScaleRecord: the provenance of one intensity scale, and how to make one.
+"""ScaleRecord: the provenance of one intensity scale (pydantic types only).
 
 A record is a frozen pydantic model with a versioned schema. It says what the
 scale is, which nphotons it was derived for and where that came from, how it
 was obtained, and the data statistics behind it, including the dose the scale
 actually implies for that data (``intensity_scale**2 * mean_intensity``), so a
-record never claims a dose the data does not have.
+record never claims a dose the data does not have. Records are made in
+:mod:`physscale.derive` (``derive_scale_record``, ``record_from_accumulator``,
+``closed_form_scale_record``).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from datetime import datetime, timezone
 from typing import Annotated, Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from physscale._version import __version__
-from physscale.accumulator import IntensityAccumulator
-from physscale.core.checks import DEFAULT_SPATIAL_DIMS, positive_finite
+from physscale.core.checks import positive_finite
 from physscale.core.kernels.sums import Domain
-from physscale.core.nphotons import NphotonsResolution, NphotonsSource, resolve_nphotons
-from physscale.derive import (
-    accumulate,
-    closed_form_intensity_scale,
-    normalization_target,
-    pattern_sizes,
-)
-from physscale.diagnostics import MAX_LISTED_FRAMES, ExcludedFrames, OutlierRule, PatternStats
+from physscale.core.nphotons import NphotonsSource
+from physscale.core.scale import normalization_target
+from physscale.diagnostics import ExcludedFrames, PatternStats
 from physscale.errors import RecordError
 
 __all__ = [
@@ -39,9 +34,6 @@ __all__ = [
     "ScaleMethod",
     "ScaleRecord",
     "SourceFile",
-    "closed_form_scale_record",
-    "derive_scale_record",
-    "record_from_accumulator",
 ]
 
 #: The record schema this physscale writes.
@@ -343,6 +335,10 @@ class ScaleRecord(BaseModel):
             )
         return self
 
+    def __float__(self) -> float:
+        """The intensity scale: a record is accepted wherever a scale is."""
+        return self.intensity_scale
+
     @property
     def data_scale(self) -> float:
         """The scale derived from the data: a trained record's initial value, else its scale.
@@ -365,172 +361,3 @@ class ScaleRecord(BaseModel):
             initial_intensity_scale=self.data_scale,
         )
         return ScaleRecord(**data)
-
-
-def derive_scale_record(
-    x_or_accumulator: Any,
-    *,
-    nphotons: Any = None,
-    metadata: Any = None,
-    config: Any = None,
-    default: Any = None,
-    data_source: str | None = None,
-    spatial_dims: Sequence[int] = DEFAULT_SPATIAL_DIMS,
-    layout: str | None = None,
-    domain: Domain = "amplitude",
-    mask: Any = None,
-    diagnostics: bool = False,
-    exclude: Literal["outliers"] | Sequence[int] | None = None,
-    outlier_rule: OutlierRule | None = None,
-) -> ScaleRecord:
-    """Resolve nphotons, derive the scale, and return its :class:`ScaleRecord`.
-
-    Args:
-        x_or_accumulator: normalized data (as for
-            :func:`physscale.derive_intensity_scale`) or an
-            :class:`IntensityAccumulator` that has seen the data.
-        nphotons: the explicit value, as for :func:`physscale.resolve_nphotons`.
-        metadata: as for :func:`physscale.resolve_nphotons`.
-        config: as for :func:`physscale.resolve_nphotons`.
-        default: as for :func:`physscale.resolve_nphotons`.
-        data_source: free text recorded with the scale (a path, a name).
-        spatial_dims: as for :func:`physscale.derive_intensity_scale`; this
-            and the next three are not allowed with an accumulator, which
-            fixed them already.
-        layout: as for :func:`physscale.derive_intensity_scale`.
-        domain: as for :func:`physscale.derive_intensity_scale`.
-        mask: as for :func:`physscale.derive_intensity_scale`.
-        diagnostics: for array input, keep every pattern's total and put
-            their spread and the flagged frames in ``record.pattern_stats``.
-            An accumulator made with ``keep_pattern_totals=True`` always gives them.
-        exclude: derive *without* some frames, an explicit choice that the
-            record states in ``excluded_frames``: ``"outliers"`` (the frames
-            ``outlier_rule`` flags; nothing is excluded if none is) or a
-            sequence of pattern indices. Needs per-pattern totals (implied
-            for array input). None (default): every pattern counts.
-        outlier_rule: the :class:`~physscale.diagnostics.OutlierRule` for the
-            statistics and for ``exclude="outliers"`` (default: its defaults).
-    """
-    resolution = resolve_nphotons(metadata, config, explicit=nphotons, default=default)
-    if isinstance(x_or_accumulator, IntensityAccumulator):
-        acc = x_or_accumulator
-        if mask is not None or layout is not None or spatial_dims is not DEFAULT_SPATIAL_DIMS \
-                or domain != "amplitude":  # fmt: skip
-            raise RecordError(
-                "spatial_dims, layout, domain and mask belong to the accumulator; "
-                "do not pass them with one"
-            )
-    else:
-        keep = diagnostics or exclude is not None
-        acc = accumulate(x_or_accumulator, spatial_dims, layout, domain, mask, keep)
-    return record_from_accumulator(
-        acc,
-        resolution,
-        data_source=data_source,
-        exclude=exclude,
-        outlier_rule=outlier_rule,
-    )
-
-
-def record_from_accumulator(
-    acc: IntensityAccumulator,
-    resolution: NphotonsResolution,
-    *,
-    data_source: str | None = None,
-    exclude: Literal["outliers"] | Sequence[int] | None = None,
-    outlier_rule: OutlierRule | None = None,
-    sources: DataSources | None = None,
-) -> ScaleRecord:
-    """The derived record of an accumulator's data, for an nphotons already resolved.
-
-    What :func:`derive_scale_record` does after resolving nphotons (and
-    :func:`physscale.io.derive_files` after resolving it per file).
-
-    Args:
-        acc: the accumulator that has seen the data.
-        resolution: nphotons, its source and the candidates on offer.
-        data_source: free text recorded with the scale (a path, a name).
-        exclude: as for :func:`derive_scale_record`.
-        outlier_rule: as for :func:`derive_scale_record`.
-        sources: the data files, for the record's ``sources``.
-
-    Raises:
-        PhysscaleError: no patterns, zero intensity, bad frame indices.
-    """
-    stats = acc.pattern_stats(outlier_rule) if acc.keep_pattern_totals else None
-    excluded = None
-    if exclude is not None:
-        acc, excluded = _exclude(acc, exclude, outlier_rule, resolution.value)
-    scale = float(acc.intensity_scale(resolution.value))
-    return ScaleRecord(
-        intensity_scale=scale,
-        nphotons=resolution.value,
-        nphotons_source=resolution.source,
-        nphotons_candidates=resolution.candidates,
-        method="derived",
-        domain=acc.domain,
-        n_patterns=acc.n_patterns,
-        pattern_shape=acc.pattern_shape,
-        spatial_dims=acc.spatial_dims,
-        masked=acc.masked,
-        masked_pixel_fraction=acc.masked_pixel_fraction,
-        masked_intensity_fraction=acc.masked_intensity_fraction,
-        mean_intensity=acc.mean_intensity,
-        data_source=data_source,
-        pattern_stats=stats,
-        excluded_frames=excluded,
-        sources=sources,
-    )
-
-
-def _exclude(
-    acc: IntensityAccumulator,
-    exclude: Literal["outliers"] | Sequence[int],
-    rule: OutlierRule | None,
-    nphotons: float,
-) -> tuple[IntensityAccumulator, ExcludedFrames | None]:
-    """The accumulator without the chosen frames, and the record of what was excluded."""
-    if isinstance(exclude, str):
-        if exclude != "outliers":
-            raise RecordError(
-                f"exclude must be 'outliers' or a sequence of frame indices, got {exclude!r}"
-            )
-        frames = acc.outlier_frames(rule)
-        reason: Literal["outliers", "explicit"] = "outliers"
-    else:
-        frames = [int(i) for i in exclude]
-        reason, rule = "explicit", None
-    if not frames:
-        return acc, None
-    kept = acc.excluding(frames)
-    ratio = kept.scale_for(nphotons) / acc.scale_for(nphotons)
-    ordered = sorted(frames)
-    return kept, ExcludedFrames(
-        reason=reason,
-        rule=(rule or OutlierRule()) if reason == "outliers" else None,
-        count=len(frames),
-        frames=ordered[:MAX_LISTED_FRAMES],
-        frames_truncated=len(frames) > MAX_LISTED_FRAMES,
-        n_patterns_before=acc.n_patterns,
-        scale_ratio=ratio,
-    )
-
-
-def closed_form_scale_record(
-    nphotons: Any,
-    pattern_shape: int | Sequence[int],
-    *,
-    nphotons_source: NphotonsSource = "explicit",
-    data_source: str | None = None,
-) -> ScaleRecord:
-    """The record of the closed-form scale ``sqrt(nphotons) / (N/2)`` (TF training)."""
-    shape = pattern_sizes(pattern_shape)
-    n = positive_finite(nphotons, "nphotons")
-    return ScaleRecord(
-        intensity_scale=closed_form_intensity_scale(n, shape),
-        nphotons=n,
-        nphotons_source=nphotons_source,
-        method="closed_form",
-        pattern_shape=shape,
-        data_source=data_source,
-    )

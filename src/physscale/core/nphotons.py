@@ -1,10 +1,12 @@
 """Resolving nphotons from its possible sources (SPEC §4).
 
-Order: an explicit argument, then the dataset's metadata
-(``metadata["physics_parameters"]["nphotons"]``, PtychoPINN's schema), then
-the configuration, then a caller-supplied default; with none of them, an
-error. The source label always names where the value actually came from: a
-metadata dict without ``nphotons`` does not make a default "metadata".
+Order (:func:`nphotons_precedence`): an explicit argument, then the dataset's
+metadata (``metadata["physics_parameters"]["nphotons"]``, PtychoPINN's
+schema), then the configuration, then a caller-supplied default; with none of
+them, an error. The source label always names where the value actually came
+from: a metadata dict without ``nphotons`` does not make a default "metadata".
+:func:`resolve_nphotons` reads and checks each source, then asks
+:func:`nphotons_precedence` which one wins.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from physscale.core.checks import positive_finite
 from physscale.errors import NphotonsError
 
-__all__ = ["NphotonsResolution", "NphotonsSource", "resolve_nphotons"]
+__all__ = ["NphotonsResolution", "NphotonsSource", "nphotons_precedence", "resolve_nphotons"]
 
 #: Where an nphotons value came from. ``"measured"`` is never a resolution's
 #: source: it marks a record whose nphotons is the mean counts per pattern
@@ -27,6 +29,9 @@ __all__ = ["NphotonsResolution", "NphotonsSource", "resolve_nphotons"]
 NphotonsSource = Literal["explicit", "metadata", "config", "default", "measured"]
 
 _METADATA_PATH = 'metadata["physics_parameters"]["nphotons"]'
+
+#: The sources a resolution may pick, highest priority first.
+PRECEDENCE: tuple[NphotonsSource, ...] = ("explicit", "metadata", "config", "default")
 
 #: Relative difference above which metadata and config are said to disagree.
 DISAGREEMENT_RTOL = 1e-9
@@ -131,6 +136,25 @@ def _from_config(config: Any) -> float | None:
     return None if value is None else positive_finite(value, f"nphotons from {where}")
 
 
+def nphotons_precedence(offered: Mapping[NphotonsSource, float | None]) -> NphotonsSource:
+    """The source whose value wins: explicit > metadata > config > default.
+
+    Args:
+        offered: each source's value, already checked, or None where the
+            source offered nothing.
+
+    Raises:
+        NphotonsError: no source offered a value.
+    """
+    for source in PRECEDENCE:
+        if offered.get(source) is not None:
+            return source
+    raise NphotonsError(
+        "nphotons was not given: pass it explicitly, or provide metadata with "
+        f"{_METADATA_PATH}, a config with nphotons, or a default"
+    )
+
+
 def resolve_nphotons(
     metadata: Any = None,
     config: Any = None,
@@ -169,13 +193,8 @@ def resolve_nphotons(
         "config": _from_config(config),
         "default": None if default is None else positive_finite(default, "default nphotons"),
     }
-    candidates: dict[NphotonsSource, float] = {k: v for k, v in offered.items() if v is not None}
-    if not candidates:
-        raise NphotonsError(
-            "nphotons was not given: pass it explicitly, or provide metadata with "
-            f"{_METADATA_PATH}, a config with nphotons, or a default"
-        )
-    source: NphotonsSource = next(iter(candidates))  # dict order is the priority order
+    source = nphotons_precedence(offered)
+    candidates = {k: v for k, v in offered.items() if v is not None}
     disagreement = None
     meta, conf = candidates.get("metadata"), candidates.get("config")
     if (
