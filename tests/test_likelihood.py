@@ -589,6 +589,18 @@ def test_bad_options_raise_clear_errors(kwargs: dict[str, Any], error: type, mat
         ps.scaled_poisson_nll(GOOD, GOOD, 2.0, **kwargs)
 
 
+class _Scale:
+    """Not a number, not a record: any object whose float() is the scale."""
+
+    def __init__(self, value: Any, data_scale: float | None = None) -> None:
+        self.value = value
+        if data_scale is not None:
+            self.data_scale = data_scale
+
+    def __float__(self) -> float:
+        return float(self.value)
+
+
 @pytest.mark.parametrize(
     ("scale", "error", "match"),
     [
@@ -602,6 +614,11 @@ def test_bad_options_raise_clear_errors(kwargs: dict[str, Any], error: type, mat
         (torch.tensor(float("inf")), NonFiniteError, r"scale .* 1 infinite"),
         (torch.tensor(2, dtype=torch.int64), DtypeError, r"scale must be a real floating"),
         (torch.tensor(2.0 + 0j), DtypeError, r"scale must be a real floating"),
+        (np.complex128(2.0), DtypeError, r"got complex128"),
+        (np.bool_(True), DtypeError, r"scale must be a positive real number"),
+        (_Scale(-2.0), NegativeValueError, r"scale must be > 0, got -2.0"),
+        (_Scale(float("inf")), NonFiniteError, r"scale must be finite"),
+        (_Scale("a string"), DtypeError, r"got _Scale"),
     ],
 )
 def test_bad_scales_raise_clear_errors(scale: Any, error: type, match: str) -> None:
@@ -628,6 +645,38 @@ def test_a_trained_record_as_count_scale_keeps_the_counts_at_the_data_scale() ->
     assert float(ps.scaled_poisson_nll(pred, obs, derived, count_scale=derived)) == float(
         ps.scaled_poisson_nll(pred, obs, 31.25)
     )
+
+
+def test_a_scale_is_anything_whose_float_is_the_scale() -> None:
+    # The core knows no record type: a ScaleRecord is a scale through its __float__, and
+    # a count scale that names the data's scale (data_scale) gives that.
+    pred = torch.rand(2, 1, 4, 4, dtype=torch.float64) + 0.1
+    obs = torch.rand(2, 1, 4, 4, dtype=torch.float64) + 0.1
+    want = float(ps.scaled_poisson_nll(pred, obs, 40.0, count_scale=31.25))
+    assert float(ps.scaled_poisson_nll(pred, obs, _Scale(40.0), count_scale=31.25)) == want
+    assert float(ps.scaled_poisson_nll(pred, obs, 40.0, count_scale=_Scale(9.0, 31.25))) == want
+    assert float(ps.closed_form_scale_record(1e6, 64).trained(40.0)) == 40.0
+
+
+def test_the_likelihood_and_its_checks_import_nothing_above_the_core() -> None:
+    # The ground floor: no record, no I/O, no CLI, not even inside a function.
+    import ast
+    from pathlib import Path
+
+    core = Path(ps.__file__).parent / "core"
+    for name in ("likelihood.py", "loss_inputs.py", "checks.py", "validation.py"):
+        tree = ast.parse((core / name).read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("physscale"):
+                assert node.module is not None
+                allowed = node.module.startswith("physscale.core") or node.module in (
+                    "physscale.errors",
+                    "physscale._version",
+                )
+                assert allowed, f"core/{name} imports {node.module}"
+            elif isinstance(node, ast.Import):
+                for alias in node.names:
+                    assert not alias.name.startswith("physscale"), f"core/{name}: {alias.name}"
 
 
 # --------------------------------------------------------------------------- amplitude sign

@@ -28,10 +28,16 @@ from typing import Any
 import torch
 from torch.utils.data import default_collate
 
-from physscale.core.checks import DEFAULT_SPATIAL_DIMS, LAYOUTS, check_concrete, check_option
+from physscale.core.checks import (
+    DEFAULT_SPATIAL_DIMS,
+    LAYOUTS,
+    check_concrete,
+    check_option,
+    scalar_scale,
+)
 from physscale.core.kernels.sums import Domain
-from physscale.core.likelihood import scalar_scale
 from physscale.core.validation import is_validation_enabled
+from physscale.derive import derive_scale_record
 from physscale.errors import (
     BroadcastError,
     DtypeError,
@@ -39,7 +45,7 @@ from physscale.errors import (
     NonFiniteError,
     StateError,
 )
-from physscale.record import ScaleRecord, derive_scale_record
+from physscale.record import ScaleRecord
 
 __all__ = [
     "DATA_KEYS",

@@ -28,9 +28,8 @@ import numpy as np
 import torch
 
 from physscale.accumulator import IntensityAccumulator
-from physscale.core.checks import DEFAULT_SPATIAL_DIMS
-from physscale.core.likelihood import _positive_real, scalar_scale
-from physscale.derive import normalization_target
+from physscale.core.checks import DEFAULT_SPATIAL_DIMS, positive_real, scalar_scale
+from physscale.core.scale import normalization_target
 from physscale.errors import DtypeError, EmptyInputError, MaskError, NonFiniteError
 from physscale.record import ScaleRecord
 
@@ -213,7 +212,7 @@ def scale_from_gain(gain: Any) -> float:
         DtypeError, NonFiniteError, NegativeValueError: ``gain`` is not a
             positive finite real number.
     """
-    g = _positive_real(gain, "gain", "a positive real number (y = gain * Poisson(x / gain))")
+    g = positive_real(gain, "gain", "a positive real number (y = gain * Poisson(x / gain))")
     return float(g**-0.5)  # finite and > 0 for every positive finite float
 
 

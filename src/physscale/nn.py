@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from physscale.core.checks import check_option, positive_finite
+from physscale.core.checks import check_option, positive_finite, scalar_scale
 from physscale.core.likelihood import (
     DOMAINS,
     FORMS,
@@ -30,16 +30,10 @@ from physscale.core.likelihood import (
     Domain,
     Form,
     Reduction,
-    _background_input,
-    _check_values,
-    _eps_value,
-    _mask_input,
-    _widest,
-    scalar_scale,
     scaled_poisson_nll,
 )
-from physscale.core.validation import is_validation_enabled
-from physscale.errors import DtypeError, MaskError, OptionError, RecordError
+from physscale.core.loss_inputs import eps_value, loss_background, loss_mask, widest_dtype
+from physscale.errors import DtypeError, OptionError, RecordError
 from physscale.record import ScaleRecord
 
 __all__ = ["IntensityScaler", "ScaledPoissonNLLLoss"]
@@ -76,7 +70,7 @@ def _kept_precision(before: torch.Tensor, after: torch.Tensor) -> torch.Tensor |
         return None
     dtype = torch.float32 if _coarser_than_float32(before.dtype) else before.dtype
     if dtype == torch.float64:
-        dtype = _widest(after.device)
+        dtype = widest_dtype(after.device)
     return before.detach().to(device=after.device, dtype=dtype)
 
 
@@ -180,7 +174,7 @@ class IntensityScaler(nn.Module):
         kept = _kept_precision(before, self.log_scale)
         if kept is None and self._beyond_float32(before):
             # .float() of a scale float32 cannot hold: keep the float64 log-scale.
-            kept = before.detach().to(self.log_scale.device, _widest(self.log_scale.device))
+            kept = before.detach().to(self.log_scale.device, widest_dtype(self.log_scale.device))
         if kept is not None:
             self.log_scale.data = kept
             if before_grad is not None:
@@ -349,38 +343,6 @@ class IntensityScaler(nn.Module):
         return f"scale={scale:.6g}, trainable={self.trainable}"
 
 
-def _mask_buffer(mask: Any) -> torch.Tensor:
-    """``mask`` checked (boolean or 0/1 floats, not all excluded) as a detached tensor.
-
-    The data shape is unknown here: the mask is checked against its own shape,
-    keeps its dtype and device (forward converts it), and its values are
-    checked now, once, when validation is on (a host sync).
-    """
-    shape = torch.Size(getattr(mask, "shape", ()))
-    device = mask.device if isinstance(mask, torch.Tensor) else torch.device("cpu")
-    tensor, weights = _mask_input(mask, shape, device)
-    if tensor.numel() == 0:
-        raise MaskError(f"mask of shape {tuple(tensor.shape)} is empty; give an (H, W) mask")
-    if is_validation_enabled() and tensor.device.type != "meta":
-        zero = torch.zeros((), device=tensor.device)
-        _check_values(zero, zero, "amplitude", [], tensor.to(torch.float64), weights)
-    return tensor
-
-
-def _background_buffer(background: Any) -> tuple[torch.Tensor | None, float]:
-    """``(map, 0.0)`` for a tensor, ``(None, value)`` for a number; checked once, now."""
-    if isinstance(background, torch.Tensor):
-        b, _ = _background_input(background, background.shape, background.device)
-        assert b is not None
-        if is_validation_enabled() and b.device.type != "meta":
-            zero = torch.zeros((), device=b.device)
-            extras = [("background", b, "background counts", False)]
-            _check_values(zero, zero, "amplitude", extras, None, False)
-        return b.detach(), 0.0
-    _, value = _background_input(background, torch.Size(()), torch.device("cpu"))
-    return None, value
-
-
 class ScaledPoissonNLLLoss(nn.Module):
     """:func:`physscale.scaled_poisson_nll` as an ``nn.Module``.
 
@@ -448,7 +410,7 @@ class ScaledPoissonNLLLoss(nn.Module):
         self.domain: Domain = check_option(domain, DOMAINS, "domain")
         self.form: Form = check_option(form, FORMS, "form")
         self.reduction: Reduction = check_option(reduction, REDUCTIONS, "reduction")
-        self.eps = _eps_value(eps)
+        self.eps = eps_value(eps)
         if not isinstance(persistent, bool):
             raise OptionError(f"persistent must be True or False, got {persistent!r}")
         self.scaler: IntensityScaler | None
@@ -474,8 +436,8 @@ class ScaledPoissonNLLLoss(nn.Module):
             self.register_buffer(
                 "scale", torch.tensor(value, dtype=torch.float64), persistent=persistent
             )
-        self.register_buffer("mask", None if mask is None else _mask_buffer(mask), persistent=False)
-        background_map, self.background_value = _background_buffer(background)
+        self.register_buffer("mask", None if mask is None else loss_mask(mask), persistent=False)
+        background_map, self.background_value = loss_background(background)
         self.register_buffer("background_map", background_map, persistent=False)
 
     def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> Any:
@@ -484,7 +446,7 @@ class ScaledPoissonNLLLoss(nn.Module):
         scale, background_map = self.scale, self.background_map
         out = super()._apply(fn, recurse)  # type: ignore[no-untyped-call]
         if scale is not None and self.scale is not None and self.scale.dtype != scale.dtype:
-            self.scale = scale.to(device=self.scale.device, dtype=_widest(self.scale.device))
+            self.scale = scale.to(device=self.scale.device, dtype=widest_dtype(self.scale.device))
         if background_map is not None and self.background_map is not None:
             kept = _kept_precision(background_map, self.background_map)
             if kept is not None:
@@ -492,27 +454,23 @@ class ScaledPoissonNLLLoss(nn.Module):
         return out
 
     def forward(self, pred: torch.Tensor, obs: torch.Tensor) -> torch.Tensor:
-        """The loss of ``pred`` against ``obs`` (normalized units, same shape)."""
-        if self.scaler is not None:
-            scale: torch.Tensor = self.scaler.scale
-            count_scale: float | None = self.scaler.initial_scale
-        else:
-            assert self.scale is not None
-            scale, count_scale = self.scale, None
-        background = (
-            self.background_map if self.background_map is not None else self.background_value
-        )
+        """The loss of ``pred`` against ``obs`` (normalized units, same shape).
+
+        With a scaler: the rate at its current scale, the counts at the data's
+        (:attr:`IntensityScaler.initial_scale`); else both at the fixed ``scale``.
+        """
+        scaler, bg_map = self.scaler, self.background_map
         return scaled_poisson_nll(
             pred,
             obs,
-            scale,
+            self.scale if scaler is None else scaler.scale,
+            count_scale=None if scaler is None else scaler.initial_scale,
             domain=self.domain,
             form=self.form,
             reduction=self.reduction,
             mask=self.mask,
-            background=background,
+            background=self.background_value if bg_map is None else bg_map,
             eps=self.eps,
-            count_scale=count_scale,
         )
 
     def extra_repr(self) -> str:

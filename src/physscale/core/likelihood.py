@@ -1,4 +1,4 @@
-"""The scaled Poisson negative log-likelihood (SPEC §3).
+"""The scaled Poisson negative log-likelihood (SPEC §3): its value and gradient.
 
 Elementwise, with the rate ``lam`` and counts ``k`` in photons::
 
@@ -28,57 +28,46 @@ data, so a pixel predicted dark where photons were seen can recover.
 counts both 0 contributes 0 with a finite gradient (the distribution's
 autograd gives NaN there).
 
-The work is one :class:`torch.autograd.Function` with the analytic gradient:
-no chain of autograd temporaries, two saved tensors (the floored rate and the
-counts). ``tf``, ``stirling`` and ``exact`` compute in float32 (float64 for
-float64 inputs, or where float32 cannot hold the rate: see
-:func:`scaled_poisson_nll`); ``deviance`` always computes in float64 (float32
-on Apple MPS, which has no float64) because its value is a small difference of
-large numbers. Autocast is switched off inside: the loss is float32 or better
-whatever the ambient autocast dtype.
-
-Value checks (NaN, negatives, mask weights, units) need one device-to-host
-transfer and run only while :func:`physscale.is_validation_enabled`; with them
-off the call makes no host sync and takes no branch on tensor values, so it
-compiles with ``torch.compile(fullgraph=True)`` and can be captured in a CUDA
-graph. See ``docs/validation.md``.
+Where to read what: :func:`_value` is the value (the forms:
+:func:`_poisson`, :func:`_deviance`; then :func:`_reduce`), :func:`_gradient`
+the analytic gradient (``d value / d lam = 1 - k / max(lam, eps)`` for every
+form, :func:`_d_value_d_counts` per form), both joined in one
+:class:`torch.autograd.Function`: no chain of autograd temporaries, two saved
+tensors (the floored rate and the counts). :func:`scaled_poisson_nll` checks
+its inputs in :mod:`physscale.core.loss_inputs` (value checks only while
+:func:`physscale.is_validation_enabled`; with them off no host sync and no
+branch on tensor values, so it compiles with ``torch.compile(fullgraph=True)``
+and can be captured in a CUDA graph; see ``docs/validation.md``), picks the
+precision and calls the math. ``tf``, ``stirling`` and ``exact`` compute in
+float32 (float64 for float64 inputs, or where float32 cannot hold the rate);
+``deviance`` always in float64 (float32 on Apple MPS, which has no float64)
+because its value is a small difference of large numbers. Autocast is switched
+off inside: the loss is float32 or better whatever the ambient autocast dtype.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
-import numbers
-import warnings
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
-import numpy as np
 import torch
 
-from physscale.core.checks import check_option
-from physscale.core.kernels.sums import WHOLE_CHANCE, whole_tolerance
-from physscale.core.validation import is_validation_enabled
-from physscale.errors import (
-    BroadcastError,
-    DtypeError,
-    EmptyInputError,
-    MaskError,
-    NegativeValueError,
-    NonFiniteError,
-    UnitsWarning,
+from physscale.core.loss_inputs import (
+    DOMAINS,
+    FORMS,
+    REDUCTIONS,
+    Domain,
+    Form,
+    Reduction,
+    Scale,
+    check_loss_values,
+    loss_inputs,
+    widest_dtype,
 )
-from physscale.record import ScaleRecord
+from physscale.core.validation import is_compiling
 
-__all__ = ["DOMAINS", "FORMS", "REDUCTIONS", "scalar_scale", "scaled_poisson_nll"]
-
-Domain = Literal["amplitude", "intensity"]
-Form = Literal["tf", "stirling", "exact", "deviance"]
-Reduction = Literal["mean", "sum", "none", "per_sample"]
-
-DOMAINS: tuple[Domain, ...] = ("amplitude", "intensity")
-FORMS: tuple[Form, ...] = ("tf", "stirling", "exact", "deviance")
-REDUCTIONS: tuple[Reduction, ...] = ("mean", "sum", "none", "per_sample")
+__all__ = ["DOMAINS", "FORMS", "REDUCTIONS", "Domain", "Form", "Reduction", "scaled_poisson_nll"]
 
 #: |lam/k - 1| below which the deviance uses its series (float64; the
 #: truncation error there is below 3e-11 relative).
@@ -92,85 +81,9 @@ _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 _HOST_FLOAT32_LIMIT = 1e18
 #: Bound on the reduced value below which float32 is used (checks on: measured).
 _FLOAT32_SAFE_TOTAL = float(torch.finfo(torch.float32).max) / 8.0
-#: How many leading obs values the units check samples (as derive does).
-_UNITS_SAMPLE = 4096
-#: Relative tolerance for "the count scale maps whole obs to whole counts": eight
-#: float32 roundings (the rounding of sqrt, square and product).
-_COUNTS_WHOLE_REL = whole_tolerance(torch.float32)
 
 
-_compiler_is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None)
-
-
-def _is_compiling() -> bool:
-    """Whether torch.compile is tracing this call (False on a torch without it)."""
-    return bool(_compiler_is_compiling()) if _compiler_is_compiling is not None else False
-
-
-def _positive_real(value: Any, where: str, what: str) -> float:
-    """``value`` as a positive finite float; DtypeError/NonFiniteError/NegativeValueError."""
-    out = _real(value, where, what)
-    if out <= 0.0:
-        raise NegativeValueError(f"{where} must be > 0, got {out!r}")
-    return out
-
-
-def _real(value: Any, where: str, what: str) -> float:
-    """``value`` as a finite float; DtypeError/NonFiniteError."""
-    raw = value
-    if isinstance(value, torch.Tensor | np.ndarray):
-        if value.ndim > 1 or (value.ndim == 1 and value.shape[0] != 1):
-            raise DtypeError(
-                f"{where} must be a single number here, got an array of shape {tuple(value.shape)}"
-            )
-        if value.dtype in (torch.bool, np.bool_) or (
-            isinstance(value, torch.Tensor) and (value.is_complex() or value.device.type == "meta")
-        ):
-            raise DtypeError(f"{where} must be a real number, got a {value.dtype} {value!r}")
-        value = value.reshape(()).item() if isinstance(value, np.ndarray) else value.item()
-    if isinstance(value, bool | np.bool_) or not isinstance(value, numbers.Real):
-        raise DtypeError(f"{where} must be {what}, got {type(raw).__name__} {raw!r}")
-    try:
-        out = float(value)
-    except OverflowError:  # a Python int beyond the float range
-        raise NonFiniteError(f"{where} must be finite, got {raw!r}") from None
-    if not math.isfinite(out):
-        raise NonFiniteError(f"{where} must be finite, got {out!r}")
-    return out
-
-
-def _eps_value(eps: Any) -> float:
-    """The rate floor: a finite number of photon counts >= 0 (0: no floor)."""
-    out = _real(eps, "eps", "a real number >= 0 (photon counts; 0 means no floor)")
-    if out < 0.0:
-        raise NegativeValueError(
-            f"eps must be >= 0 (a floor on the rate in photon counts; 0 means no floor), "
-            f"got {out!r}"
-        )
-    return out
-
-
-def scalar_scale(value: Any, where: str = "scale") -> float:
-    """Return a single intensity scale as a positive finite Python float.
-
-    Accepts a real number, a 0-d (or one-element) tensor or array, or a
-    :class:`~physscale.ScaleRecord` (its ``intensity_scale``).
-
-    Raises:
-        DtypeError: not a real number (bool, complex, string, a larger array...).
-        NonFiniteError: NaN or infinite.
-        NegativeValueError: zero or negative.
-    """
-    if type(value) is float and 0.0 < value < math.inf:
-        return value
-    if isinstance(value, ScaleRecord):
-        return float(value.intensity_scale)
-    return _positive_real(
-        value, where, "a positive real number, a 0-d tensor or a ScaleRecord (amplitude factor)"
-    )
-
-
-# --------------------------------------------------------------------------- the kernel
+# --------------------------------------------------------------------------- the forms
 #
 # Arguments, in order: p, o (prediction and observation, compute dtype, masked),
 # s (a Python float, or a 0-d or per-batch tensor scale), t (the count scale, the
@@ -178,11 +91,6 @@ def scalar_scale(value: Any, where: str = "scale") -> float:
 # or None), m (0/1 mask, only when a background needs masking), domain, form,
 # reduction, eps, count (the number of unmasked elements for "mean": a Python
 # float, or a 0-d tensor when it is known only on the device).
-
-
-#: A scale inside the kernel: a tensor, or a Python number when the host knows it (no
-#: fill kernel to make a 0-d tensor, and scalar arithmetic on the host).
-Scale = torch.Tensor | float
 
 
 def _rate_and_counts(
@@ -193,6 +101,8 @@ def _rate_and_counts(
     b: Scale | None,
     amplitude: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The rate ``lam = (s p)**2 + b`` and counts ``k = (t o)**2`` (intensity:
+    ``s**2 p + b``, ``t**2 o``), each a new tensor."""
     if amplitude:
         # mul_ with itself, not square_: vmap has a batching rule for mul_.
         lam = torch.mul(p, s)
@@ -293,6 +203,86 @@ def _d_value_d_counts(form: str, k: torch.Tensor, lam_c: torch.Tensor, eps: floa
     return out
 
 
+# --------------------------------------------------------------------------- value and gradient
+
+
+def _value(
+    p: torch.Tensor,
+    o: torch.Tensor,
+    s: Scale,
+    t: Scale | None,
+    b: Scale | None,
+    m: torch.Tensor | None,
+    domain: str,
+    form: str,
+    reduction: str,
+    eps: float,
+    count: float | torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The value, and the floored rate and counts the gradient needs."""
+    amplitude = domain == "amplitude"
+    lam, k = _rate_and_counts(p, o, s, s if t is None else t, b, amplitude)
+    if form == "deviance":
+        lam_c = lam.clamp_min_(eps)  # in place: the deviance needs only the floored rate
+        elem = _deviance(p, o, s, t, b, lam_c, k, amplitude, eps)
+    elif form == "tf" and m is None and reduction in ("mean", "sum") and not is_compiling():
+        return _tf_total(lam, k, reduction, eps, count)
+    else:
+        lam_c, elem = _poisson(form, lam, k, eps)
+    return _reduce(elem, m, reduction, count), lam_c, k
+
+
+def _tf_total(
+    lam: torch.Tensor, k: torch.Tensor, reduction: str, eps: float, count: float | torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The common case, eagerly: ``sum(lam) - k . log(max(lam, eps))``, no elementwise
+    temporary. (A compiler fuses the elementwise formula of :func:`_poisson` into one
+    loop instead.)"""
+    lam_sum = lam.sum()
+    lam_c = lam.clamp_min_(eps)
+    if eps > 0.0:
+        k_log = torch.dot(k.reshape(-1), torch.log(lam_c).reshape(-1))
+    else:
+        k_log = torch.xlogy(k, lam_c).sum()
+    total = lam_sum - k_log
+    return (total / count if reduction == "mean" else total), lam_c, k
+
+
+def _poisson(
+    form: str, lam: torch.Tensor, k: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The floored rate, and the ``tf``, ``stirling`` or ``exact`` form written over ``lam``."""
+    # lam - k * log(max(lam, eps)).
+    lam_c = lam.clamp_min(eps)
+    if eps > 0.0:
+        elem = lam.addcmul_(k, torch.log(lam_c), value=-1.0)
+    else:
+        elem = lam.sub_(_log_rate_weight(k, lam_c, eps))
+    if form == "stirling":
+        # (k + 1/2) log k - k + log(2 pi)/2 where k > 1 (k floored at 1 so log is finite).
+        kc = k.clamp_min(1.0)
+        extra = torch.add(kc, 0.5).mul_(torch.log(kc)).sub_(kc).add_(_HALF_LOG_2PI)
+        elem = elem.addcmul_(extra, k.gt(1.0).to(k.dtype))
+    elif form == "exact":
+        elem = elem.add_(torch.lgamma(k + 1.0))
+    return lam_c, elem
+
+
+def _reduce(
+    elem: torch.Tensor, m: torch.Tensor | None, reduction: str, count: float | torch.Tensor
+) -> torch.Tensor:
+    """The elementwise values masked, then reduced (``"mean"`` divides by ``count``)."""
+    if m is not None:
+        # Masked pixels hold p = o = 0, so only the background term survives there.
+        elem = elem * m
+    if reduction == "none":
+        return elem
+    if reduction == "per_sample":
+        return elem.reshape(elem.shape[0], -1).sum(1)
+    total = elem.sum()
+    return total / count if reduction == "mean" else total
+
+
 def _sum_to(x: torch.Tensor, shape: torch.Size) -> torch.Tensor:
     """``x`` summed down to ``shape``, never a view of ``x``.
 
@@ -336,63 +326,6 @@ def _through_scaling(
     return g_x, g_c
 
 
-def _nll_forward(
-    p: torch.Tensor,
-    o: torch.Tensor,
-    s: Scale,
-    t: Scale | None,
-    b: Scale | None,
-    m: torch.Tensor | None,
-    domain: str,
-    form: str,
-    reduction: str,
-    eps: float,
-    count: float | torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The value, and the floored rate and counts the backward pass needs."""
-    amplitude = domain == "amplitude"
-    lam, k = _rate_and_counts(p, o, s, s if t is None else t, b, amplitude)
-    if form == "deviance":
-        lam_c = lam.clamp_min_(eps)  # in place: the deviance needs only the floored rate
-        elem = _deviance(p, o, s, t, b, lam_c, k, amplitude, eps)
-    elif form == "tf" and m is None and reduction in ("mean", "sum") and not _is_compiling():
-        # The common case, eagerly: sum(lam) - k . log(max(lam, eps)), no elementwise
-        # temporary. (A compiler fuses the plain formula below into one loop instead.)
-        lam_sum = lam.sum()
-        lam_c = lam.clamp_min_(eps)
-        if eps > 0.0:
-            k_log = torch.dot(k.reshape(-1), torch.log(lam_c).reshape(-1))
-        else:
-            k_log = torch.xlogy(k, lam_c).sum()
-        total = lam_sum - k_log
-        return (total / count if reduction == "mean" else total), lam_c, k
-    else:
-        # lam - k * log(max(lam, eps)), written over lam.
-        lam_c = lam.clamp_min(eps)
-        if eps > 0.0:
-            elem = lam.addcmul_(k, torch.log(lam_c), value=-1.0)
-        else:
-            elem = lam.sub_(_log_rate_weight(k, lam_c, eps))
-        if form == "stirling":
-            # (k + 1/2) log k - k + log(2 pi)/2 where k > 1 (k floored at 1 so log is finite).
-            kc = k.clamp_min(1.0)
-            extra = torch.add(kc, 0.5).mul_(torch.log(kc)).sub_(kc).add_(_HALF_LOG_2PI)
-            elem = elem.addcmul_(extra, k.gt(1.0).to(k.dtype))
-        elif form == "exact":
-            elem = elem.add_(torch.lgamma(k + 1.0))
-    if m is not None:
-        # Masked pixels hold p = o = 0, so only the background term survives there.
-        elem = elem * m
-    if reduction == "none":
-        out = elem
-    elif reduction == "per_sample":
-        out = elem.reshape(elem.shape[0], -1).sum(1)
-    else:
-        total = elem.sum()
-        out = total / count if reduction == "mean" else total
-    return out, lam_c, k
-
-
 def _save(ctx: Any, args: tuple[Any, ...], lam_c: torch.Tensor, k: torch.Tensor) -> None:
     p, o, s, t, b, m, domain, form, reduction, eps, count = args
     # Tensors are saved; Python numbers (a scale known on the host, a count) ride along.
@@ -404,8 +337,8 @@ def _save(ctx: Any, args: tuple[Any, ...], lam_c: torch.Tensor, k: torch.Tensor)
     ctx.config = (domain, form, reduction, eps, count_f, s_f, t_f, p.shape)
 
 
-def _nll_backward(ctx: Any, grad: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
-    """Analytic gradients of :func:`_nll_forward` for the inputs that need one."""
+def _gradient(ctx: Any, grad: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
+    """Analytic gradients of :func:`_value` for the inputs that need one."""
     p, o, s_t, t_t, b, m, lam_c, k, count_t = ctx.saved_tensors  # b: a tensor or None
     domain, form, reduction, eps, count_f, s_f, t_f, shape = ctx.config
     s = s_f if s_t is None else s_t
@@ -473,13 +406,13 @@ class _ScaledPoissonNLL(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, *args: Any) -> torch.Tensor:
-        out, lam_c, k = _nll_forward(*args)
+        out, lam_c, k = _value(*args)
         _save(ctx, args, lam_c, k)
         return out
 
     @staticmethod
     def backward(ctx: Any, *grads: Any) -> tuple[torch.Tensor | None, ...]:
-        return _nll_backward(ctx, grads[0])
+        return _gradient(ctx, grads[0])
 
 
 class _ScaledPoissonNLLTransformable(torch.autograd.Function):
@@ -507,7 +440,7 @@ class _ScaledPoissonNLLTransformable(torch.autograd.Function):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         # Spelled out, not *args: with no input requiring grad, torch.compile inlines
         # forward and passes a ctx unless the parameter count matches the inputs.
-        return _nll_forward(p, o, s, t, b, m, domain, form, reduction, eps, count)
+        return _value(p, o, s, t, b, m, domain, form, reduction, eps, count)
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
@@ -519,375 +452,10 @@ class _ScaledPoissonNLLTransformable(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, *grads: Any) -> tuple[torch.Tensor | None, ...]:
-        return _nll_backward(ctx, grads[0])
+        return _gradient(ctx, grads[0])
 
 
-# --------------------------------------------------------------------------- input coercion
-# Everything here looks at types, shapes, dtypes and devices only: no tensor value, so it
-# runs whatever the validation switch says.
-
-
-def _dense(x: torch.Tensor, name: str, error: type[Exception] = DtypeError) -> None:
-    if x.layout != torch.strided:
-        raise error(
-            f"{name} must be a dense tensor, got layout {x.layout}; convert it with "
-            f"{name}.to_dense()"
-        )
-
-
-def _input_tensor(x: Any, name: str, domain: str) -> torch.Tensor:
-    kind = "amplitudes" if domain == "amplitude" else "intensities"
-    if not isinstance(x, torch.Tensor):
-        raise DtypeError(
-            f"{name} must be a torch.Tensor of normalized {kind}, got {type(x).__name__}; "
-            f"use torch.as_tensor(...) for numpy data"
-        )
-    _dense(x, name)
-    if x.is_complex():
-        if domain == "amplitude":
-            modulus = f"its modulus: pass {name}.abs()"
-        else:
-            modulus = f"its squared modulus: pass {name}.abs()**2"
-        raise DtypeError(
-            f"{name} must hold real floating-point normalized {kind}, got the complex dtype "
-            f"{x.dtype}; a complex wavefield's {kind[:-1]} is {modulus}"
-        )
-    if not x.is_floating_point():
-        if name == "obs":
-            hint = (
-                "; for raw detector counts either normalize them first (ps.normalize_counts "
-                "returns normalized amplitudes and the record whose scale maps them back to "
-                "the counts) or use the count-native loss: domain='intensity', scale=1.0, "
-                "obs=counts.float(), with pred the predicted counts"
-            )
-        else:
-            hint = f"; {name} is the model's output, which is floating point"
-        raise DtypeError(
-            f"{name} must hold real floating-point normalized {kind} (float16, bfloat16, "
-            f"float32 or float64), got dtype {x.dtype}{hint}"
-        )
-    return x
-
-
-def _per_batch_tensor(x: torch.Tensor, name: str, shape: torch.Size) -> torch.Tensor:
-    """A scale tensor: one element, or the data's rank with each size 1 or the data's."""
-    _dense(x, name)
-    if x.is_complex() or not x.is_floating_point():
-        raise DtypeError(f"{name} must be a real floating-point tensor, got dtype {x.dtype}")
-    if x.numel() == 1:
-        return x.reshape(())
-    fits = x.ndim == len(shape) and all(a in (1, n) for a, n in zip(x.shape, shape, strict=True))
-    if not fits:
-        hint = (
-            f"; for one scale per sample use {name}.view(-1{', 1' * (len(shape) - 1)})"
-            if x.ndim == 1 and len(shape) > 1 and x.shape[0] == shape[0]
-            else ""
-        )
-        raise BroadcastError(
-            f"{name} of shape {tuple(x.shape)} does not line up with the data of shape "
-            f"{tuple(shape)}: a {name} tensor must have one element or the data's "
-            f"{len(shape)} dimensions, each of size 1 or the data's size (e.g. a per-sample "
-            f"{name} of shape ({shape[0] if shape else 'B'}{', 1' * max(len(shape) - 1, 0)})), "
-            f"because trailing-axis broadcasting would silently apply it along the wrong "
-            f"axis{hint}"
-        )
-    return x
-
-
-def _meta_mismatch(x: torch.Tensor, name: str, device: torch.device) -> None:
-    if (x.device.type == "meta") != (device.type == "meta"):
-        raise DtypeError(
-            f"{name} is on {x.device} but the data are on {device}; a meta tensor holds no "
-            f"values, so both must be real tensors (or both meta, with checks off)"
-        )
-
-
-def _on_device(x: torch.Tensor, name: str, device: torch.device) -> torch.Tensor:
-    """``x`` on the data's device. A copy from the CPU is asynchronous: no host sync."""
-    if x.device == device:
-        return x
-    _meta_mismatch(x, name, device)
-    return x.to(device, non_blocking=x.device.type == "cpu")
-
-
-def _scale_input(
-    scale: Any, name: str, shape: torch.Size, device: torch.device
-) -> tuple[torch.Tensor | None, float | None]:
-    """``(tensor, None)`` for a scale tensor, ``(None, value)`` for a scale known on the host."""
-    if isinstance(scale, torch.Tensor):
-        t = _per_batch_tensor(scale, name, shape)
-        if t.device != device:
-            _meta_mismatch(t, name, device)
-            if t.ndim != 0:
-                raise BroadcastError(
-                    f"{name} is on {t.device} but the data are on {device}; move it with "
-                    f"{name}.to(pred.device)"
-                )
-            # A 0-d CPU tensor is a scalar to every device's kernels: no copy, no sync.
-            if t.device.type != "cpu":
-                t = t.to(device)
-        return t, None
-    return None, scalar_scale(scale, name)
-
-
-def _background_input(
-    background: Any, shape: torch.Size, device: torch.device
-) -> tuple[torch.Tensor | None, float]:
-    """``(tensor, 0.0)`` for a background tensor, ``(None, value)`` for a number."""
-    if type(background) is float and 0.0 <= background < math.inf:
-        return None, background
-    if isinstance(background, torch.Tensor):
-        _dense(background, "background")
-        if background.is_complex() or not background.is_floating_point():
-            raise DtypeError(
-                f"background must be a real floating-point tensor (photon counts), got dtype "
-                f"{background.dtype}"
-            )
-        if not _broadcasts_to(background.shape, shape):
-            raise BroadcastError(
-                f"background of shape {tuple(background.shape)} does not broadcast to the data "
-                f"shape {tuple(shape)}; give a scalar, a per-pixel (H, W) map, or a tensor "
-                f"broadcastable to the data"
-            )
-        return _on_device(background, "background", device), 0.0
-    if isinstance(background, bool | np.bool_) or not isinstance(background, numbers.Real):
-        raise DtypeError(
-            f"background must be a real number or tensor of photon counts, got "
-            f"{type(background).__name__} {background!r}"
-        )
-    value = float(background)
-    if not math.isfinite(value) or value < 0.0:
-        err = NonFiniteError if not math.isfinite(value) else NegativeValueError
-        raise err(f"background must be a finite number of photon counts >= 0, got {value!r}")
-    return None, value
-
-
-def _mask_input(mask: Any, shape: torch.Size, device: torch.device) -> tuple[torch.Tensor, bool]:
-    """``(mask on the data's device, holds_weights)``: bool, or real 0/1 weights."""
-    if isinstance(mask, np.ndarray):
-        if mask.dtype != np.bool_ and mask.dtype.kind != "f":
-            raise MaskError(f"mask must be boolean or 0/1 floats, got numpy dtype {mask.dtype}")
-        mask = torch.from_numpy(np.ascontiguousarray(mask))
-    if not isinstance(mask, torch.Tensor):
-        raise MaskError(
-            f"mask must be a boolean (True = valid pixel) torch.Tensor or numpy.ndarray, "
-            f"got {type(mask).__name__}"
-        )
-    _dense(mask, "mask", MaskError)
-    if mask.dtype != torch.bool and (mask.is_complex() or not mask.is_floating_point()):
-        raise MaskError(
-            f"mask must be boolean (True = valid pixel) or 0/1 floating weights, got dtype "
-            f"{mask.dtype}; use mask.bool()"
-        )
-    if not _broadcasts_to(mask.shape, shape):
-        raise MaskError(
-            f"mask of shape {tuple(mask.shape)} does not broadcast to the data shape {tuple(shape)}"
-        )
-    if mask.device != device and (mask.device.type == "meta") != (device.type == "meta"):
-        raise MaskError(
-            f"mask is on {mask.device} but the data are on {device}; a meta tensor holds no "
-            f"values, so both must be real tensors (or both meta, with checks off)"
-        )
-    return _on_device(mask.detach(), "mask", device), mask.dtype != torch.bool
-
-
-def _broadcasts_to(shape: torch.Size, target: torch.Size) -> bool:
-    """Whether ``shape`` broadcasts to ``target`` without changing it."""
-    try:
-        return _broadcast_shapes(shape, target) == target
-    except RuntimeError:
-        return False
-
-
-def _broadcast_shapes(*shapes: torch.Size) -> torch.Size:
-    out: torch.Size = torch.broadcast_shapes(*shapes)  # type: ignore[no-untyped-call]
-    return out
-
-
-def _widest(device: torch.device) -> torch.dtype:
-    # Apple's MPS backend has no float64; float32 is the best it can do.
-    return torch.float32 if device.type == "mps" else torch.float64
-
-
-def _autocast_off(device_type: str) -> contextlib.AbstractContextManager[Any]:
-    try:
-        enabled = torch.is_autocast_enabled(device_type)
-    except (TypeError, RuntimeError):  # torch < 2.4, or a device autocast does not know
-        enabled = torch.is_autocast_enabled() if device_type == "cuda" else False
-    if enabled:
-        return torch.autocast(device_type=device_type, enabled=False)
-    return contextlib.nullcontext()
-
-
-def _under_functorch() -> bool:
-    # Inside vmap/grad/jacrev: data-dependent checks (a host sync) are impossible there.
-    peek = getattr(torch._C._functorch, "peek_interpreter_stack", None)
-    return peek is not None and peek() is not None
-
-
-# --------------------------------------------------------------------------- value checks
-
-
-@dataclass
-class _Checked:
-    """What the one host sync of :func:`_check_values` learned."""
-
-    count: float | None  # unmasked elements (None without a mask)
-    abs_max: dict[str, float]  # largest magnitude of each checked tensor
-    exactly_one: dict[str, bool]  # whether a checked tensor is 1 everywhere
-    looks_like_counts: bool  # obs's sampled intensities are whole numbers
-    counts_whole: bool  # ... and the count scale turns them into whole counts
-    obs_whole: bool  # obs itself is whole-valued (counts given as amplitudes)
-
-
-def _whole(v: torch.Tensor, rel: float) -> torch.Tensor:
-    """True if every value of ``v`` is within ``1e-4 + rel*|v|`` of a whole number,
-    and that is evidence (derive's rule, ``_intensity_sum.WHOLE_CHANCE``)."""
-    tol = 1e-4 + rel * v.abs()
-    within = (v - v.round()).abs().le(tol).all()
-    chance = torch.where(v >= 1.0, (2.0 * tol).clamp(max=1.0).log(), 0.0).sum()
-    return within & chance.le(math.log(WHOLE_CHANCE))
-
-
-def _units_parts(o: torch.Tensor, amplitude: bool, t: Scale) -> list[torch.Tensor]:
-    """Device-side statistics of obs's leading values for the raw-counts heuristic.
-
-    The rule is derive's (``physscale.accumulator``): at least 16 sampled
-    intensities >= 1, the largest >= 2, and every one a whole number. Also:
-    whether the count scale ``t`` turns them into whole counts (a deliberate
-    scale, e.g. ``gain**-0.5`` of an integer detector gain), and whether
-    amplitudes are themselves whole (counts given as amplitudes). The counts
-    get a tolerance of a few float32 roundings (the rounding of sqrt, square
-    and product), tighter than derive's, so that bright raw counts times an
-    arbitrary scale are not mistaken for whole counts.
-    """
-    x = o.detach()
-    if x.ndim > 0 and x.numel() > _UNITS_SAMPLE:
-        # Leading patterns only: the reshapes below then copy at most that slice.
-        per_item = x.numel() // x.shape[0]
-        x = x[: max(1, -(-_UNITS_SAMPLE // per_item))]
-    if isinstance(t, torch.Tensor) and t.ndim > 0 and t.shape[0] > 1:
-        t = t[: x.shape[0]]  # a per-sample scale, for the same leading patterns
-    a = x.reshape(-1)[:_UNITS_SAMPLE]
-    v = a * a if amplitude else a
-    k = (x * t) ** 2 if amplitude else x * (t * t)
-    k_whole = _whole(k.reshape(-1)[:_UNITS_SAMPLE], rel=_COUNTS_WHOLE_REL)
-    parts = [v.ge(1.0).sum(), v.amax(), _whole(v, rel=whole_tolerance(o.dtype)), k_whole]
-    if amplitude:
-        parts.append(_whole(a, rel=whole_tolerance(o.dtype)))
-    return parts
-
-
-def _check_values(
-    p: torch.Tensor,
-    o: torch.Tensor,
-    domain: str,
-    extras: list[tuple[str, torch.Tensor, str, bool]],
-    m: torch.Tensor | None,
-    weights: bool,
-    count_scale: Scale | None = None,
-) -> _Checked:
-    """One host sync for every value check.
-
-    Checks NaN/Inf in ``p`` and ``o`` (already masked), negatives in ``o`` (and
-    in ``p`` in the intensity domain), each ``(name, tensor, what,
-    strictly_positive)`` in ``extras``, and that mask weights are 0 or 1; given
-    the ``count_scale``, also samples obs for the raw-counts heuristic.
-    """
-    amplitude = domain == "amplitude"
-    kind = "amplitudes" if amplitude else "intensities"
-    checked = [("pred", p, f"predicted {kind}", False), ("obs", o, f"observed {kind}", False)]
-    checked += extras
-    wide = _widest(p.device)
-    parts: list[torch.Tensor] = []
-    for _, x, _, _ in checked:
-        parts += torch.aminmax(x.detach().to(device=p.device))
-    n_mask = len(parts)
-    if m is not None:
-        # The unmasked count in float64 (exact for any realistic size) where the device has it.
-        parts.append(m.sum(dtype=wide) * (p.numel() / m.numel()))
-        if weights:
-            parts.append((m * (1.0 - m)).abs().amax())
-    n_units = len(parts)
-    if count_scale is not None:
-        parts += _units_parts(o, amplitude, count_scale)
-    # One stack, one device-to-host transfer for every check.
-    stats = torch.stack([q.to(wide) for q in parts]).tolist()
-
-    abs_max: dict[str, float] = {}
-    exactly_one: dict[str, bool] = {}
-    for i, (name, x, what, strict) in enumerate(checked):
-        lo, hi = stats[2 * i], stats[2 * i + 1]
-        if not (math.isfinite(lo) and math.isfinite(hi)):
-            n_nan = int(torch.isnan(x).sum())
-            n_inf = int(torch.isinf(x).sum())
-            where = " in unmasked pixels" if m is not None and name in ("pred", "obs") else ""
-            raise NonFiniteError(
-                f"{name} ({what}) holds {n_nan} NaN and {n_inf} infinite value(s){where}; "
-                f"every value must be finite"
-            )
-        signed = name == "pred" and amplitude  # (s * pred)**2 is a rate for any real pred
-        if not signed and (lo < 0.0 or (strict and lo <= 0.0)):
-            bound = "> 0" if strict else ">= 0"
-            if name == "pred":
-                hint = (
-                    " (a model predicting intensities must end in a non-negative activation "
-                    "such as torch.nn.functional.softplus, or predict amplitudes and use "
-                    "domain='amplitude', where any real output squares to a rate)"
-                )
-            elif name == "obs":
-                hint = " (clip detector noise with .clamp(min=0), or mask those pixels)"
-            else:
-                hint = ""
-            raise NegativeValueError(
-                f"{name} ({what}) must be {bound} everywhere, got a minimum of {lo!r}{hint}"
-            )
-        abs_max[name] = max(-lo, hi)
-        exactly_one[name] = lo == 1.0 and hi == 1.0
-    count = None
-    if m is not None:
-        count = stats[n_mask]
-        if weights and stats[n_mask + 1] != 0.0:
-            raise MaskError(
-                "mask weights must be exactly 0 or 1 (or give a boolean mask); fractional "
-                "weights are not a valid-pixel mask"
-            )
-        if count == 0.0:
-            raise MaskError("the mask excludes every element; there is nothing to compare")
-    looks_like_counts = counts_whole = obs_whole = False
-    if count_scale is not None:
-        n_ge1, v_max, whole, k_whole = stats[n_units : n_units + 4]
-        looks_like_counts = n_ge1 >= 16 and v_max >= 2.0 and whole == 1.0
-        counts_whole = k_whole == 1.0
-        obs_whole = amplitude and stats[n_units + 4] == 1.0
-    return _Checked(count, abs_max, exactly_one, looks_like_counts, counts_whole, obs_whole)
-
-
-def _warn_raw_counts(domain: str, count_scale: float | None, obs_whole: bool) -> None:
-    """The loss's UnitsWarning; ``count_scale`` is None when it is a tensor."""
-    kind = "amplitudes" if domain == "amplitude" else "intensities"
-    k = "(count_scale * obs)**2" if domain == "amplitude" else "count_scale**2 * obs"
-    scale = "a tensor" if count_scale is None else f"{count_scale:.6g}"
-    if domain == "amplitude" and obs_whole:
-        what = (
-            "obs look like raw photon counts given as amplitudes: they are whole numbers, "
-            f"and with domain='amplitude' the counts are {k}, their squares"
-        )
-    else:
-        what = (
-            f"obs look like raw photon counts, not normalized {kind}: the sampled "
-            f"{'squared amplitudes' if domain == 'amplitude' else 'intensities'} are whole "
-            f"numbers, and the counts the loss makes of them, {k} with count scale "
-            f"{scale}, are not"
-        )
-    warnings.warn(
-        f"{what}. Normalize the counts first (ps.normalize_counts returns normalized "
-        "amplitudes and the record whose scale maps them back to the counts), or use the "
-        "count-native loss on the counts themselves: domain='intensity', scale=1.0, pred the "
-        "predicted counts. If these are normalized values, silence physscale.UnitsWarning",
-        UnitsWarning,
-        stacklevel=3,
-    )
+# --------------------------------------------------------------------------- precision
 
 
 def _needs_float64(max_rate: float, max_counts: float, numel: int, eps: float) -> bool:
@@ -900,13 +468,14 @@ def _needs_float64(max_rate: float, max_counts: float, numel: int, eps: float) -
     return numel * biggest * (2.0 + 2.0 * log_size) > _FLOAT32_SAFE_TOTAL
 
 
-def _square(x: float) -> float:
-    return x * x  # inf on overflow, never OverflowError
-
-
-def _known(x: float | None) -> float:
-    assert x is not None  # a scale is either a tensor or known on the host
-    return x
+def _autocast_off(device_type: str) -> contextlib.AbstractContextManager[Any]:
+    try:
+        enabled = torch.is_autocast_enabled(device_type)
+    except (TypeError, RuntimeError):  # torch < 2.4, or a device autocast does not know
+        enabled = torch.is_autocast_enabled() if device_type == "cuda" else False
+    if enabled:
+        return torch.autocast(device_type=device_type, enabled=False)
+    return contextlib.nullcontext()
 
 
 # --------------------------------------------------------------------------- public API
@@ -942,7 +511,8 @@ def scaled_poisson_nll(
             units as ``pred``, >= 0.
         scale: the intensity scale ``s`` (amplitude factor, counts are
             ``(s*x)**2``): a positive float, a 0-d tensor (may require grad), a
-            :class:`~physscale.ScaleRecord`, or a tensor with the data's rank
+            :class:`~physscale.ScaleRecord` (or any object whose ``float()`` is
+            the scale), or a tensor with the data's rank
             and each size 1 or the data's, e.g. ``(B, 1, 1, 1)`` per sample. A
             ``(B,)`` tensor is refused (it would broadcast along the last axis).
             ``scale=1`` with ``domain="intensity"`` is the count-native loss:
@@ -968,9 +538,10 @@ def scaled_poisson_nll(
             only the rate is.
         count_scale: the scale ``t`` that turns ``obs`` into counts, if it is
             not ``scale`` (e.g. the data's fixed scale while ``scale`` is a
-            trainable one, as in TF). Same accepted types as ``scale``; a
-            trained ``ScaleRecord`` gives its ``initial_intensity_scale`` (the
-            data's derived scale), any other record its ``intensity_scale``.
+            trainable one, as in TF). Same accepted types as ``scale``; an
+            object with a ``data_scale`` gives that: a trained ``ScaleRecord``
+            its ``initial_intensity_scale`` (the data's derived scale), any
+            other record its ``intensity_scale``.
 
     Returns:
         float32 tensor (float64 if ``pred`` or ``obs`` is float64, or when
@@ -993,151 +564,34 @@ def scaled_poisson_nll(
             count scale keeps them counts (exactly 1, the count-native use, or
             a scale that maps them to whole counts).
     """
-    # Fast paths first: this runs on every training step.
-    if type(domain) is not str or domain not in DOMAINS:
-        domain = check_option(domain, DOMAINS, "domain")
-    if type(form) is not str or form not in FORMS:
-        form = check_option(form, FORMS, "form")
-    if type(reduction) is not str or reduction not in REDUCTIONS:
-        reduction = check_option(reduction, REDUCTIONS, "reduction")
-    amplitude = domain == "amplitude"
-    pred = _input_tensor(pred, "pred", domain)
-    obs = _input_tensor(obs, "obs", domain)
-    if pred.shape != obs.shape:
-        raise BroadcastError(
-            f"pred has shape {tuple(pred.shape)} but obs has shape {tuple(obs.shape)}; the "
-            f"prediction and the observation must have the same shape"
-        )
-    if pred.device != obs.device:
-        raise BroadcastError(f"pred is on {pred.device} but obs is on {obs.device}")
-    if pred.numel() == 0:
-        raise EmptyInputError(f"pred and obs are empty (shape {tuple(pred.shape)})")
-    if reduction == "per_sample" and pred.ndim == 0:
-        raise BroadcastError("reduction='per_sample' needs a batch axis; pred is 0-d")
-    if type(eps) is not float or not 0.0 <= eps < math.inf:
-        eps = _eps_value(eps)
-
-    shape, device = pred.shape, pred.device
-    # Inside torch.func transforms a data-dependent check is impossible; under
-    # torch.compile the checks would break the graph, so they follow the switch too.
-    compiling = _is_compiling()
-    transformed = not compiling and _under_functorch()
-    validate = is_validation_enabled() and not transformed
-    if validate and device.type == "meta":
-        raise DtypeError(
-            "pred and obs are on the meta device, which holds no values, so the value "
-            "checks cannot run; give real tensors, or turn the checks off with "
-            "ps.validation(False) to trace shapes and dtypes"
-        )
-
-    s_in, s_host = _scale_input(scale, "scale", shape, device)
-    if isinstance(count_scale, ScaleRecord):
-        # Counts live at the data's scale: for a trained record, where training began.
-        count_scale = count_scale.data_scale
-    t_in, t_host = (None, s_host)
-    if count_scale is not None:
-        t_in, t_host = _scale_input(count_scale, "count_scale", shape, device)
-    # The tensor (if any) that turns obs into counts, and its name in the checks.
-    t_tensor, t_name = (s_in, "scale") if count_scale is None else (t_in, "count_scale")
-    b_in, b_host = _background_input(background, shape, device)
-    m_in, weights = (None, False) if mask is None else _mask_input(mask, shape, device)
-
+    x = loss_inputs(pred, obs, scale, domain, form, reduction, mask, background, eps, count_scale)
+    device, numel = x.pred.device, x.pred.numel()
     # Precision from what the host knows: float64 data, or scales (or a background)
     # so large that float32 would overflow on any normalized data.
-    host_big = max(_square(s_host or 0.0), _square(t_host or 0.0), b_host) > _HOST_FLOAT32_LIMIT
-    wide = pred.dtype == torch.float64 or obs.dtype == torch.float64 or host_big
-    out_dtype = torch.float64 if wide else torch.float32
-
-    def cast(dtype: torch.dtype, select: bool) -> tuple[Any, ...]:
-        # A scale the host knows stays a Python number (the kernels take it as a scalar).
-        s: Scale = _known(s_host) if s_in is None else s_in.to(dtype)
-        t: Scale | None = None
-        if count_scale is not None:
-            t = _known(t_host) if t_in is None else t_in.to(dtype)
-        b: Scale | None = None
-        if b_in is not None:
-            b = b_in.to(dtype)
-        elif b_host != 0.0:
-            b = b_host
-        m = None if m_in is None else m_in.to(dtype)
-        p = pred if pred.dtype == dtype else pred.to(dtype)
-        o = obs if obs.dtype == dtype else obs.to(dtype)
-        if m is not None:
-            if select:
-                # Dead pixels may hold NaN/Inf (0 * NaN is NaN): select, don't multiply.
-                keep = m != 0
-                p, o = torch.where(keep, p, 0.0), torch.where(keep, o, 0.0)
-            else:
-                p, o = p * m, o * m  # faster; a NaN in a dead pixel is caught and redone
-        return p, o, s, t, b, m
-
-    count: float | torch.Tensor = float(pred.numel())
+    f64 = torch.float64
+    wide = x.pred.dtype == f64 or x.obs.dtype == f64 or x.host_size() > _HOST_FLOAT32_LIMIT
+    out_dtype = f64 if wide else torch.float32
+    count: float | torch.Tensor = float(numel)
     with _autocast_off(device.type):
-        dtype = _widest(device) if form == "deviance" else out_dtype
-        p, o, s, t, b, m = cast(dtype, select=not validate)
-        if validate:
-            extras: list[tuple[str, torch.Tensor, str, bool]] = []
-            if isinstance(s, torch.Tensor):
-                extras.append(("scale", s, "intensity scale", True))
-            if isinstance(t, torch.Tensor):
-                extras.append(("count_scale", t, "intensity scale", True))
-            if isinstance(b, torch.Tensor):
-                extras.append(("background", b, "background counts", False))
-            # The units check allows for the rounding of the data as given (float32
-            # data computed in float64 still carry float32's).
-            units = s if t is None else t  # the count scale, for the units check
-            try:
-                checked = _check_values(p, o, domain, extras, m, weights, units)
-            except NonFiniteError:
-                if m is None:
-                    raise
-                # Raises again if an unmasked pixel is bad.
-                p, o, s, t, b, m = cast(dtype, select=True)
-                checked = _check_values(p, o, domain, extras, m, weights, units)
-            if checked.count is not None:
-                count = checked.count
+        dtype = widest_dtype(device) if x.form == "deviance" else out_dtype
+        cast = p, o, s, t, b, m = x.cast(dtype, select=not x.validate)
+        if x.validate:
+            (p, o, s, t, b, m), seen = check_loss_values(x, cast)
+            if seen.unmasked is not None:
+                count = seen.unmasked
             # The measured rates and counts decide the precision float32 inputs need.
-            big_s = checked.abs_max["scale"] if s_in is not None else _known(s_host)
-            big_t = checked.abs_max[t_name] if t_tensor is not None else _known(t_host)
-            big_b = checked.abs_max["background"] if b_in is not None else b_host
-            if amplitude:
-                max_rate = _square(big_s * checked.abs_max["pred"]) + big_b
-                max_counts = _square(big_t * checked.abs_max["obs"])
-            else:
-                max_rate = _square(big_s) * checked.abs_max["pred"] + big_b
-                max_counts = _square(big_t) * checked.abs_max["obs"]
-            if not (math.isfinite(max_rate) and math.isfinite(max_counts)):
-                raise NonFiniteError(
-                    f"the rate or the counts overflow float64: scale {big_s:.6g} on "
-                    f"predictions up to {checked.abs_max['pred']:.6g} and count scale "
-                    f"{big_t:.6g} on observations up to {checked.abs_max['obs']:.6g}; "
-                    "pred and obs must be normalized values, with the scale that maps "
-                    "them to photon counts"
-                )
-            if out_dtype != torch.float64 and _needs_float64(
-                max_rate, max_counts, pred.numel(), eps
-            ):
-                out_dtype = torch.float64
-                dtype = _widest(device)
-                p, o, s, t, b, m = cast(dtype, select=True)
-            # Whole obs are raw counts unless the count scale keeps them counts: exactly
-            # 1 (count-native use), or a deliberate scale that maps them to whole counts,
-            # such as an integer detector gain's gain**-0.5. Whole amplitudes are counts
-            # given as amplitudes, whatever the scale.
-            t_is_one = t_host == 1.0 if t_tensor is None else checked.exactly_one[t_name]
-            counts_kept = t_is_one or checked.counts_whole
-            if checked.looks_like_counts and (checked.obs_whole or not counts_kept):
-                _warn_raw_counts(domain, t_host, checked.obs_whole)
-        elif m is not None and reduction == "mean":
+            if out_dtype != f64 and _needs_float64(seen.max_rate, seen.max_counts, numel, x.eps):
+                out_dtype = f64
+                p, o, s, t, b, m = x.cast(widest_dtype(device), select=True)
+        elif m is not None and x.reduction == "mean":
             # Known only on the device: the count stays a tensor (no sync), in float64
             # where the device has it, so that it is exact at any size.
-            count = m.sum(dtype=_widest(device)) * (pred.numel() / m.numel())
-
-        # The mask already zeroed p and o; the kernel needs it only for the background.
-        m_kernel = m if b is not None else None
-        args = (p, o, s, t, b, m_kernel, domain, form, reduction, eps, count)
+            count = m.sum(dtype=widest_dtype(device)) * (numel / m.numel())
+        # The mask already zeroed p and o; the math needs it only for the background.
+        m_math = m if b is not None else None
+        args = (p, o, s, t, b, m_math, x.domain, x.form, x.reduction, x.eps, count)
         out: torch.Tensor
-        if transformed or compiling:
+        if x.traced:
             out = _ScaledPoissonNLLTransformable.apply(*args)[0]  # type: ignore[no-untyped-call]
         else:
             out = _ScaledPoissonNLL.apply(*args)  # type: ignore[no-untyped-call]

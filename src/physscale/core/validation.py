@@ -14,7 +14,10 @@ captured by ``torch.compile(fullgraph=True)`` and CUDA graphs. Checks that
 need no sync (types, shapes, dtypes, devices, options) always run.
 See ``docs/validation.md`` for what each mode checks.
 
-This flag is the only global state in physscale's core.
+This flag is the only global state in physscale's core. :func:`is_compiling`
+and :func:`under_functorch` say where a value check cannot run whatever the
+flag says: under ``torch.compile`` it would break the graph, inside a
+``torch.func`` transform it cannot read a value at all.
 """
 
 from __future__ import annotations
@@ -22,9 +25,30 @@ from __future__ import annotations
 import contextlib
 from types import TracebackType
 
-__all__ = ["is_validation_enabled", "set_validation", "validation"]
+import torch
+
+__all__ = [
+    "is_compiling",
+    "is_validation_enabled",
+    "set_validation",
+    "under_functorch",
+    "validation",
+]
 
 _enabled: bool = True
+
+_compiler_is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None)
+
+
+def is_compiling() -> bool:
+    """Whether ``torch.compile`` is tracing this call (False on a torch without it)."""
+    return bool(_compiler_is_compiling()) if _compiler_is_compiling is not None else False
+
+
+def under_functorch() -> bool:
+    """Whether this call runs inside ``torch.func`` transforms (vmap, grad, jacrev...)."""
+    peek = getattr(torch._C._functorch, "peek_interpreter_stack", None)
+    return peek is not None and peek() is not None
 
 
 def _check_flag(enabled: object, where: str) -> bool:
