@@ -3,7 +3,8 @@
 Builds the stand-in run of docs/preparing-data.md (three ``.npz`` files of
 normalized amplitudes with nphotons in their metadata, a three-frame beam dump
 in the middle file) in a temporary folder and draws its report with
-``physscale.io.derive_files(..., plot=...)``. Needs the ``plot`` extra.
+``physscale.report.plot_report(derive_files(..., details=True), path)``. Needs the
+``plot`` extra.
 
 Run from the repository root: ``python scripts/make_report_example.py``.
 """
@@ -18,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from physscale.io import derive_files, write_metadata
+from physscale.report import plot_report
 
 
 def main() -> None:
@@ -35,7 +37,9 @@ def main() -> None:
             write_metadata(
                 f"scan_{i:02d}.npz", {"physics_parameters": {"nphotons": 1e6}}, diffraction=x
             )
-        record = derive_files("scan_*.npz", plot=out)
+        derived = derive_files("scan_*.npz", details=True)
+        plot_report(derived, out)
+    record = derived.record
     assert record.pattern_stats is not None
     print(f"wrote {out} ({record.pattern_stats.flagged_count} flagged frames)")
 

@@ -694,15 +694,34 @@ def test_an_unexpected_exception_is_still_one_line(
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import physscale.cli as cli
+    import physscale.cli.derive as derive_command
 
     def broken(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("first line\nsecond line")
 
-    monkeypatch.setattr(cli, "_derive", broken)
+    monkeypatch.setattr(derive_command, "run", broken)
     code, _, err = call(capsys, "derive", dataset[0])
     assert code == 1
     assert _one_error_line(err) == (
         "physscale: error: unexpected RuntimeError (first line second line); this is a "
         "physscale bug: please report it with the output of --debug"
     )
+
+
+def test_library_errors_are_worded_with_the_flags_unless_edited_since() -> None:
+    # The library carries the options apart (a Wording); the command renders them
+    # as its flags. Braces in the facts are facts, not fields.
+    import pickle
+
+    from physscale.cli.messages import in_our_words
+    from physscale.errors import NphotonsError, Wording
+
+    exc = NphotonsError(Wording("{path}: pass {nphotons}", {"nphotons": "nphotons="},
+                                path="scan{0}.npy"), parameter="nphotons")  # fmt: skip
+    assert str(exc) == "scan{0}.npy: pass nphotons=" and exc.parameter == "nphotons"
+    assert in_our_words(exc) == "scan{0}.npy: pass --nphotons N"
+    again = pickle.loads(pickle.dumps(exc))
+    assert in_our_words(again) == in_our_words(exc) and again.parameter == "nphotons"
+    # A message edited after raising no longer matches its wording: shown as it is.
+    exc.args = (f"while reading: {exc}",)
+    assert in_our_words(exc) == "while reading: scan{0}.npy: pass nphotons="

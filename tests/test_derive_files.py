@@ -9,6 +9,7 @@ file was read; the record's account of the files stays small.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -447,9 +448,9 @@ def test_the_summary_shows_the_spread_the_flagged_frames_and_their_files(
 def test_frame_ranges_exclude_exactly_those_frames(tmp_path: Path) -> None:
     arrays = [stack(i, n=8) for i in range(3)]
     paths = [write(tmp_path / f"{i}.npz", x) for i, x in enumerate(arrays)]
-    from physscale.cli import _frame_list
+    from physscale.cli.parser import frame_list
 
-    frames = _frame_list("3,17,10-12,3")
+    frames = frame_list("3,17,10-12,3")
     assert frames == [3, 10, 11, 12, 17]
     record = derive_files(paths, exclude=frames)
     everything = np.concatenate(arrays)
@@ -558,3 +559,85 @@ def test_derive_with_no_path_still_runs_on_the_shipped_example(
     assert record.intensity_scale == pytest.approx(
         reference_scale([x.numpy()], record.nphotons), rel=1e-13
     )
+
+
+# ----------------------------------------------------------------- the library speaks Python
+def test_library_errors_name_parameters_and_the_cli_names_its_flags(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # One message, two front ends: derive_files names its keywords, the command
+    # line renders the same error's wording with its flags.
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    write(tmp_path / "empty" / "sub" / "a.npz", stack(0))
+    bare = write(tmp_path / "bare.npy", stack(1))
+    np.save(tmp_path / "nhwc.npy", np.ones((4, 16, 16, 1), np.float32))
+    a = write(tmp_path / "a.npz", stack(2), nphotons=1e6)
+    b = write(tmp_path / "b.npz", stack(3), nphotons=2e6)
+    cases: list[tuple[list[Path], dict[str, Any], dict[str, str]]] = [
+        ([tmp_path / "empty"], {}, {"with recursive=True)": "with --recursive)"}),
+        ([bare], {}, {"Pass nphotons= (": "Pass --nphotons N (",
+                      "or nphotons_default= (": "or --nphotons-default N ("}),
+        ([a, b], {}, {"or pass nphotons= to use": "or pass --nphotons N to use"}),
+        ([tmp_path / "nhwc.npy"], {"nphotons": 1.0},
+         {"Pass layout='NHWC' for": "Pass --layout NHWC for",
+          "or layout='NCHW' (or spatial_dims=(-2, -1)) if": "or --layout NCHW if"}),
+    ]  # fmt: skip
+    for paths, kwargs, spellings in cases:
+        with pytest.raises(ps.PhysscaleError) as info:
+            derive_files(paths, **kwargs)
+        message = str(info.value)
+        assert all(python in message for python in spellings) and "--" not in message
+        assert info.value.wording is not None
+        code, _, err = call(capsys, "derive", *paths, *(["--nphotons", "1"] if kwargs else []))
+        # The same text, but for the options' spelling.
+        for python, flag in spellings.items():
+            message = message.replace(python, flag)
+        assert (code, err) == (2, f"physscale: error: {message}\n")
+
+
+def test_errors_say_which_parameter_they_are_about(tmp_path: Path) -> None:
+    paths = [write(tmp_path / f"{i}.npz", stack(i, n=2)) for i in range(2)]
+    with pytest.raises(ps.errors.StateError) as info:
+        derive_files(paths, exclude=[0, 1, 2, 3])
+    assert info.value.parameter == "exclude"
+    np.save(tmp_path / "m.npy", np.ones((8, 8), np.uint8))
+    with pytest.raises(ps.errors.MaskError) as mask_info:
+        derive_files(paths, mask=tmp_path / "m.npy")
+    assert mask_info.value.parameter == "mask"
+    assert str(mask_info.value).startswith(f"mask {tmp_path / 'm.npy'}: the mask must be boolean")
+
+
+def test_details_give_the_totals_the_files_and_the_refused_metadata(tmp_path: Path) -> None:
+    class Evil:
+        def __reduce__(self) -> Any:
+            return (os.system, ("true",))
+
+    good = write(tmp_path / "good.npz", stack(0, n=3))
+    evil = tmp_path / "evil.npz"
+    np.savez(evil, diffraction=stack(1, n=2), _metadata=np.array(Evil(), object))
+    derived = derive_files([good, evil], nphotons=1e6, details=True)
+    assert isinstance(derived, ps.io.DerivedFiles)
+    record = derive_files([good, evil], nphotons=1e6)
+    assert derived.record.model_copy(update={"created_utc": record.created_utc}) == record
+    assert derived.files == [(str(good), 3), (str(evil), 2)]
+    assert derived.pattern_totals is not None and derived.pattern_totals.shape == (5,)
+    assert len(derived.refused) == 1
+    assert "evil.npz:_metadata: refused to unpickle" in derived.refused[0]
+
+
+def test_progress_is_a_callback_told_the_totals_first_then_each_step(
+    run_dir: tuple[Path, list[np.ndarray]],
+) -> None:
+    folder, _ = run_dir
+    seen: list[ps.io.FilesProgress] = []
+    record = derive_files(folder, chunk_patterns=2, workers=2, progress=seen.append)
+    first, last = seen[0], seen[-1]
+    assert (first.files_done, first.bytes_done) == (0, 0) and first.n_files == 4
+    assert (last.files_done, last.bytes_done) == (4, first.n_bytes)
+    steps = list(itertools.pairwise(seen))
+    assert all(b.bytes_done >= a.bytes_done and b.files_done >= a.files_done for a, b in steps)
+    assert len(seen) > 8  # pieces of two entries: several calls per file
+    # 0.2's progress=True drew tqdm bars: now deprecated, and the result is the same.
+    with pytest.warns(DeprecationWarning, match="progress takes a callable"):
+        again = derive_files(folder, progress=True)  # type: ignore[call-overload]
+    assert again.intensity_scale == record.intensity_scale

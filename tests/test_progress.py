@@ -9,9 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import physscale.cli.progress as bars_module
 from physscale.cli import main
-from physscale.io import _progress, write_metadata
-from physscale.io._progress import DatasetProgress
+from physscale.cli.progress import DatasetProgress
+from physscale.io import write_metadata
 
 
 class Tty(io.StringIO):
@@ -67,7 +68,7 @@ def test_derive_draws_progress_on_a_terminal_and_quiet_silences_it(
     for i in range(3):
         write_metadata(tmp_path / f"{i}.npz", {"physics_parameters": {"nphotons": 1e5}},
                        diffraction=x)  # fmt: skip
-    monkeypatch.setattr(_progress, "PROGRESS_DELAY_S", 0.0)
+    monkeypatch.setattr(bars_module, "PROGRESS_DELAY_S", 0.0)
     for quiet, drawn in (([], True), (["--quiet"], False)):
         terminal = Tty()
         monkeypatch.setattr("sys.stderr", terminal)

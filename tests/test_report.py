@@ -13,6 +13,7 @@ import pytest
 import physscale as ps
 from physscale.cli import main
 from physscale.io import derive_files, write_metadata
+from physscale.report import plot_report
 
 matplotlib = pytest.importorskip("matplotlib")
 Image = pytest.importorskip("PIL.Image")
@@ -72,7 +73,9 @@ def test_the_figure_is_written_and_states_what_the_record_says(
 def test_the_figure_says_what_was_excluded(tmp_path: Path) -> None:
     paths = beamline(tmp_path)
     plot = tmp_path / "report.png"
-    record = derive_files(paths, exclude="outliers", plot=plot)
+    derived = derive_files(paths, exclude="outliers", details=True)
+    plot_report(derived, plot)
+    record = derived.record
     assert record.excluded_frames is not None
     text = png_text(plot)
     assert json.loads(text["physscale"])["excluded_count"] == 4
@@ -102,7 +105,7 @@ def test_flagged_frames_whose_exclusion_leaves_no_scale_are_not_called_unflagged
 @pytest.mark.parametrize("suffix", [".pdf", ".svg"])
 def test_pdf_and_svg_are_written_too(tmp_path: Path, suffix: str) -> None:
     plot = tmp_path / f"report{suffix}"
-    derive_files(beamline(tmp_path, n_files=1), plot=plot)
+    plot_report(derive_files(beamline(tmp_path, n_files=1), details=True), plot)
     head = plot.read_bytes()[:64]
     assert head.startswith(b"%PDF") if suffix == ".pdf" else b"<svg" in plot.read_bytes()[:2000]
 
@@ -116,7 +119,9 @@ def test_a_large_dataset_is_drawn_as_a_band_and_every_flagged_frame_marked(
     path = tmp_path / "long.npy"
     np.save(path, x)
     plot = tmp_path / "long.png"
-    record = derive_files(path, nphotons=1e6, plot=plot)
+    derived = derive_files(path, nphotons=1e6, details=True)
+    plot_report(derived, plot)
+    record = derived.record
     assert record.pattern_stats is not None and record.pattern_stats.flagged_frames_truncated
     numbers = json.loads(png_text(plot)["physscale"])
     assert numbers["flagged_count"] == 1300 and numbers["n_patterns"] == 26_000
@@ -132,8 +137,28 @@ def test_without_matplotlib_the_message_names_the_extra_and_nothing_is_read(
     assert code == 2 and stdout == "" and err.count("\n") == 1
     assert 'pip install "physscale[plot]"' in err and "matplotlib" in err
     assert not out.exists() and not plot.exists()
+    derived = derive_files(paths, details=True)
     with pytest.raises(ImportError, match=r'pip install "physscale\[plot\]"'):
-        derive_files(paths, plot=plot)
+        plot_report(derived, plot)
+    assert not plot.exists()
     # Without --plot, nothing needs matplotlib.
     code, _, err = call(capsys, "derive", *paths)
     assert code == 0, err
+
+
+def test_derive_files_no_longer_draws_and_says_how_to(tmp_path: Path) -> None:
+    # 0.3: the figure is drawn by the caller (io never imports the report).
+    paths = beamline(tmp_path, n_files=1)
+    plot = tmp_path / "report.png"
+    with pytest.raises(TypeError, match=r"details=True\); physscale\.report\.plot_report\(derived"):
+        derive_files(paths, plot=plot)  # type: ignore[call-overload]
+    assert not plot.exists()
+    with pytest.raises(TypeError, match="unexpected keyword argument 'plott'"):
+        derive_files(paths, plott=plot)  # type: ignore[call-overload]
+    # The old writer still works for a minor version, with a warning naming the new one.
+    derived = derive_files(paths, details=True)
+    from physscale.report import write_report
+
+    with pytest.warns(DeprecationWarning, match=r"plot_report\(derived, path\)"):
+        write_report(plot, derived)
+    assert json.loads(png_text(plot)["physscale"])["n_patterns"] == 40

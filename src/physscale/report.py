@@ -1,7 +1,11 @@
 """The report figure of a dataset: per-pattern intensity across files, at a glance.
 
-``physscale derive PATH... --plot report.png`` (or
-``physscale.io.derive_files(..., plot="report.png")``) writes one figure:
+``physscale derive PATH... --plot report.png``, or from Python::
+
+    derived = physscale.io.derive_files(paths, ..., details=True)
+    physscale.report.plot_report(derived, "report.png")
+
+writes one figure:
 
 - left, the per-pattern total against the frame index, files in order, with
   the file boundaries marked, the mean and median, the outlier rule's limits
@@ -16,6 +20,8 @@ patterns, files, flagged counts, the scale, the implied dose), for scripts
 and tests. matplotlib is an optional extra (``pip install "physscale[plot]"``),
 imported only here and only when a figure is drawn, with the Agg backend (no
 display needed).
+
+This module draws what :mod:`physscale.io` derived; ``io`` never imports it.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import itertools
 import json
 import math
 import os
+import warnings
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -36,7 +43,7 @@ from physscale.diagnostics import PatternStats
 if TYPE_CHECKING:
     from physscale.io.dataset import DerivedFiles
 
-__all__ = ["PLOT_HINT", "plot_format", "render_report", "require_matplotlib", "write_report"]
+__all__ = ["PLOT_HINT", "plot_format", "plot_report", "render_report", "require_matplotlib"]
 
 #: What to install for the figure.
 PLOT_HINT = 'pip install "physscale[plot]"'
@@ -61,8 +68,8 @@ def require_matplotlib() -> None:
         import matplotlib  # noqa: F401
     except ImportError:
         raise ImportError(
-            f"the report figure (--plot) needs matplotlib, which is not installed; "
-            f"install it with: {PLOT_HINT}"
+            f"the report figure needs matplotlib, which is not installed; install it with: "
+            f"{PLOT_HINT}"
         ) from None
 
 
@@ -178,8 +185,8 @@ def render_report(derived: DerivedFiles, fmt: str = "png", dpi: int = 110) -> by
     """Draw the report figure and return the file's bytes.
 
     Args:
-        derived: what :func:`physscale.io.dataset.derive_plan` returned
-            (the record, the per-pattern totals and the files).
+        derived: what ``physscale.io.derive_files(..., details=True)``
+            returned (the record, the per-pattern totals and the files).
         fmt: ``"png"``, ``"pdf"`` or ``"svg"``.
         dpi: resolution of a PNG.
 
@@ -329,10 +336,32 @@ def _flagged(totals: np.ndarray, stats: PatternStats) -> np.ndarray:
     return np.flatnonzero(near | far)
 
 
-def write_report(path: str | os.PathLike[str], derived: DerivedFiles) -> None:
-    """Draw the report figure and write it to ``path`` atomically (.png, .pdf or .svg)."""
+def plot_report(derived: DerivedFiles, path: str | os.PathLike[str]) -> None:
+    """Draw the report figure and write it to ``path`` atomically (.png, .pdf or .svg).
+
+    Args:
+        derived: what ``physscale.io.derive_files(..., details=True)``
+            returned.
+        path: the figure file; its suffix names the format.
+
+    Raises:
+        ImportError: matplotlib is not installed (``pip install "physscale[plot]"``).
+        OptionError: a suffix other than .png, .pdf or .svg.
+        StateError: derived without diagnostics (no per-pattern totals).
+    """
     from physscale.io._atomic import atomic_write
 
     data = render_report(derived, plot_format(path))
     with atomic_write(path) as fh:
         fh.write(data)
+
+
+def write_report(path: str | os.PathLike[str], derived: DerivedFiles) -> None:
+    """Deprecated since 0.3: :func:`plot_report` (the same, arguments the other way round)."""
+    warnings.warn(
+        "physscale.report.write_report(path, derived) is deprecated since physscale 0.3: "
+        "use physscale.report.plot_report(derived, path)",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    plot_report(derived, path)

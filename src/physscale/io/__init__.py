@@ -6,7 +6,13 @@ Nothing here executes code from a file: no unrestricted pickle, and
 
 from physscale.io.bundle import Bundle, load_bundle, save_bundle
 from physscale.io.checkpoint import record_from_checkpoint, record_to_checkpoint
-from physscale.io.dataset import DATA_SUFFIXES, derive_files, expand_paths
+from physscale.io.dataset import (
+    DATA_SUFFIXES,
+    DerivedFiles,
+    FilesProgress,
+    derive_files,
+    expand_paths,
+)
 from physscale.io.metadata import read_metadata, write_metadata
 from physscale.io.readers import (
     ArrayInfo,
@@ -20,6 +26,8 @@ __all__ = [
     "DATA_SUFFIXES",
     "ArrayInfo",
     "Bundle",
+    "DerivedFiles",
+    "FilesProgress",
     "array_info",
     "derive_files",
     "example_dataset_path",

@@ -15,6 +15,12 @@ most 4 MiB per file being read (at most ``workers`` files at a time), 8
 bytes per pattern for the per-pattern totals, and a few hundred bytes per
 file for its name and counts. At most ``workers`` data files are open at
 once.
+
+The library speaks Python: errors name parameters (``nphotons=``,
+``layout='NHWC'``) through a :class:`~physscale.errors.Wording`, which the
+command line renders with its flags; nothing here draws (``progress`` is a
+callback, and :mod:`physscale.report` draws the figure from what
+``derive_files(..., details=True)`` returns).
 """
 
 from __future__ import annotations
@@ -27,10 +33,11 @@ import itertools
 import math
 import os
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NoReturn, overload
 
 import numpy as np
 import torch
@@ -41,6 +48,7 @@ from physscale.core.kernels import native as _native
 from physscale.core.kernels.sums import Domain
 from physscale.core.nphotons import DISAGREEMENT_RTOL, NphotonsResolution, NphotonsSource
 from physscale.core.nphotons import resolve_nphotons as _resolve
+from physscale.derive import record_from_accumulator
 from physscale.diagnostics import OutlierRule
 from physscale.errors import (
     DataFileError,
@@ -50,9 +58,9 @@ from physscale.errors import (
     PhysscaleError,
     StateError,
     UnsafeFileError,
+    Wording,
 )
 from physscale.io._files import describe
-from physscale.io._progress import DatasetProgress
 from physscale.io.metadata import read_metadata
 from physscale.io.readers import PatternSource, pattern_source, read_mask
 from physscale.io.streaming import fold_patterns
@@ -62,10 +70,16 @@ from physscale.record import (
     NphotonsCount,
     ScaleRecord,
     SourceFile,
-    record_from_accumulator,
 )
 
-__all__ = ["DATA_SUFFIXES", "DEFAULT_WORKERS", "derive_files", "expand_paths"]
+__all__ = [
+    "DATA_SUFFIXES",
+    "DEFAULT_WORKERS",
+    "DerivedFiles",
+    "FilesProgress",
+    "derive_files",
+    "expand_paths",
+]
 
 #: Bytes read per piece when deriving over files: small enough that the reading
 #: threads' buffers stay in the last-level cache while the kernel sums them
@@ -85,6 +99,15 @@ DEFAULT_WORKERS = 2
 _GLOB_CHARS = frozenset("*?[")
 # How many files an error message names before it says "and N more".
 _NAMED_IN_ERRORS = 5
+
+#: How errors name derive_files' options, in Python terms (the command line
+#: renders each :class:`~physscale.errors.Wording` with its own flags).
+OPTIONS = {
+    "nphotons": "nphotons=",
+    "nphotons_default": "nphotons_default=",
+    "recursive": "recursive=True",
+    "mask": "mask",
+}
 
 
 # --------------------------------------------------------------------------- paths
@@ -187,10 +210,17 @@ def expand_paths(
             files = _directory_files(path, recursive)
             if not files:
                 where = "or its subdirectories " if recursive else ""
-                hint = "" if recursive else " (subdirectories are read only with --recursive)"
+                hint = "" if recursive else " (subdirectories are read only with {recursive})"
                 raise FileListError(
-                    f"{_display(path)}: the directory {where}holds no data files: none named "
-                    f"*{', *'.join(DATA_SUFFIXES)} (hidden files are skipped){hint}"
+                    Wording(
+                        "{path}: the directory {where}holds no data files: none named "
+                        "{names} (hidden files are skipped)" + hint,
+                        OPTIONS,
+                        path=_display(path),
+                        where=where,
+                        names="*" + ", *".join(DATA_SUFFIXES),
+                    ),
+                    parameter="paths",
                 )
             for f in files:
                 add(f, text)
@@ -256,10 +286,6 @@ def _named(files: Sequence[str]) -> str:
     return shown if more <= 0 else f"{shown} and {more} more"
 
 
-def _flags(cli: bool) -> tuple[str, str]:
-    return ("--nphotons N", "--nphotons-default N") if cli else ("nphotons=", "nphotons_default=")
-
-
 def plan_files(
     paths: Sequence[Path],
     *,
@@ -269,7 +295,6 @@ def plan_files(
     domain: Domain = "amplitude",
     nphotons: Any = None,
     nphotons_default: Any = None,
-    cli: bool = False,
 ) -> _Plan:
     """Check every file (header, dtype, rank, pattern shape, layout, metadata) in order.
 
@@ -295,7 +320,7 @@ def plan_files(
     for path in paths:
         source = pattern_source(path, key)
         info = source.info
-        check_layout(info.shape, template.axes_explicit, source.where, cli=cli)
+        check_layout(info.shape, template.axes_explicit, source.where)
         axes = spatial_axes(len(info.shape), template.spatial_dims)
         pattern = tuple(info.shape[a] for a in axes)
         if first is not None and pattern != shape:
@@ -312,7 +337,7 @@ def plan_files(
             if explicit is None:
                 raise
             refused = " ".join(str(exc).split())
-        meta_value, resolution = _file_nphotons(source, metadata, explicit, default, cli)
+        meta_value, resolution = _file_nphotons(source, metadata, explicit, default)
         entry = _File(
             source=source,
             n_patterns=info.count // math.prod(pattern),
@@ -342,7 +367,6 @@ def _file_nphotons(
     metadata: Any,
     explicit: float | None,
     default: float | None,
-    cli: bool,
 ) -> tuple[float | None, NphotonsResolution | None]:
     """What a file's metadata says about nphotons, and the value resolved for it."""
     try:
@@ -350,13 +374,17 @@ def _file_nphotons(
     except NphotonsError as exc:
         if "was not given" in str(exc):
             return None, None  # nothing anywhere: resolve_files names every such file
-        flag = _flags(cli)[0]
-        raise NphotonsError(f"{source.path}: {exc}; or pass {flag}") from None
+        raise NphotonsError(
+            Wording(
+                "{path}: {problem}; or pass {nphotons}", OPTIONS, path=source.path, problem=str(exc)
+            ),
+            parameter="nphotons",
+        ) from None
     return resolution.candidates.get("metadata"), resolution
 
 
 # --------------------------------------------------------------------------- nphotons
-def resolve_files(plan: _Plan, *, cli: bool = False) -> NphotonsResolution:
+def resolve_files(plan: _Plan) -> NphotonsResolution:
     """The one nphotons of every file, its source, and the candidates offered.
 
     Raises:
@@ -364,12 +392,11 @@ def resolve_files(plan: _Plan, *, cli: bool = False) -> NphotonsResolution:
             disagree (each named, with what it said), unless an explicit
             value was given.
     """
-    explicit_flag, default_flag = _flags(cli)
     missing = [f for f in plan.files if f.resolution is None]
     if missing:
         hint = (
-            f"Pass {explicit_flag} (expected photons per pattern; overrides the file's "
-            f"metadata) or {default_flag} (used only when the metadata gives none)"
+            "Pass {nphotons} (expected photons per pattern; overrides the file's metadata) "
+            "or {nphotons_default} (used only when the metadata gives none)"
         )
         if len(plan.files) == 1:
             why = (
@@ -377,11 +404,21 @@ def resolve_files(plan: _Plan, *, cli: bool = False) -> NphotonsResolution:
                 if missing[0].has_metadata
                 else "it has no metadata"
             )
-            raise NphotonsError(f"{missing[0].name}: nphotons is not known: {why}. {hint}")
+            raise NphotonsError(
+                Wording("{file}: nphotons is not known: {why}. " + hint, OPTIONS,
+                        file=missing[0].name, why=why),
+                parameter="nphotons",
+            )  # fmt: skip
         raise NphotonsError(
-            f"nphotons is not known for {len(missing)} of the {len(plan.files)} files "
-            f"({_named([f.name for f in missing])}): they have no metadata, or none with "
-            f'["physics_parameters"]["nphotons"]. {hint}'
+            Wording(
+                "nphotons is not known for {n} of the {total} files ({files}): they have no "
+                'metadata, or none with ["physics_parameters"]["nphotons"]. ' + hint,
+                OPTIONS,
+                n=len(missing),
+                total=len(plan.files),
+                files=_named([f.name for f in missing]),
+            ),
+            parameter="nphotons",
         )
     resolved = [f.resolution for f in plan.files if f.resolution is not None]
     groups = _groups([(r.value, f.name) for r, f in zip(resolved, plan.files, strict=True)])
@@ -392,8 +429,14 @@ def resolve_files(plan: _Plan, *, cli: bool = False) -> NphotonsResolution:
         )
         more = "" if len(groups) <= _NAMED_IN_ERRORS else f"; and {len(groups) - 5} more values"
         raise NphotonsError(
-            f"the files disagree on nphotons: {said}{more}. Derive them separately, or pass "
-            f"{explicit_flag} to use one value for every file"
+            Wording(
+                "the files disagree on nphotons: {said}{more}. Derive them separately, or pass "
+                "{nphotons} to use one value for every file",
+                OPTIONS,
+                said=said,
+                more=more,
+            ),
+            parameter="nphotons",
         )
     value = groups[0][0]
     sources = {r.source for r in resolved}
@@ -454,6 +497,29 @@ def data_sources(plan: _Plan) -> DataSources:
 
 
 # --------------------------------------------------------------------------- reading
+@dataclass(frozen=True)
+class FilesProgress:
+    """How far :func:`derive_files` has read: what its ``progress`` callback is given.
+
+    Attributes:
+        n_files: the files to read (every one checked).
+        n_bytes: the bytes of pattern data to read, over every file.
+        files_done: the files read and merged so far.
+        bytes_done: the bytes of pattern data read so far.
+    """
+
+    n_files: int
+    n_bytes: int
+    files_done: int = 0
+    bytes_done: int = 0
+
+
+#: A ``progress`` callback: called once when every file is checked (nothing
+#: read yet), then after every piece read and every file merged, one call at a
+#: time (from the reading threads; keep it quick).
+ProgressCallback = Callable[[FilesProgress], None]
+
+
 class _StoppedError(Exception):
     """Raised inside a worker when another file failed: stop reading."""
 
@@ -466,7 +532,7 @@ def fold_files(
     mask: Any = None,
     chunk_patterns: int | None = None,
     workers: int = DEFAULT_WORKERS,
-    progress: DatasetProgress | None = None,
+    progress: ProgressCallback | None = None,
 ) -> IntensityAccumulator:
     """Stream every file of ``plan`` into its own accumulator and merge them in file order.
 
@@ -474,11 +540,23 @@ def fold_files(
     per-pattern totals follow the files in order. ``workers`` files are read
     at a time (threads: the readers and kernels release the GIL). The first
     failing file in the order given raises, naming itself; no other state is
-    returned.
+    returned. ``progress`` is called as :data:`ProgressCallback` says.
     """
     total = _accumulator(plan, domain, keep_pattern_totals)
     stop = threading.Event()
     lock = threading.Lock()
+    done = FilesProgress(len(plan.files), plan.nbytes)
+
+    def advance(n_bytes: int = 0, n_files: int = 0) -> None:
+        nonlocal done
+        if progress is not None:
+            with lock:
+                done = FilesProgress(done.n_files, done.n_bytes, done.files_done + n_files,
+                                     done.bytes_done + n_bytes)  # fmt: skip
+                progress(done)
+
+    if progress is not None:
+        progress(done)
     parallel = workers > 1 and len(plan.files) > 1
     # Files read side by side share the cores: each kernel call takes its share.
     share = max(1, torch.get_num_threads() // workers) if parallel else None
@@ -505,9 +583,7 @@ def fold_files(
         def on_progress(entries: int) -> None:
             if stop.is_set():
                 raise _StoppedError
-            if progress is not None:
-                with lock:
-                    progress.advance(n_bytes=entries * per_entry)
+            advance(n_bytes=entries * per_entry)
 
         try:
             fold_patterns(
@@ -526,9 +602,7 @@ def fold_files(
 
     def merge(acc: IntensityAccumulator) -> None:
         total.merge(acc)
-        if progress is not None:
-            with lock:
-                progress.advance(n_files=1)
+        advance(n_files=1)
 
     if not parallel:
         for f in plan.files:
@@ -570,23 +644,32 @@ def _name_the_file(exc: PhysscaleError, f: _File) -> None:
     text = str(exc)
     if str(f.source.path) not in text:
         exc.args = (f"{f.source.where}: {text}", *exc.args[1:])
+        if exc.wording is not None:
+            w = exc.wording
+            exc.wording = Wording("{where_}: " + w.template, w.options, **w.data,
+                                  where_=f.source.where)  # fmt: skip
 
 
 # --------------------------------------------------------------------------- the whole
 @dataclass(frozen=True)
 class DerivedFiles:
-    """What deriving over files gives: the record, and what the report needs.
+    """What ``derive_files(..., details=True)`` gives: the record, and what the report needs.
+
+    :func:`physscale.report.plot_report` draws its figure from it.
 
     Attributes:
         record: the :class:`~physscale.ScaleRecord`.
-        pattern_totals: every pattern's total (float64, frame order), or
-            None without diagnostics.
+        pattern_totals: every pattern's total (float64, frame order,
+            normalized units), or None without diagnostics.
         files: each file's name and number of patterns, in frame order.
+        refused: why each file's metadata was ignored (it would have run
+            code; read only because nphotons was given), in file order.
     """
 
     record: ScaleRecord
     pattern_totals: torch.Tensor | None
     files: list[tuple[str, int]]
+    refused: list[str]
 
     def file_of(self, frame: int) -> tuple[str, int]:
         """The file holding ``frame``, and the frame's index within that file."""
@@ -622,19 +705,21 @@ def check_frames(frames: Iterable[Any], n_patterns: int) -> list[int]:
     out: list[int] = []
     for i in frames:
         if isinstance(i, bool) or not isinstance(i, int | np.integer):
-            raise StateError(f"frame indices must be ints, got {i!r:.40}")
+            raise StateError(f"frame indices must be ints, got {i!r:.40}", parameter="exclude")
         out.append(int(i))
     bad = [i for i in out if not 0 <= i < n_patterns]
     if bad:
         raise StateError(
             f"frame indices must be in [0, {n_patterns}) (the files hold {n_patterns} "
-            f"patterns), got {', '.join(map(str, bad[:5]))}"
+            f"patterns), got {', '.join(map(str, bad[:5]))}",
+            parameter="exclude",
         )
     if len(set(out)) != len(out):
-        raise StateError("frame indices to exclude must be distinct")
+        raise StateError("frame indices to exclude must be distinct", parameter="exclude")
     if len(out) >= n_patterns:
         raise StateError(
-            f"excluding all {n_patterns} patterns leaves nothing to derive a scale from"
+            f"excluding all {n_patterns} patterns leaves nothing to derive a scale from",
+            parameter="exclude",
         )
     return out
 
@@ -645,27 +730,30 @@ def derive_plan(
     *,
     domain: Domain = "amplitude",
     mask: Any = None,
-    mask_name: str = "mask",
     diagnostics: bool = True,
     exclude: Literal["outliers"] | Sequence[int] | None = None,
     outlier_rule: OutlierRule | None = None,
     chunk_patterns: int | None = None,
     workers: int = DEFAULT_WORKERS,
-    progress: DatasetProgress | None = None,
+    progress: ProgressCallback | None = None,
 ) -> DerivedFiles:
     """Read the planned files and build the record (the second half of :func:`derive_files`)."""
     keep = diagnostics or exclude is not None
     if exclude is not None and not isinstance(exclude, str):
         exclude = check_frames(exclude, sum(f.n_patterns for f in plan.files))
+    named = Wording("{mask}", OPTIONS)  # how errors name the mask
     if isinstance(mask, str | os.PathLike):
-        mask_name = f"{mask_name} {os.fspath(mask)}"
-        mask = read_mask(mask, mask_name, max(math.prod(plan.pattern_shape), plan.max_entry))
+        named = Wording("{mask} {path}", OPTIONS, path=os.fspath(mask))
+        mask = _read_mask(mask, named, max(math.prod(plan.pattern_shape), plan.max_entry))
     try:
         acc = fold_files(plan, domain=domain, keep_pattern_totals=keep, mask=mask,
                          chunk_patterns=chunk_patterns, workers=workers,
                          progress=progress)  # fmt: skip
     except MaskError as exc:
-        raise MaskError(f"{mask_name}: {exc}") from None
+        raise MaskError(
+            Wording(named.template + ": {problem}", OPTIONS, **named.data, problem=str(exc)),
+            parameter="mask",
+        ) from None
     names = [f.name for f in plan.files]
     record = record_from_accumulator(
         acc,
@@ -679,7 +767,77 @@ def derive_plan(
         record=record,
         pattern_totals=acc.pattern_totals,
         files=[(f.name, f.n_patterns) for f in plan.files],
+        refused=[f.refused for f in plan.files if f.refused is not None],
     )
+
+
+def _read_mask(path: str | os.PathLike[str], named: Wording, max_count: int) -> np.ndarray:
+    """:func:`~physscale.io.readers.read_mask`, its errors worded as ``named`` says."""
+    where = named.render()
+    try:
+        return read_mask(path, where, max_count)
+    except PhysscaleError as exc:
+        # The reader's messages start with the name it was given: keep the rest, so that
+        # the command line can name its flag in place of the parameter.
+        text = str(exc)
+        if exc.wording is None and text.startswith(where):
+            exc.wording = Wording(named.template + "{rest}", OPTIONS, **named.data,
+                                  rest=text[len(where):])  # fmt: skip
+            exc.parameter = "mask"
+        raise
+
+
+_PLOT_REMOVED = (
+    "derive_files() no longer draws the report figure (plot= was removed in physscale 0.3): "
+    "draw it from the result: derived = derive_files(paths, ..., details=True); "
+    'physscale.report.plot_report(derived, "report.png"); record = derived.record'
+)
+
+
+@overload
+def derive_files(
+    paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]],
+    *,
+    nphotons: Any = ...,
+    key: str = ...,
+    layout: str | None = ...,
+    spatial_dims: Sequence[int] = ...,
+    domain: Domain = ...,
+    mask: Any = ...,
+    nphotons_default: Any = ...,
+    diagnostics: bool = ...,
+    exclude: Literal["outliers"] | Sequence[int] | None = ...,
+    outlier_rule: OutlierRule | None = ...,
+    recursive: bool = ...,
+    chunk_patterns: int | None = ...,
+    workers: int = ...,
+    progress: ProgressCallback | None = ...,
+    details: Literal[False] = ...,
+    **removed: NoReturn,
+) -> ScaleRecord: ...
+
+
+@overload
+def derive_files(
+    paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]],
+    *,
+    nphotons: Any = ...,
+    key: str = ...,
+    layout: str | None = ...,
+    spatial_dims: Sequence[int] = ...,
+    domain: Domain = ...,
+    mask: Any = ...,
+    nphotons_default: Any = ...,
+    diagnostics: bool = ...,
+    exclude: Literal["outliers"] | Sequence[int] | None = ...,
+    outlier_rule: OutlierRule | None = ...,
+    recursive: bool = ...,
+    chunk_patterns: int | None = ...,
+    workers: int = ...,
+    progress: ProgressCallback | None = ...,
+    details: Literal[True],
+    **removed: NoReturn,
+) -> DerivedFiles: ...
 
 
 def derive_files(
@@ -698,9 +856,12 @@ def derive_files(
     recursive: bool = False,
     chunk_patterns: int | None = None,
     workers: int = DEFAULT_WORKERS,
-    progress: bool = False,
-    plot: str | os.PathLike[str] | None = None,
-) -> ScaleRecord:
+    progress: ProgressCallback | None = None,
+    details: bool = False,
+    # Removed keywords (plot=) get a message naming the new call; typed NoReturn so
+    # that a type checker refuses any other keyword too.
+    **removed: NoReturn,
+) -> ScaleRecord | DerivedFiles:
     """Derive one intensity scale from every pattern of many files.
 
     The result is exactly the scale of all the patterns together: each file
@@ -743,15 +904,19 @@ def derive_files(
         chunk_patterns: first-axis entries per piece read (default: about
             4 MiB a piece).
         workers: files read at the same time (threads).
-        progress: draw progress bars (bytes and files, with rate and ETA)
-            on stderr when it is a terminal.
-        plot: also write the report figure (PNG) here; needs matplotlib
-            (``pip install "physscale[plot]"``) and diagnostics.
+        progress: called with a :class:`FilesProgress` once every file is
+            checked, then after every piece read and every file merged (one
+            call at a time, from the reading threads): e.g. to draw a bar.
+        details: return a :class:`DerivedFiles` (the record, every
+            pattern's total, the files in frame order, the refused
+            metadata) instead of the record alone: what
+            :func:`physscale.report.plot_report` draws.
 
     Returns:
         The :class:`~physscale.ScaleRecord`, whose ``sources`` names the
         files (bounded: the first 100, the count, and a SHA-256 of the
-        sorted paths) with what each file's metadata said about nphotons.
+        sorted paths) with what each file's metadata said about nphotons;
+        with ``details=True``, a :class:`DerivedFiles` holding it.
 
     Raises:
         PhysscaleError: ``FileListError`` (a pattern matching nothing, a
@@ -759,28 +924,34 @@ def derive_files(
             ``DataFileError`` / ``UnsafeFileError`` (a bad file, named;
             mixed pattern shapes), ``NphotonsError`` (nphotons unknown for
             some files, or files that disagree), and what
-            :func:`physscale.derive_scale_record` raises.
-        ImportError: ``plot`` without matplotlib installed.
+            :func:`physscale.derive_scale_record` raises. Errors that name
+            an option carry a :class:`~physscale.errors.Wording`.
+        TypeError: ``plot=`` (removed in 0.3; the message gives the new
+            call), or another unknown keyword.
     """
+    if removed:
+        name = next(iter(removed))
+        if name == "plot":
+            raise TypeError(_PLOT_REMOVED)
+        raise TypeError(f"derive_files() got an unexpected keyword argument {name!r}")
+    if isinstance(progress, bool):  # 0.2 drew tqdm bars on stderr for progress=True
+        warnings.warn(
+            "derive_files(progress=True/False) is deprecated since physscale 0.3 and draws "
+            "nothing: progress takes a callable, called with a FilesProgress (files and bytes "
+            'read, and their totals), e.g. progress=lambda p: print(p.bytes_done, "of", '
+            "p.n_bytes); the command line (physscale derive) still draws bars",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        progress = None
     if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
         raise FileListError(f"workers must be a positive int, got {workers!r}")
-    if plot is not None:
-        from physscale import report
-
-        report.require_matplotlib()
-        if not diagnostics:
-            raise FileListError("plot needs the per-pattern totals: leave diagnostics=True")
     files = expand_paths(paths, recursive=recursive)
     plan = plan_files(files, key=key, spatial_dims=spatial_dims, layout=layout, domain=domain,
                       nphotons=nphotons, nphotons_default=nphotons_default)  # fmt: skip
     resolution = resolve_files(plan)
-    with DatasetProgress(len(plan.files), plan.nbytes, enabled=progress) as bar:
-        derived = derive_plan(plan, resolution, domain=domain, mask=mask, diagnostics=diagnostics,
-                              exclude=exclude, outlier_rule=outlier_rule,
-                              chunk_patterns=chunk_patterns, workers=workers,
-                              progress=bar)  # fmt: skip
-    if plot is not None:
-        from physscale import report
-
-        report.write_report(plot, derived)
-    return derived.record
+    derived = derive_plan(plan, resolution, domain=domain, mask=mask, diagnostics=diagnostics,
+                          exclude=exclude, outlier_rule=outlier_rule,
+                          chunk_patterns=chunk_patterns, workers=workers,
+                          progress=progress)  # fmt: skip
+    return derived if details else derived.record

@@ -1,8 +1,10 @@
-"""Progress over a dataset's bytes and files, drawn by tqdm on a terminal only.
+"""Progress of ``physscale derive`` over a dataset's bytes and files: tqdm, on a terminal only.
 
 Nothing is drawn unless the stream is a terminal and progress is enabled,
 and nothing before :data:`PROGRESS_DELAY_S` seconds, so pipes, logs and
 quick runs stay clean. The bars erase themselves when closed.
+:class:`ProgressBars` is the ``progress`` callback the command passes to
+:func:`physscale.io.derive_files`, which only reports counts.
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ from typing import Any, TextIO
 
 from tqdm import tqdm
 
-__all__ = ["PROGRESS_DELAY_S", "DatasetProgress"]
+from physscale.io.dataset import FilesProgress
+
+__all__ = ["PROGRESS_DELAY_S", "DatasetProgress", "ProgressBars"]
 
 #: Seconds of work before the bars appear (small inputs stay silent).
 PROGRESS_DELAY_S = 0.5
@@ -94,6 +98,52 @@ class DatasetProgress:
             self._bytes = self._files = None
 
     def __enter__(self) -> DatasetProgress:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class ProgressBars:
+    """The ``progress`` callback of :func:`physscale.io.derive_files`, drawing tqdm bars.
+
+    The bars open at the first call (every file checked: the totals are
+    known) and advance by what each later call adds. A context manager: the
+    bars are erased on leaving it.
+
+    Args:
+        stream: where to draw (default ``sys.stderr`` when the bars open).
+        enabled: False draws nothing (``--quiet``).
+    """
+
+    def __init__(self, *, stream: TextIO | None = None, enabled: bool = True) -> None:
+        self._stream = stream
+        self._enabled = enabled
+        self._bars: DatasetProgress | None = None
+        self._seen = FilesProgress(0, 0)
+
+    def __call__(self, progress: FilesProgress) -> None:
+        if self._bars is None:
+            self._bars = DatasetProgress(
+                progress.n_files, progress.n_bytes, stream=self._stream, enabled=self._enabled
+            )
+        seen, self._seen = self._seen, progress
+        self._bars.advance(
+            n_bytes=progress.bytes_done - seen.bytes_done,
+            n_files=progress.files_done - seen.files_done,
+        )
+
+    def close(self) -> None:
+        """Erase the bars (if any were drawn)."""
+        if self._bars is not None:
+            self._bars.close()
+
+    def __enter__(self) -> ProgressBars:
         return self
 
     def __exit__(
