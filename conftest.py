@@ -15,6 +15,10 @@ Skip directives (Sybil's, as HTML comments, invisible on the rendered page):
   skipped where it is not installed, run where it is (CI installs every extra
   and sets ``PHYSSCALE_REQUIRE_EXTRAS=1``, which turns a missing one into an
   error instead of a skip).
+- ``<!-- skip: start if(not has_host("cdtools"), reason="needs cdtools-py (the interop env)") -->``
+  ... ``<!-- skip: end -->`` around blocks that run a host code: skipped in main
+  CI, run in the interop environment (scripts/make_interop_env.sh), where
+  ``PHYSSCALE_REQUIRE_INTEROP=1`` turns a missing host into an error.
 
 See docs/contributing.md.
 """
@@ -43,11 +47,23 @@ def has(module: str) -> bool:
     return found
 
 
+def has_host(module: str) -> bool:
+    """Whether a host code (``cdtools``, ``ptyrad``) can be imported; never an extra of main CI."""
+    found = importlib.util.find_spec(module) is not None
+    if not found and os.environ.get("PHYSSCALE_REQUIRE_INTEROP") == "1":
+        raise RuntimeError(
+            f"PHYSSCALE_REQUIRE_INTEROP=1 but the host code {module!r} is not installed; a "
+            "documentation block that runs it would be skipped (scripts/make_interop_env.sh)"
+        )
+    return found
+
+
 def _setup(namespace: dict[str, Any]) -> None:
     import numpy as np
     import torch
 
     namespace["has"] = has
+    namespace["has_host"] = has_host
     namespace["_cwd"] = os.getcwd()
     namespace["_tmp"] = tempfile.mkdtemp(prefix="physscale-docs-")
     os.chdir(namespace["_tmp"])  # files a block writes land here, never in the checkout

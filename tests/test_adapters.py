@@ -21,9 +21,13 @@ import pytest
 import torch
 
 import physscale as ps
+from physscale import errors
+from physscale.adapters import cdtools as cdtools_adapter
+from physscale.adapters import conventions
 from physscale.adapters import deepinv as dinv_adapter
 from physscale.adapters import ptychi as ptychi_adapter
 from physscale.adapters import ptychopinn as port_adapter
+from physscale.adapters import ptyrad as ptyrad_adapter
 from physscale.errors import DataFileError, UnsafeFileError
 from physscale.nn import ScaledPoissonNLLLoss
 
@@ -40,7 +44,7 @@ def _absent(module: str) -> bool:
 
 
 def test_importing_the_adapters_imports_no_host() -> None:
-    for name in ("deepinv", "ptychi", "ptycho_torch"):
+    for name in ("deepinv", "ptychi", "ptycho_torch", "cdtools", "ptyrad"):
         if _absent(name):
             assert name not in sys.modules
 
@@ -582,3 +586,197 @@ def test_port_save_bundle_that_fails_mid_write_leaves_the_old_bundle(
     assert path.read_bytes() == before and path.stat().st_ino == inode
     assert sorted(p.name for p in tmp_path.iterdir()) == ["wts.h5.zip"]
     assert port_adapter.record_from_bundle(path) == old
+
+
+# --------------------------------------------------------------------------- conventions
+
+
+def test_every_adapter_declares_its_convention() -> None:
+    declared = {
+        m.__name__.rsplit(".", 1)[1]: m.CONVENTION
+        for m in (port_adapter, dinv_adapter, ptychi_adapter, cdtools_adapter, ptyrad_adapter)
+    }
+    assert all(isinstance(c, conventions.Convention) for c in declared.values())
+    assert {k for k, c in declared.items() if c.order == "obs, pred"} == {"cdtools"}
+    assert declared["ptychopinn"].domain == "amplitude"
+    assert declared["ptychopinn"].reduction == declared["deepinv"].reduction == "per_sample"
+    assert declared["deepinv"].scale == "gain" and declared["ptychi"].scale == "one"
+    assert declared["cdtools"].eps == declared["ptyrad"].eps == "rate"
+    assert ptyrad_adapter.PARITY.eps == "log" and ptyrad_adapter.PARITY.divide_by == "obs_mean"
+
+
+def _fsum(t: torch.Tensor) -> float:
+    return math.fsum(t.reshape(-1).tolist())
+
+
+def test_convention_in_the_hosts_order_is_the_photon_nll_with_eps_where_declared() -> None:
+    rate, counts = _counts((3, 8, 8), seed=4)
+    s, eps = 3.0, 1e-3
+    pred, obs = rate / s**2, counts / s**2  # normalized intensities
+    lam, k = s**2 * (pred + eps), s**2 * obs
+    rate_eps = conventions.Convention(
+        "h", order="obs, pred", reduction="sum", eps="rate", scale="record"
+    )
+    assert float(rate_eps.loss(obs, pred, s, eps=eps)) == pytest.approx(
+        _fsum(lam - k * torch.log(lam)), rel=1e-12
+    )
+    log_eps = conventions.Convention("h", eps="log", scale="record")  # linear term without eps
+    assert float(log_eps.loss(pred, obs, s, eps=eps)) == pytest.approx(
+        _fsum(s**2 * pred - k * torch.log(lam)) / lam.numel(), rel=1e-12
+    )
+    floor = conventions.Convention("h", reduction="sum")  # counts, eps a floor in counts
+    assert float(floor.loss(rate, counts)) == pytest.approx(
+        _fsum(rate - counts * torch.log(rate)), rel=1e-12
+    )
+
+
+def test_bound_host_loss_is_not_a_module_and_wins_over_a_class_method() -> None:
+    class Host(torch.nn.Module):  # like cdtools' CDIModel: a loss method on the class
+        def loss(self, sim: Any, real: Any) -> Any:
+            raise NotImplementedError
+
+    model = Host()
+    bound = cdtools_adapter.CONVENTION.bind(2.0, eps=1e-6)
+    model.loss = bound  # type: ignore[method-assign]
+    assert model.loss is bound and list(model.state_dict()) == []
+    rate, counts = _counts((2, 4, 4))
+    mask = torch.ones(4, 4, dtype=torch.bool)
+    assert torch.isfinite(model.loss(counts / 4, rate / 4, mask=mask))
+
+
+def test_convention_options_are_checked_where_declared_and_bound() -> None:
+    with pytest.raises(errors.OptionError):
+        conventions.Convention("h", order="pred obs")  # type: ignore[arg-type]
+    with pytest.raises(errors.OptionError, match="mean over the batch"):
+        conventions.Convention("h", reduction="sum", eps="log")
+    with pytest.raises(errors.OptionError, match="its scale is 1"):
+        ptychi_adapter.CONVENTION.bind(2.0)
+    with pytest.raises(errors.OptionError, match="intensity scale"):
+        cdtools_adapter.CONVENTION.bind(None)
+    with pytest.raises(errors.OptionError, match="unknown option"):
+        cdtools_adapter.CONVENTION.bind(1.0, epsilon=1e-6)
+    with pytest.raises(errors.NegativeValueError):
+        cdtools_adapter.PoissonNLL(2.0, eps=-1.0)(torch.ones(2, 2), torch.ones(2, 2))
+
+
+# --------------------------------------------------------------------------- cdtools
+
+
+def _cdtools_reference(
+    intensities: torch.Tensor,
+    sim: torch.Tensor,
+    mask: torch.Tensor | None,
+    eps: float,
+    subtract_min: bool,
+) -> float:
+    """cdtools' poisson_nll written out from its formula, in float64 with fsum."""
+    i, m = intensities.double(), sim.double()
+    if mask is not None:
+        i, m = i[..., mask], m[..., mask]
+    value = _fsum(m + eps - torch.xlogy(i, m + eps))
+    if subtract_min:
+        value -= _fsum(i - torch.xlogy(i, i))
+    return value
+
+
+@pytest.mark.parametrize("subtract_min", [False, True])
+def test_cdtools_loss_is_cdtools_formula_in_its_order(subtract_min: bool) -> None:
+    rate, counts = _counts((3, 8, 8), seed=5)
+    mask = torch.rand(8, 8, generator=torch.Generator().manual_seed(6)) > 0.2
+    ours = cdtools_adapter.poisson_nll(counts, rate, mask, subtract_min=subtract_min)
+    reference = _cdtools_reference(counts, rate, mask, 1e-6, subtract_min)
+    assert float(ours) == pytest.approx(reference, rel=1e-12)
+
+
+def test_cdtools_loss_on_normalized_patterns_is_s2_times_cdtools_plus_a_constant() -> None:
+    rate, counts = _counts((2, 8, 8), seed=7)
+    s = 4.0
+    sim = (rate / s**2).requires_grad_()
+    pats = counts / s**2
+    ours = cdtools_adapter.poisson_nll(pats, sim, subtract_min=True, scale=s)
+    assert float(ours) == pytest.approx(
+        s**2 * _cdtools_reference(pats, sim.detach(), None, 1e-6, True), rel=1e-12
+    )
+    (grad,) = torch.autograd.grad(ours, sim)
+    expected = s**2 * (1 - pats / (sim.detach() + 1e-6))
+    assert torch.allclose(grad, expected, rtol=1e-12, atol=0)
+
+
+def test_cdtools_photon_normalizer_counts_photons_not_pattern_units() -> None:
+    s = 8.0
+    pats = torch.tensor([[[0.0, 0.5], [1.0, 20.0]]]) / 64  # 0, 0.5, 1 and 20 photons
+    norm = cdtools_adapter.PhotonNormalizer(s)
+    norm.accumulate(pats, mask=torch.tensor([[True, True], [True, False]]))
+    norm.accumulate(pats)
+    assert norm.n_photon_pixels == 1 + 2
+    assert float(norm.normalize_loss(torch.tensor(3.0))) == pytest.approx(2.0)
+    norm.accumulate(pats)  # after the first epoch: no more counting
+    assert norm.n_photon_pixels == 3
+    assert cdtools_adapter.PoissonNLL(s).lr_factors == {"background": 0.125}
+
+
+@pytest.mark.skipif(not _absent("cdtools"), reason="cdtools is installed here")
+def test_cdtools_install_loss_says_what_to_install() -> None:
+    with pytest.raises(ModuleNotFoundError, match=r"pip install cdtools-py==0\.3\.2"):
+        cdtools_adapter.install_loss(torch.nn.Linear(1, 1))
+
+
+# --------------------------------------------------------------------------- PtyRAD
+
+
+def _ptyrad_reference(m: torch.Tensor, i: torch.Tensor, eps: float) -> float:
+    """PtyRAD's loss_poissn (dp_pow=1, weight 1) from its formula, float64 fsum."""
+    m, i = m.double(), i.double()
+    return -_fsum(i * torch.log(m + eps) - m) / m.numel() / (_fsum(i) / i.numel())
+
+
+def test_ptyrad_parity_term_is_loss_poissn() -> None:
+    rate, counts = _counts((4, 8, 8), seed=8)
+    c = float(counts.amax())  # PtyRAD's max_at_one-like normalization
+    m, i = rate / c, counts / c
+    ours = ptyrad_adapter.PoissonTerm(parity=True)(m, i)
+    assert float(ours) == pytest.approx(_ptyrad_reference(m, i, 1e-6), rel=1e-13)
+
+
+def test_ptyrad_photon_term_is_the_mean_deviance_in_photons_finite_on_empty_batches() -> None:
+    rate, counts = _counts((4, 8, 8), seed=9)
+    s = 5.0
+    m, i = rate / s**2, counts / s**2
+    lam, k = s**2 * (m + 1e-6), counts
+    dev = torch.where(k > 0, lam - k - k * torch.log(lam / k), lam)
+    ours = ptyrad_adapter.PoissonTerm(s)(m, i)
+    assert float(ours) == pytest.approx(_fsum(dev) / dev.numel(), rel=1e-12)
+    zero = torch.zeros_like(i)
+    assert math.isfinite(float(ptyrad_adapter.PoissonTerm(s)(m, zero)))
+    with pytest.raises(errors.OptionError, match="record_from_solver"):
+        ptyrad_adapter.PoissonTerm()
+
+
+def test_ptyrad_record_from_a_stand_in_solver_uses_its_dose_and_intensities() -> None:
+    from types import SimpleNamespace
+
+    meas = (torch.poisson(torch.full((6, 8, 8), 30.0)) * 0.01).numpy()  # g * counts
+    params = {
+        "init_params": {
+            "meas_add_poisson_noise": {"unit": "e_per_Ang2", "value": 1e3},
+            "pos_scan_step_size": 0.5,
+        }
+    }
+    solver = SimpleNamespace(
+        init=SimpleNamespace(init_variables={"measurements": meas}), params=params
+    )
+    record = ptyrad_adapter.record_from_solver(solver)
+    assert record.domain == "intensity" and record.nphotons_source == "config"
+    assert record.nphotons == 250.0  # 1e3 e/A^2 * (0.5 A)^2, PtyRAD's conversion
+    mean_sum = math.fsum(meas.astype(np.float64).sum((1, 2)).tolist()) / 6
+    assert record.intensity_scale == pytest.approx(math.sqrt(250.0 / mean_sum), rel=1e-12)
+    explicit = ptyrad_adapter.record_from_solver(solver, nphotons=1e4)
+    assert explicit.nphotons_source == "explicit"
+    with pytest.raises(errors.PhysscaleError, match="holds no measurements"):
+        ptyrad_adapter.record_from_solver(SimpleNamespace())
+
+
+@pytest.mark.skipif(not _absent("ptyrad"), reason="ptyrad is installed here")
+def test_ptyrad_install_loss_says_what_to_install() -> None:
+    with pytest.raises(ModuleNotFoundError, match=r"pip install ptyrad==1\.0\.0"):
+        ptyrad_adapter.install_loss(object())

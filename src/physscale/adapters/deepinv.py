@@ -38,14 +38,32 @@ from typing import Any
 import torch
 
 from physscale.adapters._host import require_host
+from physscale.adapters.conventions import Convention
 from physscale.core.checks import check_option
-from physscale.core.likelihood import FORMS, Form, scaled_poisson_nll
+from physscale.core.likelihood import FORMS, Form
 from physscale.counts import scale_from_gain
 
 # The two classes are made on first access (module __getattr__ below).
-__all__ = ["PoissonLikelihood", "PoissonLikelihoodDistance", "poisson_nll_per_sample"]  # noqa: F822
+__all__ = [  # noqa: F822
+    "CONVENTION",
+    "PoissonLikelihood",
+    "PoissonLikelihoodDistance",
+    "poisson_nll_per_sample",
+]
 
 _INSTALL = "pip install deepinv==0.5.0"
+
+#: deepinv's data fidelity: ``fn(x, y)``, intensities ``gain`` times the
+#: expected counts, one value per sample, eps a floor on the rate in counts.
+CONVENTION = Convention(
+    "deepinv",
+    order="pred, obs",
+    domain="intensity",
+    reduction="per_sample",
+    form="tf",
+    eps="floor",
+    scale="gain",
+)
 
 
 def poisson_nll_per_sample(
@@ -78,17 +96,14 @@ def poisson_nll_per_sample(
     Returns:
         ``(B,)`` tensor, float32 (float64 for float64 inputs), in nats.
     """
-    scale = scale_from_gain(gain)
-    return scaled_poisson_nll(
+    return CONVENTION.loss(
         z,
         y,
-        scale,
-        domain="intensity",
+        gain,
         form=form,
-        reduction="per_sample",
         background=bkg,
         eps=eps,
-        count_scale=scale if denormalize else 1.0,
+        count_scale=scale_from_gain(gain) if denormalize else 1.0,
     )
 
 

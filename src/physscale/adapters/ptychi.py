@@ -27,13 +27,26 @@ from typing import Any
 import torch
 
 from physscale.adapters._host import require_host
+from physscale.adapters.conventions import Convention
 from physscale.core.checks import check_option
-from physscale.core.likelihood import FORMS, REDUCTIONS, Form, Reduction, scaled_poisson_nll
+from physscale.core.likelihood import FORMS, REDUCTIONS, Form, Reduction
 from physscale.errors import StateError
 
-__all__ = ["PoissonLoss", "use_poisson_loss"]
+__all__ = ["CONVENTION", "PoissonLoss", "use_poisson_loss"]
 
 _INSTALL = "pip install ptychi==2.2.0"
+
+#: pty-chi's ``loss_fn(y_pred, y_true)``: photon counts (scale 1), a mean over
+#: every element, eps a floor on the rate in counts.
+CONVENTION = Convention(
+    "pty-chi",
+    order="pred, obs",
+    domain="intensity",
+    reduction="mean",
+    form="tf",
+    eps="floor",
+    scale="one",
+)
 
 
 class PoissonLoss(torch.nn.Module):
@@ -81,15 +94,13 @@ class PoissonLoss(torch.nn.Module):
             # Check eps and a scalar background now, with the core's own checks and
             # messages, rather than at the first minibatch of a reconstruction.
             one = torch.ones(1)
-            scaled_poisson_nll(one, one, 1.0, domain="intensity", background=background, eps=eps)
+            CONVENTION.loss(one, one, background=background, eps=eps)
 
     def forward(self, y_pred: torch.Tensor, y_true: torch.Tensor) -> torch.Tensor:
         """The loss of predicted intensities ``y_pred`` against measured counts ``y_true``."""
-        return scaled_poisson_nll(
+        return CONVENTION.loss(
             y_pred,
             y_true,
-            1.0,
-            domain="intensity",
             form=self.form,
             reduction=self.reduction,
             background=self.background,

@@ -30,6 +30,7 @@ from typing import Any
 import torch
 
 from physscale.adapters._host import require_host
+from physscale.adapters.conventions import Convention
 from physscale.attach import RECORD_FIELD as _ATTACH_RECORD_FIELD
 from physscale.attach import check_attach_arguments
 from physscale.core.checks import scalar_scale
@@ -42,6 +43,7 @@ from physscale.nn import IntensityScaler, ScaledPoissonNLLLoss
 from physscale.record import ScaleRecord
 
 __all__ = [
+    "CONVENTION",
     "LAYOUT",
     "RECORD_FIELD",
     "RECORD_MEMBER",
@@ -58,6 +60,17 @@ __all__ = [
     "scaler_from_port",
 ]
 
+#: The port's ``Loss`` slot: ``Loss(pred, obs)`` on photon-count amplitudes (it
+#: multiplies by ``physics_scaling_constant`` first), one exact NLL per sample.
+CONVENTION = Convention(
+    "PtychoPINN's port",
+    order="pred, obs",
+    domain="amplitude",
+    reduction="per_sample",
+    form="exact",
+    eps="floor",
+    scale="one",
+)
 #: The layout of the port's ``X``: ``(n, N, N, C)``, channels last.
 LAYOUT = "NHWC"
 #: The port's own container field for the physics scale (its loaders read it).
@@ -165,7 +178,9 @@ def attach(
     Args:
         container: the port's ``PtychoDataContainerTorch`` (or a dict with
             ``"X"``), ``X`` normalized amplitudes ``(n, N, N, C)``.
-        nphotons, config, default: as for :func:`physscale.resolve_nphotons`.
+        nphotons: as for :func:`physscale.resolve_nphotons`.
+        config: as for :func:`physscale.resolve_nphotons` (the port's ``TrainingConfig``).
+        default: as for :func:`physscale.resolve_nphotons`.
         record: attach this record instead of deriving one (validation, test
             and inference containers carry the *training* scale).
         overwrite: replace a ``physscale_record`` already attached.
@@ -220,10 +235,10 @@ def poisson_loss(*, eps: float = 1e-12, persistent: bool = False) -> ScaledPoiss
             ``state_dict`` keys as with the port's own loss.
     """
     return ScaledPoissonNLLLoss(  # type: ignore[call-arg,unused-ignore]
-        1.0,
-        domain="amplitude",
-        form="exact",
-        reduction="per_sample",
+        CONVENTION.physscale_scale(None),
+        domain=CONVENTION.domain,
+        form=CONVENTION.form,
+        reduction=CONVENTION.reduction,
         eps=eps,
         persistent=persistent,
     )
@@ -238,7 +253,8 @@ def install_loss(
         model: the port's ``PtychoPINN_Lightning`` (unsupervised, amplitude
             forward, Poisson loss: the path that multiplies by
             ``physics_scaling_constant`` before calling ``self.Loss``).
-        eps, persistent: as for :func:`poisson_loss`.
+        eps: as for :func:`poisson_loss`.
+        persistent: as for :func:`poisson_loss`.
 
     Raises:
         StateError: the model has no Poisson ``Loss`` slot on that path
