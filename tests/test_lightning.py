@@ -315,3 +315,29 @@ def test_lightning_is_optional_and_its_absence_is_explained() -> None:
     assert "physscale.lightning needs PyTorch Lightning: pip install 'physscale[lightning]'" in (
         result.stderr
     )
+
+
+class FrozenScalerModule(TinyModule):
+    """The five-line recipe's mistake: an optimizer built without the scaler."""
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.net.parameters(), lr=0.05)
+
+
+def test_fit_warns_when_the_trainable_scaler_is_in_no_optimizer() -> None:
+    callback = PhysicsScaleCallback(nphotons=NPHOTONS)
+    module = FrozenScalerModule(_amplitudes())
+    with pytest.warns(ps.errors.FrozenScaleWarning, match="none of the 1 optimizer"):
+        _trainer(1, callback).fit(module)
+    # And the record claims no training.
+    with pytest.warns(ps.errors.FrozenScaleWarning, match="never updated"):
+        assert module.scaler.to_record().method == "derived"
+
+
+def test_fit_is_quiet_when_the_optimizer_holds_the_scaler() -> None:
+    callback = PhysicsScaleCallback(nphotons=NPHOTONS)
+    module = TinyModule(_amplitudes())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ps.errors.FrozenScaleWarning)
+        _trainer(2, callback).fit(module)
+        assert module.scaler.to_record().method == "trained"

@@ -17,7 +17,7 @@ from physscale.core.likelihood import scaled_poisson_nll
 from physscale.core.nphotons import NphotonsResolution, resolve_nphotons
 from physscale.core.scale import closed_form_intensity_scale
 from physscale.core.validation import is_validation_enabled, set_validation, validation
-from physscale.counts import gain_from_scale, normalize_counts, scale_from_gain
+from physscale.counts import gain_from_scale, infer_gain, normalize_counts, scale_from_gain
 from physscale.derive import (
     amplitude_normalization_factor,
     closed_form_scale_record,
@@ -51,6 +51,7 @@ __all__ = [  # noqa: RUF022
     "normalize_amplitudes",
     "amplitude_normalization_factor",
     "scale_from_gain",
+    "infer_gain",
     "gain_from_scale",
     # training data
     "attach_intensity_scale",

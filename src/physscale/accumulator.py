@@ -30,19 +30,24 @@ import torch
 from physscale.core.checks import (
     DEFAULT_SPATIAL_DIMS,
     LAYOUTS,
+    MASK_POLARITY,
     as_float_tensor,
     as_mask,
     check_layout,
+    check_mask_coverage,
     check_option,
+    counts_next_step,
     positive_finite,
     spatial_axes,
     split_masked,
 )
 from physscale.core.kernels.sums import Domain, intensity_sum
+from physscale.core.preview import preview
 from physscale.core.scale import mean_from_totals, scale_from_totals
 from physscale.diagnostics import OutlierRule, PatternStats, flag_outliers, pattern_stats
 from physscale.errors import (
     EmptyInputError,
+    MaskError,
     MaskWarning,
     NonFiniteError,
     StateError,
@@ -602,10 +607,14 @@ def _partials(value: Any, name: str) -> list[float]:
             ok = False
         else:
             ok = all(math.isfinite(v) for v in out) and math.isfinite(total) and total >= 0.0
+            # Partials that the sum wrote never cancel: the largest is the total to
+            # within rounding. [1e308, -1e308, 1] sums to 1, but no sum made it.
+            ok = ok and max(map(abs, out), default=0.0) <= total * (1.0 + 2.0**-40)
     if not ok:
         raise StateError(
-            f"state {name} must be a list of at most {_MAX_PARTIALS} finite numbers with a "
-            f"finite, non-negative sum, got {value!r:.80}"
+            f"state {name} must be the exact partials of a sum: a list of at most "
+            f"{_MAX_PARTIALS} finite numbers with a finite, non-negative sum that none of "
+            f"them exceeds, got {preview(value, 80)}"
         )
     return out
 
@@ -722,11 +731,14 @@ def _warn_mask(state: AccumulatorState, scale: float) -> None:
     warnings.warn(
         f"the mask removes {removed:.1%} of the data's intensity ({pixels:.1%} of its "
         f"pixels). nphotons is assigned to the unmasked pixels only, so the scale "
-        f"({scale:.6g}) is {ratio:.3g}x the one derived without the mask. If nphotons "
-        f"counts the photons of whole patterns (a beamstop's region included), derive "
-        f"without the mask; if it counts the photons in the unmasked pixels, or the "
-        f"masked pixels are bad (hot pixels, flags), this is right (silence "
-        f"physscale.MaskWarning)",
+        f"({scale:.6g}) is {ratio:.3g}x the one derived without the mask. The mask "
+        f"marks valid pixels (True = valid pixel). If the masked pixels are bad (gaps, "
+        f"dead or hot pixels, marker values such as 2**32-1 or 65535), keep the mask: "
+        f"this scale is right, and normalized data should hold 0 there "
+        f"(physscale.normalize_counts writes 0 at excluded pixels). If they hold real "
+        f"photons that nphotons counts (a beamstop's region of whole patterns), that "
+        f"nphotons is not the one of the valid pixels: state nphotons for the valid "
+        f"pixels, or check that the mask is not inverted",
         MaskWarning,
         stacklevel=3,
     )
@@ -737,8 +749,8 @@ def _warn_units(state: AccumulatorState, domain: Domain, scale: float, nphotons:
     if state.integer_like:
         warnings.warn(
             f"the data look like raw photon counts, not normalized {kind}: sampled "
-            f"intensities are whole numbers. Normalize first (see "
-            f"physscale.normalize_amplitudes) or the scale will be meaningless",
+            f"intensities are whole numbers, and a scale derived from counts is "
+            f"meaningless. {counts_next_step()}",
             UnitsWarning,
             stacklevel=3,
         )
@@ -786,7 +798,7 @@ class IntensityAccumulator:
         self.domain: Domain = check_option(domain, ("amplitude", "intensity"), "domain")
         if not isinstance(keep_pattern_totals, bool):
             raise StateError(
-                f"keep_pattern_totals must be True or False, got {keep_pattern_totals!r}"
+                f"keep_pattern_totals must be True or False, got {preview(keep_pattern_totals)}"
             )
         self.keep_pattern_totals = keep_pattern_totals
         # Checks types, emptiness and layout conflicts now; ranges per batch.
@@ -1077,10 +1089,30 @@ class IntensityAccumulator:
         :class:`physscale.MaskWarning` when a mask removed most of the intensity.
         """
         n = positive_finite(nphotons, "nphotons")
+        self.check_mask_coverage()
         value = self.scale_for(n)
         _warn_units(self._state, self.domain, value, n)
         _warn_mask(self._state, value)
         return torch.tensor(value, dtype=torch.float64)
+
+    def check_mask_coverage(self, where: str = "the mask", *, refuse: bool = False) -> None:
+        """Name an inverted mask before it gives a plausible wrong scale.
+
+        Raises :class:`~physscale.MaskError` when the masks excluded every
+        pixel, or the valid pixels are all zero (the data's intensity lies
+        only in excluded pixels); warns :class:`~physscale.MaskWarning` when
+        they excluded most pixels, or raises with ``refuse`` above 90 % (see
+        :func:`physscale.core.checks.check_mask_coverage`).
+        """
+        state = self._state
+        if not state.masked or state.masked_pixels is None:
+            return
+        check_mask_coverage(state.masked_pixels, state.pixels, where, refuse=refuse)
+        if state.n_patterns and state.total_intensity == 0.0 and math.fsum(state.masked_partials):
+            raise MaskError(
+                f"every valid pixel is zero and all of the data's intensity lies in the "
+                f"pixels {where} excludes: the mask looks inverted. {MASK_POLARITY}"
+            )
 
     def __repr__(self) -> str:
         return (

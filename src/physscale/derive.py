@@ -15,6 +15,7 @@ together and builds the :class:`~physscale.ScaleRecord` of a scale.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any, Literal, TypeVar
 
@@ -24,6 +25,7 @@ import torch
 from physscale.accumulator import IntensityAccumulator
 from physscale.core.checks import DEFAULT_SPATIAL_DIMS, as_float_tensor, positive_finite
 from physscale.core.kernels.sums import Domain
+from physscale.core.loss_inputs import intensities_message, looks_like_intensities, quantum_parts
 from physscale.core.nphotons import NphotonsResolution, NphotonsSource, resolve_nphotons
 from physscale.core.scale import (
     closed_form_intensity_scale,
@@ -32,7 +34,7 @@ from physscale.core.scale import (
     scale_from_totals,
 )
 from physscale.diagnostics import MAX_LISTED_FRAMES, ExcludedFrames, OutlierRule
-from physscale.errors import EmptyInputError, RecordError
+from physscale.errors import EmptyInputError, RecordError, UnitsWarning
 from physscale.record import DataSources, ScaleRecord
 
 __all__ = [
@@ -61,7 +63,45 @@ def accumulate(
     ).update_named(x, mask, "x")
     if acc.n_patterns == 0:
         raise EmptyInputError(f"x is empty (shape {tuple(x.shape)}); there are no patterns")
+    _warn_if_intensities(x, acc)
     return acc
+
+
+#: How many leading values the intensity rule samples (as the units guard does).
+_INTENSITY_SAMPLE = 4096
+
+
+def _warn_if_intensities(x: Any, acc: IntensityAccumulator) -> None:
+    """UnitsWarning when amplitudes look like intensities (docs/concepts.md, Units).
+
+    The rule of the loss (:func:`physscale.core.loss_inputs.looks_like_intensities`)
+    on the leading values; never on raw counts (the units warning says that)
+    nor on PtychoPINN-normalized amplitudes (mean per-pattern ``sum(x**2) ==
+    (N/2)**2``).
+    """
+    if acc.domain != "amplitude" or acc.integer_like or acc.pattern_shape is None:
+        return
+    target = normalization_target(acc.pattern_shape)
+    if abs(acc.mean_intensity - target) <= 1e-6 * target:
+        return
+    if not isinstance(x, torch.Tensor | np.ndarray) or x.ndim == 0:
+        return
+    # Leading patterns only: the reshape below then copies at most that slice.
+    per_item = max(1, int(np.prod(x.shape[1:])))
+    lead = x[: -(-_INTENSITY_SAMPLE // per_item)]
+    if isinstance(lead, np.ndarray):
+        # A float64 copy: any strides, byte order or read-only memory.
+        a = torch.from_numpy(np.asarray(lead).reshape(-1)[:_INTENSITY_SAMPLE].astype(np.float64))
+        size = lead.dtype.itemsize if lead.dtype.kind == "f" else 8
+        dtype = {2: torch.float16, 4: torch.float32}.get(size, torch.float64)
+    else:
+        a = lead.detach().reshape(-1)[:_INTENSITY_SAMPLE].to("cpu", torch.float64)
+        dtype = lead.dtype
+    a = a[torch.isfinite(a) & (a >= 0)]  # masked sentinels are no data
+    if a.numel() == 0:
+        return
+    if looks_like_intensities(torch.stack(quantum_parts(a, dtype)).tolist(), dtype):
+        warnings.warn(intensities_message("x"), UnitsWarning, stacklevel=4)
 
 
 def _result_device(x: Any) -> torch.device:

@@ -7,19 +7,24 @@ working. One class per kind of mistake, so callers can catch precisely.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 __all__ = [
     "AmbiguousLayoutError",
+    "ArgumentOrderError",
     "AxisError",
     "BroadcastError",
     "DataFileError",
     "DtypeError",
     "EmptyInputError",
     "FileListError",
+    "FrozenScaleWarning",
     "IntegrityError",
     "MaskError",
     "MaskWarning",
     "NegativeValueError",
     "NonFiniteError",
+    "NotCountsError",
     "NphotonsError",
     "OptionError",
     "PhysscaleError",
@@ -27,12 +32,54 @@ __all__ = [
     "StateError",
     "UnitsWarning",
     "UnsafeFileError",
+    "Wording",
     "ZeroIntensityError",
 ]
 
 
+class Wording:
+    """A message that names the caller's options, so that a front end can name its own.
+
+    ``template`` is a :meth:`str.format` template whose fields are the keys of
+    ``options`` (how the Python API spells each option, e.g. ``"nphotons="``)
+    and of ``data`` (the facts: paths, values, shapes). :meth:`render` with
+    other spellings says the same in another front end's words: the command
+    line names its flags (``--nphotons N``) without editing the text.
+    """
+
+    __slots__ = ("data", "options", "template")
+
+    def __init__(self, template: str, options: Mapping[str, str], /, **data: object) -> None:
+        self.template = template
+        self.options = dict(options)
+        self.data = data
+
+    def render(self, spellings: Mapping[str, str] | None = None) -> str:
+        """The message, each option spelled as ``spellings`` says (else as in Python)."""
+        return self.template.format_map({**self.data, **self.options, **(spellings or {})})
+
+
 class PhysscaleError(Exception):
-    """Base class of every error physscale raises on purpose."""
+    """Base class of every error physscale raises on purpose.
+
+    Attributes:
+        wording: the :class:`Wording` of a message that names options (it is
+            passed instead of the message; the message is its Python
+            rendering), or None.
+        parameter: the parameter of the call the error is about, when the
+            raiser names one (e.g. ``"exclude"``), or None.
+    """
+
+    wording: Wording | None = None
+    parameter: str | None = None
+
+    def __init__(self, *args: object, parameter: str | None = None) -> None:
+        if args and isinstance(args[0], Wording):
+            self.wording = args[0]
+            args = (args[0].render(), *args[1:])
+        if parameter is not None:
+            self.parameter = parameter
+        super().__init__(*args)
 
 
 class DtypeError(PhysscaleError, TypeError):
@@ -71,13 +118,13 @@ class AmbiguousLayoutError(AxisError):
 
     def __init__(
         self,
-        message: str,
+        message: str | Wording,
         *,
         shape: tuple[int, ...],
         nchw_pattern: tuple[int, ...],
         nhwc_pattern: tuple[int, ...],
     ) -> None:
-        super().__init__(message)
+        super().__init__(message, parameter="layout")
         self.shape = shape
         self.nchw_pattern = nchw_pattern
         self.nhwc_pattern = nhwc_pattern
@@ -141,4 +188,30 @@ class UnitsWarning(UserWarning):
 
     Silence with ``warnings.simplefilter("ignore", physscale.UnitsWarning)`` or
     escalate with ``warnings.simplefilter("error", physscale.UnitsWarning)``.
+    """
+
+
+class ArgumentOrderError(PhysscaleError, TypeError):
+    """Arguments that arrived in the wrong order, e.g. ``(obs, pred)`` for ``(pred, obs)``.
+
+    Raised where a cheap tell (no tensor value read) makes the swap certain:
+    the loss's ``obs`` requires grad while ``pred`` does not.
+    """
+
+
+class FrozenScaleWarning(UserWarning):
+    """A trainable scale that never reached an optimizer.
+
+    ``IntensityScaler(trainable=True)`` whose ``log_scale`` was never updated
+    (it is not in the optimizer's parameters: put the scaler inside the model,
+    so ``model.parameters()`` includes it). Its record then keeps the initial
+    method instead of claiming ``method="trained"``.
+    """
+
+
+class NotCountsError(PhysscaleError, ValueError):
+    """Data that are not photon counts (nor a gain times counts) where counts are required.
+
+    ``normalize_counts`` on non-whole data, or ``infer_gain`` on data with no
+    quantum: the message says what the values look like and what to pass.
     """

@@ -27,6 +27,7 @@ does not run callbacks; call :func:`restore_record` from the module's own
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -41,7 +42,7 @@ except ImportError as exc:
 from physscale.core.checks import DEFAULT_SPATIAL_DIMS
 from physscale.core.kernels.sums import Domain
 from physscale.distributed import derive_from_dataloader
-from physscale.errors import RecordError, StateError
+from physscale.errors import FrozenScaleWarning, RecordError, StateError
 from physscale.io.checkpoint import CHECKPOINT_KEY, record_from_checkpoint, record_to_checkpoint
 from physscale.nn import IntensityScaler
 from physscale.record import ScaleRecord
@@ -105,6 +106,31 @@ def restore_record(module: Any, checkpoint: Mapping[str, Any]) -> ScaleRecord:
     record = record_from_checkpoint(checkpoint)
     _attach(module, record)
     return record
+
+
+def _check_scaler_optimized(trainer: Any, module: Any, attribute: str | None) -> None:
+    """Warn when the module's trainable scaler is in no optimizer's param groups."""
+    try:
+        scaler = find_scaler(module, attribute)
+    except (RecordError, StateError, AttributeError, TypeError):
+        return  # an ambiguous or missing scaler is reported where it is used
+    optimizers = list(getattr(trainer, "optimizers", None) or [])
+    if scaler is None or not scaler.trainable or not optimizers:
+        return
+    param = scaler.log_scale
+    held = any(
+        p is param for opt in optimizers for group in opt.param_groups for p in group["params"]
+    )
+    if not held:
+        warnings.warn(
+            f"the module's IntensityScaler is trainable, but its log_scale is in none of the "
+            f"{len(optimizers)} optimizer(s)' param groups, so the scale will never learn. "
+            f"Build the optimizer from the module's parameters with the scaler inside the "
+            f"module (torch.optim.Adam(self.parameters()) in configure_optimizers), or "
+            f"freeze it (IntensityScaler(..., trainable=False))",
+            FrozenScaleWarning,
+            stacklevel=2,
+        )
 
 
 class PhysicsScaleCallback(pl.Callback):
@@ -191,7 +217,13 @@ class PhysicsScaleCallback(pl.Callback):
         return loader  # type: ignore[no-any-return]
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Derive, reduce and attach the record, unless one is attached or coming."""
+        """Derive, reduce and attach the record, unless one is attached or coming.
+
+        First checks that a trainable scaler's ``log_scale`` is in an optimizer's
+        param groups (else :class:`~physscale.errors.FrozenScaleWarning`: the
+        scale would silently never learn).
+        """
+        _check_scaler_optimized(trainer, pl_module, self.scaler_attribute)
         if getattr(pl_module, RECORD_ATTRIBUTE, None) is not None:
             return  # restored from a checkpoint, set by the user, or an earlier fit
         if trainer.ckpt_path is not None:

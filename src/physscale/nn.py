@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -33,7 +34,8 @@ from physscale.core.likelihood import (
     scaled_poisson_nll,
 )
 from physscale.core.loss_inputs import eps_value, loss_background, loss_mask, widest_dtype
-from physscale.errors import DtypeError, OptionError, RecordError
+from physscale.core.preview import preview
+from physscale.errors import DtypeError, FrozenScaleWarning, OptionError, RecordError
 from physscale.record import ScaleRecord
 
 __all__ = ["IntensityScaler", "ScaledPoissonNLLLoss"]
@@ -162,6 +164,9 @@ class IntensityScaler(nn.Module):
         )
         value = torch.tensor(math.log(start), dtype=dtype)
         self.log_scale = nn.Parameter(value, requires_grad=trainable)
+        # An optimizer step updates log_scale in place, which bumps its version counter: a
+        # trainable scale whose counter never moved was never trained (see to_record).
+        self._start_version: int = self.log_scale._version
 
     def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> Any:
         # A dtype cast must not round the physics scale: restore log_scale to float32 or
@@ -170,6 +175,7 @@ class IntensityScaler(nn.Module):
         before = self.log_scale.data
         grad = self.log_scale.grad
         before_grad = None if grad is None else grad.detach()
+        untouched = not self._updated()
         out = super()._apply(fn, recurse)  # type: ignore[no-untyped-call]
         kept = _kept_precision(before, self.log_scale)
         if kept is None and self._beyond_float32(before):
@@ -179,7 +185,14 @@ class IntensityScaler(nn.Module):
             self.log_scale.data = kept
             if before_grad is not None:
                 self.log_scale.grad = before_grad.to(device=kept.device, dtype=kept.dtype)
+        if untouched:  # a cast or a move is no training step
+            self._start_version = self.log_scale._version
         return out
+
+    def _updated(self) -> bool:
+        # Whether log_scale was written in place since construction or the last load (an
+        # optimizer step, or any in-place update).
+        return self.log_scale._version != self._start_version
 
     def _beyond_float32(self, before: torch.Tensor) -> bool:
         # Only a float64 log-scale cast to float32 needs a look at its value (one read,
@@ -297,7 +310,21 @@ class IntensityScaler(nn.Module):
                 f"to_record(nphotons={nphotons!r}) contradicts the record's "
                 f"nphotons={record.nphotons!r}"
             )
-        if self.trainable or self._moved(current):
+        if self._moved(current):
+            return record.trained(current)
+        if self.trainable:
+            if not self._updated():
+                # A learnable scale no optimizer ever stepped: say so, and claim nothing.
+                warnings.warn(
+                    f"this IntensityScaler is trainable but its log_scale was never updated "
+                    f"(the scale is still its initial {current:.8g}): no optimizer holds it. "
+                    f"Put the scaler inside the model (e.g. model.scaler = scaler), so that "
+                    f"model.parameters() includes it, or pass scaler.parameters() to the "
+                    f"optimizer. The record claims no training (method={record.method!r})",
+                    FrozenScaleWarning,
+                    stacklevel=2,
+                )
+                return record
             return record.trained(current)
         return record
 
@@ -337,6 +364,9 @@ class IntensityScaler(nn.Module):
                 "it must be the JSON string IntensityScaler.get_extra_state() writes"
             ) from None
         self._record, self._initial_scale, self._nphotons = record, initial, n
+        # load_state_dict copies log_scale in place before it restores this: a load is no
+        # training step.
+        self._start_version = self.log_scale._version
 
     def extra_repr(self) -> str:
         scale = math.exp(float(self.log_scale.detach().to(torch.float64)))
@@ -412,7 +442,7 @@ class ScaledPoissonNLLLoss(nn.Module):
         self.reduction: Reduction = check_option(reduction, REDUCTIONS, "reduction")
         self.eps = eps_value(eps)
         if not isinstance(persistent, bool):
-            raise OptionError(f"persistent must be True or False, got {persistent!r}")
+            raise OptionError(f"persistent must be True or False, got {preview(persistent)}")
         self.scaler: IntensityScaler | None
         if isinstance(scale, IntensityScaler):
             if not persistent:

@@ -7,22 +7,27 @@ came from and what would be right.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar
 
 import numpy as np
 import torch
 
+from physscale.core.preview import preview
 from physscale.errors import (
     AmbiguousLayoutError,
     AxisError,
     DtypeError,
     MaskError,
+    NegativeValueError,
+    NonFiniteError,
     NphotonsError,
     OptionError,
+    Wording,
 )
 
 LAYOUTS: dict[str, tuple[int, int]] = {"NCHW": (-2, -1), "NHWC": (-3, -2)}
@@ -54,7 +59,7 @@ def check_option(value: object, allowed: Sequence[_S], name: str) -> _S:
         if isinstance(value, str) and value == option:
             return option
     choices = ", ".join(repr(a) for a in allowed)
-    raise OptionError(f"{name} must be one of {choices}, got {value!r}")
+    raise OptionError(f"{name} must be one of {choices}, got {preview(value)}")
 
 
 def as_float_tensor(x: object, name: str = "x") -> torch.Tensor:
@@ -119,7 +124,38 @@ def check_concrete(t: torch.Tensor, name: str) -> None:
         )
 
 
-def _dtype_message(name: str, kind: str, dtype: str) -> str:
+#: The one next step for raw detector counts, whoever meets them (derive's dtype
+#: error and units warning, the loss's, the command line's): one sentence, one place.
+#: Its option ``normalize_counts`` is the Python call; the command line spells it
+#: ``physscale normalize`` (:data:`COUNTS_NEXT_STEP_CLI`).
+COUNTS_NEXT_STEP = Wording(
+    "Normalize the counts first: {normalize_counts} returns the normalized amplitudes "
+    "and the record whose scale maps them back to the counts exactly",
+    {"normalize_counts": "physscale.normalize_counts(counts)"},
+)
+
+#: :data:`COUNTS_NEXT_STEP`'s option in the command line's words.
+COUNTS_NEXT_STEP_CLI = {"normalize_counts": "`physscale normalize`"}
+
+
+def counts_next_step(spellings: Mapping[str, str] | None = None) -> str:
+    """The next step for raw photon counts, as a sentence without the final period.
+
+    Every message that meets counts gives this same step (issue 21: one voice).
+    ``spellings`` names the option in another front end's words, e.g.
+    :data:`COUNTS_NEXT_STEP_CLI` for the command line.
+
+    Example:
+        >>> from physscale.core.checks import COUNTS_NEXT_STEP_CLI, counts_next_step
+        >>> counts_next_step()[:58]
+        'Normalize the counts first: physscale.normalize_counts(cou'
+        >>> "physscale normalize" in counts_next_step(COUNTS_NEXT_STEP_CLI)
+        True
+    """
+    return COUNTS_NEXT_STEP.render(spellings)
+
+
+def _dtype_message(name: str, kind: str, dtype: str) -> str | Wording:
     """What to do about a dtype that cannot hold normalized amplitudes.
 
     ``kind`` is numpy's dtype kind: "c" complex, "i"/"u" integers, "b" bool.
@@ -134,10 +170,12 @@ def _dtype_message(name: str, kind: str, dtype: str) -> str:
             f"({name}.abs() / numpy.abs({name}))"
         )
     if kind in "iu":
-        return (
-            f"{base}. Integer values are raw detector counts, not normalized amplitudes: "
-            f"physscale.normalize_counts(counts) returns the normalized amplitudes and the "
-            f"scale that maps them back to the counts exactly"
+        # A Wording: the command line names its own next step (COUNTS_NEXT_STEP_CLI).
+        literal = base.replace("{", "{{").replace("}", "}}")
+        return Wording(
+            f"{literal}. Integer values are raw detector counts, not normalized amplitudes. "
+            + COUNTS_NEXT_STEP.template,
+            COUNTS_NEXT_STEP.options,
         )
     if kind == "b":
         return f"{base}. A boolean array is a mask, not data: pass it as mask=..."
@@ -177,14 +215,86 @@ def positive_finite(value: Any, where: str, error: type[Exception] = NphotonsErr
     if isinstance(value, complex | np.complexfloating):
         raise error(f"{where} must be a real number, got the complex value {raw!r}")
     if not isinstance(value, numbers.Real):
-        raise error(f"{where} must be a positive finite number, got {type(raw).__name__} {raw!r}")
+        raise error(
+            f"{where} must be a positive finite number, got {type(raw).__name__} {preview(raw)}"
+        )
     try:
         out = float(value)
     except OverflowError:  # a Python int beyond the float range
-        raise error(f"{where} must be a positive finite number, got {raw!r}") from None
+        raise error(f"{where} must be a positive finite number, got {preview(raw)}") from None
     if not math.isfinite(out) or out <= 0.0:
         raise error(f"{where} must be a positive finite number, got {out!r}")
     return out
+
+
+def real_number(value: Any, where: str, what: str) -> float:
+    """``value`` (a real number, or a one-element tensor or array) as a finite float.
+
+    Raises:
+        DtypeError: not a single real number (``what`` names what was expected).
+        NonFiniteError: NaN or infinite.
+    """
+    raw = value
+    if isinstance(value, torch.Tensor | np.ndarray):
+        if value.ndim > 1 or (value.ndim == 1 and value.shape[0] != 1):
+            raise DtypeError(
+                f"{where} must be a single number here, got an array of shape {tuple(value.shape)}"
+            )
+        if value.dtype in (torch.bool, np.bool_) or (
+            isinstance(value, torch.Tensor) and (value.is_complex() or value.device.type == "meta")
+        ):
+            raise DtypeError(f"{where} must be a real number, got a {value.dtype} {value!r}")
+        value = value.reshape(()).item() if isinstance(value, np.ndarray) else value.item()
+    if isinstance(value, bool | np.bool_) or not isinstance(value, numbers.Real):
+        raise DtypeError(f"{where} must be {what}, got {type(raw).__name__} {preview(raw)}")
+    try:
+        out = float(value)
+    except OverflowError:  # a Python int beyond the float range
+        raise NonFiniteError(f"{where} must be finite, got {preview(raw)}") from None
+    if not math.isfinite(out):
+        raise NonFiniteError(f"{where} must be finite, got {out!r}")
+    return out
+
+
+def positive_real(value: Any, where: str, what: str) -> float:
+    """``value`` as a positive finite float: :func:`real_number`, and > 0.
+
+    Raises:
+        DtypeError, NonFiniteError: as :func:`real_number`.
+        NegativeValueError: zero or negative.
+    """
+    out = real_number(value, where, what)
+    if out <= 0.0:
+        raise NegativeValueError(f"{where} must be > 0, got {out!r}")
+    return out
+
+
+#: Numbers and arrays: :func:`scalar_scale` never asks these for their ``__float__``
+#: (numpy's complex and bool scalars have one; they are refused, not converted).
+_NUMERIC = (numbers.Number, np.generic, np.ndarray, torch.Tensor)
+
+
+def scalar_scale(value: Any, where: str = "scale") -> float:
+    """A single intensity scale (amplitude factor) as a positive finite Python float.
+
+    Accepts a real number, a 0-d (or one-element) tensor or array, or any other
+    object that converts itself with ``float()``, such as a
+    :class:`~physscale.ScaleRecord` (its ``intensity_scale``).
+
+    Raises:
+        DtypeError: not a real number (bool, complex, string, a larger array...).
+        NonFiniteError: NaN or infinite.
+        NegativeValueError: zero or negative.
+    """
+    if type(value) is float and 0.0 < value < math.inf:
+        return value
+    if not isinstance(value, _NUMERIC) and hasattr(type(value), "__float__"):
+        # If it cannot, it is refused below, with the object in the message.
+        with contextlib.suppress(TypeError, ValueError, OverflowError):
+            value = float(value)
+    return positive_real(
+        value, where, "a positive real number, a 0-d tensor or a ScaleRecord (amplitude factor)"
+    )
 
 
 def spatial_axes(
@@ -204,13 +314,13 @@ def spatial_axes(
         if spatial_dims is not DEFAULT_SPATIAL_DIMS and tuple(spatial_dims) != from_layout:
             raise AxisError(
                 f"layout={name!r} means spatial_dims={from_layout}, which contradicts "
-                f"spatial_dims={tuple(spatial_dims)}; pass one or the other"
+                f"spatial_dims={preview(tuple(spatial_dims))}; pass one or the other"
             )
         spatial_dims = from_layout
     if isinstance(spatial_dims, int | str) or not isinstance(spatial_dims, Sequence):
         raise AxisError(
             "spatial_dims must be a sequence of axis indices such as (-2, -1), "
-            f"got {spatial_dims!r}"
+            f"got {preview(spatial_dims)}"
         )
     if len(spatial_dims) == 0:
         raise AxisError("spatial_dims must name at least one axis, got ()")
@@ -218,13 +328,14 @@ def spatial_axes(
     for d in spatial_dims:
         if isinstance(d, bool) or not isinstance(d, int | np.integer):
             raise AxisError(
-                f"spatial_dims entries must be integers, got {d!r} in {tuple(spatial_dims)}"
+                f"spatial_dims entries must be integers, got {preview(d)} in "
+                f"{preview(tuple(spatial_dims))}"
             )
         d = int(d)
         if not -ndim <= d < ndim:
             raise AxisError(
-                f"spatial axis {d} is out of range for an input with {ndim} dimension(s); "
-                f"spatial_dims={tuple(spatial_dims)}"
+                f"spatial axis {preview(d)} is out of range for an input with {ndim} "
+                f"dimension(s); spatial_dims={preview(tuple(spatial_dims))}"
             )
         out.append(d % ndim)
     if len(set(out)) != len(out):
@@ -232,9 +343,15 @@ def spatial_axes(
     return tuple(sorted(out))
 
 
-def check_layout(
-    shape: Sequence[int], axes_explicit: bool, name: str = "x", *, cli: bool = False
-) -> None:
+#: How the layout guard's message names its remedies, in Python terms (the
+#: command line names its flags instead: see :class:`~physscale.errors.Wording`).
+LAYOUT_OPTIONS = {
+    "layout_NHWC": "layout='NHWC'",
+    "layout_NCHW": "layout='NCHW' (or spatial_dims=(-2, -1))",
+}
+
+
+def check_layout(shape: Sequence[int], axes_explicit: bool, name: str = "x") -> None:
     """The layout guard: refuse defaulted axes on data that look channels-last.
 
     physscale never guesses the layout, and must not be silently wrong either.
@@ -243,8 +360,10 @@ def check_layout(
     axes before it have at least ``SPATIAL_MIN`` each (``(B, N, N, C)``, the
     TensorFlow/PtychoPINN layout) would be read as ``N x C`` patterns; no
     diffraction pattern is a few pixels wide, so this raises
-    :class:`~physscale.AmbiguousLayoutError` naming what to pass. Explicit axes
-    (any ``spatial_dims`` or ``layout``, ``"NCHW"`` included) are trusted.
+    :class:`~physscale.AmbiguousLayoutError` naming what to pass (its
+    ``wording`` names the options ``layout_NHWC`` and ``layout_NCHW``, so the
+    command line can name its flags). Explicit axes (any ``spatial_dims`` or
+    ``layout``, ``"NCHW"`` included) are trusted.
     """
     if axes_explicit or len(shape) < 3:
         return
@@ -252,17 +371,17 @@ def check_layout(
     if not (1 <= c <= CHANNELS_MAX and h >= SPATIAL_MIN and w >= SPATIAL_MIN):
         return
     dims = tuple(int(n) for n in shape)
-    if cli:
-        nhwc, nchw = "--layout NHWC", "--layout NCHW"
-    else:
-        nhwc, nchw = "layout='NHWC'", "layout='NCHW' (or spatial_dims=(-2, -1))"
-    plural = "s" if c != 1 else ""
+    wording = Wording(
+        "{name} has shape {dims}, which looks channels-last (NHWC: {h} x {w} patterns, "
+        "{c} channel{plural}), but no layout was given: the default (NCHW, the last two "
+        "axes) would read each pattern as {w} x {c} pixels. Pass {layout_NHWC} for "
+        "channels-last data (TensorFlow, PtychoPINN), or {layout_NCHW} if the patterns "
+        "really are {w} x {c}; physscale never guesses the layout",
+        LAYOUT_OPTIONS,
+        name=name, dims=dims, h=h, w=w, c=c, plural="s" if c != 1 else "",
+    )  # fmt: skip
     raise AmbiguousLayoutError(
-        f"{name} has shape {dims}, which looks channels-last (NHWC: {h} x {w} patterns, "
-        f"{c} channel{plural}), but no layout was given: the default (NCHW, the last two "
-        f"axes) would read each pattern as {w} x {c} pixels. Pass {nhwc} for channels-last "
-        f"data (TensorFlow, PtychoPINN), or {nchw} if the patterns really are {w} x {c}; "
-        f"physscale never guesses the layout",
+        wording,
         shape=dims,
         nchw_pattern=(w, c),
         nhwc_pattern=(h, w),
@@ -314,17 +433,11 @@ def as_mask(
     """
     if isinstance(mask, np.ndarray):
         if mask.dtype != np.bool_:
-            raise MaskError(
-                f"mask must be boolean (True = valid pixel), got dtype {mask.dtype}; "
-                f"use mask.astype(bool)"
-            )
+            raise MaskError(mask_dtype_message(str(mask.dtype)))
         m = torch.from_numpy(np.ascontiguousarray(mask))
     elif isinstance(mask, torch.Tensor):
         if mask.dtype != torch.bool:
-            raise MaskError(
-                f"mask must be boolean (True = valid pixel), got dtype {mask.dtype}; "
-                f"use mask.bool()"
-            )
+            raise MaskError(mask_dtype_message(str(mask.dtype)))
         m = mask.detach()
     else:
         raise MaskError(
@@ -355,3 +468,106 @@ def as_mask(
         f"mask of shape {tuple(m.shape)} does not fit the data of shape {tuple(shape)}; "
         f"give {' or '.join(fits)}"
     )
+
+
+#: A mask that excludes more than this fraction of a dataset's pixels is the
+#: inverted-mask signature: real detector masks (gaps, dead and hot pixels, a
+#: beamstop) exclude a few per cent.
+INVERTED_MASK_FRACTION = 0.5
+
+#: A mask that excludes more than this fraction is refused: no detector loses
+#: nine pixels in ten, and a scale from the remaining tenth is a plausible wrong number.
+INVERTED_MASK_REFUSED = 0.9
+
+#: How each common convention converts to physscale's valid-pixel mask.
+MASK_POLARITY = (
+    "physscale's mask= is True = valid pixel. A NeXus/Eiger pixel_mask is nonzero = "
+    "bad pixel: pass mask=(pixel_mask == 0); ptychodus' bad_pixels is True = bad: "
+    "pass mask=~bad_pixels; a numpy masked array's mask is True = bad: pass the "
+    "MaskedArray itself"
+)
+
+
+def mask_dtype_message(dtype: str) -> str:
+    """Why a non-boolean mask is refused, and the explicit conversions (never a bare cast).
+
+    An integer mask has no stated polarity: a NeXus ``pixel_mask`` is nonzero =
+    bad, other masks are 1 = valid, and ``astype(bool)`` would silently keep
+    exactly the bad pixels of the first kind.
+    """
+    return (
+        f"the mask must be boolean (True = valid pixel), got dtype {dtype}; a non-boolean "
+        f"mask has no stated polarity, so physscale does not convert it. {MASK_POLARITY}; "
+        f"for a mask whose nonzero entries are the valid pixels, pass mask=(m != 0)"
+    )
+
+
+def valid_from_pixel_mask(pixel_mask: object) -> np.ndarray:
+    """A NeXus/Eiger ``pixel_mask`` (nonzero = bad pixel) as a valid-pixel mask (True = valid).
+
+    Args:
+        pixel_mask: integer or boolean numpy array (or tensor); any nonzero
+            bit marks the pixel bad (gap, dead, hot, ...).
+
+    Returns:
+        A boolean numpy array of the same shape, True where ``pixel_mask == 0``.
+    """
+    if isinstance(pixel_mask, torch.Tensor):
+        pixel_mask = pixel_mask.detach().cpu().numpy()
+    if not isinstance(pixel_mask, np.ndarray) or pixel_mask.dtype.kind not in "biu":
+        raise MaskError(
+            f"a NeXus pixel_mask must be an integer or boolean array (nonzero = bad pixel), "
+            f"got {type(pixel_mask).__name__} {getattr(pixel_mask, 'dtype', '')}"
+        )
+    valid: np.ndarray = pixel_mask == 0
+    return valid
+
+
+def check_mask_coverage(
+    masked_pixels: int, pixels: int, where: str = "the mask", *, refuse: bool = False
+) -> None:
+    """Name the inverted-mask signature: a mask that excludes everything, or most pixels.
+
+    Args:
+        masked_pixels: pixels the mask excluded (over every pattern seen).
+        pixels: pixels seen in all.
+        where: what messages call the mask (``"mask"``, ``"--mask FILE"``).
+        refuse: raise instead of warning above :data:`INVERTED_MASK_REFUSED`
+            (the counts front doors, where a mask is a detector's; derive and
+            the loss warn, since a region-of-interest mask is legitimate there).
+
+    Raises:
+        MaskError: the mask excludes every pixel (there is nothing to
+            measure), or, with ``refuse``, more than :data:`INVERTED_MASK_REFUSED`.
+
+    Warns:
+        MaskWarning: it excludes more than :data:`INVERTED_MASK_FRACTION` of
+            the pixels. The warning states the polarity; it is a question about
+            the mask, answered by fixing the mask, never by silencing it.
+    """
+    from physscale.errors import MaskWarning
+
+    if pixels <= 0 or masked_pixels <= 0:
+        return
+    if masked_pixels >= pixels:
+        raise MaskError(
+            f"{where} excludes every pixel ({pixels} of {pixels}): nothing is left to "
+            f"measure. That is the signature of an inverted mask: {MASK_POLARITY}"
+        )
+    fraction = masked_pixels / pixels
+    if refuse and fraction > INVERTED_MASK_REFUSED:
+        raise MaskError(
+            f"{where} excludes {fraction:.1%} of the pixels and keeps {1.0 - fraction:.1%}: "
+            f"that is the signature of an inverted mask (real detector masks exclude a few "
+            f"per cent: gaps, dead and hot pixels, a beamstop). {MASK_POLARITY}. If only "
+            f"the kept pixels are data, crop the patterns to them instead"
+        )
+    if fraction > INVERTED_MASK_FRACTION:
+        warnings.warn(
+            f"{where} excludes {fraction:.1%} of the pixels and keeps {1.0 - fraction:.1%}: "
+            f"that is the signature of an inverted mask (real detector masks exclude a few "
+            f"per cent: gaps, dead and hot pixels, a beamstop). {MASK_POLARITY}. Check the "
+            f"mask's polarity before using this scale",
+            MaskWarning,
+            stacklevel=3,
+        )

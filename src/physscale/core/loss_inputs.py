@@ -23,15 +23,17 @@ from __future__ import annotations
 import math
 import numbers
 import warnings
+from collections.abc import Sequence
 from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import torch
 
-from physscale.core.checks import check_option, real_number, scalar_scale
+from physscale.core.checks import check_option, counts_next_step, real_number, scalar_scale
 from physscale.core.kernels.sums import WHOLE_CHANCE, whole_tolerance
 from physscale.core.validation import is_compiling, is_validation_enabled, under_functorch
 from physscale.errors import (
+    ArgumentOrderError,
     BroadcastError,
     DtypeError,
     EmptyInputError,
@@ -54,9 +56,12 @@ __all__ = [
     "Seen",
     "check_loss_values",
     "eps_value",
+    "intensities_message",
+    "looks_like_intensities",
     "loss_background",
     "loss_inputs",
     "loss_mask",
+    "quantum_parts",
     "widest_dtype",
 ]
 
@@ -218,6 +223,8 @@ def loss_inputs(
         reduction = check_option(reduction, REDUCTIONS, "reduction")
     pred = _input_tensor(pred, "pred", domain)
     obs = _input_tensor(obs, "obs", domain)
+    if obs.requires_grad and not pred.requires_grad and torch.is_grad_enabled():
+        _refuse_swapped()
     if pred.shape != obs.shape:
         raise BroadcastError(
             f"pred has shape {tuple(pred.shape)} but obs has shape {tuple(obs.shape)}; the "
@@ -260,6 +267,24 @@ def loss_inputs(
     )  # fmt: skip
 
 
+def _refuse_swapped() -> None:
+    """The arguments came in the order ``(obs, pred)``: refuse, do not compute a wrong number.
+
+    The tell is Python attributes only (no host sync): with grad mode on, the
+    observation requires grad and the prediction does not. A prediction that
+    does not require grad (evaluation, ``torch.no_grad``) is legitimate; a
+    measurement never needs a gradient.
+    """
+    raise ArgumentOrderError(
+        "obs requires grad but pred does not: the arguments look swapped. physscale's "
+        "order is scaled_poisson_nll(pred, obs, ...): the model's prediction first, the "
+        "measured data second (cdtools and others call loss(measured, simulated); the "
+        "swapped order gives a plausible but wrong loss). Call it as "
+        "scaled_poisson_nll(simulated, measured, ...); if obs requires grad on purpose, "
+        "pass obs.detach()"
+    )
+
+
 def _dense(x: torch.Tensor, name: str, error: type[Exception] = DtypeError) -> None:
     if x.layout != torch.strided:
         raise error(
@@ -288,10 +313,9 @@ def _input_tensor(x: Any, name: str, domain: str) -> torch.Tensor:
     if not x.is_floating_point():
         if name == "obs":
             hint = (
-                "; for raw detector counts either normalize them first (ps.normalize_counts "
-                "returns normalized amplitudes and the record whose scale maps them back to "
-                "the counts) or use the count-native loss: domain='intensity', scale=1.0, "
-                "obs=counts.float(), with pred the predicted counts"
+                f". Integer values are raw detector counts. {counts_next_step()}; or use "
+                "the count-native loss: domain='intensity', scale=1.0, obs=counts.float(), "
+                "with pred the predicted counts"
             )
         else:
             hint = f"; {name} is the model's output, which is floating point"
@@ -384,7 +408,10 @@ def _background_input(background: Any, shape: torch.Size, device: torch.device) 
             f"background must be a real number or tensor of photon counts, got "
             f"{type(background).__name__} {background!r}"
         )
-    value = float(background)
+    try:
+        value = float(background)
+    except OverflowError:  # a Python int beyond the float range
+        value = math.inf
     if not math.isfinite(value) or value < 0.0:
         err = NonFiniteError if not math.isfinite(value) else NegativeValueError
         raise err(f"background must be a finite number of photon counts >= 0, got {value!r}")
@@ -536,6 +563,9 @@ def check_loss_values(x: LossInputs, cast: Cast) -> tuple[Cast, Seen]:
     counts_kept = u_is_one or checked.counts_whole
     if checked.looks_like_counts and (checked.obs_whole or not counts_kept):
         _warn_raw_counts(x.domain, None if isinstance(u, torch.Tensor) else u, checked.obs_whole)
+    elif checked.obs_quantized and not checked.obs_whole:
+        # Three frames up: the caller of scaled_poisson_nll.
+        warnings.warn(intensities_message("obs"), UnitsWarning, stacklevel=3)
     return cast, Seen(checked.unmasked, max_rate, max_counts)
 
 
@@ -548,6 +578,7 @@ class _Checked(NamedTuple):
     looks_like_counts: bool  # obs's sampled intensities are whole numbers
     counts_whole: bool  # ... and the count scale turns them into whole counts
     obs_whole: bool  # obs itself is whole-valued (counts given as amplitudes)
+    obs_quantized: bool  # amplitudes that are multiples of a quantum: intensities
 
 
 def _whole(v: torch.Tensor, rel: float) -> torch.Tensor:
@@ -557,6 +588,55 @@ def _whole(v: torch.Tensor, rel: float) -> torch.Tensor:
     within = (v - v.round()).abs().le(tol).all()
     chance = torch.where(v >= 1.0, (2.0 * tol).clamp(max=1.0).log(), 0.0).sum()
     return within & chance.le(math.log(WHOLE_CHANCE))
+
+
+def quantum_parts(a: torch.Tensor, dtype: torch.dtype) -> list[torch.Tensor]:
+    """Device-side statistics of the intensity rule (no sync): are amplitudes quantized?
+
+    ``a``: a flat sample of values given as amplitudes, >= 0; ``dtype``: the
+    dtype whose rounding they carry. Amplitudes of counts are ``f * sqrt(k)``:
+    their *squares* are whole multiples of a quantum, not the values
+    themselves. Intensities of counts are ``g * k`` (a gain, or a
+    normalization constant such as PtyRAD's ``max_at_one`` ``1/c``): the
+    values are whole multiples of the smallest positive one. Returns
+    ``[how many q = a / a_min are >= 1, max(q), whether every q is within
+    1e-4 + whole_tolerance(dtype) * q of a whole number]`` (the units guard's
+    tolerance); :func:`looks_like_intensities` reads them.
+    """
+    low = torch.where(a > 0, a, math.inf).amin()
+    q = a / low  # 0 everywhere when nothing is positive (a / inf)
+    off = (q - q.round()).abs_()
+    within = off.le_(torch.add(q, 1e-4 / whole_tolerance(dtype)).mul_(whole_tolerance(dtype)))
+    return [q.ge(1.0).sum(), q.amax(), within.all()]
+
+
+def looks_like_intensities(stats: Sequence[float], dtype: torch.dtype) -> bool:
+    """The intensity rule on :func:`quantum_parts`' three values (read on the host).
+
+    The units guard's "too little signal" bar (16 values, a largest of at
+    least 2 quanta) and every value a whole multiple of the smallest positive
+    one. Whole needs evidence (``kernels.sums.WHOLE_CHANCE``): with the
+    largest tolerance at most 0.05, 16 values land that close to whole
+    numbers by chance with probability below ``0.1**16``; above it (float32
+    beyond ~5e4 quanta) the values say nothing. Amplitudes of counts pass only
+    when every sampled count is a perfect square times the smallest (``k /
+    k_min`` in 1, 4, 9...); continuous data never pass.
+    """
+    n_ge1, q_max, whole = stats
+    tolerance = 1e-4 + whole_tolerance(dtype) * q_max
+    return n_ge1 >= 16 and q_max >= 2.0 and whole == 1.0 and tolerance <= 0.05
+
+
+def intensities_message(name: str) -> str:
+    """The warning for intensities that reached ``domain='amplitude'`` (loss and derive)."""
+    return (
+        f"{name} look like intensities, not amplitudes: every sampled value is a whole "
+        f"multiple of the smallest (intensities of counts, g * k, such as PtyRAD's "
+        f"max_at_one data or cdtools' measured intensities), while amplitudes of counts, "
+        f"f * sqrt(k), are not; in the amplitude domain they would be squared. Pass "
+        f"domain='intensity' (or their square roots as amplitudes). If these are amplitudes, "
+        f"silence physscale.UnitsWarning"
+    )
 
 
 def _units_parts(o: torch.Tensor, amplitude: bool, t: Scale) -> list[torch.Tensor]:
@@ -585,6 +665,7 @@ def _units_parts(o: torch.Tensor, amplitude: bool, t: Scale) -> list[torch.Tenso
     parts = [v.ge(1.0).sum(), v.amax(), _whole(v, rel=whole_tolerance(o.dtype)), k_whole]
     if amplitude:
         parts.append(_whole(a, rel=whole_tolerance(o.dtype)))
+        parts += quantum_parts(a, o.dtype)
     return parts
 
 
@@ -664,13 +745,18 @@ def _check_values(
             )
         if count == 0.0:
             raise MaskError("the mask excludes every element; there is nothing to compare")
-    looks_like_counts = counts_whole = obs_whole = False
+    looks_like_counts = counts_whole = obs_whole = obs_quantized = False
     if count_scale is not None:
         n_ge1, v_max, whole, k_whole = stats[n_units : n_units + 4]
         looks_like_counts = n_ge1 >= 16 and v_max >= 2.0 and whole == 1.0
         counts_whole = k_whole == 1.0
         obs_whole = amplitude and stats[n_units + 4] == 1.0
-    return _Checked(count, abs_max, exactly_one, looks_like_counts, counts_whole, obs_whole)
+        obs_quantized = amplitude and looks_like_intensities(
+            stats[n_units + 5 : n_units + 8], o.dtype
+        )
+    return _Checked(
+        count, abs_max, exactly_one, looks_like_counts, counts_whole, obs_whole, obs_quantized
+    )
 
 
 def _warn_raw_counts(domain: str, count_scale: float | None, obs_whole: bool) -> None:
@@ -692,10 +778,9 @@ def _warn_raw_counts(domain: str, count_scale: float | None, obs_whole: bool) ->
         )
     # Four frames up: the caller of scaled_poisson_nll, past check_loss_values.
     warnings.warn(
-        f"{what}. Normalize the counts first (ps.normalize_counts returns normalized "
-        "amplitudes and the record whose scale maps them back to the counts), or use the "
-        "count-native loss on the counts themselves: domain='intensity', scale=1.0, pred the "
-        "predicted counts. If these are normalized values, silence physscale.UnitsWarning",
+        f"{what}. {counts_next_step()}; or use the count-native loss on the counts "
+        "themselves: domain='intensity', scale=1.0, pred the predicted counts. If these are "
+        "normalized values, silence physscale.UnitsWarning",
         UnitsWarning,
         stacklevel=4,
     )
