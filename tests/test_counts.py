@@ -162,10 +162,13 @@ def test_mask_excludes_sentinels_and_defines_nphotons_on_valid_pixels() -> None:
     assert record.nphotons == pytest.approx(measured, rel=F64_EPS)
     assert np.isfinite(x).all()
     assert np.all(x[..., 6, 6] == 0) and np.all(x[..., 7, 7] == 0) and np.all(x[..., 8, 8] == 0)
-    # Valid pixels, and excluded ones holding real counts, round-trip.
-    real = np.isfinite(counts) & (counts >= 0)
+    # Valid pixels round-trip; every excluded pixel is 0 (SPEC section 6: no
+    # sentinel or masked value survives into data saved without its mask).
     back = (record.intensity_scale * x) ** 2
-    np.testing.assert_allclose(back[real], counts[real], rtol=8 * F64_EPS, atol=0)
+    full = np.broadcast_to(valid, counts.shape)
+    np.testing.assert_allclose(back[full], counts[full], rtol=8 * F64_EPS, atol=0)
+    assert np.all(x[~full] == 0)
+    assert record.masked_pixel_fraction == pytest.approx(16 / 256)
     # Mean per-pattern sum(x**2) over the valid pixels is the normalization target.
     assert fsum_mean_per_pattern(np.where(valid, x, 0.0) ** 2, (-2, -1)) == pytest.approx(
         64.0, rel=16 * F64_EPS

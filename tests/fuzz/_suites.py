@@ -1022,6 +1022,204 @@ def suite_writes(profile: str, workdir: Path, emit: Emit) -> None:
         emit(Case("writes: derive --out on a full disk", f"limit {i}", lambda i=i: full_disk(i)))
 
 
+# ----------------------------------------------------------------- detector files (issue 19)
+def _eiger(
+    folder: Path, n: int = 6, h: int = 12, w: int = 12
+) -> tuple[Path, np.ndarray, np.ndarray]:
+    """An Eiger-like master with external links to 2 data files (bitshuffle when available)."""
+    import h5py
+
+    rng = np.random.default_rng(0)
+    counts = rng.poisson(30.0, size=(n, h, w)).astype(np.uint32)
+    pixel_mask = np.zeros((h, w), np.uint32)
+    pixel_mask[h // 2, :] = 1
+    counts[:, pixel_mask != 0] = 2**32 - 1
+    kwargs: dict[str, Any] = {"compression": "gzip"}
+    with contextlib.suppress(ImportError):
+        import hdf5plugin
+
+        kwargs = dict(hdf5plugin.Bitshuffle(nelems=0, cname="lz4"))
+    folder.mkdir(parents=True, exist_ok=True)
+    half = n // 2
+    for i, part in enumerate((counts[:half], counts[half:]), start=1):
+        with h5py.File(folder / f"d_data_{i:06d}.h5", "w") as f:
+            f.create_dataset("/entry/data/data", data=part, chunks=(1, h, w), **kwargs)
+    master = folder / "d_master.h5"
+    with h5py.File(master, "w") as f:
+        f["/entry/instrument/detector/detectorSpecific/pixel_mask"] = pixel_mask
+        for i in (1, 2):
+            f[f"/entry/data/data_{i:06d}"] = h5py.ExternalLink(
+                f"d_data_{i:06d}.h5", "/entry/data/data"
+            )
+    return master, counts, pixel_mask
+
+
+def _eiger_oracle(folder: Path) -> float | None:
+    """nphotons as h5py reads the files (None when h5py refuses them)."""
+    import h5py
+
+    try:
+        with contextlib.suppress(ImportError):
+            import hdf5plugin  # noqa: F401
+        with h5py.File(folder / "d_master.h5", "r") as f:
+            pm = f["/entry/instrument/detector/detectorSpecific/pixel_mask"][()]
+        parts = []
+        for i in (1, 2):
+            with h5py.File(folder / f"d_data_{i:06d}.h5", "r") as f:
+                parts.append(f["/entry/data/data"][()])
+        data = np.concatenate(parts)
+    except Exception:
+        return None
+    if data.ndim != 3 or pm.shape != data.shape[1:] or data.dtype.kind not in "iu":
+        return None
+    valid = (pm == 0) & (data != np.iinfo(data.dtype).max)
+    return float(np.where(valid, data, 0).astype(np.float64).sum(axis=(1, 2)).mean())
+
+
+def _normalize_case(master: Path, out: Path, oracle: Callable[[], float | None]) -> str:
+    """normalize_files must give the oracle's nphotons and a whole output, or a clean error."""
+    from physscale.io import normalize_files
+
+    out.write_bytes(b"previous")
+    try:
+        result = b.run_quiet(lambda: normalize_files(master, out, follow_links=True))
+    except Exception:
+        if out.read_bytes() != b"previous":
+            raise Lost("a failed normalize damaged the previous output") from None
+        raise
+    want = oracle()
+    assert want is not None, "physscale normalized files that h5py refuses"
+    assert math.isclose(result.record.nphotons, want, rel_tol=1e-12), (result.record.nphotons, want)
+    with np.load(out, allow_pickle=False) as z:
+        x = z["diff3d"]
+        b._guard(x.nbytes)
+        assert np.isfinite(x).all() and (x >= 0).all()
+    return f"normalized {result.record.n_patterns} patterns"
+
+
+def suite_detector(profile: str, workdir: Path, emit: Emit) -> None:
+    """Eiger masters: byte flips in the master and data files, hostile links, the writer."""
+    import h5py
+
+    workdir = workdir / "detector"
+    workdir.mkdir(exist_ok=True)
+    base = workdir / "base"
+    _eiger(base)
+    originals = {p.name: p.read_bytes() for p in base.iterdir()}
+    counter = iter(range(10**9))
+
+    def flips(args: tuple[str, list[tuple[int, int]], int | None]) -> None:
+        name, changes, cut = args
+        folder = workdir / f"det{next(counter)}"
+        folder.mkdir()
+        for n, raw in originals.items():
+            data = _apply(raw, [(a % len(raw), v) for a, v in changes], cut) if n == name else raw
+            (folder / n).write_bytes(data)
+        emit(Case("detector: byte flips in a master or data file", f"{folder.name}/{name}",
+                  lambda: _normalize_case(folder / "d_master.h5", folder / "out.npz",
+                                          lambda: _eiger_oracle(folder))))  # fmt: skip
+
+    strategy = st.tuples(
+        st.sampled_from(sorted(originals)), _flips(8000), st.one_of(st.none(), st.integers(0, 9000))
+    )
+    _explore(profile, _examples(profile, 25), strategy, flips)
+
+    # Hand-built hostile links: each must be refused cleanly (never read outside the folder).
+    outside = workdir / "outside"
+    _eiger(outside)
+    cases: list[tuple[str, Callable[[Path], None], str]] = []
+
+    def link(target: str, inner: str = "/entry/data/data") -> Callable[[Path], None]:
+        def make(folder: Path) -> None:
+            with h5py.File(folder / "d_master.h5", "a") as f:
+                del f["/entry/data/data_000001"]
+                f["/entry/data/data_000001"] = h5py.ExternalLink(target, inner)
+
+        return make
+
+    def symlinked(folder: Path) -> None:
+        (folder / "d_data_000001.h5").unlink()
+        os.symlink(outside / "d_data_000001.h5", folder / "d_data_000001.h5")
+
+    def vds_outside(folder: Path) -> None:
+        layout = h5py.VirtualLayout(shape=(3, 12, 12), dtype=np.uint32)
+        layout[:] = h5py.VirtualSource(outside / "d_data_000001.h5", "/entry/data/data",
+                                       shape=(3, 12, 12))  # fmt: skip
+        with h5py.File(folder / "d_master.h5", "a") as f:
+            del f["/entry/data"]
+            f.create_virtual_dataset("/entry/data/data", layout)
+
+    cases += [
+        ("a link to ../outside", link("../outside/d_data_000001.h5"), "clean"),
+        ("an absolute link outside", link(str(outside / "d_data_000001.h5")), "clean"),
+        ("a symlinked data file outside", symlinked, "clean"),
+        ("a link to a missing file", link("d_data_000009.h5"), "clean"),
+        ("a link to the master itself", link("d_master.h5", "/entry/data"), "clean"),
+        ("a link to a group", link("d_data_000002.h5", "/entry"), "clean"),
+        ("a link to a missing path", link("d_data_000002.h5", "/nope"), "clean"),
+        ("a link to /dev/zero", link("/dev/zero"), "clean"),
+        ("a virtual dataset outside", vds_outside, "clean"),
+    ]
+    for name, make, expect in cases:
+        folder = workdir / f"det{next(counter)}"
+        folder.mkdir()
+        for n, raw in originals.items():
+            (folder / n).write_bytes(raw)
+        make(folder)
+        emit(Case("detector: hostile links", name,
+                  lambda folder=folder: _normalize_case(folder / "d_master.h5",
+                                                        folder / "out.npz",
+                                                        lambda: None),
+                  expect=expect))  # fmt: skip
+    # The clean master: the right number, then the listing.
+    emit(Case("detector: the writer", "the base master",
+              lambda: _normalize_case(base / "d_master.h5", workdir / "base_out.npz",
+                                      lambda: _eiger_oracle(base)), expect="ok"))  # fmt: skip
+
+    def links() -> str:
+        from physscale.io import list_links
+
+        found = list_links(base / "d_master.h5")
+        assert [ln.file for ln in found] == ["d_data_000001.h5", "d_data_000002.h5"]
+        return f"{len(found)} links"
+
+    emit(Case("detector: the writer", "list_links", links, expect="ok"))
+
+    # The writer on mutated integer .npy counts (markers and all).
+    raw_npy = io.BytesIO()
+    rng = np.random.default_rng(1)
+    counts = rng.poisson(20.0, size=(5, 10, 10)).astype(np.uint16)
+    counts[:, 0, 0] = 65535
+    np.save(raw_npy, counts)
+    npy = raw_npy.getvalue()
+
+    def npy_flips(args: tuple[list[tuple[int, int]], int | None]) -> None:
+        changes, cut = args
+        path = workdir / f"c{next(counter)}.npy"
+        path.write_bytes(_apply(npy, [(a % len(npy), v) for a, v in changes], cut))
+
+        def run() -> str:
+            from physscale.io import normalize_files
+
+            result = b.run_quiet(lambda: normalize_files(path, path.with_suffix(".npz")))
+            want = b.oracle_array(path, "npy")
+            assert want is not None, "physscale normalized a .npy numpy refuses"
+            kept = (
+                want != np.iinfo(want.dtype).max
+                if want.dtype.kind in "iu"
+                else np.ones(want.shape, bool)
+            )
+            expected = np.where(kept, want, 0).astype(np.float64).reshape(-1, *want.shape[-2:])
+            assert math.isclose(result.record.nphotons, expected.sum(axis=(1, 2)).mean(),
+                                rel_tol=1e-12)  # fmt: skip
+            return "normalized"
+
+        emit(Case("detector: the writer on mutated .npy counts", path.name, run))
+
+    _explore(profile, _examples(profile, 15), st.tuples(_flips(len(npy)), st.one_of(
+        st.none(), st.integers(0, len(npy)))), npy_flips)  # fmt: skip
+
+
 SUITES: dict[str, Callable[[str, Path, Emit], None]] = {
     "npy": suite_npy,
     "npz": suite_npz,
@@ -1030,4 +1228,5 @@ SUITES: dict[str, Callable[[str, Path, Emit], None]] = {
     "exploits": suite_exploits,
     "hostile": suite_hostile,
     "writes": suite_writes,
+    "detector": suite_detector,
 }

@@ -27,7 +27,7 @@ from fuzz._harness import run_suite, summarize
 from fuzz._suites import SUITES
 
 PROFILE = os.environ.get("PHYSSCALE_FUZZ", "ci")
-NEEDS_H5PY = {"hdf5", "hostile"}
+NEEDS_H5PY = {"hdf5", "hostile", "detector"}
 
 pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="measures memory through /proc (Linux)"

@@ -14,6 +14,8 @@ from physscale.io.dataset import (
     expand_paths,
 )
 from physscale.io.metadata import read_metadata, write_metadata
+from physscale.io.nexus import LinkInfo, list_links
+from physscale.io.normalize import NormalizedFiles, NormalizeProgress, normalize_files
 from physscale.io.readers import (
     ArrayInfo,
     array_info,
@@ -28,13 +30,18 @@ __all__ = [
     "Bundle",
     "DerivedFiles",
     "FilesProgress",
+    "LinkInfo",
+    "NormalizeProgress",
+    "NormalizedFiles",
     "array_info",
     "derive_files",
     "example_dataset_path",
     "expand_paths",
     "iter_patterns",
     "list_arrays",
+    "list_links",
     "load_bundle",
+    "normalize_files",
     "read_metadata",
     "record_from_checkpoint",
     "record_to_checkpoint",

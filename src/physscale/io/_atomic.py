@@ -30,19 +30,26 @@ import secrets
 import socket
 import stat
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO
 
 from physscale.errors import DataFileError
-from physscale.io._files import open_regular
+from physscale.io._files import open_regular, preview
 
 try:  # POSIX only; without it, leftovers are cleaned by age and updates are not locked.
     import fcntl
 except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["TEMP_MARK", "TargetAppearedError", "atomic_write", "locked", "temp_prefix"]
+__all__ = [
+    "TEMP_MARK",
+    "TargetAppearedError",
+    "atomic_write",
+    "check_output",
+    "locked",
+    "temp_prefix",
+]
 
 #: What every temporary file's name holds after the target's name.
 TEMP_MARK = ".physscale-tmp-"
@@ -89,6 +96,61 @@ def resolve_target(path: str | os.PathLike[str]) -> Path:
             f"(replacing it atomically would destroy what is there)"
         )
     return target
+
+
+def check_output(
+    path: str | os.PathLike[str], inputs: Iterable[str | os.PathLike[str]] = ()
+) -> Path:
+    """The file an output at ``path`` replaces, refused if it is an input or read-only.
+
+    Every write goes through here (:func:`atomic_write`): an output must never
+    destroy what it was computed from, nor a file its owner protected. A file
+    is read-only when this process may not write it or when its mode gives no
+    one write permission (0444: a shell's ``>`` refuses it; root's too, here).
+
+    Args:
+        path: the output.
+        inputs: the files read to make it (compared as files: a link or
+            another spelling of the same file counts).
+
+    Raises:
+        DataFileError: not a valid name, not a regular file, one of
+            ``inputs``, or read-only.
+    """
+    text = _path_text(path)
+    target = resolve_target(text)
+    try:
+        st = os.stat(target)
+    except OSError:  # not there yet (or unreadable: the write itself will say)
+        return target
+    for given in inputs:
+        try:
+            other = os.stat(given)
+        except (OSError, ValueError, TypeError):
+            continue
+        if (other.st_dev, other.st_ino) == (st.st_dev, st.st_ino):
+            raise DataFileError(
+                f"{text}: is also an input ({os.fspath(given)}); writing there would "
+                "replace the data being read; choose another output file"
+            )
+    if not os.access(target, os.W_OK) or not st.st_mode & 0o222:
+        raise DataFileError(
+            f"{text}: is read-only (mode {stat.S_IMODE(st.st_mode):04o}); physscale does not "
+            "replace a protected file: choose another output file, or make it writable first"
+        )
+    return target
+
+
+def _path_text(path: object) -> str:
+    """``path`` as text, refusing what is not a usable file name (bytes, None, a NUL)."""
+    if isinstance(path, str | os.PathLike):
+        text = os.fspath(path)
+        if isinstance(text, str) and text and "\0" not in text:
+            return text
+    raise DataFileError(
+        f"not a valid output file name: {preview(path, 80)} (expected a non-empty str or "
+        "os.PathLike without NUL bytes)"
+    )
 
 
 def _try_lock(fd: int) -> bool:
@@ -194,7 +256,12 @@ def _fsync_dir(folder: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_write(path: str | os.PathLike[str], *, create_only: bool = False) -> Iterator[IO[bytes]]:
+def atomic_write(
+    path: str | os.PathLike[str],
+    *,
+    create_only: bool = False,
+    inputs: Iterable[str | os.PathLike[str]] = (),
+) -> Iterator[IO[bytes]]:
     """Write ``path`` all at once: yields a binary file; the target changes only on success.
 
     Args:
@@ -203,11 +270,13 @@ def atomic_write(path: str | os.PathLike[str], *, create_only: bool = False) -> 
         create_only: fail with :class:`TargetAppearedError` instead of replacing
             a file that appeared at ``path`` while writing (used when the
             caller saw no file there and must not overwrite one).
+        inputs: files the content was made from; the target may be none of
+            them (see :func:`check_output`, which also refuses read-only files).
 
     On any exception (or a kill) the target is left as it was; the temporary
     file is removed (or, after a kill, removed by the next write).
     """
-    target = resolve_target(path)
+    target = check_output(path, inputs)
     remove_leftovers(target)
     fd, tmp = _create_temp(target)
     try:

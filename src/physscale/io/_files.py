@@ -8,8 +8,9 @@ file holds:
 - :func:`open_regular` opens a path without ever blocking (a FIFO would
   block ``open`` forever) and refuses anything but a regular file (a FIFO,
   ``/dev/zero``, a socket, a directory).
-- :func:`preview` is a ``repr`` of bounded size and cost: a pickle can build
-  a structure whose full ``repr`` is exponentially large.
+- :func:`preview` (from :mod:`physscale.core.preview`) is a ``repr`` of bounded
+  size and cost: a pickle can build a structure whose full ``repr`` is
+  exponentially large.
 - :func:`check_zip_member` refuses encrypted members, compression methods
   other than stored and deflated, members larger than a cap, and members
   whose declared size is more than deflate can ever expand to.
@@ -23,7 +24,6 @@ import contextlib
 import errno
 import json
 import os
-import reprlib
 import stat
 import zipfile
 import zlib
@@ -31,6 +31,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from physscale.core.preview import preview
 from physscale.errors import DataFileError, PhysscaleError
 
 __all__ = [
@@ -70,50 +71,6 @@ ZIP_OPEN_ERRORS = (
 # and 11 (UTF-8 names). Bit 0 is encryption, 5 patched data, 6 strong encryption.
 _ALLOWED_ZIP_FLAGS = (1 << 3) | (1 << 11) | (1 << 1) | (1 << 2)
 _COMPRESSION_NAMES = {zipfile.ZIP_STORED: "stored", zipfile.ZIP_DEFLATED: "deflated"}
-
-
-class _BoundedRepr(reprlib.Repr):
-    """reprlib with small limits, and no decimal conversion of huge integers."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.maxlevel = 3
-        self.maxtuple = self.maxlist = self.maxarray = 4
-        self.maxdict = self.maxset = self.maxfrozenset = self.maxdeque = 4
-        self.maxstring = 80
-        self.maxlong = 40
-        self.maxother = 60
-
-    def repr_int(self, x: int, level: int) -> str:
-        # repr() of a million-digit int is quadratic, and over 4300 digits it raises.
-        if x.bit_length() > 128:
-            return f"<int of {x.bit_length()} bits>"
-        return super().repr_int(x, level)
-
-    def repr_bytes(self, x: bytes, level: int) -> str:
-        text = repr(x[: self.maxstring])
-        return text if len(x) <= self.maxstring else text + "..."
-
-    def repr_bytearray(self, x: bytearray, level: int) -> str:
-        return f"bytearray({self.repr_bytes(bytes(x[: self.maxstring + 1]), level)})"
-
-    def repr_instance(self, x: Any, level: int) -> str:
-        # Plain scalars have short reprs; anything else is named, never formatted.
-        if x is None or isinstance(x, float | complex | bool):
-            return repr(x)
-        return f"<{type(x).__name__}>"
-
-
-_REPR = _BoundedRepr()
-
-
-def preview(value: Any, limit: int = 200) -> str:
-    """A ``repr`` of ``value`` of at most about ``limit`` characters, built in bounded time."""
-    try:
-        text = _REPR.repr(value)
-    except Exception:  # a hostile object's own repr failed; say what it is
-        text = f"<{type(value).__name__}>"
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def describe(exc: BaseException, limit: int = 200) -> str:

@@ -116,6 +116,14 @@ def new_archive(
         yield zf
 
 
+def _read_member(fin: IO[bytes], where: str, unchanged: str) -> bytes:
+    """The next piece of a member being copied; a damaged member is DataFileError."""
+    try:
+        return fin.read(_COPY_BYTES)
+    except ZIP_OPEN_ERRORS as exc:
+        raise DataFileError(f"{where}: corrupt member ({describe(exc)}); {unchanged}") from None
+
+
 def copy_members(
     src: IO[bytes],
     path: Path,
@@ -155,13 +163,16 @@ def copy_members(
             check_zip_member(info, where, archive_size=size)
             target = member_info(info.filename)
             try:
-                with zf.open(info) as fin, out.open(target, "w", force_zip64=True) as fout:
-                    while chunk := fin.read(_COPY_BYTES):
-                        fout.write(chunk)
+                fin = zf.open(info)
             except ZIP_OPEN_ERRORS as exc:
                 raise DataFileError(
                     f"{where}: corrupt member ({describe(exc)}); {unchanged}"
                 ) from None
+            # Only reading fails as "corrupt": a failed write (a full disk) is
+            # the output's, reported by atomic_write with the old file intact.
+            with fin, out.open(target, "w", force_zip64=True) as fout:
+                while chunk := _read_member(fin, where, unchanged):
+                    fout.write(chunk)
 
 
 def add_members(

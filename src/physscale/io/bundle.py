@@ -480,7 +480,9 @@ def _verify_signature(zf: zipfile.ZipFile, manifest_bytes: bytes, key: bytes, wh
     )
     if not ok:
         raise IntegrityError(f"{where}: {SIGNATURE_MEMBER} is malformed; refusing the bundle")
-    if not hmac.compare_digest(raw["hmac"].encode(), _signature(key, manifest_bytes).encode()):
+    # surrogatepass: a lone surrogate ("\ud800") is compared (and differs), not an error.
+    given = raw["hmac"].encode("utf-8", "surrogatepass")
+    if not hmac.compare_digest(given, _signature(key, manifest_bytes).encode()):
         raise IntegrityError(
             f"{where}: the signature does not match this key: the bundle was modified after "
             f"it was signed, or signed with a different key. Refusing it"

@@ -28,6 +28,8 @@ from __future__ import annotations
 import bisect
 import collections
 import concurrent.futures
+import contextlib
+import fnmatch
 import hashlib
 import itertools
 import math
@@ -60,7 +62,7 @@ from physscale.errors import (
     UnsafeFileError,
     Wording,
 )
-from physscale.io._files import describe
+from physscale.io._files import describe, preview
 from physscale.io.metadata import read_metadata
 from physscale.io.readers import PatternSource, pattern_source, read_mask
 from physscale.io.streaming import fold_patterns
@@ -75,6 +77,7 @@ from physscale.record import (
 __all__ = [
     "DATA_SUFFIXES",
     "DEFAULT_WORKERS",
+    "MAX_WORKERS",
     "DerivedFiles",
     "FilesProgress",
     "derive_files",
@@ -95,6 +98,10 @@ DATA_SUFFIXES = (".npy", ".npz", ".h5", ".hdf5", ".nxs", ".cxi")
 #: the page cache: 2 workers 1.0 to 1.15x the time of np.load-ing the same files,
 #: 1 worker 1.25 to 1.45x, 3 or 4 no better than 2 (see docs/performance.md).
 DEFAULT_WORKERS = 2
+
+#: The most files read at the same time: each reader holds a thread, an open
+#: file and a 4 MiB buffer, and more than a few never read faster.
+MAX_WORKERS = 64
 
 _GLOB_CHARS = frozenset("*?[")
 # How many files an error message names before it says "and N more".
@@ -117,11 +124,28 @@ def _display(path: Path | str) -> str:
     return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
-def _directory_files(directory: Path, recursive: bool) -> list[Path]:
-    """The data files of ``directory`` (see :func:`expand_paths`), sorted."""
-    found: list[tuple[tuple[str, ...], Path]] = []
+def _check_path(entry: Any) -> None:
+    """Refuse what no file can be named by: not text, empty, or holding a NUL."""
+    text = os.fspath(entry) if isinstance(entry, str | os.PathLike) else None
+    if not isinstance(text, str) or not text or "\0" in text:
+        raise FileListError(
+            f"not a path: {preview(entry, 80)} (paths are non-empty str or os.PathLike "
+            "without NUL bytes)",
+            parameter="paths",
+        )
 
-    def walk(folder: Path, parts: tuple[str, ...]) -> None:
+
+def _directory_files(directory: Path, recursive: bool) -> list[Path]:
+    """The data files of ``directory`` (see :func:`expand_paths`), sorted.
+
+    Walked with a stack, not recursion: a tree thousands of levels deep is
+    read like any other (links to directories are never followed, so the
+    walk ends).
+    """
+    found: list[tuple[tuple[str, ...], Path]] = []
+    stack: list[tuple[Path, tuple[str, ...]]] = [(directory, ())]
+    while stack:
+        folder, parts = stack.pop()
         try:
             with os.scandir(folder) as it:
                 entries = sorted(it, key=lambda e: e.name)
@@ -136,12 +160,77 @@ def _directory_files(directory: Path, recursive: bool) -> list[Path]:
                 if entry.is_file() and entry.name.lower().endswith(DATA_SUFFIXES):
                     found.append(((*parts, entry.name), Path(entry.path)))
                 elif recursive and entry.is_dir(follow_symlinks=False):
-                    walk(Path(entry.path), (*parts, entry.name))
+                    stack.append((Path(entry.path), (*parts, entry.name)))
             except OSError:  # a dangling link or an entry gone meanwhile: not a data file
                 continue
-
-    walk(directory, ())
     return [path for _, path in sorted(found, key=lambda item: item[0])]
+
+
+def _glob(pattern: str, recursive: bool) -> list[str]:
+    """``glob.glob(pattern, recursive=recursive)``, sorted, except that ``**`` follows no link.
+
+    The standard library's ``**`` follows links to directories: two links to
+    ``..`` make its walk exponential (it never ends). Here ``**`` spans real
+    subdirectories only (not hidden ones, as in glob); the other components
+    match as in glob (a leading ``.`` only when the component names it).
+    """
+    import glob
+
+    parts = pattern.split(os.sep)
+    if not recursive or "**" not in parts:
+        return sorted(glob.glob(pattern, recursive=recursive))
+    root = os.sep if pattern.startswith(os.sep) else ""
+    parts = [p for p in parts if p]
+    found: set[str] = set()
+    stack: list[tuple[str, int]] = [(root, 0)]
+    seen: set[tuple[str, int]] = set()
+    while stack:
+        folder, i = stack.pop()
+        if (folder, i) in seen:
+            continue  # "**/**" reaches a folder twice
+        seen.add((folder, i))
+        if i == len(parts):
+            if folder:
+                found.add(folder)
+            continue
+        part, last = parts[i], i == len(parts) - 1
+        if part == "**":
+            stack.append((folder, i + 1))
+            for entry in _entries(folder):
+                if entry.name.startswith("."):
+                    continue
+                with contextlib.suppress(OSError):
+                    if entry.is_dir(follow_symlinks=False):
+                        stack.append((os.path.join(folder, entry.name), i))
+                    elif last:
+                        found.add(os.path.join(folder, entry.name))
+        elif _GLOB_CHARS.intersection(part):
+            hidden = part.startswith(".")
+            for entry in _entries(folder):
+                if entry.name.startswith(".") and not hidden:
+                    continue
+                if fnmatch.fnmatchcase(entry.name, part):
+                    path = os.path.join(folder, entry.name)
+                    if last:
+                        found.add(path)
+                    elif os.path.isdir(path):
+                        stack.append((path, i + 1))
+        else:
+            path = os.path.join(folder, part)
+            if last and os.path.lexists(path):
+                found.add(path)
+            elif not last and os.path.isdir(path):
+                stack.append((path, i + 1))
+    return sorted(found)
+
+
+def _entries(folder: str) -> list[os.DirEntry[str]]:
+    """The entries of ``folder`` ("" is the current one), or none if it cannot be listed."""
+    try:
+        with os.scandir(folder or ".") as it:
+            return list(it)
+    except OSError:
+        return []
 
 
 def expand_paths(
@@ -180,9 +269,17 @@ def expand_paths(
             entries, or through a link).
         DataFileError: a directory that cannot be listed.
     """
-    import glob
-
-    entries = [paths] if isinstance(paths, str | os.PathLike) else list(paths)
+    if isinstance(paths, str | os.PathLike):
+        entries: list[Any] = [paths]
+    elif isinstance(paths, Iterable) and not isinstance(paths, bytes | bytearray):
+        entries = list(paths)
+    else:
+        raise FileListError(
+            f"paths must be a path, a pattern or a list of them, got {type(paths).__name__}",
+            parameter="paths",
+        )
+    for entry in entries:
+        _check_path(entry)
     if not entries:
         raise FileListError("no data files were given: pass at least one path")
     out: list[Path] = []
@@ -225,7 +322,7 @@ def expand_paths(
             for f in files:
                 add(f, text)
         elif not os.path.lexists(path) and _GLOB_CHARS.intersection(text):
-            matches = sorted(glob.glob(text, recursive=recursive))
+            matches = _glob(text, recursive)
             if not matches:
                 raise FileListError(f"{text!r} matches no file")
             for match in matches:
@@ -944,8 +1041,10 @@ def derive_files(
             stacklevel=2,
         )
         progress = None
-    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
-        raise FileListError(f"workers must be a positive int, got {workers!r}")
+    if not isinstance(workers, int) or isinstance(workers, bool) or not 1 <= workers <= MAX_WORKERS:
+        raise FileListError(
+            f"workers must be an int from 1 to {MAX_WORKERS}, got {preview(workers, 60)}"
+        )
     files = expand_paths(paths, recursive=recursive)
     plan = plan_files(files, key=key, spatial_dims=spatial_dims, layout=layout, domain=domain,
                       nphotons=nphotons, nphotons_default=nphotons_default)  # fmt: skip

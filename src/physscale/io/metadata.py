@@ -29,9 +29,10 @@ import numpy as np
 
 from physscale.errors import DataFileError, UnsafeFileError
 from physscale.io import _hdf5_vlen
-from physscale.io._atomic import TargetAppearedError, locked
+from physscale.io._atomic import TargetAppearedError, check_output, locked
 from physscale.io._files import (
     ZIP_OPEN_ERRORS,
+    check_depth,
     check_zip_member,
     describe,
     load_json,
@@ -397,12 +398,20 @@ def write_metadata(
     PtychoPINN reads the result unchanged: ``np.load(f)["_metadata"].item()``
     is the JSON string.
     """
+    check_output(path)  # a valid name, not read-only: refused before any work
     if not isinstance(metadata, Mapping):
         raise DataFileError(f"metadata must be a mapping, got {type(metadata).__name__}")
     try:
         text = json.dumps(dict(metadata), allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise DataFileError(f"metadata for {path} is not JSON-serializable: {exc}") from None
+    except RecursionError:
+        raise DataFileError(
+            f"metadata for {os.fspath(path)} is nested too deeply to write as JSON"
+        ) from None
+    except (TypeError, ValueError) as exc:  # also a value that holds itself
+        raise DataFileError(
+            f"metadata for {os.fspath(path)} is not JSON-serializable: {describe(exc)}"
+        ) from None
+    check_depth(json.loads(text), f"metadata for {os.fspath(path)}")
     if METADATA_KEY in arrays:
         raise DataFileError(f"pass metadata as the metadata argument, not as {METADATA_KEY}=")
     new: dict[str, np.ndarray] = {METADATA_KEY: np.array(text, dtype=np.str_)}

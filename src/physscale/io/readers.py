@@ -113,7 +113,13 @@ def array_info(path: str | os.PathLike[str], key: str = "diffraction") -> ArrayI
     return info
 
 
-def pattern_source(path: str | os.PathLike[str], key: str = "diffraction") -> PatternSource:
+def pattern_source(
+    path: str | os.PathLike[str],
+    key: str = "diffraction",
+    *,
+    counts: bool = False,
+    follow_links: bool = False,
+) -> PatternSource:
     """Check a file's stack of patterns completely, before reading any data.
 
     Args:
@@ -121,6 +127,9 @@ def pattern_source(path: str | os.PathLike[str], key: str = "diffraction") -> Pa
             regular file: FIFOs and devices are refused without waiting).
         key: the ``.npz`` key (member ``<key>.npy``) or HDF5 dataset path;
             ignored for ``.npy``. Default ``"diffraction"`` (PtychoPINN).
+        counts: admit integer detector counts too (float only by default).
+        follow_links: HDF5 only: follow an external link or a virtual dataset
+            to files in the file's own folder (anything else is refused).
 
     Returns:
         A :class:`PatternSource` to stream with ``.chunks()`` or ``.pieces()``.
@@ -136,7 +145,12 @@ def pattern_source(path: str | os.PathLike[str], key: str = "diffraction") -> Pa
             or virtual files, or behind an external link.
     """
     p = Path(path)
-    source: PatternSource = _FORMATS[file_kind(p)].open_source(p, key)
+    kind = file_kind(p)
+    source: PatternSource
+    if kind == "hdf5":
+        source = hdf5.open_source(p, key, counts=counts, follow_links=follow_links)
+    else:
+        source = _FORMATS[kind].open_source(p, key, counts=counts)
     return source
 
 

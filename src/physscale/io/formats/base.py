@@ -25,7 +25,7 @@ import os
 import zipfile
 import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, ClassVar, Literal
 
@@ -131,8 +131,14 @@ def file_kind(path: str | os.PathLike[str]) -> FileKind:
     )
 
 
-def check_patterns(info: ArrayInfo, where: str, kind: FileKind = "npy") -> None:
-    """Refuse arrays that cannot be a stack of real-valued patterns."""
+def check_patterns(
+    info: ArrayInfo, where: str, kind: FileKind = "npy", *, counts: bool = False
+) -> None:
+    """Refuse arrays that cannot be a stack of real-valued patterns.
+
+    ``counts``: the stack holds detector counts, so integer dtypes are
+    admitted too (:func:`physscale.io.normalize_files` reads them).
+    """
     if info.dtype.hasobject:
         if kind == "hdf5":
             raise DataFileError(
@@ -143,12 +149,14 @@ def check_patterns(info: ArrayInfo, where: str, kind: FileKind = "npy") -> None:
             f"{where}: dtype object arrays are pickles and are never loaded; store the "
             f"patterns as float32 or float64"
         )
-    if info.dtype.kind != "f":
+    if counts and info.dtype.kind in "iu":
+        pass
+    elif info.dtype.kind != "f":
         raise DataFileError(
             f"{where}: patterns must be real floating point (float16/32/64), got dtype "
             f"{info.dtype}; convert integer counts to normalized float amplitudes first"
         )
-    if info.dtype.itemsize not in (2, 4, 8):
+    if info.dtype.kind == "f" and info.dtype.itemsize not in (2, 4, 8):
         # longdouble / float96 / float128: torch has no such dtype.
         raise DataFileError(
             f"{where}: patterns must be float16, float32 or float64, got the "
@@ -274,6 +282,8 @@ class PatternSource:
     key: str
     info: ArrayInfo
     where: str
+    #: Integer detector counts admitted (see :func:`check_patterns`).
+    counts: bool = field(default=False, kw_only=True)
 
     kind: ClassVar[FileKind]
     #: Whether ``pieces(reuse=True)`` reads into one buffer (h5py allocates its own).

@@ -10,6 +10,7 @@ h5py raises on a damaged file becomes a :class:`~physscale.DataFileError`.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import math
 import os
 from collections.abc import Iterator
@@ -32,14 +33,19 @@ from physscale.io.formats.base import (
 )
 
 __all__ = [
+    "FILTER_NAMES",
     "MAX_HDF5_CHUNK_BYTES",
     "Hdf5Source",
     "array_info",
+    "check_filters",
+    "external_target",
     "hdf5_errors",
     "import_h5py",
+    "inside_folder",
     "list_arrays",
     "open_hdf5",
     "open_source",
+    "virtual_files",
 ]
 
 #: libhdf5 inflates a compressed chunk whole to read any part of it: larger
@@ -64,7 +70,12 @@ _H5_ERRORS = (
 
 
 def import_h5py(path: Path) -> Any:
-    """h5py, imported lazily: it is the optional extra ``hdf5``; ``path`` names the file."""
+    """h5py, imported lazily: it is the optional extra ``hdf5``; ``path`` names the file.
+
+    ``hdf5plugin`` (in the same extra) is imported too when installed, which
+    registers the compression filters detector files use (bitshuffle/LZ4,
+    Blosc, Zstd...) before any HDF5 read.
+    """
     try:
         import h5py  # type: ignore[import-untyped]
     except ImportError:
@@ -72,7 +83,66 @@ def import_h5py(path: Path) -> Any:
             f"{path}: reading HDF5 files needs h5py, which is not installed; "
             f"install it with: {_HDF5_HINT}"
         ) from None
+    with contextlib.suppress(ImportError):
+        importlib.import_module("hdf5plugin")
     return h5py
+
+
+#: HDF5 filters physscale can name (registered ids, https://github.com/HDFGroup/hdf5_plugins).
+FILTER_NAMES = {
+    1: "deflate (gzip)",
+    2: "shuffle",
+    3: "fletcher32",
+    4: "szip",
+    307: "bzip2",
+    32000: "LZF",
+    32001: "Blosc",
+    32004: "LZ4",
+    32008: "bitshuffle (with LZ4, Dectris Eiger)",
+    32013: "zfp",
+    32015: "Zstandard",
+    32017: "SZ",
+    32026: "Blosc2",
+}
+
+
+def check_filters(dcpl: Any, where: str) -> None:
+    """Refuse, before reading, a dataset compressed with a filter libhdf5 does not have.
+
+    Names the filter by id and name and gives the install line (``hdf5plugin``
+    provides the filters of detector files).
+    """
+    h5py = import_h5py(Path(where))
+    for i in range(dcpl.get_nfilters()):
+        code = int(dcpl.get_filter(i)[0])
+        if not h5py.h5z.filter_avail(code):
+            name = FILTER_NAMES.get(code, "an unregistered filter")
+            raise DataFileError(
+                f"{where}: the data are compressed with HDF5 filter {code} ({name}), which "
+                f"this HDF5 library does not have; install the detector filters with: "
+                f"pip install hdf5plugin (part of {_HDF5_HINT}); physscale registers them "
+                f"before reading"
+            )
+
+
+def inside_folder(master: Path, target: str, where: str) -> Path:
+    """The file a link of ``master`` names, refused unless it stays in ``master``'s folder.
+
+    Relative names are taken from the master's folder; symlinks (of the
+    target and of the folder) are resolved before the test, so a link cannot
+    leave the folder through one.
+    """
+    folder = master.resolve().parent
+    raw = Path(target)
+    candidate = raw if raw.is_absolute() else folder / raw
+    resolved = candidate.resolve()
+    if not resolved.is_relative_to(folder):
+        raise UnsafeFileError(
+            f"{where}: links to {target!r}, which resolves to {resolved}, outside the "
+            f"master's folder {folder}; physscale follows links only to files beside the "
+            f"master"
+        )
+    return resolved
 
 
 @contextlib.contextmanager
@@ -127,6 +197,23 @@ def _datasets(f: Any, path: Path) -> list[ArrayInfo]:
     return found
 
 
+def external_target(f: Any, path: Path, key: str) -> tuple[str, str, str] | None:
+    """The first external link on the way to ``key``: ``(link path, file, path in it + rest)``."""
+    h5py = import_h5py(path)
+    parts = [p for p in key.split("/") if p]
+    prefix = ""
+    for n, part in enumerate(parts):
+        prefix += "/" + part
+        link = f.get(prefix, getlink=True)
+        if link is None:
+            return None
+        if isinstance(link, h5py.ExternalLink):
+            rest = "/".join(parts[n + 1 :])
+            inner = link.path.rstrip("/") + ("/" + rest if rest else "")
+            return prefix, str(link.filename), inner or "/"
+    return None
+
+
 def _dataset(f: Any, path: Path, key: str) -> Any:
     """The dataset at ``key``, refusing links that leave the file."""
     h5py = import_h5py(path)
@@ -140,7 +227,9 @@ def _dataset(f: Any, path: Path, key: str) -> Any:
         if isinstance(link, h5py.ExternalLink):
             raise UnsafeFileError(
                 f"{path}: HDF5 path {prefix!r} is an external link to {link.filename!r}; "
-                f"physscale reads only data stored inside the file it was given"
+                f"physscale reads only data stored inside the file it was given, unless "
+                f"asked to follow links to files in the same folder: pass "
+                f"follow_links=True (--follow-links)"
             )
     obj = f.get(key) if parts else None
     if not isinstance(obj, h5py.Dataset):
@@ -161,16 +250,34 @@ def _info(dset: Any, key: str) -> ArrayInfo:
     return ArrayInfo(key, tuple(int(s) for s in dset.shape), dset.dtype)
 
 
-def _check_storage(dset: Any, info: ArrayInfo, where: str, file_size: int) -> None:
+def virtual_files(dset: Any, path: Path, where: str) -> list[Path]:
+    """The files a virtual dataset's sources live in, each checked to stay beside ``path``."""
+    files: list[Path] = []
+    for source in dset.virtual_sources():
+        name = str(source.file_name)
+        target = path.resolve() if name == "." else inside_folder(path, name, where)
+        if target not in files:
+            files.append(target)
+    return files
+
+
+def _check_storage(
+    dset: Any, info: ArrayInfo, where: str, file_size: int, follow_links: bool = False
+) -> None:
     """Refuse data that is not really in the file, or would be inflated whole."""
     h5py = import_h5py(Path(where))
     h5d = h5py.h5d
     if dset.is_virtual:
-        raise UnsafeFileError(
-            f"{where}: a virtual HDF5 dataset, whose data lives in other files; physscale "
-            f"reads only data stored inside the file it was given"
-        )
+        if not follow_links:
+            raise UnsafeFileError(
+                f"{where}: a virtual HDF5 dataset, whose data lives in other files; physscale "
+                f"reads only data stored inside the file it was given, unless asked to "
+                f"follow links to files in the same folder: pass follow_links=True "
+                f"(--follow-links)"
+            )
+        return
     dcpl = dset.id.get_create_plist()
+    check_filters(dcpl, where)
     if dcpl.get_external_count() > 0:
         raise UnsafeFileError(
             f"{where}: the dataset's data lives in external raw file(s); physscale reads "
@@ -214,21 +321,49 @@ def _check_storage(dset: Any, info: ArrayInfo, where: str, file_size: int) -> No
         )
 
 
-def _validate(f: Any, path: Path, key: str) -> Any:
+def _validate(
+    f: Any, path: Path, key: str, counts: bool = False, follow_links: bool = False
+) -> Any:
     where = f"{path}:{key}"
     dset = _dataset(f, path, key)
     info = _info(dset, key)
-    check_patterns(info, where, "hdf5")
-    _check_storage(dset, info, where, os.stat(path).st_size)
+    check_patterns(info, where, "hdf5", counts=counts)
+    if follow_links and dset.is_virtual:
+        virtual_files(dset, path, where)
+        dset = _virtual_dataset(f, path, key)
+    _check_storage(dset, info, where, os.stat(path).st_size, follow_links)
     return dset
 
 
-def open_source(path: Path, key: str) -> Hdf5Source:
-    """Check the dataset ``key``'s stack of patterns completely."""
+def _virtual_dataset(f: Any, path: Path, key: str) -> Any:
+    """A virtual dataset opened so that its source files are looked up beside ``path`` only."""
+    h5py = import_h5py(path)
+    dapl = h5py.h5p.create(h5py.h5p.DATASET_ACCESS)
+    dapl.set_virtual_prefix(os.fsencode(str(path.resolve().parent)))
+    return h5py.Dataset(h5py.h5d.open(f.id, key.encode(), dapl=dapl))
+
+
+def open_source(
+    path: Path, key: str, *, counts: bool = False, follow_links: bool = False
+) -> Hdf5Source:
+    """Check the dataset ``key``'s stack of patterns completely.
+
+    With ``follow_links``, an external link on the way to ``key`` is followed
+    to a file in ``path``'s own folder (anything else is refused): the source
+    is then that file's dataset; a virtual dataset whose sources all stay in
+    that folder is read through.
+    """
     where = f"{path}:{key}"
+    if follow_links:
+        with open_hdf5(path) as f, hdf5_errors(where):
+            hop = external_target(f, path, key)
+        if hop is not None:
+            link, name, inner = hop
+            target = inside_folder(path, name, f"{path}:{link}")
+            return open_source(target, inner, counts=counts, follow_links=False)
     with open_hdf5(path) as f, hdf5_errors(where):
-        info = _info(_validate(f, path, key), key)
-    return Hdf5Source(path, key, info, where)
+        info = _info(_validate(f, path, key, counts, follow_links), key)
+    return Hdf5Source(path, key, info, where, counts=counts, follow_links=follow_links)
 
 
 def _format_index(index: Index) -> str:
@@ -243,13 +378,15 @@ def _format_index(index: Index) -> str:
 class Hdf5Source(PatternSource):
     """A checked HDF5 dataset holding a stack of patterns."""
 
+    follow_links: bool = False
+
     kind: ClassVar[FileKind] = "hdf5"
     reads_into_buffer: ClassVar[bool] = False
 
     @contextlib.contextmanager
     def _open(self) -> Iterator[Any]:
         with open_hdf5(self.path) as f, hdf5_errors(self.where):
-            dset = _validate(f, self.path, self.key)
+            dset = _validate(f, self.path, self.key, self.counts, self.follow_links)
             self.same(_info(dset, self.key))
             yield dset
 

@@ -21,6 +21,7 @@ from typing import IO, ClassVar
 
 import numpy as np
 
+from physscale.core.checks import mask_dtype_message
 from physscale.errors import DataFileError, MaskError
 from physscale.io._files import describe, open_regular
 from physscale.io.formats.base import (
@@ -106,10 +107,10 @@ def list_arrays(path: Path) -> list[ArrayInfo]:
     return [array_info(path)]
 
 
-def _validate(f: IO[bytes], path: Path) -> tuple[ArrayInfo, int]:
+def _validate(f: IO[bytes], path: Path, counts: bool = False) -> tuple[ArrayInfo, int]:
     where = str(path)
     info = read_npy_header(f, where, path.name)
-    check_patterns(info, where)
+    check_patterns(info, where, counts=counts)
     offset = f.tell()
     _check_size(f, info, offset, where)
     return info, offset
@@ -126,13 +127,13 @@ def _check_size(f: IO[bytes], info: ArrayInfo, offset: int, where: str) -> None:
         )
 
 
-def open_source(path: Path, key: str = "") -> NpySource:
+def open_source(path: Path, key: str = "", *, counts: bool = False) -> NpySource:
     """Check the file's stack of patterns completely (``key`` is ignored)."""
     with open_regular(path) as f:
-        info, offset = _validate(f, path)
+        info, offset = _validate(f, path, counts)
         f.seek(0)
         header = f.read(offset)
-    return NpySource(path, path.name, info, str(path), npy_header=header)
+    return NpySource(path, path.name, info, str(path), npy_header=header, counts=counts)
 
 
 def _fortran_index(c_index: Index, ndim: int) -> Index:
@@ -167,7 +168,7 @@ class NpySource(PatternSource):
                 _check_size(f, self.info, offset, self.where)
             else:
                 f.seek(0)
-                info, offset = _validate(f, self.path)
+                info, offset = _validate(f, self.path, self.counts)
                 self.same(info)
             yield f, offset
 
@@ -237,10 +238,7 @@ def read_mask(path: str | os.PathLike[str], where: str, max_count: int) -> np.nd
     with open_regular(p) as f:
         info = read_npy_header(f, where, p.name)
         if info.dtype != np.bool_:
-            raise MaskError(
-                f"{where}: the mask must be boolean (True = valid pixel), got dtype "
-                f"{info.dtype}; save it with mask.astype(bool)"
-            )
+            raise MaskError(f"{where}: {mask_dtype_message(str(info.dtype))}")
         if info.count > max_count:
             raise MaskError(
                 f"{where}: the mask has shape {info.shape} ({info.count} values), more than "

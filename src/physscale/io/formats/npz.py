@@ -122,7 +122,7 @@ def _check_sizes(info: ArrayInfo, member: zipfile.ZipInfo, offset: int, where: s
         )
 
 
-def open_source(path: Path, key: str) -> NpzSource:
+def open_source(path: Path, key: str, *, counts: bool = False) -> NpzSource:
     """Check the member ``<key>.npy``'s stack of patterns completely."""
     where = f"{path}:{key}"
     with open_npz(path) as zf:
@@ -130,14 +130,14 @@ def open_source(path: Path, key: str) -> NpzSource:
         stream, info, offset = _open_member(zf, path, member, zip_archive_size(zf))
         with contextlib.suppress(*READ_ERRORS):
             stream.close()
-    check_patterns(info, where)
+    check_patterns(info, where, counts=counts)
     if info.fortran_order:
         raise DataFileError(
             f"{where}: stored in Fortran (column-major) order, which cannot be read "
             f"pattern by pattern from a zip; re-save it with np.ascontiguousarray(x)"
         )
     _check_sizes(info, member, offset, where)
-    return NpzSource(path, key, info, where)
+    return NpzSource(path, key, info, where, counts=counts)
 
 
 @dataclass(frozen=True)
