@@ -9,6 +9,9 @@ nphotons per file (``--nphotons`` > each file's metadata >
 and the frames the outlier rule flags; ``--plot`` draws them. Without PATH it
 runs on the example dataset shipped with physscale.
 
+``physscale normalize SCAN... --out FILE`` turns detector counts into normalized
+training data through :func:`physscale.io.normalize_files`.
+
 ``physscale inspect PATH`` shows a record file, a bundle's record and manifest,
 or a dataset's arrays and metadata.
 
@@ -36,7 +39,7 @@ import warnings
 from collections.abc import Sequence
 from typing import TextIO
 
-from physscale.cli import derive, doctor, inspect
+from physscale.cli import derive, doctor, inspect, normalize
 from physscale.cli.messages import PROG, UsageError, in_our_words, one_line
 from physscale.cli.parser import build_parser
 from physscale.cli.progress import PROGRESS_DELAY_S
@@ -79,6 +82,8 @@ def _run(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
     try:
         if args.command == "derive":
             return derive.run(args, stdout, stderr)
+        if args.command == "normalize":
+            return normalize.run(args, stdout, stderr)
         if args.command == "doctor":
             data = doctor.report()
             stdout.write(json.dumps(data, indent=2) if args.json else doctor.format_report(data))

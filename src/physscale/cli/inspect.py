@@ -18,6 +18,7 @@ from physscale.cli.messages import one_line
 from physscale.errors import DataFileError, UnsafeFileError
 from physscale.io._files import ZIP_OPEN_ERRORS, describe, open_regular
 from physscale.io.metadata import read_metadata
+from physscale.io.nexus import list_links
 from physscale.io.readers import file_kind, list_arrays
 from physscale.record import ScaleRecord
 
@@ -123,6 +124,8 @@ def _inspect_dataset(path: Path, as_json: bool, stdout: TextIO) -> int:
         physics = metadata.get("physics_parameters")
         if isinstance(physics, dict):
             nphotons = physics.get("nphotons")
+    # Links that leave the file (a NeXus master's data): where the data are.
+    links = list_links(path) if kind == "hdf5" else []
     if as_json:
         payload = {
             "kind": kind,
@@ -135,6 +138,10 @@ def _inspect_dataset(path: Path, as_json: bool, stdout: TextIO) -> int:
                     "fortran_order": a.fortran_order,
                 }
                 for a in arrays
+            ],
+            "links": [
+                {"name": ln.name, "kind": ln.kind, "file": ln.file, "target": ln.target}
+                for ln in links
             ],
             "metadata": metadata,
             "nphotons": nphotons,
@@ -149,6 +156,9 @@ def _inspect_dataset(path: Path, as_json: bool, stdout: TextIO) -> int:
         dtype = "object (pickle; read only as metadata)" if a.dtype.hasobject else str(a.dtype)
         order = ", Fortran order" if a.fortran_order else ""
         lines.append(f"  {a.name:<{width}}  shape {a.shape}  dtype {dtype}{order}")
+    if links:
+        lines.append("links (data in other files; read with --follow-links):")
+        lines += [f"  {ln.name} -> {ln.file}:{ln.target} ({ln.kind})" for ln in links]
     if refused is not None:
         lines.append("metadata: REFUSED (its pickle would run code; see the error below)")
     elif metadata is None:

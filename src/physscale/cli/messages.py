@@ -8,6 +8,7 @@ is edited as text and the library never learns a flag's spelling.
 
 from __future__ import annotations
 
+from physscale.core.checks import COUNTS_NEXT_STEP_CLI
 from physscale.errors import PhysscaleError
 
 __all__ = ["FLAGS", "PROG", "UsageError", "fmt", "in_our_words", "one_line"]
@@ -22,6 +23,8 @@ FLAGS = {
     "layout_NCHW": "--layout NCHW",
     "recursive": "--recursive",
     "mask": "--mask",
+    "follow_links": "--follow-links",
+    **COUNTS_NEXT_STEP_CLI,
 }
 
 

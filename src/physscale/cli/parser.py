@@ -6,13 +6,13 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from physscale.cli import doctor
+from physscale.cli import doctor, normalize
 from physscale.cli.messages import PROG
 from physscale.core.checks import positive_finite
 from physscale.errors import NphotonsError
-from physscale.io.dataset import DEFAULT_WORKERS
+from physscale.io.dataset import DEFAULT_WORKERS, MAX_WORKERS
 
-__all__ = ["build_parser", "frame_list"]
+__all__ = ["MAX_EXCLUDED_FRAMES", "build_parser", "frame_list"]
 
 
 def _positive_number(text: str) -> float:
@@ -34,9 +34,26 @@ def _positive_int(text: str) -> int:
     return value
 
 
+#: The most frames ``--exclude-frames`` may name, all ranges together: the list
+#: is built before the files are read (a set of ten million ints is ~1 GB).
+MAX_EXCLUDED_FRAMES = 1_000_000
+
+
+def _workers(text: str) -> int:
+    value = _positive_int(text)
+    if value > MAX_WORKERS:
+        raise argparse.ArgumentTypeError(
+            f"expected at most {MAX_WORKERS} files read at the same time, got {text!r}"
+        )
+    return value
+
+
 def frame_list(text: str) -> list[int]:
-    """``3,17,200-210`` (ranges inclusive) as a sorted list of distinct frame indices."""
-    frames: set[int] = set()
+    """``3,17,200-210`` (ranges inclusive) as a sorted list of distinct frame indices.
+
+    At most :data:`MAX_EXCLUDED_FRAMES` frames in all, checked before any list is built.
+    """
+    spans: list[tuple[int, int]] = []
     for part in text.split(","):
         part = part.strip()
         lo, dash, hi = part.partition("-")
@@ -45,11 +62,20 @@ def frame_list(text: str) -> list[int]:
             last = int(hi) if dash else first
         except ValueError:
             first = last = -1
-        if first < 0 or last < first or last - first > 10_000_000:
+        if first < 0 or last < first:
             raise argparse.ArgumentTypeError(
                 f"expected frame indices such as 3,17,200-210 (ranges inclusive, indices "
-                f">= 0), got {part!r}"
+                f">= 0), got {part[:40]!r}"
             )
+        spans.append((first, last))
+    count = sum(last - first + 1 for first, last in spans)
+    if count > MAX_EXCLUDED_FRAMES:
+        raise argparse.ArgumentTypeError(
+            f"names {count} frames; at most {MAX_EXCLUDED_FRAMES} may be excluded (to drop "
+            "more, derive from fewer files)"
+        )
+    frames: set[int] = set()
+    for first, last in spans:
         frames.update(range(first, last + 1))
     return sorted(frames)
 
@@ -217,7 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     derive.add_argument(
         "--workers",
-        type=_positive_int,
+        type=_workers,
         default=DEFAULT_WORKERS,
         metavar="N",
         help=f"files read at the same time (default {DEFAULT_WORKERS})",
@@ -234,6 +260,8 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("path", metavar="PATH", type=Path, help="the file to inspect")
     inspect.add_argument("--json", action="store_true", help="print JSON instead of text")
     _add_common(inspect, top=False)
+
+    normalize.add_parser(sub, _add_common)
 
     doc = sub.add_parser(
         "doctor",

@@ -25,9 +25,15 @@ from typing import Any
 
 import numpy as np
 
-from physscale.errors import DataFileError, UnsafeFileError
+from physscale.errors import DataFileError, UnsafeFileError, Wording
 from physscale.io.formats.base import file_kind
-from physscale.io.formats.hdf5 import hdf5_errors, import_h5py, inside_folder, open_hdf5
+from physscale.io.formats.hdf5 import (
+    FOLLOW_LINKS,
+    hdf5_errors,
+    import_h5py,
+    inside_folder,
+    open_hdf5,
+)
 from physscale.io.readers import list_arrays
 
 __all__ = [
@@ -139,9 +145,14 @@ def data_stacks(path: Path, key: str, follow_links: bool) -> list[tuple[Path, st
             f" and {len(external) - 5} more" if len(external) > 5 else ""
         )
         raise UnsafeFileError(
-            f"{path}:{base} is a NeXus master: its data are external links ({shown}) to "
-            f"files beside it; pass follow_links=True (--follow-links) to read them "
-            f"(only files in the master's own folder are read)"
+            Wording(
+                "{where} is a NeXus master: its data are external links ({shown}) to files "
+                "beside it; pass {follow_links} to read them (only files in the master's own "
+                "folder are read)",
+                FOLLOW_LINKS,
+                where=f"{path}:{base}",
+                shown=shown,
+            )
         )
     return stacks
 

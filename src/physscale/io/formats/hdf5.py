@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from physscale.errors import DataFileError, PhysscaleError, UnsafeFileError
+from physscale.errors import DataFileError, PhysscaleError, UnsafeFileError, Wording
 from physscale.io._files import describe, require_regular
 from physscale.io.formats.base import (
     ArrayInfo,
@@ -67,6 +67,9 @@ _H5_ERRORS = (
     NotImplementedError,
     SystemError,
 )
+
+#: The option that follows links, as the Python API spells it (a front end renders its own).
+FOLLOW_LINKS = {"follow_links": "follow_links=True"}
 
 
 def import_h5py(path: Path) -> Any:
@@ -226,10 +229,15 @@ def _dataset(f: Any, path: Path, key: str) -> Any:
             break
         if isinstance(link, h5py.ExternalLink):
             raise UnsafeFileError(
-                f"{path}: HDF5 path {prefix!r} is an external link to {link.filename!r}; "
-                f"physscale reads only data stored inside the file it was given, unless "
-                f"asked to follow links to files in the same folder: pass "
-                f"follow_links=True (--follow-links)"
+                Wording(
+                    "{path}: HDF5 path {prefix} is an external link to {target}; physscale "
+                    "reads only data stored inside the file it was given, unless asked to "
+                    "follow links to files in the same folder: pass {follow_links}",
+                    FOLLOW_LINKS,
+                    path=path,
+                    prefix=repr(prefix),
+                    target=repr(link.filename),
+                )
             )
     obj = f.get(key) if parts else None
     if not isinstance(obj, h5py.Dataset):
@@ -270,10 +278,13 @@ def _check_storage(
     if dset.is_virtual:
         if not follow_links:
             raise UnsafeFileError(
-                f"{where}: a virtual HDF5 dataset, whose data lives in other files; physscale "
-                f"reads only data stored inside the file it was given, unless asked to "
-                f"follow links to files in the same folder: pass follow_links=True "
-                f"(--follow-links)"
+                Wording(
+                    "{where}: a virtual HDF5 dataset, whose data lives in other files; "
+                    "physscale reads only data stored inside the file it was given, unless "
+                    "asked to follow links to files in the same folder: pass {follow_links}",
+                    FOLLOW_LINKS,
+                    where=where,
+                )
             )
         return
     dcpl = dset.id.get_create_plist()
