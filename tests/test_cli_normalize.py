@@ -152,3 +152,18 @@ def test_inspect_shows_a_masters_links_and_where_they_point(
     code, stdout, _ = _run(["inspect", str(master), "--json"], capsys)
     links = json.loads(stdout)["links"]
     assert [ln["name"].rsplit("/", 1)[-1] for ln in links] == ["data_000001", "data_000002"]
+
+
+def test_integer_counts_given_to_derive_name_the_one_next_step(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from physscale.core.checks import COUNTS_NEXT_STEP_CLI, counts_next_step
+    from physscale.errors import DataFileError
+    from physscale.io import derive_files
+
+    np.save(tmp_path / "c.npy", np.ones((4, 16, 16), np.uint16))
+    code, _, err = _run(["derive", str(tmp_path / "c.npy"), "--nphotons", "1e6"], capsys)
+    assert code == 1
+    assert counts_next_step(COUNTS_NEXT_STEP_CLI) in err
+    with pytest.raises(DataFileError, match=r"physscale\.io\.normalize_files\(paths, out\)"):
+        derive_files([tmp_path / "c.npy"], nphotons=1e6)

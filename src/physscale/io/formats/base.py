@@ -31,7 +31,8 @@ from typing import IO, Any, ClassVar, Literal
 
 import numpy as np
 
-from physscale.errors import DataFileError, UnsafeFileError
+from physscale.core.checks import COUNTS_NEXT_STEP
+from physscale.errors import DataFileError, UnsafeFileError, Wording
 from physscale.io._files import describe, open_regular
 
 __all__ = [
@@ -152,9 +153,21 @@ def check_patterns(
     if counts and info.dtype.kind in "iu":
         pass
     elif info.dtype.kind != "f":
+        if info.dtype.kind in "iu":
+            # Integer data are detector counts: the one next step for counts, in
+            # terms of files (the command line says `physscale normalize`).
+            raise DataFileError(
+                Wording(
+                    "{where}: patterns must be real floating point (float16/32/64), got "
+                    "dtype {dtype}: detector counts. " + COUNTS_NEXT_STEP.template,
+                    {"normalize_counts": "physscale.io.normalize_files(paths, out)"},
+                    where=where,
+                    dtype=str(info.dtype),
+                )
+            )
         raise DataFileError(
             f"{where}: patterns must be real floating point (float16/32/64), got dtype "
-            f"{info.dtype}; convert integer counts to normalized float amplitudes first"
+            f"{info.dtype}"
         )
     if info.dtype.kind == "f" and info.dtype.itemsize not in (2, 4, 8):
         # longdouble / float96 / float128: torch has no such dtype.
