@@ -127,30 +127,30 @@ def test_reset_forgets_everything() -> None:
     acc = ps.IntensityAccumulator().update(np.ones((2, 3, 3)))
     acc.reset()
     assert acc.n_patterns == 0 and acc.pattern_shape is None
-    with pytest.raises(ps.EmptyInputError, match="no patterns"):
+    with pytest.raises(ps.errors.EmptyInputError, match="no patterns"):
         acc.intensity_scale(1.0)
 
 
 def test_patterns_of_different_shapes_cannot_be_mixed() -> None:
     acc = ps.IntensityAccumulator().update(np.ones((2, 8, 8)))
-    with pytest.raises(ps.StateError, match=r"\(4, 4\) differs from the \(8, 8\)"):
+    with pytest.raises(ps.errors.StateError, match=r"\(4, 4\) differs from the \(8, 8\)"):
         acc.update(np.ones((2, 4, 4)))
-    with pytest.raises(ps.StateError, match="differs"):
+    with pytest.raises(ps.errors.StateError, match="differs"):
         acc.merge(ps.IntensityAccumulator().update(np.ones((1, 4, 4))))
 
 
 def test_incompatible_accumulators_cannot_merge() -> None:
     a = ps.IntensityAccumulator()
-    with pytest.raises(ps.StateError, match="'intensity'-domain"):
+    with pytest.raises(ps.errors.StateError, match="'intensity'-domain"):
         a.merge(ps.IntensityAccumulator(domain="intensity"))
-    with pytest.raises(ps.StateError, match="spatial_dims"):
+    with pytest.raises(ps.errors.StateError, match="spatial_dims"):
         a.merge(ps.IntensityAccumulator(layout="NHWC"))
-    with pytest.raises(ps.StateError, match="IntensityAccumulator"):
+    with pytest.raises(ps.errors.StateError, match="IntensityAccumulator"):
         a.merge({"n_patterns": 3})  # type: ignore[arg-type]
 
 
 def test_all_reduce_without_a_process_group_is_a_clear_error() -> None:
-    with pytest.raises(ps.StateError, match="init_process_group"):
+    with pytest.raises(ps.errors.StateError, match="init_process_group"):
         ps.IntensityAccumulator().all_reduce()
 
 
@@ -188,7 +188,7 @@ def test_load_state_dict_rejects_bad_state(change: dict[str, object], match: str
     before = acc.state_dict()
     state = dict(before)
     state.update(change)
-    with pytest.raises(ps.StateError, match=match):
+    with pytest.raises(ps.errors.StateError, match=match):
         acc.load_state_dict(state)
     assert acc.state_dict() == before  # a refused state changes nothing
 
@@ -197,21 +197,21 @@ def test_an_exact_total_beyond_float64_is_a_clear_error_not_an_fsum_crash() -> N
     # Reported: ValueError("-inf + inf in fsum"), also through merge.
     big = np.full((1, 1, 1), 1e154)  # 1e308 per pattern: one fits, two do not
     acc = ps.IntensityAccumulator().update(big)
-    with pytest.raises(ps.NonFiniteError, match="exceeds the float64 range"):
+    with pytest.raises(ps.errors.NonFiniteError, match="exceeds the float64 range"):
         acc.update(big)
     assert acc.n_patterns == 1 and acc.total_intensity == 1e308  # unchanged
     other = ps.IntensityAccumulator().update(big)
-    with pytest.raises(ps.NonFiniteError, match="exceeds the float64 range"):
+    with pytest.raises(ps.errors.NonFiniteError, match="exceeds the float64 range"):
         acc.merge(other)
     assert acc.n_patterns == 1
 
 
 def test_bad_constructor_arguments() -> None:
-    with pytest.raises(ps.OptionError, match="domain"):
+    with pytest.raises(ps.errors.OptionError, match="domain"):
         ps.IntensityAccumulator(domain="photons")  # type: ignore[arg-type]
-    with pytest.raises(ps.AxisError, match="same axis twice"):
+    with pytest.raises(ps.errors.AxisError, match="same axis twice"):
         ps.IntensityAccumulator(spatial_dims=(-1, -1))
-    with pytest.raises(ps.OptionError, match="layout"):
+    with pytest.raises(ps.errors.OptionError, match="layout"):
         ps.IntensityAccumulator(layout="HWC")
 
 

@@ -113,16 +113,16 @@ def test_ptychi_builtin_log_input_trap_is_real() -> None:
 def test_ptychi_loss_holds_no_state_and_checks_its_options() -> None:
     loss = ptychi_adapter.PoissonLoss()
     assert list(loss.state_dict()) == []
-    with pytest.raises(ps.OptionError):
+    with pytest.raises(ps.errors.OptionError):
         ptychi_adapter.PoissonLoss(form="gauss")  # type: ignore[arg-type]
-    with pytest.raises(ps.NegativeValueError):
+    with pytest.raises(ps.errors.NegativeValueError):
         ptychi_adapter.PoissonLoss(background=-1.0)
 
 
 def test_ptychi_loss_refuses_negative_counts() -> None:
     rate, counts = _counts((2, 4, 4))
     counts[0, 0, 0] = -2.0  # background-subtracted data
-    with pytest.raises(ps.NegativeValueError):
+    with pytest.raises(ps.errors.NegativeValueError):
         ptychi_adapter.PoissonLoss()(rate, counts)
 
 
@@ -186,7 +186,7 @@ def test_port_attach_on_a_dict_and_with_a_training_record() -> None:
     test = {"X": torch.rand(2, 64, 64, 1)}
     assert port_adapter.attach(test, record=record) == record
     assert test["physics_scaling_constant"].shape == (1, 1, 1)
-    with pytest.raises(ps.StateError, match="record= attaches"):
+    with pytest.raises(ps.errors.StateError, match="record= attaches"):
         port_adapter.attach({"X": x}, record=record, nphotons=1.0)
 
 
@@ -194,7 +194,7 @@ def test_port_attach_on_a_dict_and_with_a_training_record() -> None:
 def test_port_container_layout_refuses_shapes_that_are_not_n_n_n_c(
     shape: tuple[int, ...],
 ) -> None:
-    with pytest.raises(ps.StateError, match=r"\(n, N, N, C\)"):
+    with pytest.raises(ps.errors.StateError, match=r"\(n, N, N, C\)"):
         port_adapter.container_layout({"X": torch.ones(shape)})
 
 
@@ -207,7 +207,7 @@ def test_port_scaler_conversion_inverts_the_factor() -> None:
     torch.testing.assert_close(scaler.normalize(x), x * 250.0)
     torch.testing.assert_close(scaler.denormalize(x), x / 250.0)
     assert port_adapter.port_factor(scaler) == pytest.approx(250.0, rel=1e-6)
-    with pytest.raises(ps.StateError, match="scale_factor"):
+    with pytest.raises(ps.errors.StateError, match="scale_factor"):
         port_adapter.scaler_from_port(object())
 
 
@@ -218,9 +218,9 @@ def test_port_params_carry_the_record_and_refuse_the_placeholder() -> None:
     assert port_adapter.record_from_params(params) == record
     plain = port_adapter.record_from_params({"intensity_scale": 31.25, "nphotons": 1e6})
     assert (plain.method, plain.nphotons_source) == ("explicit", "config")
-    with pytest.raises(ps.RecordError, match="placeholder"):
+    with pytest.raises(ps.errors.RecordError, match="placeholder"):
         port_adapter.record_from_params({"intensity_scale": 1.0, "nphotons": 1e6})
-    with pytest.raises(ps.RecordError, match="edited"):
+    with pytest.raises(ps.errors.RecordError, match="edited"):
         port_adapter.record_from_params({**params, "intensity_scale": 2.0})
 
 
@@ -248,7 +248,7 @@ class _Evil:
 
 def test_port_bundle_with_code_in_its_pickle_is_refused(tmp_path: Path) -> None:
     _port_zip(tmp_path / "wts.h5.zip", pickle.dumps({"intensity_scale": _Evil()}))
-    with pytest.raises(ps.UnsafeFileError, match="never runs code"):
+    with pytest.raises(ps.errors.UnsafeFileError, match="never runs code"):
         port_adapter.record_from_bundle(tmp_path / "wts.h5.zip")
 
 
@@ -259,22 +259,22 @@ def test_port_bundle_record_member_wins_and_is_checked(tmp_path: Path) -> None:
     _port_zip(tmp_path / "a.zip", raw, member)
     assert port_adapter.record_from_bundle(tmp_path / "a.zip") == record
     _port_zip(tmp_path / "b.zip", pickle.dumps({"intensity_scale": 3.0, "nphotons": 1.0}), member)
-    with pytest.raises(ps.RecordError, match="edited"):
+    with pytest.raises(ps.errors.RecordError, match="edited"):
         port_adapter.record_from_bundle(tmp_path / "b.zip")
 
 
 @pytest.mark.parametrize("content", [b"not a zip", b""])
 def test_port_bundle_that_is_not_an_archive_is_a_data_error(tmp_path: Path, content: bytes) -> None:
     (tmp_path / "wts.h5.zip").write_bytes(content)
-    with pytest.raises(ps.DataFileError):
+    with pytest.raises(ps.errors.DataFileError):
         port_adapter.record_from_bundle(tmp_path / "wts.h5.zip")
-    with pytest.raises(ps.DataFileError, match="no port bundle"):
+    with pytest.raises(ps.errors.DataFileError, match="no port bundle"):
         port_adapter.record_from_bundle(tmp_path / "missing.zip")
 
 
 def test_port_bundle_with_a_broken_pickle_is_a_data_error(tmp_path: Path) -> None:
     _port_zip(tmp_path / "wts.h5.zip", b"\x80\x04garbage")
-    with pytest.raises(ps.DataFileError, match="not a readable pickle"):
+    with pytest.raises(ps.errors.DataFileError, match="not a readable pickle"):
         port_adapter.record_from_bundle(tmp_path / "wts.h5.zip")
 
 
@@ -311,7 +311,7 @@ def test_port_install_loss_keeps_a_fake_models_state_dict_keys() -> None:
     port_adapter.install_loss(model)
     assert list(model.state_dict()) == keys
     model.model_config.loss_function = "MAE"
-    with pytest.raises(ps.StateError, match="Poisson"):
+    with pytest.raises(ps.errors.StateError, match="Poisson"):
         port_adapter.install_loss(model)
 
 
@@ -320,7 +320,7 @@ def test_port_bundle_member_over_the_size_limit_is_refused_unread(
 ) -> None:
     _port_zip(tmp_path / "wts.h5.zip", pickle.dumps({"intensity_scale": 3.0, "pad": "x" * 100}))
     monkeypatch.setattr(port_adapter, "_MAX_MEMBER_BYTES", 64)
-    with pytest.raises(ps.DataFileError, match="more than the 64 bytes"):
+    with pytest.raises(ps.errors.DataFileError, match="more than the 64 bytes"):
         port_adapter.record_from_bundle(tmp_path / "wts.h5.zip")
 
 

@@ -67,7 +67,7 @@ def test_explicit_nphotons_overrides_metadata() -> None:
 
 
 def test_attach_without_any_nphotons_is_an_nphotons_error() -> None:
-    with pytest.raises(ps.NphotonsError, match="nphotons was not given"):
+    with pytest.raises(ps.errors.NphotonsError, match="nphotons was not given"):
         attach_intensity_scale({"X": _amplitudes()})
 
 
@@ -83,7 +83,9 @@ def test_scale_is_derived_once_and_a_second_attach_is_refused() -> None:
     container = {"X": _amplitudes()}
     first = attach_intensity_scale(container, nphotons=NPHOTONS)
     container["X"] = container["X"] * 2
-    with pytest.raises(ps.StateError, match=r"already has a physscale_record.*overwrite=True"):
+    with pytest.raises(
+        ps.errors.StateError, match=r"already has a physscale_record.*overwrite=True"
+    ):
         attach_intensity_scale(container, nphotons=NPHOTONS)
     assert container["physscale_record"] is first
     second = attach_intensity_scale(container, nphotons=NPHOTONS, overwrite=True)
@@ -103,9 +105,11 @@ def test_inference_container_gets_the_training_record_not_its_own_scale() -> Non
 
 def test_record_with_derivation_arguments_is_refused() -> None:
     record = attach_intensity_scale({"X": _amplitudes()}, nphotons=NPHOTONS)
-    with pytest.raises(ps.StateError, match="nphotons would only apply to a new derivation"):
+    with pytest.raises(ps.errors.StateError, match="nphotons would only apply to a new derivation"):
         attach_intensity_scale({"X": _amplitudes()}, record=record, nphotons=1.0)
-    with pytest.raises(ps.StateError, match=r"record must be a physscale\.ScaleRecord, got float"):
+    with pytest.raises(
+        ps.errors.StateError, match=r"record must be a physscale\.ScaleRecord, got float"
+    ):
         attach_intensity_scale({"X": _amplitudes()}, record=2.0)  # type: ignore[arg-type]
 
 
@@ -121,13 +125,13 @@ def test_record_with_derivation_arguments_is_refused() -> None:
 def test_data_field_that_is_missing_or_ambiguous_is_a_state_error(
     container: Any, key: str | None, match: str
 ) -> None:
-    with pytest.raises(ps.StateError, match=match):
+    with pytest.raises(ps.errors.StateError, match=match):
         attach_intensity_scale(container, nphotons=NPHOTONS, key=key)
 
 
 def test_read_only_mapping_is_refused() -> None:
     container: Mapping[str, Any] = MappingProxyType({"X": _amplitudes()})
-    with pytest.raises(ps.StateError, match="read-only mappingproxy; pass a dict"):
+    with pytest.raises(ps.errors.StateError, match="read-only mappingproxy; pass a dict"):
         attach_intensity_scale(container, nphotons=NPHOTONS)
 
 
@@ -178,16 +182,16 @@ def test_per_sample_scale_multiplies_each_sample_by_its_own_value(
 )
 def test_scale_shapes_that_could_broadcast_wrongly_are_refused(shape: tuple[int, ...]) -> None:
     batch = torch.rand(3, 4, 5, 5)
-    with pytest.raises(ps.BroadcastError, match="is ambiguous against a batch of shape"):
+    with pytest.raises(ps.errors.BroadcastError, match="is ambiguous against a batch of shape"):
         scale_for_batch(torch.ones(shape), batch)
 
 
 def test_batch_that_does_not_fit_the_layout_is_refused() -> None:
-    with pytest.raises(ps.BroadcastError, match="a NHWC batch must have 4 axes"):
+    with pytest.raises(ps.errors.BroadcastError, match="a NHWC batch must have 4 axes"):
         scale_for_batch(torch.ones(3), torch.rand(3, 5, 5), "NHWC")
-    with pytest.raises(ps.OptionError, match="layout must be one of"):
+    with pytest.raises(ps.errors.OptionError, match="layout must be one of"):
         scale_for_batch(torch.ones(3), torch.rand(3, 5, 5, 1), "HWC")
-    with pytest.raises(ps.BroadcastError, match=r"must be a torch\.Tensor"):
+    with pytest.raises(ps.errors.BroadcastError, match=r"must be a torch\.Tensor"):
         scale_for_batch(1.0, np.ones((3, 5, 5, 1)))  # type: ignore[arg-type]
 
 
@@ -200,11 +204,11 @@ def test_layout_none_accepts_any_rank_with_samples_first() -> None:
 @pytest.mark.parametrize(
     ("scale", "error", "match"),
     [
-        (torch.tensor([1.0, float("nan"), 1.0]), ps.NonFiniteError, "NaN or infinite"),
-        (torch.tensor([1.0, -1.0, 1.0]), ps.NegativeValueError, "must be > 0 everywhere"),
-        (torch.tensor(0.0), ps.NegativeValueError, "must be > 0"),
-        (-2.0, ps.NegativeValueError, "must be > 0"),
-        ("2", ps.DtypeError, "must be a positive real number"),
+        (torch.tensor([1.0, float("nan"), 1.0]), ps.errors.NonFiniteError, "NaN or infinite"),
+        (torch.tensor([1.0, -1.0, 1.0]), ps.errors.NegativeValueError, "must be > 0 everywhere"),
+        (torch.tensor(0.0), ps.errors.NegativeValueError, "must be > 0"),
+        (-2.0, ps.errors.NegativeValueError, "must be > 0"),
+        ("2", ps.errors.DtypeError, "must be a positive real number"),
     ],
 )
 def test_invalid_scale_values_are_refused(scale: Any, error: type[Exception], match: str) -> None:
@@ -314,7 +318,7 @@ def test_collate_takes_every_documented_scale_form_mixed(scales: list[Any]) -> N
     ids=["meta", "sparse"],
 )
 def test_meta_or_sparse_scales_get_a_clear_error(scale: torch.Tensor) -> None:
-    with pytest.raises(ps.DtypeError, match=r"meta device|dense tensor"):
+    with pytest.raises(ps.errors.DtypeError, match=r"meta device|dense tensor"):
         scale_for_batch(scale, torch.ones(3, 1, 2, 2))
 
 
@@ -326,7 +330,7 @@ def test_with_validation_off_scale_for_batch_makes_no_value_check() -> None:
         assert out.shape == (3, 1, 1, 1) and out.device.type == "meta"
         # A bad value passes unchecked here: that is what validation off gives up.
         assert scale_for_batch(torch.tensor([1.0, -1.0]), torch.ones(2, 1), None).shape == (2, 1)
-    with pytest.raises(ps.NegativeValueError):
+    with pytest.raises(ps.errors.NegativeValueError):
         scale_for_batch(torch.tensor([1.0, -1.0]), torch.ones(2, 1), None)
 
 
@@ -337,7 +341,7 @@ def test_container_that_refuses_new_attributes_is_a_state_error() -> None:
     class Frozen:
         X: np.ndarray
 
-    with pytest.raises(ps.StateError, match="cannot attach 'intensity_scale' to the Frozen"):
+    with pytest.raises(ps.errors.StateError, match="cannot attach 'intensity_scale' to the Frozen"):
         attach_intensity_scale(Frozen(_amplitudes()), nphotons=NPHOTONS)
 
 
@@ -345,5 +349,5 @@ def test_container_that_refuses_new_attributes_is_a_state_error() -> None:
     "scale", [torch.tensor(True), torch.tensor(3), torch.ones(4, dtype=torch.int64)]
 )
 def test_bool_or_integer_scale_tensors_are_refused(scale: torch.Tensor) -> None:
-    with pytest.raises(ps.DtypeError, match="floating-point"):
+    with pytest.raises(ps.errors.DtypeError, match="floating-point"):
         ps.scale_for_batch(scale, torch.ones(4, 1, 2, 2))

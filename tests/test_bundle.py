@@ -100,7 +100,7 @@ def test_manifest_lists_sha256_and_size_of_every_member(bundle_path: Path) -> No
     assert manifest["format"] == "physscale-bundle"
     assert manifest["format_version"] == 1
     assert manifest["physscale_version"] == ps.__version__
-    assert manifest["record_schema_version"] == ps.SCHEMA_VERSION
+    assert manifest["record_schema_version"] == ps.record.SCHEMA_VERSION
     assert manifest["extra"] == {"step": 5}
     for name in ("record.json", "state_dict.pt"):
         entry = manifest["members"][name]
@@ -170,7 +170,7 @@ def test_non_json_extra_is_refused_and_nothing_written(
     tmp_path: Path, extra: dict[str, Any], match: str
 ) -> None:
     path = tmp_path / "b.zip"
-    with pytest.raises(ps.DtypeError, match=match):
+    with pytest.raises(ps.errors.DtypeError, match=match):
         save_bundle(path, {}, _record(), **extra)
     assert list(tmp_path.iterdir()) == []
 
@@ -180,7 +180,7 @@ class _NotAllowed:
 
 
 def test_state_dict_that_needs_code_to_load_is_refused_at_save(tmp_path: Path) -> None:
-    with pytest.raises(ps.DtypeError, match=r"torch\.load\(weights_only=True\) refuses"):
+    with pytest.raises(ps.errors.DtypeError, match=r"torch\.load\(weights_only=True\) refuses"):
         save_bundle(tmp_path / "b.zip", {"w": _NotAllowed()}, _record())
     assert list(tmp_path.iterdir()) == []
 
@@ -188,8 +188,8 @@ def test_state_dict_that_needs_code_to_load_is_refused_at_save(tmp_path: Path) -
 @pytest.mark.parametrize(
     ("state", "record", "error", "match"),
     [
-        ([1, 2], None, ps.DtypeError, "state_dict must be a mapping"),
-        ({}, 2.0, ps.RecordError, "record must be a physscale.ScaleRecord, got float"),
+        ([1, 2], None, ps.errors.DtypeError, "state_dict must be a mapping"),
+        ({}, 2.0, ps.errors.RecordError, "record must be a physscale.ScaleRecord, got float"),
     ],
 )
 def test_save_rejects_wrong_argument_types(
@@ -201,7 +201,7 @@ def test_save_rejects_wrong_argument_types(
 
 def test_failed_save_leaves_the_existing_bundle_intact(bundle_path: Path) -> None:
     before = bundle_path.read_bytes()
-    with pytest.raises(ps.DtypeError):
+    with pytest.raises(ps.errors.DtypeError):
         save_bundle(bundle_path, {"w": _NotAllowed()}, _record())
     assert bundle_path.read_bytes() == before
     assert sorted(p.name for p in bundle_path.parent.iterdir()) == [bundle_path.name]
@@ -220,7 +220,7 @@ def test_a_broken_deflate_stream_is_a_data_file_error(bundle_path: Path, member:
     start = info.header_offset + 30 + name_len + extra_len
     raw[start] = 0xFF  # a final block of the reserved type 3: "invalid block type"
     bundle_path.write_bytes(bytes(raw))
-    with pytest.raises(ps.DataFileError, match=f"{member}.*cannot be read"):
+    with pytest.raises(ps.errors.DataFileError, match=f"{member}.*cannot be read"):
         load_bundle(bundle_path)
 
 
@@ -229,19 +229,25 @@ def test_tampered_member_is_an_integrity_error(bundle_path: Path, member: str) -
     data = bytearray(_members(bundle_path)[member])
     data[len(data) // 2] ^= 0x01
     _rewrite(bundle_path, replace={member: bytes(data)})
-    with pytest.raises(ps.IntegrityError, match=f"member '{member}' does not match its sha256"):
+    with pytest.raises(
+        ps.errors.IntegrityError, match=f"member '{member}' does not match its sha256"
+    ):
         load_bundle(bundle_path)
 
 
 def test_member_of_a_different_size_is_an_integrity_error(bundle_path: Path) -> None:
     _rewrite(bundle_path, replace={"record.json": _members(bundle_path)["record.json"] + b" "})
-    with pytest.raises(ps.IntegrityError, match=r"'record\.json' has \d+ bytes but the manifest"):
+    with pytest.raises(
+        ps.errors.IntegrityError, match=r"'record\.json' has \d+ bytes but the manifest"
+    ):
         load_bundle(bundle_path)
 
 
 def test_missing_record_is_a_record_error(bundle_path: Path) -> None:
     _rewrite(bundle_path, drop=("record.json",))
-    with pytest.raises(ps.RecordError, match=r"has no record\.json: the scale record is missing"):
+    with pytest.raises(
+        ps.errors.RecordError, match=r"has no record\.json: the scale record is missing"
+    ):
         load_bundle(bundle_path)
 
 
@@ -249,7 +255,9 @@ def test_invalid_record_with_matching_checksum_is_a_record_error(bundle_path: Pa
     record = json.loads(_members(bundle_path)["record.json"])
     record["intensity_scale"] = -1.0
     _rewrite(bundle_path, replace={"record.json": json.dumps(record).encode()}, fix_checksums=True)
-    with pytest.raises(ps.RecordError, match="not a valid physscale ScaleRecord: intensity_scale"):
+    with pytest.raises(
+        ps.errors.RecordError, match="not a valid physscale ScaleRecord: intensity_scale"
+    ):
         load_bundle(bundle_path)
 
 
@@ -257,19 +265,19 @@ def test_unknown_record_schema_version_is_a_record_error(bundle_path: Path) -> N
     record = json.loads(_members(bundle_path)["record.json"])
     record["schema_version"] = 99
     _rewrite(bundle_path, replace={"record.json": json.dumps(record).encode()}, fix_checksums=True)
-    with pytest.raises(ps.RecordError, match="record schema version 99; this physscale"):
+    with pytest.raises(ps.errors.RecordError, match="record schema version 99; this physscale"):
         load_bundle(bundle_path)
 
 
 def test_unknown_bundle_format_version_is_refused(bundle_path: Path) -> None:
     _rewrite(bundle_path, manifest_edit={"format_version": 2})
-    with pytest.raises(ps.DataFileError, match="bundle format version 2; this physscale"):
+    with pytest.raises(ps.errors.DataFileError, match="bundle format version 2; this physscale"):
         load_bundle(bundle_path)
 
 
 def test_foreign_zip_is_not_a_bundle(bundle_path: Path) -> None:
     _rewrite(bundle_path, manifest_edit={"format": "something-else"})
-    with pytest.raises(ps.DataFileError, match="is not a physscale bundle: manifest format"):
+    with pytest.raises(ps.errors.DataFileError, match="is not a physscale bundle: manifest format"):
         load_bundle(bundle_path)
 
 
@@ -277,7 +285,7 @@ def test_missing_manifest_is_refused(bundle_path: Path) -> None:
     members = _members(bundle_path)
     del members["manifest.json"]
     _write_zip(bundle_path, members)
-    with pytest.raises(ps.DataFileError, match=r"has no manifest\.json"):
+    with pytest.raises(ps.errors.DataFileError, match=r"has no manifest\.json"):
         load_bundle(bundle_path)
 
 
@@ -298,7 +306,7 @@ def test_unsafe_or_unexpected_member_names_are_refused(
     members = _members(bundle_path)
     members[name] = b"x"
     _write_zip(bundle_path, members)
-    with pytest.raises(ps.UnsafeFileError, match=match):
+    with pytest.raises(ps.errors.UnsafeFileError, match=match):
         load_bundle(bundle_path)
 
 
@@ -309,7 +317,7 @@ def test_duplicate_member_names_are_refused(bundle_path: Path) -> None:
         with zipfile.ZipFile(bundle_path, "w") as zf:
             for name, data in [*members, ("record.json", b"{}")]:
                 zf.writestr(name, data)
-    with pytest.raises(ps.UnsafeFileError, match="names a member twice"):
+    with pytest.raises(ps.errors.UnsafeFileError, match="names a member twice"):
         load_bundle(bundle_path)
 
 
@@ -331,7 +339,7 @@ def test_state_dict_that_would_run_code_is_refused_and_never_runs(bundle_path: P
     buffer = io.BytesIO()
     torch.save({"w": _Exploit()}, buffer)
     _rewrite(bundle_path, replace={"state_dict.pt": buffer.getvalue()}, fix_checksums=True)
-    with pytest.raises(ps.UnsafeFileError, match="a weights-only load refuses"):
+    with pytest.raises(ps.errors.UnsafeFileError, match="a weights-only load refuses"):
         load_bundle(bundle_path)
     assert _SIDE_EFFECTS == []
 
@@ -341,13 +349,13 @@ def test_not_a_zip_truncated_and_missing_files_are_data_file_errors(
 ) -> None:
     text = tmp_path / "plain.zip"
     text.write_text("hello")
-    with pytest.raises(ps.DataFileError, match="is not a readable zip file"):
+    with pytest.raises(ps.errors.DataFileError, match="is not a readable zip file"):
         load_bundle(text)
     truncated = tmp_path / "truncated.zip"
     truncated.write_bytes(bundle_path.read_bytes()[: bundle_path.stat().st_size // 2])
-    with pytest.raises(ps.DataFileError, match=r"not a readable zip file.*truncated"):
+    with pytest.raises(ps.errors.DataFileError, match=r"not a readable zip file.*truncated"):
         load_bundle(truncated)
-    with pytest.raises(ps.DataFileError, match="does not exist"):
+    with pytest.raises(ps.errors.DataFileError, match="does not exist"):
         load_bundle(tmp_path / "nope.zip")
 
 
@@ -355,7 +363,7 @@ def test_manifest_that_is_not_json_is_refused(bundle_path: Path) -> None:
     members = _members(bundle_path)
     members["manifest.json"] = b"{oops"
     _write_zip(bundle_path, members)
-    with pytest.raises(ps.DataFileError, match=r"manifest\.json is not valid JSON"):
+    with pytest.raises(ps.errors.DataFileError, match=r"manifest\.json is not valid JSON"):
         load_bundle(bundle_path)
 
 
@@ -363,7 +371,7 @@ def test_manifest_member_entries_are_validated(bundle_path: Path) -> None:
     manifest = json.loads(_members(bundle_path)["manifest.json"])
     manifest["members"]["record.json"] = {"sha256": "abc", "size": 3}
     _rewrite(bundle_path, manifest_edit={"members": manifest["members"]})
-    with pytest.raises(ps.DataFileError, match=r"manifest entry for 'record\.json' must be"):
+    with pytest.raises(ps.errors.DataFileError, match=r"manifest entry for 'record\.json' must be"):
         load_bundle(bundle_path)
 
 
@@ -391,7 +399,9 @@ def test_member_with_unsupported_compression_is_a_data_file_error(bundle_path: P
                 raw[method_at : method_at + 2] = (99).to_bytes(2, "little")
             start = at + 4
     bundle_path.write_bytes(bytes(raw))
-    with pytest.raises(ps.DataFileError, match=r"member 'record\.json'.*compression method 99"):
+    with pytest.raises(
+        ps.errors.DataFileError, match=r"member 'record\.json'.*compression method 99"
+    ):
         load_bundle(bundle_path)
 
 
@@ -416,14 +426,16 @@ def test_a_member_inflating_beyond_its_cap_is_refused_before_inflating(bundle_pa
     record = _members(bundle_path)["record.json"]
     _deflated(bundle_path, "record.json", record + b" " * (2 << 20))
     assert bundle_path.stat().st_size < 20_000
-    with pytest.raises(ps.DataFileError, match=r"member 'record\.json'.*more than the 1048576"):
+    with pytest.raises(
+        ps.errors.DataFileError, match=r"member 'record\.json'.*more than the 1048576"
+    ):
         load_bundle(bundle_path)
 
 
 def test_compressed_weights_are_refused(bundle_path: Path) -> None:
     # Stored weights hold no more bytes than the file; deflated ones could hold 1000x.
     _deflated(bundle_path, "state_dict.pt", _members(bundle_path)["state_dict.pt"])
-    with pytest.raises(ps.DataFileError, match=r"'state_dict\.pt'.*stored members only"):
+    with pytest.raises(ps.errors.DataFileError, match=r"'state_dict\.pt'.*stored members only"):
         load_bundle(bundle_path)
 
 
@@ -439,7 +451,7 @@ def test_compressed_records_inside_the_torch_archive_are_refused(bundle_path: Pa
             dst.writestr(copy, src.read(info))
     assert torch.load(io.BytesIO(inner.getvalue()), weights_only=True)["w"].shape == (1 << 16,)
     _rewrite(bundle_path, replace={"state_dict.pt": inner.getvalue()}, fix_checksums=True)
-    with pytest.raises(ps.DataFileError, match=r"state_dict\.pt:.*stored members only"):
+    with pytest.raises(ps.errors.DataFileError, match=r"state_dict\.pt:.*stored members only"):
         load_bundle(bundle_path)
 
 
@@ -477,7 +489,7 @@ def test_a_malicious_state_dict_message_never_suggests_weights_only_false(
     buffer = io.BytesIO()
     torch.save({"w": _Exploit()}, buffer)
     _rewrite(bundle_path, replace={"state_dict.pt": buffer.getvalue()}, fix_checksums=True)
-    with pytest.raises(ps.UnsafeFileError) as info:
+    with pytest.raises(ps.errors.UnsafeFileError) as info:
         load_bundle(bundle_path)
     message = str(info.value)
     assert "weights_only" not in message.replace("weights-only", "")
@@ -489,8 +501,8 @@ def test_a_malicious_state_dict_message_never_suggests_weights_only_false(
 @pytest.mark.parametrize(
     ("member", "error", "match"),
     [
-        ("manifest.json", ps.DataFileError, r"manifest\.json is nested too deeply"),
-        ("record.json", ps.RecordError, r"record\.json is nested too deeply"),
+        ("manifest.json", ps.errors.DataFileError, r"manifest\.json is nested too deeply"),
+        ("record.json", ps.errors.RecordError, r"record\.json is nested too deeply"),
     ],
 )
 def test_json_nested_100k_deep_is_a_clean_error(
@@ -526,18 +538,18 @@ def test_a_bundle_edited_by_someone_without_the_key_fails_verification(tmp_path:
     forged = ps.derive_scale_record(_data(), nphotons=4e6, data_source="forged")
     _rewrite(path, replace={"record.json": forged.model_dump_json().encode()}, fix_checksums=True)
     assert load_bundle(path).record.nphotons == 4e6  # integrity holds; authenticity does not
-    with pytest.raises(ps.IntegrityError, match="modified after it was signed"):
+    with pytest.raises(ps.errors.IntegrityError, match="modified after it was signed"):
         load_bundle(path, key=KEY)
 
 
 def test_a_wrong_key_or_a_missing_signature_is_refused(tmp_path: Path, bundle_path: Path) -> None:
     signed = save_bundle(tmp_path / "s.zip", _model().state_dict(), _record(), key=KEY)
-    with pytest.raises(ps.IntegrityError, match="signed with a different key"):
+    with pytest.raises(ps.errors.IntegrityError, match="signed with a different key"):
         load_bundle(signed, key=bytes(32))
-    with pytest.raises(ps.IntegrityError, match="is not signed, but a key was given"):
+    with pytest.raises(ps.errors.IntegrityError, match="is not signed, but a key was given"):
         load_bundle(bundle_path, key=KEY)
     _rewrite(signed, drop=("signature.json",))
-    with pytest.raises(ps.IntegrityError, match="is not signed"):
+    with pytest.raises(ps.errors.IntegrityError, match="is not signed"):
         load_bundle(signed, key=KEY)
 
 
@@ -546,7 +558,7 @@ def test_a_wrong_key_or_a_missing_signature_is_refused(tmp_path: Path, bundle_pa
     [("a passphrase of text", "must be bytes.*not str"), (b"short", "at least 16"), (3, "bytes")],
 )
 def test_keys_that_are_not_secret_bytes_are_refused(tmp_path: Path, key: Any, match: str) -> None:
-    with pytest.raises(ps.DtypeError, match=match):
+    with pytest.raises(ps.errors.DtypeError, match=match):
         save_bundle(tmp_path / "k.zip", {}, _record(), key=key)
     assert list(tmp_path.iterdir()) == []
 
@@ -620,5 +632,5 @@ def test_a_bundle_entry_needing_a_newer_zip_version_is_a_data_file_error(
     central = raw.rindex(b"PK\x01\x02")
     raw[central + 6 : central + 8] = (157).to_bytes(2, "little")
     bundle_path.write_bytes(bytes(raw))
-    with pytest.raises(ps.DataFileError, match="is not a readable zip file"):
+    with pytest.raises(ps.errors.DataFileError, match="is not a readable zip file"):
         load_bundle(bundle_path)

@@ -73,7 +73,7 @@ def test_trained_scaler_record_survives_checkpoint_round_trip(tmp_path: Path) ->
 
 
 def test_missing_record_is_a_record_error_naming_the_keys() -> None:
-    with pytest.raises(ps.RecordError, match=r"no 'physscale_record' key; keys: 'model'"):
+    with pytest.raises(ps.errors.RecordError, match=r"no 'physscale_record' key; keys: 'model'"):
         record_from_checkpoint({"model": {}})
 
 
@@ -87,21 +87,21 @@ def test_missing_record_is_a_record_error_naming_the_keys() -> None:
     ],
 )
 def test_invalid_record_is_a_record_error(value: Any, match: str) -> None:
-    with pytest.raises(ps.RecordError, match=match):
+    with pytest.raises(ps.errors.RecordError, match=match):
         record_from_checkpoint({"physscale_record": value})
 
 
 def test_record_with_wrong_scale_for_its_statistics_is_refused() -> None:
     data = json.loads(_record().model_dump_json())
     data["intensity_scale"] *= 1.5
-    with pytest.raises(ps.RecordError, match=r"is not sqrt\(nphotons / mean_intensity\)"):
+    with pytest.raises(ps.errors.RecordError, match=r"is not sqrt\(nphotons / mean_intensity\)"):
         record_from_checkpoint({"physscale_record": json.dumps(data)})
 
 
 def test_unknown_record_schema_version_is_refused() -> None:
     data = json.loads(_record().model_dump_json())
     data["schema_version"] = 3
-    with pytest.raises(ps.RecordError, match="schema_version"):
+    with pytest.raises(ps.errors.RecordError, match="schema_version"):
         record_from_checkpoint({"physscale_record": json.dumps(data)})
 
 
@@ -115,10 +115,10 @@ def test_unknown_record_schema_version_is_refused() -> None:
 def test_record_to_checkpoint_rejects_non_dict_and_non_record(
     checkpoint: Any, record: Any, match: str
 ) -> None:
-    with pytest.raises(ps.RecordError, match=match):
+    with pytest.raises(ps.errors.RecordError, match=match):
         record_to_checkpoint(checkpoint, record if record is not None else _record())
 
 
 def test_record_from_checkpoint_rejects_a_non_mapping() -> None:
-    with pytest.raises(ps.RecordError, match=r"checkpoint must be a dict.*got list"):
+    with pytest.raises(ps.errors.RecordError, match=r"checkpoint must be a dict.*got list"):
         record_from_checkpoint([])  # type: ignore[arg-type]

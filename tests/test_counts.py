@@ -191,7 +191,7 @@ def test_a_masked_array_brings_its_own_mask() -> None:
 
 def test_a_masked_array_with_mask_too_is_refused() -> None:
     counts = np.ma.MaskedArray(poisson_counts((2, 1, 4, 4), 9.0))
-    with pytest.raises(ps.MaskError, match="mask one way"):
+    with pytest.raises(ps.errors.MaskError, match="mask one way"):
         ps.normalize_counts(counts, mask=np.ones((4, 4), dtype=bool))
 
 
@@ -201,16 +201,16 @@ def test_a_masked_array_with_mask_too_is_refused() -> None:
 @pytest.mark.parametrize(
     ("bad", "error", "match"),
     [
-        (np.full((2, 1, 4, 4), -3), ps.NegativeValueError, "counts holds negative"),
-        (np.full((2, 1, 4, 4), np.nan), ps.NonFiniteError, "counts holds"),
-        (np.full((2, 1, 4, 4), np.inf), ps.NonFiniteError, "counts holds"),
-        (np.zeros((0, 1, 4, 4)), ps.EmptyInputError, "no patterns"),
-        (np.zeros((2, 1, 0, 4)), ps.EmptyInputError, "no pixels"),
-        (np.zeros((2, 1, 4, 4), dtype=np.int32), ps.ZeroIntensityError, "zero"),
-        (np.ones((2, 1, 4, 4), dtype=bool), ps.DtypeError, "boolean"),
-        (np.ones((2, 1, 4, 4), dtype=np.complex64), ps.DtypeError, "complex"),
-        (torch.ones((2, 1, 4, 4), dtype=torch.bool), ps.DtypeError, "boolean"),
-        ([[1.0, 2.0]], ps.DtypeError, "list"),
+        (np.full((2, 1, 4, 4), -3), ps.errors.NegativeValueError, "counts holds negative"),
+        (np.full((2, 1, 4, 4), np.nan), ps.errors.NonFiniteError, "counts holds"),
+        (np.full((2, 1, 4, 4), np.inf), ps.errors.NonFiniteError, "counts holds"),
+        (np.zeros((0, 1, 4, 4)), ps.errors.EmptyInputError, "no patterns"),
+        (np.zeros((2, 1, 0, 4)), ps.errors.EmptyInputError, "no pixels"),
+        (np.zeros((2, 1, 4, 4), dtype=np.int32), ps.errors.ZeroIntensityError, "zero"),
+        (np.ones((2, 1, 4, 4), dtype=bool), ps.errors.DtypeError, "boolean"),
+        (np.ones((2, 1, 4, 4), dtype=np.complex64), ps.errors.DtypeError, "complex"),
+        (torch.ones((2, 1, 4, 4), dtype=torch.bool), ps.errors.DtypeError, "boolean"),
+        ([[1.0, 2.0]], ps.errors.DtypeError, "list"),
     ],
 )
 def test_bad_counts_get_a_physscale_error(bad: object, error: type, match: str) -> None:
@@ -220,9 +220,9 @@ def test_bad_counts_get_a_physscale_error(bad: object, error: type, match: str) 
 
 def test_bad_axes_and_layout_are_refused() -> None:
     counts = poisson_counts((2, 4, 4), 9.0)
-    with pytest.raises(ps.AxisError):
+    with pytest.raises(ps.errors.AxisError):
         ps.normalize_counts(counts, spatial_dims=(3, 4))
-    with pytest.raises(ps.OptionError):
+    with pytest.raises(ps.errors.OptionError):
         ps.normalize_counts(counts, layout="HWNC")
 
 
@@ -302,14 +302,14 @@ def test_gain_from_scale_reads_a_record() -> None:
 @pytest.mark.parametrize(
     ("bad", "error"),
     [
-        (0.0, ps.NegativeValueError),
-        (-1.0, ps.NegativeValueError),
-        (math.nan, ps.NonFiniteError),
-        (math.inf, ps.NonFiniteError),
-        (True, ps.DtypeError),
-        ("2", ps.DtypeError),
-        (1j, ps.DtypeError),
-        (torch.ones(3), ps.DtypeError),
+        (0.0, ps.errors.NegativeValueError),
+        (-1.0, ps.errors.NegativeValueError),
+        (math.nan, ps.errors.NonFiniteError),
+        (math.inf, ps.errors.NonFiniteError),
+        (True, ps.errors.DtypeError),
+        ("2", ps.errors.DtypeError),
+        (1j, ps.errors.DtypeError),
+        (torch.ones(3), ps.errors.DtypeError),
     ],
 )
 def test_bad_gains_are_refused(bad: object, error: type) -> None:
@@ -319,7 +319,11 @@ def test_bad_gains_are_refused(bad: object, error: type) -> None:
 
 @pytest.mark.parametrize(
     ("bad", "error"),
-    [(0.0, ps.NegativeValueError), (math.nan, ps.NonFiniteError), (1e-200, ps.NonFiniteError)],
+    [
+        (0.0, ps.errors.NegativeValueError),
+        (math.nan, ps.errors.NonFiniteError),
+        (1e-200, ps.errors.NonFiniteError),
+    ],
 )
 def test_bad_scales_are_refused(bad: float, error: type) -> None:
     with pytest.raises(error, match="scale"):

@@ -139,7 +139,7 @@ def test_an_integer_mask_is_refused_without_ever_suggesting_astype_bool() -> Non
 
 
 def test_the_dtype_error_of_derive_never_advises_dropping_the_mask() -> None:
-    with pytest.raises(ps.DtypeError) as info:
+    with pytest.raises(ps.errors.DtypeError) as info:
         ps.derive_intensity_scale(np.ones((2, 8, 8), np.uint32), 1e4)
     assert "astype(bool)" not in str(info.value)
 

@@ -231,7 +231,7 @@ def test_a_compiled_loss_follows_the_switch_when_it_changes_later() -> None:
     compiled = torch.compile(loss, backend="eager")
     with ps.validation(False):
         assert torch.isnan(compiled(bad, obs))
-    with pytest.raises(ps.NonFiniteError, match="1 NaN"):
+    with pytest.raises(ps.errors.NonFiniteError, match="1 NaN"):
         compiled(bad, obs)
 
 

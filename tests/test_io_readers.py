@@ -609,7 +609,7 @@ print(float(second.sum()))  # a chunk in hand stays readable
 try:
     for _ in it:
         pass
-except physscale.DataFileError as exc:
+except physscale.errors.DataFileError as exc:
     print("DataFileError", exc)
 """
     result = run_python(code, timeout=60)

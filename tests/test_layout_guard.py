@@ -40,7 +40,7 @@ def test_the_reported_case_is_refused_and_the_message_says_what_to_pass() -> Non
     assert "layout='NHWC'" in message and "layout='NCHW'" in message
     assert "32 x 1 pixels" in message
     # An AxisError (and so a ValueError), caught by existing handlers.
-    assert isinstance(info.value, ps.AxisError) and isinstance(info.value, ValueError)
+    assert isinstance(info.value, ps.errors.AxisError) and isinstance(info.value, ValueError)
     assert info.value.nhwc_pattern == (32, 32) and info.value.nchw_pattern == (32, 1)
 
 

@@ -222,21 +222,21 @@ def test_resuming_from_a_checkpoint_without_a_record_is_refused(tmp_path: Path) 
     plain.fit(TinyModule(x))
     path = tmp_path / "plain.ckpt"
     plain.save_checkpoint(path)
-    with pytest.raises(ps.RecordError, match="holds no physscale record"):
+    with pytest.raises(ps.errors.RecordError, match="holds no physscale record"):
         _trainer(2, PhysicsScaleCallback(nphotons=NPHOTONS)).fit(TinyModule(x), ckpt_path=path)
 
 
 def test_missing_nphotons_fails_before_training() -> None:
-    with pytest.raises(ps.NphotonsError, match="nphotons was not given"):
+    with pytest.raises(ps.errors.NphotonsError, match="nphotons was not given"):
         _trainer(1, PhysicsScaleCallback()).fit(TinyModule(_amplitudes()))
 
 
 def test_find_scaler_refuses_ambiguity_and_wrong_attribute() -> None:
     module = torch.nn.ModuleDict({"a": IntensityScaler(2.0), "b": IntensityScaler(3.0)})
-    with pytest.raises(ps.StateError, match=r"holds 2 IntensityScalers \(\['a', 'b'\]\)"):
+    with pytest.raises(ps.errors.StateError, match=r"holds 2 IntensityScalers \(\['a', 'b'\]\)"):
         find_scaler(module)
     assert find_scaler(module, "b") is module["b"]
-    with pytest.raises(ps.StateError, match="scaler_attribute='c' is NoneType"):
+    with pytest.raises(ps.errors.StateError, match="scaler_attribute='c' is NoneType"):
         find_scaler(module, "c")
     assert find_scaler(torch.nn.Linear(2, 2)) is None
 

@@ -82,7 +82,7 @@ def test_a_pattern_mask_gives_the_same_scale_in_either_layout(
 
 def test_a_mask_that_fits_neither_reading_says_which_shapes_would() -> None:
     x = np.ones((4, 16, 16, 2), np.float32)
-    with pytest.raises(ps.MaskError) as info:
+    with pytest.raises(ps.errors.MaskError) as info:
         ps.derive_intensity_scale(x, 1e4, layout="NHWC", mask=np.ones((16, 15), bool))
     message = str(info.value)
     assert "(16, 15)" in message and "the pattern shape (16, 16)" in message
@@ -145,7 +145,7 @@ def test_a_masked_array_with_nothing_masked_is_plain_data() -> None:
 def test_the_loss_and_other_tensor_paths_refuse_a_masked_array_naming_mask() -> None:
     from physscale.core.checks import as_float_tensor
 
-    with pytest.raises(ps.DtypeError, match=r"mask=~numpy\.ma\.getmaskarray"):
+    with pytest.raises(ps.errors.DtypeError, match=r"mask=~numpy\.ma\.getmaskarray"):
         as_float_tensor(np.ma.MaskedArray(np.ones((2, 2))), "x")
 
 

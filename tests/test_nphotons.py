@@ -36,7 +36,7 @@ def test_priority_is_explicit_then_metadata_then_config_then_default(
         "default": d,
     }
     if not present:
-        with pytest.raises(ps.NphotonsError, match="was not given"):
+        with pytest.raises(ps.errors.NphotonsError, match="was not given"):
             ps.resolve_nphotons(**kwargs)
         return
     r = ps.resolve_nphotons(**kwargs)
@@ -90,7 +90,7 @@ def test_a_dict_container_is_read_like_an_object_container() -> None:
     ids=["meta", "sparse"],
 )
 def test_a_tensor_with_no_concrete_value_is_refused_clearly(bad: torch.Tensor) -> None:
-    with pytest.raises(ps.NphotonsError, match="single concrete number"):
+    with pytest.raises(ps.errors.NphotonsError, match="single concrete number"):
         ps.resolve_nphotons(explicit=bad)
 
 
@@ -156,20 +156,20 @@ def test_every_invalid_value_is_rejected_naming_its_source(
         "config": {"config": {"nphotons": value}},
         "default": {"default": value},
     }[where]
-    with pytest.raises(ps.NphotonsError, match=match) as info:
+    with pytest.raises(ps.errors.NphotonsError, match=match) as info:
         # A valid higher-priority value does not hide an invalid lower one.
         ps.resolve_nphotons(**kwargs)
     assert __import__("re").search(source_text, str(info.value))
 
 
 def test_invalid_lower_priority_value_is_still_reported() -> None:
-    with pytest.raises(ps.NphotonsError, match="config"):
+    with pytest.raises(ps.errors.NphotonsError, match="config"):
         ps.resolve_nphotons(meta(1e6), {"nphotons": -1})
 
 
 def test_config_object_attribute_error_names_the_class() -> None:
     cfg = SimpleNamespace(nphotons=float("nan"))
-    with pytest.raises(ps.NphotonsError, match=r"SimpleNamespace\.nphotons"):
+    with pytest.raises(ps.errors.NphotonsError, match=r"SimpleNamespace\.nphotons"):
         ps.resolve_nphotons(config=cfg)
 
 
@@ -184,7 +184,7 @@ def test_config_object_attribute_error_names_the_class() -> None:
     ],
 )
 def test_malformed_metadata_is_rejected(metadata: object, match: str) -> None:
-    with pytest.raises(ps.NphotonsError, match=match):
+    with pytest.raises(ps.errors.NphotonsError, match=match):
         ps.resolve_nphotons(metadata)
 
 
@@ -206,7 +206,7 @@ def test_resolution_is_frozen() -> None:
 def test_misplaced_or_misspelled_metadata_nphotons_is_an_error_not_a_silent_default(
     metadata: dict[str, object], where: str
 ) -> None:
-    with pytest.raises(ps.NphotonsError, match=where):
+    with pytest.raises(ps.errors.NphotonsError, match=where):
         ps.resolve_nphotons(metadata, {"nphotons": 1e9}, default=1e9)
     # an explicit value still wins, as it would over well-placed metadata
     assert ps.resolve_nphotons(metadata, explicit=5.0).value == 5.0

@@ -82,7 +82,7 @@ def test_schema_is_published_with_version_and_forbids_extra_fields() -> None:
                   "pattern_shape", "mean_intensity", "domain", "physscale_version",
                   "schema_version", "created_utc", "implied_nphotons"):  # fmt: skip
         assert field in props
-    assert props["schema_version"]["default"] == ps.SCHEMA_VERSION == 2
+    assert props["schema_version"]["default"] == ps.record.SCHEMA_VERSION == 2
     assert props["schema_version"]["enum"] == [1, 2]  # version 1 records are still read
     json.dumps(schema)  # serializable as published
 
@@ -181,7 +181,7 @@ def test_closed_form_record_checks_its_formula() -> None:
 
 def test_trained_rejects_a_bad_scale() -> None:
     r = ps.ScaleRecord(**derived())  # type: ignore[arg-type]
-    with pytest.raises(ps.RecordError, match="positive finite"):
+    with pytest.raises(ps.errors.RecordError, match="positive finite"):
         r.trained(float("nan"))
 
 
@@ -226,12 +226,12 @@ def test_derive_scale_record_from_an_accumulator_equals_from_data() -> None:
     from_data = ps.derive_scale_record(x, nphotons=1e5)
     assert rel(from_acc.intensity_scale, from_data.intensity_scale) <= 1e-12
     assert from_acc.n_patterns == from_data.n_patterns
-    with pytest.raises(ps.RecordError, match="belong to the accumulator"):
+    with pytest.raises(ps.errors.RecordError, match="belong to the accumulator"):
         ps.derive_scale_record(acc, nphotons=1e5, layout="NHWC")
 
 
 def test_derive_scale_record_without_any_nphotons_is_an_error() -> None:
-    with pytest.raises(ps.NphotonsError, match="was not given"):
+    with pytest.raises(ps.errors.NphotonsError, match="was not given"):
         ps.derive_scale_record(np.ones((2, 3, 3)), metadata={"physics_parameters": {}})
     r = ps.derive_scale_record(np.ones((2, 3, 3)) * 0.5, metadata={"physics_parameters": {}},
                                default=1e9)  # fmt: skip

@@ -270,20 +270,20 @@ def _x() -> torch.Tensor:
 @pytest.mark.parametrize(
     ("x", "error", "match"),
     [
-        (torch.empty(0, 1, 4, 4), ps.EmptyInputError, "empty"),
-        (np.zeros((3, 0, 4)), ps.EmptyInputError, "empty"),
-        (torch.tensor([[[1.0, float("nan")]]]), ps.NonFiniteError, "1 NaN"),
-        (torch.tensor([[[1.0, float("inf")]]]), ps.NonFiniteError, "infinite"),
-        (np.array([[[1.0, -0.5]]]), ps.NegativeValueError, "negative amplitudes"),
-        (torch.zeros(2, 1, 4, 4), ps.ZeroIntensityError, "zero"),
-        (torch.ones(2, 4, 4, dtype=torch.complex64), ps.DtypeError, "complex64"),
-        (np.ones((2, 4, 4), dtype=np.int32), ps.DtypeError, "int32"),
-        (torch.ones(2, 4, 4, dtype=torch.int64), ps.DtypeError, "int64"),
-        (torch.ones(2, 4, 4, dtype=torch.bool), ps.DtypeError, "bool"),
-        (np.ones((2, 4, 4), dtype=bool), ps.DtypeError, "bool"),
-        ([[1.0, 2.0]], ps.DtypeError, "list"),
-        (np.array([["a"]]), ps.DtypeError, "<U1"),
-        (torch.ones(2, 4, 4).to_sparse(), ps.DtypeError, "dense tensor.*sparse_coo"),
+        (torch.empty(0, 1, 4, 4), ps.errors.EmptyInputError, "empty"),
+        (np.zeros((3, 0, 4)), ps.errors.EmptyInputError, "empty"),
+        (torch.tensor([[[1.0, float("nan")]]]), ps.errors.NonFiniteError, "1 NaN"),
+        (torch.tensor([[[1.0, float("inf")]]]), ps.errors.NonFiniteError, "infinite"),
+        (np.array([[[1.0, -0.5]]]), ps.errors.NegativeValueError, "negative amplitudes"),
+        (torch.zeros(2, 1, 4, 4), ps.errors.ZeroIntensityError, "zero"),
+        (torch.ones(2, 4, 4, dtype=torch.complex64), ps.errors.DtypeError, "complex64"),
+        (np.ones((2, 4, 4), dtype=np.int32), ps.errors.DtypeError, "int32"),
+        (torch.ones(2, 4, 4, dtype=torch.int64), ps.errors.DtypeError, "int64"),
+        (torch.ones(2, 4, 4, dtype=torch.bool), ps.errors.DtypeError, "bool"),
+        (np.ones((2, 4, 4), dtype=bool), ps.errors.DtypeError, "bool"),
+        ([[1.0, 2.0]], ps.errors.DtypeError, "list"),
+        (np.array([["a"]]), ps.errors.DtypeError, "<U1"),
+        (torch.ones(2, 4, 4).to_sparse(), ps.errors.DtypeError, "dense tensor.*sparse_coo"),
     ],
 )
 def test_bad_data_raises_a_specific_error(x: object, error: type, match: str) -> None:
@@ -306,13 +306,13 @@ def test_bad_data_raises_a_specific_error(x: object, error: type, match: str) ->
 def test_dtype_errors_give_the_hint_that_fits_the_dtype(
     x: object, hint: str, not_hint: str
 ) -> None:
-    with pytest.raises(ps.DtypeError) as info:
+    with pytest.raises(ps.errors.DtypeError) as info:
         ps.derive_intensity_scale(x, 1e6)
     assert hint in str(info.value) and not_hint not in str(info.value)
 
 
 def test_meta_device_input_is_a_clear_error() -> None:
-    with pytest.raises(ps.DtypeError, match="meta device"):
+    with pytest.raises(ps.errors.DtypeError, match="meta device"):
         ps.derive_intensity_scale(torch.ones(2, 4, 4, device="meta"), 1e6)
 
 
@@ -333,31 +333,31 @@ def test_error_classes_are_also_builtin_value_and_type_errors() -> None:
 
 
 def test_overflowing_float64_amplitudes_are_reported_not_returned_as_zero_scale() -> None:
-    with pytest.raises(ps.NonFiniteError, match="overflows float64"):
+    with pytest.raises(ps.errors.NonFiniteError, match="overflows float64"):
         ps.derive_intensity_scale(np.full((1, 2, 2), 1e200), 1.0)
 
 
 def test_negative_intensities_name_the_domain() -> None:
-    with pytest.raises(ps.NegativeValueError, match="negative intensities"):
+    with pytest.raises(ps.errors.NegativeValueError, match="negative intensities"):
         ps.derive_intensity_scale(np.array([[[1.0, -1.0]]]), 1.0, domain="intensity")
 
 
 @pytest.mark.parametrize(
     ("kwargs", "error", "match"),
     [
-        ({"spatial_dims": (-2, 5)}, ps.AxisError, "out of range"),
-        ({"spatial_dims": (1, 1)}, ps.AxisError, "same axis twice"),
-        ({"spatial_dims": (-1, 3)}, ps.AxisError, "same axis twice"),
-        ({"spatial_dims": ()}, ps.AxisError, "at least one axis"),
-        ({"spatial_dims": -1}, ps.AxisError, "sequence of axis indices"),
-        ({"spatial_dims": (1.0, 2)}, ps.AxisError, "integers"),
-        ({"layout": "NWHC"}, ps.OptionError, "layout must be one of 'NCHW', 'NHWC'"),
-        ({"layout": "NHWC", "spatial_dims": (1, 2, 3)}, ps.AxisError, "contradicts"),
-        ({"domain": "counts"}, ps.OptionError, "domain must be one of"),
-        ({"mask": np.ones((3, 3), dtype=bool)}, ps.MaskError, "does not fit the data"),
-        ({"mask": np.ones((4, 4))}, ps.MaskError, "must be boolean"),
-        ({"mask": torch.ones(4, 4, dtype=torch.uint8)}, ps.MaskError, "must be boolean"),
-        ({"mask": [[True]]}, ps.MaskError, "torch.Tensor or numpy.ndarray"),
+        ({"spatial_dims": (-2, 5)}, ps.errors.AxisError, "out of range"),
+        ({"spatial_dims": (1, 1)}, ps.errors.AxisError, "same axis twice"),
+        ({"spatial_dims": (-1, 3)}, ps.errors.AxisError, "same axis twice"),
+        ({"spatial_dims": ()}, ps.errors.AxisError, "at least one axis"),
+        ({"spatial_dims": -1}, ps.errors.AxisError, "sequence of axis indices"),
+        ({"spatial_dims": (1.0, 2)}, ps.errors.AxisError, "integers"),
+        ({"layout": "NWHC"}, ps.errors.OptionError, "layout must be one of 'NCHW', 'NHWC'"),
+        ({"layout": "NHWC", "spatial_dims": (1, 2, 3)}, ps.errors.AxisError, "contradicts"),
+        ({"domain": "counts"}, ps.errors.OptionError, "domain must be one of"),
+        ({"mask": np.ones((3, 3), dtype=bool)}, ps.errors.MaskError, "does not fit the data"),
+        ({"mask": np.ones((4, 4))}, ps.errors.MaskError, "must be boolean"),
+        ({"mask": torch.ones(4, 4, dtype=torch.uint8)}, ps.errors.MaskError, "must be boolean"),
+        ({"mask": [[True]]}, ps.errors.MaskError, "torch.Tensor or numpy.ndarray"),
     ],
 )
 def test_bad_options_raise_a_specific_error(
@@ -383,7 +383,7 @@ def test_bad_options_raise_a_specific_error(
     ],
 )
 def test_bad_nphotons_raises_nphotons_error(nphotons: object, match: str) -> None:
-    with pytest.raises(ps.NphotonsError, match=match):
+    with pytest.raises(ps.errors.NphotonsError, match=match):
         ps.derive_intensity_scale(_x(), nphotons)
 
 
@@ -402,24 +402,24 @@ def test_numpy_views_with_negative_strides_are_accepted() -> None:
 
 @pytest.mark.skipif(np.dtype(np.longdouble).itemsize == 8, reason="longdouble is float64 here")
 def test_extended_precision_numpy_is_a_dtype_error() -> None:
-    with pytest.raises(ps.DtypeError, match=r"longdouble|float128|float96"):
+    with pytest.raises(ps.errors.DtypeError, match=r"longdouble|float128|float96"):
         ps.derive_intensity_scale(np.ones((2, 3, 3), dtype=np.longdouble), 1e6)
 
 
 def test_an_integer_nphotons_beyond_the_float_range_is_an_nphotons_error() -> None:
-    with pytest.raises(ps.NphotonsError, match="positive finite"):
+    with pytest.raises(ps.errors.NphotonsError, match="positive finite"):
         ps.derive_intensity_scale(_x(), 10**400)
 
 
 def test_explicit_spatial_dims_contradicting_the_layout_are_an_error() -> None:
     # (-2, -1) passed explicitly is not the default: with layout="NHWC" it contradicts.
-    with pytest.raises(ps.AxisError, match="contradicts"):
+    with pytest.raises(ps.errors.AxisError, match="contradicts"):
         ps.derive_intensity_scale(_x(), 1e6, layout="NHWC", spatial_dims=(-2, -1))
     ps.derive_intensity_scale(_x(), 1e6, layout="NCHW", spatial_dims=(-2, -1))  # consistent
 
 
 def test_errors_from_derive_name_the_argument_x() -> None:
-    with pytest.raises(ps.NonFiniteError, match=r"^x holds 1 NaN"):
+    with pytest.raises(ps.errors.NonFiniteError, match=r"^x holds 1 NaN"):
         ps.derive_intensity_scale(torch.tensor([[[1.0, float("nan")]]]), 1.0)
 
 
@@ -436,9 +436,9 @@ def test_normalizing_float16_numpy_data_is_not_biased_by_a_rounded_factor() -> N
 def test_closed_form_accepts_numpy_integers_and_rejects_bools() -> None:
     assert ps.closed_form_intensity_scale(1e6, np.int64(64)) == pytest.approx(31.25, rel=1e-15)
     assert ps.closed_form_intensity_scale(1e6, (np.int32(64), 64)) == pytest.approx(31.25)
-    with pytest.raises(ps.AxisError, match="boolean"):
+    with pytest.raises(ps.errors.AxisError, match="boolean"):
         ps.closed_form_intensity_scale(1e6, True)
-    with pytest.raises(ps.AxisError, match="sequence of sizes"):
+    with pytest.raises(ps.errors.AxisError, match="sequence of sizes"):
         ps.closed_form_intensity_scale(1e6, 64.0)  # type: ignore[arg-type]
 
 

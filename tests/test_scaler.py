@@ -306,7 +306,7 @@ def test_a_diverged_log_scale_is_a_record_error_not_an_overflow(log_value: float
     scaler = IntensityScaler(ps.closed_form_scale_record(1e6, 64), trainable=True)
     with torch.no_grad():
         scaler.log_scale.fill_(log_value)
-    with pytest.raises(ps.RecordError, match="training diverged"):
+    with pytest.raises(ps.errors.RecordError, match="training diverged"):
         scaler.to_record()
 
 

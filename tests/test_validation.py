@@ -76,9 +76,9 @@ def test_it_also_decorates_a_function() -> None:
 
 @pytest.mark.parametrize("bad", [0, 1, None, "off"])
 def test_non_bool_flags_are_refused(bad: object) -> None:
-    with pytest.raises(ps.OptionError, match="True or False"):
+    with pytest.raises(ps.errors.OptionError, match="True or False"):
         ps.set_validation(bad)  # type: ignore[arg-type]
-    with pytest.raises(ps.OptionError, match="True or False"):
+    with pytest.raises(ps.errors.OptionError, match="True or False"):
         ps.validation(bad)  # type: ignore[arg-type]
     assert ps.is_validation_enabled() is True
 
@@ -144,17 +144,17 @@ def test_with_checks_off_the_modules_read_no_tensor_value() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "error", "match"),
     [
-        ({"form": "full"}, ps.OptionError, r"form must be one of"),
-        ({"pred": torch.ones(2, 1, 3, 4)}, ps.BroadcastError, r"pred has shape"),
-        ({"obs": torch.ones(2, 1, 3, 3, dtype=torch.int64)}, ps.DtypeError, r"int64"),
-        ({"scale": torch.ones(2)}, ps.BroadcastError, r"use scale.view\(-1, 1, 1, 1\)"),
-        ({"scale": -1.0}, ps.NegativeValueError, r"scale must be > 0"),
-        ({"eps": -1.0}, ps.NegativeValueError, r"eps must be >= 0"),
-        ({"mask": torch.ones(2, 2, dtype=torch.bool)}, ps.MaskError, r"does not broadcast"),
-        ({"mask": torch.ones(3, 3, dtype=torch.int8)}, ps.MaskError, r"use mask.bool\(\)"),
-        ({"background": torch.ones(4)}, ps.BroadcastError, r"does not broadcast"),
-        ({"background": -1.0}, ps.NegativeValueError, r"background must be a finite"),
-        ({"pred": torch.ones(2, 1, 3, 3).to_sparse()}, ps.DtypeError, r"to_dense\(\)"),
+        ({"form": "full"}, ps.errors.OptionError, r"form must be one of"),
+        ({"pred": torch.ones(2, 1, 3, 4)}, ps.errors.BroadcastError, r"pred has shape"),
+        ({"obs": torch.ones(2, 1, 3, 3, dtype=torch.int64)}, ps.errors.DtypeError, r"int64"),
+        ({"scale": torch.ones(2)}, ps.errors.BroadcastError, r"use scale.view\(-1, 1, 1, 1\)"),
+        ({"scale": -1.0}, ps.errors.NegativeValueError, r"scale must be > 0"),
+        ({"eps": -1.0}, ps.errors.NegativeValueError, r"eps must be >= 0"),
+        ({"mask": torch.ones(2, 2, dtype=torch.bool)}, ps.errors.MaskError, r"does not broadcast"),
+        ({"mask": torch.ones(3, 3, dtype=torch.int8)}, ps.errors.MaskError, r"use mask.bool\(\)"),
+        ({"background": torch.ones(4)}, ps.errors.BroadcastError, r"does not broadcast"),
+        ({"background": -1.0}, ps.errors.NegativeValueError, r"background must be a finite"),
+        ({"pred": torch.ones(2, 1, 3, 3).to_sparse()}, ps.errors.DtypeError, r"to_dense\(\)"),
     ],
 )
 def test_with_checks_off_types_shapes_devices_and_options_are_still_checked(
@@ -177,9 +177,9 @@ def test_with_checks_off_values_are_not_checked_which_is_what_a_user_gives_up() 
         # A mask that excludes everything leaves nothing to average: 0 / 0.
         empty = torch.zeros(3, 3, dtype=torch.bool)
         assert math.isnan(float(ps.scaled_poisson_nll(good, good, 2.0, mask=empty)))
-    with pytest.raises(ps.NonFiniteError):
+    with pytest.raises(ps.errors.NonFiniteError):
         ps.scaled_poisson_nll(nan, good, 2.0)
-    with pytest.raises(ps.MaskError, match="excludes every element"):
+    with pytest.raises(ps.errors.MaskError, match="excludes every element"):
         ps.scaled_poisson_nll(good, good, 2.0, mask=torch.zeros(3, 3, dtype=torch.bool))
 
 

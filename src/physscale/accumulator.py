@@ -969,7 +969,7 @@ class IntensityAccumulator:
         """Restore a state produced by :meth:`state_dict` (version 1 or 2), validating it.
 
         Every field is checked (types, ranges, consistency) before anything
-        changes; a refused state raises :class:`~physscale.StateError` and
+        changes; a refused state raises :class:`~physscale.errors.StateError` and
         leaves the accumulator as it was.
         """
         self._state = state_from_dict(
@@ -1098,7 +1098,7 @@ class IntensityAccumulator:
     def check_mask_coverage(self, where: str = "the mask", *, refuse: bool = False) -> None:
         """Name an inverted mask before it gives a plausible wrong scale.
 
-        Raises :class:`~physscale.MaskError` when the masks excluded every
+        Raises :class:`~physscale.errors.MaskError` when the masks excluded every
         pixel, or the valid pixels are all zero (the data's intensity lies
         only in excluded pixels); warns :class:`~physscale.MaskWarning` when
         they excluded most pixels, or raises with ``refuse`` above 90 % (see

@@ -269,7 +269,7 @@ class IntensityScaler(nn.Module):
         - Built from a bare scale: a ``method="explicit"`` record of the
           initial value, then ``.trained(current)`` as above. This needs
           ``nphotons`` (a record requires it): given here or to the
-          constructor, else :class:`~physscale.RecordError`.
+          constructor, else :class:`~physscale.errors.RecordError`.
 
         Raises:
             RecordError: no nphotons for a bare scale, an ``nphotons`` that

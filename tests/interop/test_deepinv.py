@@ -162,5 +162,5 @@ def test_raw_counts_without_denormalize(dinv: Any, adapter: Any, scene: dict[str
 
 
 def test_a_bad_gain_is_refused_at_construction(adapter: Any) -> None:
-    with pytest.raises(ps.NegativeValueError, match="gain"):
+    with pytest.raises(ps.errors.NegativeValueError, match="gain"):
         adapter.PoissonLikelihood(gain=0.0)

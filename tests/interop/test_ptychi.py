@@ -171,7 +171,7 @@ def test_a_few_epochs_run_inside_ptychis_own_loop(api: Any, simulated: dict[str,
 
 
 def test_use_poisson_loss_refuses_an_analytic_reconstructor(api: Any) -> None:
-    with pytest.raises(ps.StateError, match="autodiff"):
+    with pytest.raises(ps.errors.StateError, match="autodiff"):
         adapter.use_poisson_loss(object())
 
 

@@ -117,7 +117,7 @@ def test_attach_takes_the_layout_from_the_container_and_matches_the_port(
     assert container.physics_scaling_constant.dtype == torch.float32
     assert container.physscale_record == record
     assert container.nphotons_source == "port's own value"
-    with pytest.raises(ps.StateError, match="already has"):
+    with pytest.raises(ps.errors.StateError, match="already has"):
         adapter.attach(container)
 
 
@@ -125,7 +125,7 @@ def test_attach_refuses_a_container_of_unknown_layout(port: dict[str, Any]) -> N
     class Other:
         X = torch.ones(2, 4, N, N)
 
-    with pytest.raises(ps.StateError, match="layout"):
+    with pytest.raises(ps.errors.StateError, match="layout"):
         adapter.attach(Other())
 
 
@@ -237,7 +237,7 @@ def test_install_loss_refuses_a_model_without_the_poisson_amplitude_path(
 ) -> None:
     model = _lightning(port)
     model.model_config.loss_function = "MAE"
-    with pytest.raises(ps.StateError, match="Poisson"):
+    with pytest.raises(ps.errors.StateError, match="Poisson"):
         adapter.install_loss(model)
 
 

@@ -11,7 +11,7 @@ appended to or edited in place.
 Reading: :func:`open_archive` opens a regular file as a zip and
 :func:`read_member` reads one member after checking what it declares (no
 encryption, stored or deflated, within a size cap and what deflate can
-produce); every failure of ``zipfile`` is a :class:`~physscale.DataFileError`.
+produce); every failure of ``zipfile`` is a :class:`~physscale.errors.DataFileError`.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ physscale's one unpickler (:func:`physscale.io.pickles.load_pickle`) under
 rules that resolve no real global at all: the names a 0-d string array needs
 map to inert stand-ins (``_codecs.encode``, which pickle protocols 0-2 use
 for bytes, to one that only turns latin-1 text into bytes), everything else
-is refused with :class:`physscale.UnsafeFileError`. Nothing from the file runs.
+is refused with :class:`physscale.errors.UnsafeFileError`. Nothing from the file runs.
 
 :func:`write_metadata` stores metadata as a plain unicode array instead, which
 numpy reads without pickle and PtychoPINN reads as before (``.item()`` gives

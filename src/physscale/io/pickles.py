@@ -5,7 +5,7 @@ and ``EXT`` name any callable in any module, ``REDUCE`` calls it. Every name
 goes through ``find_class``, so :class:`SafeUnpickler` resolves a name only
 through an allow-list (:class:`PickleRules`) that maps it to a stand-in
 written in physscale, never to the real callable; any other name is refused
-with :class:`~physscale.UnsafeFileError`. Nothing from the file runs.
+with :class:`~physscale.errors.UnsafeFileError`. Nothing from the file runs.
 
 Memory stays bounded by the pickle's size. Before the unpickler sees the
 bytes, :func:`check_opcodes` walks them and refuses:

@@ -26,7 +26,7 @@ datasets (optional extra ``hdf5``) by slices, refusing data that is not
 really in the file and compressed chunks larger than
 :data:`MAX_HDF5_CHUNK_BYTES`.
 
-Every problem raises :class:`physscale.DataFileError` naming the file, the
+Every problem raises :class:`physscale.errors.DataFileError` naming the file, the
 key and what is wrong; no exception from numpy, zipfile or h5py escapes.
 """
 

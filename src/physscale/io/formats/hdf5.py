@@ -4,7 +4,7 @@ h5py is imported only when an HDF5 file is read. Datasets whose storage was
 never written (they would read as the fill value), whose data lives in
 external or virtual files or behind an external link, or whose compressed
 chunks are larger than :data:`MAX_HDF5_CHUNK_BYTES` are refused; whatever
-h5py raises on a damaged file becomes a :class:`~physscale.DataFileError`.
+h5py raises on a damaged file becomes a :class:`~physscale.errors.DataFileError`.
 """
 
 from __future__ import annotations
