@@ -1,8 +1,12 @@
 """Benchmark derive_intensity_scale against the memory-read floor and the naive formula.
 
-Prints, for a float32 tensor of about --gib GiB on --device:
+Prints, for a tensor of about --gib GiB (float32 unless --dtype) on --device:
 - derive time / time of one ``x.sum()`` (the memory-read floor), for the
-  kernel derive uses there and the eager blockwise kernel it falls back to;
+  kernel derive uses there and the paths it falls back to without it: on
+  the CPU numpy's BLAS (the default without the native kernel), the same
+  path with ``numpy.einsum('ij,ij->i', x, x, dtype=float64)`` as its row
+  sum (the alternative issue 18 asked to measure), and the eager PyTorch
+  blocks, with the ratios between them in the same rounds;
 - speed-up over the naive ``sqrt(n / mean(sum(x**2, dim=(-2, -1))))``;
 - extra peak memory of each: on the CPU the /proc high-water mark (and, for
   derive, its first call in a fresh interpreter, where no allocator cache can
@@ -16,7 +20,7 @@ per-round ratios. On CUDA every call is followed by a synchronize. The last
 line of output is one JSON object with the figures (for benchmarks/gpu_check.py).
 
 Run: python benchmarks/bench_derive.py [--device cpu|cuda] [--gib G] [--repeats R]
-     [--threads N] [--quick] [--baseline-lib PATH]
+     [--threads N] [--dtype float32|float64|float16|bfloat16] [--quick] [--baseline-lib PATH]
 Defaults: 0.5 GiB and 15 repeats on the CPU, 4 GiB and 20 repeats on CUDA;
 --quick: 64 MiB (CPU) or 1 GiB (CUDA), 5 repeats, no fresh-interpreter run.
 --baseline-lib: also time another build of the native library (say, the 0.1
@@ -45,10 +49,12 @@ from collections.abc import Callable
 from typing import Any
 from unittest import mock
 
+import numpy as np
 import torch
 from _common import interleaved_seconds, median_ratio, peak_extra_mib
 
 import physscale as ps
+from physscale.core.kernels import blas as _blas
 from physscale.core.kernels import device as _device_sum
 from physscale.core.kernels import native as _native
 
@@ -60,21 +66,45 @@ NAIVE_SPEEDUP_TARGET = 5.0
 
 _FIRST_CALL = """
 import sys, torch, physscale as ps
+from physscale.core.kernels import blas as _blas
 from physscale.core.kernels import native as _native
 sys.path.insert(0, {bench!r})
 from _common import peak_extra_mib
-if {eager!r}:
+from bench_derive import einsum_row_sums
+if {path!r} in ("blas", "einsum", "eager"):
     _native.reduce_dense = lambda x, *, square, kernel=None: None
-x = torch.rand({n}, 1, {side}, {side})
+if {path!r} == "einsum":
+    _blas.row_sums = einsum_row_sums
+if {path!r} == "eager":
+    _blas.reduce_dense = lambda x, *, square: None
+x = torch.rand({n}, 1, {side}, {side}).to(torch.{dtype})
 ps.derive_intensity_scale(x[:1], 1e9)  # import-time and first-dispatch costs out of the way
 print(peak_extra_mib(lambda: ps.derive_intensity_scale(x, 1e9)))
 """
 
 
-def first_call_extra_mib(n_patterns: int, side: int, eager: bool) -> float:
-    """Peak extra memory of a first full-size CPU call in a fresh interpreter (nothing recycled)."""
+def einsum_row_sums(rows: np.ndarray, square: bool, buffer: np.ndarray) -> np.ndarray:
+    """``numpy.einsum`` in place of ``physscale.core.kernels.blas.row_sums``, to compare them.
+
+    einsum widens float32 to float64 in its own 8192-element buffers as it
+    multiplies and adds (no temporary); ``buffer`` is not used.
+    """
+    if not square:
+        return np.add.reduce(rows, axis=1, dtype=np.float64)
+    return np.einsum("ij,ij->i", rows, rows, dtype=np.float64)
+
+
+def first_call_extra_mib(n_patterns: int, side: int, path: str, dtype: torch.dtype) -> float:
+    """Peak extra memory of a first full-size CPU call in a fresh interpreter (nothing recycled).
+
+    ``path``: "derive" (the default dispatch), "blas", "einsum" or "eager" (forced).
+    """
     code = _FIRST_CALL.format(
-        bench=str(pathlib.Path(__file__).parent), n=n_patterns, side=side, eager=eager
+        bench=str(pathlib.Path(__file__).parent),
+        n=n_patterns,
+        side=side,
+        path=path,
+        dtype=str(dtype).removeprefix("torch."),
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return float(out.stdout.strip().splitlines()[-1])
@@ -156,6 +186,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--side", type=int, default=128, help="pattern side N")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    parser.add_argument(
+        "--dtype", default="float32", choices=["float32", "float64", "float16", "bfloat16"]
+    )
     parser.add_argument("--quick", action="store_true", help="a few seconds: small input")
     parser.add_argument("--baseline-lib", default=None, help="another native library build")
     args = parser.parse_args()
@@ -172,9 +205,11 @@ def main() -> None:
     gib = args.gib if args.gib is not None else gib
     repeats = args.repeats if args.repeats is not None else repeats
 
-    n_patterns = max(1, int(gib * 2**30 / 4 / args.side**2))
+    dtype = getattr(torch, args.dtype)
+    itemsize = torch.empty(0, dtype=dtype).element_size()
+    n_patterns = max(1, int(gib * 2**30 / itemsize / args.side**2))
     torch.manual_seed(0)
-    x = torch.rand(n_patterns, 1, args.side, args.side, dtype=torch.float32, device=device)
+    x = torch.rand(n_patterns, 1, args.side, args.side, device=device).to(dtype)
     nphotons = 1e9
     native = not on_cuda and _native.available()
     kernel = (
@@ -183,7 +218,8 @@ def main() -> None:
         else (f"native {_native.kernel()}" if native else "eager")
     )
     load = os.getloadavg()
-    print(f"input: {tuple(x.shape)} float32, {x.numel() * 4 / 2**30:.3f} GiB on {device}, "
+    size_gib = x.numel() * itemsize / 2**30
+    print(f"input: {tuple(x.shape)} {args.dtype}, {size_gib:.3f} GiB on {device}, "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads, kernel: {kernel}, "
           f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")  # fmt: skip
     if on_cuda:
@@ -193,10 +229,24 @@ def main() -> None:
         return ps.derive_intensity_scale(x, nphotons)
 
     def eager() -> object:
-        # The blockwise eager kernel: no native kernel, no fused device pass.
+        # The blockwise eager kernel: no native kernel, no fused device pass, no BLAS path.
         with (
             mock.patch.object(_native, "reduce_dense", return_value=None),
             mock.patch.object(_device_sum, "fused_sum", return_value=None),
+            mock.patch.object(_blas, "reduce_dense", return_value=None),
+        ):
+            return ps.derive_intensity_scale(x, nphotons)
+
+    def blas() -> object:
+        # numpy's BLAS: derive's path on the CPU without the native kernel.
+        with mock.patch.object(_native, "reduce_dense", return_value=None):
+            return ps.derive_intensity_scale(x, nphotons)
+
+    def einsum() -> object:
+        # The same path with einsum's buffered cast-multiply-add as the row sum.
+        with (
+            mock.patch.object(_native, "reduce_dense", return_value=None),
+            mock.patch.object(_blas, "row_sums", einsum_row_sums),
         ):
             return ps.derive_intensity_scale(x, nphotons)
 
@@ -209,11 +259,18 @@ def main() -> None:
     methods: dict[str, Callable[[], Any]] = {"floor": lambda: x.sum()}
     methods["derive"] = derive
     methods["eager"] = eager
+    fallbacks = ["eager"]
+    if not on_cuda and _blas.reduce_dense(x[:1], square=True) is not None:
+        methods["blas"] = blas
+        methods["einsum"] = einsum
+        fallbacks += ["blas", "einsum"]
     methods["naive"] = lambda: torch.sqrt(nphotons / torch.mean(torch.sum(x**2, dim=(-2, -1))))
     labels = {
         "floor": "x.sum() (read floor)",
         "derive": f"derive ({kernel})",
         "eager": "derive (eager blockwise)",
+        "blas": "derive (numpy BLAS)",
+        "einsum": "  with einsum row sums",
         "naive": "naive formula",
     }
     if native:  # each SIMD kernel alone, to compare them on the same data
@@ -236,7 +293,8 @@ def main() -> None:
         "benchmark": "derive",
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if on_cuda else "cpu",
-        "gib": round(x.numel() * 4 / 2**30, 4),
+        "gib": round(size_gib, 4),
+        "dtype": args.dtype,
         "threads": torch.get_num_threads(),
         "kernel": kernel,
         "repeats": repeats,
@@ -257,12 +315,12 @@ def main() -> None:
         speedup = median_ratio(times["naive"], times[name])
         mem = cuda_extra_mib(fn) if on_cuda else peak_extra_mib(fn)
         first = (
-            first_call_extra_mib(n_patterns, args.side, eager=name == "eager")
-            if name in ("derive", "eager") and not on_cuda and not args.quick
+            first_call_extra_mib(n_patterns, args.side, name, dtype)
+            if name in ("derive", *fallbacks) and not on_cuda and not args.quick
             else None
         )
         err = None
-        if name in ("derive", "eager", "naive"):
+        if name in ("derive", *fallbacks, "naive"):
             err = abs(float(fn()) - exact) / exact  # type: ignore[arg-type]
         print(f"{labels[name]:26}{t * 1e3:10.2f}{floor_ratio:9.2f}{speedup:10.2f}{mem:11.1f}"
               f"{'' if first is None else f'{first:.1f}':>10}"
@@ -273,6 +331,12 @@ def main() -> None:
         result["extra_mib"][name] = round(max(mem, first or 0.0), 2)
         if err is not None:
             result["rel_err"][name] = float(f"{err:.2e}")
+    if "blas" in methods:
+        print("\nwithout the native kernel (medians of per-round ratios):")
+        for a, b in (("blas", "eager"), ("einsum", "eager"), ("blas", "einsum")):
+            versus = median_ratio(times[a], times[b])
+            result[f"{a}_over_{b}"] = round(versus, 3)
+            print(f"  {labels[a].strip()} / {labels[b].strip()}: {versus:.2f}")
     ratio = result["floor_ratio"]["derive"]
     extra = result["extra_mib"]["derive"]
     speedup = result["naive_speedup"]["derive"]

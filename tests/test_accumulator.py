@@ -17,7 +17,7 @@ from physscale import accumulator as functional
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore::physscale.errors.UnitsWarning"),
-    pytest.mark.usefixtures("kernel"),  # every test runs on the native and the eager kernel
+    pytest.mark.usefixtures("kernel"),  # every test runs on each CPU path: native, BLAS, eager
 ]
 
 

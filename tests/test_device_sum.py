@@ -21,8 +21,8 @@ from _reference import rel
 
 import physscale as ps
 from physscale.core.kernels import device as _device_sum
+from physscale.core.kernels import eager
 from physscale.core.kernels import native as _native
-from physscale.core.kernels import sums as _intensity_sum
 
 needs_cxx = pytest.mark.skipif(
     shutil.which("c++") is None and shutil.which("g++") is None,
@@ -162,7 +162,7 @@ def test_inputs_the_fused_pass_cannot_read_are_left_to_the_blockwise_kernel(
 def test_only_accelerators_and_large_inputs_take_the_fused_pass() -> None:
     assert "cpu" not in _device_sum.DEVICE_TYPES
     assert not _device_sum.applies(torch.rand(3, 4096))
-    assert _device_sum.MIN_NUMEL > _intensity_sum.BLOCK_NUMEL  # more than one CPU block
+    assert _device_sum.MIN_NUMEL > eager.BLOCK_NUMEL  # more than one CPU block
 
 
 @pytest.mark.usefixtures("on_cpu")

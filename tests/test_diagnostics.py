@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import physscale as ps
-from physscale.core.kernels import sums as _intensity_sum
+from physscale.core.kernels import eager
 from physscale.diagnostics import MAX_LISTED_FRAMES, OutlierRule, pattern_stats
 
 pytestmark = [
@@ -48,12 +48,12 @@ def test_per_pattern_totals_match_fsum_for_any_axes_and_block_size(
     case: tuple[np.ndarray, tuple[int, int]], block: int
 ) -> None:
     x, spatial = case
-    old = _intensity_sum.BLOCK_NUMEL
-    _intensity_sum.BLOCK_NUMEL = block  # patterns split across blocks, blocks across patterns
+    old = eager.BLOCK_NUMEL
+    eager.BLOCK_NUMEL = block  # patterns split across blocks, blocks across patterns
     try:
         acc = ps.IntensityAccumulator(spatial_dims=spatial, keep_pattern_totals=True).update(x)
     finally:
-        _intensity_sum.BLOCK_NUMEL = old
+        eager.BLOCK_NUMEL = old
     totals = acc.pattern_totals
     assert totals is not None and totals.dtype == torch.float64
     assert totals.tolist() == pytest.approx(_reference_totals(x, spatial), rel=1e-14)

@@ -15,8 +15,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import physscale as ps
+from physscale.core.kernels import blas, eager, sums
 from physscale.core.kernels import native as _native
-from physscale.core.kernels import sums as _intensity_sum
 
 needs_native = pytest.mark.skipif(
     not _native.available() and os.environ.get("PHYSSCALE_REQUIRE_NATIVE") != "1",
@@ -203,17 +203,20 @@ def test_native_sum_and_minimum_match_fsum_for_any_thread_split(
 
 
 @needs_native
-@given(dense_tensors(), st.booleans())
-def test_native_and_eager_kernels_agree(x: torch.Tensor, square: bool) -> None:
+@pytest.mark.parametrize("fallback", ["blas", "eager"])
+@given(x=dense_tensors(), square=st.booleans())
+def test_native_and_fallback_kernels_agree(x: torch.Tensor, square: bool, fallback: str) -> None:
     domain = "amplitude" if square else "intensity"
     axes = (x.ndim - 1,)
-    native = _intensity_sum.intensity_sum(x, axes, domain)
+    native = sums.intensity_sum(x, axes, domain)
     with pytest.MonkeyPatch.context() as m:
         m.setattr(_native, "reduce_dense", lambda x, *, square: None)
-        eager = _intensity_sum.intensity_sum(x, axes, domain)
-    assert rel(native.total, eager.total) <= 1e-13
-    assert native.n_patterns == eager.n_patterns
-    assert native.integer_like == eager.integer_like
+        if fallback == "eager":
+            m.setattr(blas, "reduce_dense", lambda x, *, square: None)
+        other = sums.intensity_sum(x, axes, domain)
+    assert rel(native.total, other.total) <= 1e-13
+    assert native.n_patterns == other.n_patterns
+    assert native.integer_like == other.integer_like
 
 
 @needs_native
@@ -506,23 +509,24 @@ def test_per_pattern_totals_come_from_the_native_kernel_for_stacks(
     shape: list[int], dtype: torch.dtype, square: bool
 ) -> None:
     # A contiguous stack with its spatial axes last: each pattern is one run of memory,
-    # and the per-pattern pass is the native one (the eager one is not called).
+    # and the per-pattern pass is the native one (neither fallback is called).
     x = (torch.rand(*shape, dtype=torch.float64) + 0.01).to(dtype)
     axes = (x.ndim - 2, x.ndim - 1)
     domain = "amplitude" if square else "intensity"
 
-    def no_eager(*args: object) -> None:
-        raise AssertionError("the eager per-pattern kernel ran")
+    def no_fallback(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a fallback per-pattern kernel ran")
 
     with pytest.MonkeyPatch.context() as m:
-        m.setattr(_intensity_sum, "_eager_pattern_sums", no_eager)
-        native = _intensity_sum.intensity_sum(x, axes, domain, per_pattern=True)
-    eager = _intensity_sum.intensity_sum(x.transpose(-1, -2), axes, domain, per_pattern=True)
-    assert native.pattern_totals is not None and eager.pattern_totals is not None
+        m.setattr(eager, "pattern_block_sums", no_fallback)
+        m.setattr(blas, "reduce_rows", no_fallback)
+        native = sums.intensity_sum(x, axes, domain, per_pattern=True)
+    other = sums.intensity_sum(x.transpose(-1, -2), axes, domain, per_pattern=True)
+    assert native.pattern_totals is not None and other.pattern_totals is not None
     expected = [fsum_reference(p, square) for p in x.reshape(-1, shape[-2] * shape[-1])]
     assert native.pattern_totals.tolist() == pytest.approx(expected, rel=1e-14)
-    assert eager.pattern_totals.tolist() == pytest.approx(expected, rel=1e-14)
-    assert rel(native.total, eager.total) <= 1e-13
+    assert other.pattern_totals.tolist() == pytest.approx(expected, rel=1e-14)
+    assert rel(native.total, other.total) <= 1e-13
 
 
 @needs_native

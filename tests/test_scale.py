@@ -21,7 +21,7 @@ from physscale.core.kernels import eager
 pytestmark = [
     pytest.mark.filterwarnings("ignore::physscale.errors.UnitsWarning"),
     pytest.mark.filterwarnings("ignore::physscale.errors.MaskWarning"),
-    pytest.mark.usefixtures("kernel"),  # every test runs on the native and the eager kernel
+    pytest.mark.usefixtures("kernel"),  # every test runs on each CPU path: native, BLAS, eager
 ]
 
 NP_DTYPES = [np.float16, np.float32, np.float64]

@@ -1,6 +1,6 @@
 """One fused pass for float64 sums on accelerators, compiled with ``torch.compile``.
 
-On a GPU the blockwise eager kernel (``_intensity_sum._eager_sum``) converts
+On a GPU the blockwise eager path (:func:`eager.block_sums`) converts
 each 64 MiB block into a float64 buffer and reads it twice more (dot, amin):
 about 28 bytes of memory traffic per float32 element, where reading the input
 once costs 4, plus four kernel launches per block. PyTorch has no eager
@@ -111,7 +111,7 @@ def applies(x: torch.Tensor) -> bool:
         and x.layout == torch.strided
         and x.numel() >= max(MIN_NUMEL, 2 * ROW)
         and not x.is_neg()
-        and _native._dense(x)
+        and _native.dense(x)
         and _can_compile()
     )
 

@@ -1,13 +1,13 @@
 """The optional native kernel: one fused, multi-threaded pass on the CPU.
 
-``src/physscale/core/kernels/native.c`` is compiled at install time when a C compiler is
-available (see ``hatch_build.py``) into ``physscale/_native_kernel.so`` and
-loaded here with :mod:`ctypes`. It computes the same float64 sum and minimum as
-the eager kernel in :mod:`physscale.core.kernels.sums`, in one read of the data
-instead of three passes per block, so deriving a scale costs about as much as
-reading the tensor once. Without the library (no compiler at install time,
-an unsupported platform, or ``PHYSSCALE_NATIVE=0``) every caller falls back to
-the eager kernel, which gives the same result to within float64 rounding.
+``native.c`` beside this file is compiled at install time when a C compiler
+is available (the root ``hatch_build.py``) into ``_native_kernel.so``, also
+beside it, and loaded here with :mod:`ctypes`. It computes the same float64
+sum and minimum as the other paths (see :mod:`physscale.core.kernels.sums`)
+in one read of the data, so deriving a scale costs about as much as reading
+the tensor once. Without the library (no compiler at install time, Windows,
+or ``PHYSSCALE_NATIVE=0``) callers fall back to the BLAS and eager paths,
+which give the same result to within float64 rounding.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-#: Must match PHYSSCALE_NATIVE_ABI in src/physscale/core/kernels/native.c: a stale build
+#: Must match PHYSSCALE_NATIVE_ABI in native.c: a stale build
 #: from an older checkout is ignored rather than called with the wrong signature.
 ABI_VERSION = 3
 
@@ -161,7 +161,7 @@ def _best() -> str:
     return kernel() or KERNELS[0]
 
 
-def _dense(x: torch.Tensor) -> bool:
+def dense(x: torch.Tensor) -> bool:
     """Whether ``x`` covers one gap-free run of memory (any axis order, no overlap)."""
     expected = 1
     for stride, size in sorted((s, n) for s, n in zip(x.stride(), x.shape, strict=True) if n != 1):
@@ -195,7 +195,7 @@ def reduce_dense(
         raise ValueError(f"native kernel {kernel!r} is not available here; available: {kernels()}")
     if lib is None or x.device.type != "cpu" or x.layout != torch.strided:
         return None
-    if x.is_neg() or not _dense(x) or x.dtype not in (torch.float32, torch.float64):
+    if x.is_neg() or not dense(x) or x.dtype not in (torch.float32, torch.float64):
         return None
     kernel_id = KERNELS.index(kernel if kernel is not None else _best())
     n = x.numel()

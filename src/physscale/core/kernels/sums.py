@@ -1,52 +1,41 @@
-"""The one kernel: per-dataset float64 sums of pattern intensity.
+"""The dispatch: per-dataset float64 sums of pattern intensity, by the fastest path.
 
 Everything that derives a scale (``derive_intensity_scale``, the streaming
 ``IntensityAccumulator``, amplitude normalization) goes through
-:func:`intensity_sum`, which runs one of two kernels doing the same float64
-arithmetic:
+:func:`intensity_sum`, which runs the first path that can read ``x``; all do
+the same float64 arithmetic and agree to float64 rounding:
 
-- the native kernel (:mod:`physscale.core.kernels.native`): one fused, threaded pass over
-  dense CPU float32/float64 data, no extra memory, at the memory-read floor;
-  with ``per_pattern``, the same pass row by row when every pattern is one
-  run of memory (C-contiguous data, spatial axes last, no mask);
-- the eager kernel (:func:`_eager_sum`, everything else): blocks of at most
-  ``BLOCK_NUMEL`` elements converted to float64 into one reused buffer, so the
-  extra memory is bounded (8 MiB on the CPU, 64 MiB on accelerators) whatever
-  the input size.
+1. :mod:`~physscale.core.kernels.native`: one fused, threaded C pass over
+   dense CPU float32/float64 data at the memory-read floor (with
+   ``per_pattern``, row by row when every pattern is one run of memory);
+2. :mod:`~physscale.core.kernels.device`: one compiled pass over large dense
+   inputs on CUDA;
+3. :mod:`~physscale.core.kernels.blas`: numpy's BLAS, for dense CPU
+   float32/float64 data when the native kernel is absent;
+4. :mod:`~physscale.core.kernels.eager`: blocks of PyTorch ops, for
+   everything else (masks, float16, bfloat16, strided views, small or
+   masked accelerator inputs).
 
-Either way every square is exact (a float32 squared fits a float64), and
-validation (NaN, infinities, negative values) and the units-guard sample are
-shared.
+Every square is exact (a float32 squared fits a float64). Validation (NaN,
+infinities, negative values) and the units-guard sample are shared, here.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 import torch
 
-from physscale.core.kernels import device as _device_sum
-from physscale.core.kernels import native as _native
+from physscale.core.kernels import blas, device, eager, native
 from physscale.errors import EmptyInputError, NegativeValueError, NonFiniteError
 
 Domain = Literal["amplitude", "intensity"]
 
-#: Elements per block on the CPU: 8 MiB of float64, large enough to amortize
-#: dispatch overhead and small enough to stay in a last-level cache.
-BLOCK_NUMEL = 1 << 20
-
-#: Blocks are this many times larger on accelerators (64 MiB of float64), where
-#: kernel launches, not caches, set the cost. (Not measured: no GPU in CI.)
-ACCELERATOR_BLOCK_FACTOR = 8
-
 #: Elements of the first block inspected by the units guard.
 _UNITS_SAMPLE = 4096
-
-Index = tuple[int | slice, ...]
 
 
 @dataclass(frozen=True)
@@ -78,31 +67,6 @@ class IntensitySum:
     masked_pixels: int = 0
     masked_total: float = 0.0
     pattern_totals: torch.Tensor | None = None
-
-
-def _accumulation_device(device: torch.device) -> torch.device:
-    # Apple's MPS backend has no float64: accumulate on the CPU there.
-    return torch.device("cpu") if device.type == "mps" else device
-
-
-def _blocks(shape: tuple[int, ...], limit: int, prefix: Index = ()) -> Iterator[Index]:
-    """Index tuples cutting an array of ``shape`` into pieces of <= ``limit`` elements.
-
-    Pieces are cut along the leading axis (recursing when one leading slice is
-    itself too large), so they are views of any strided tensor.
-    """
-    numel = math.prod(shape)
-    if numel <= limit or not shape:
-        yield prefix
-        return
-    inner = numel // shape[0]
-    if inner <= limit:
-        step = limit // inner
-        for start in range(0, shape[0], step):
-            yield (*prefix, slice(start, min(start + step, shape[0])))
-    else:
-        for i in range(shape[0]):
-            yield from _blocks(shape[1:], limit, (*prefix, i))
 
 
 def whole_tolerance(dtype: torch.dtype) -> float:
@@ -178,23 +142,23 @@ def intensity_sum(
     if n_patterns == 0:  # an empty batch adds nothing (e.g. an empty shard)
         return IntensitySum(0.0, 0, pattern_shape, False)
     square = domain == "amplitude"
-    # The native kernel (one fused, threaded pass) when it is built and the data
-    # allow it; otherwise the eager blockwise kernel. Same float64 arithmetic.
-    native = _native.reduce_dense(x, square=square) if mask is None and not per_pattern else None
-    rows = _native_rows(x, axes, square) if mask is None and per_pattern else None
     masked_totals: list[float] = []
     masked_pixels = 0
     pattern_totals = None
-    if rows is not None:
-        block_totals, lowest, pattern_totals = rows
-    elif per_pattern:
-        block_totals, lowest, masked_totals, masked_pixels, pattern_totals = _eager_pattern_sums(
-            x, axes, square, mask
-        )
-    elif native is None:
-        block_totals, lowest, masked_totals, masked_pixels = _eager_sum(x, square, mask)
+    if per_pattern:
+        rows = _pattern_rows(x, axes, square) if mask is None else None
+        if rows is not None:
+            block_totals, lowest, pattern_totals = rows
+        else:
+            block_totals, lowest, masked_totals, masked_pixels, pattern_totals = (
+                eager.pattern_block_sums(x, axes, square, mask)
+            )
     else:
-        block_totals, lowest = native
+        dense = _dense_sums(x, square) if mask is None else None
+        if dense is not None:
+            block_totals, lowest = dense
+        else:
+            block_totals, lowest, masked_totals, masked_pixels = eager.block_sums(x, square, mask)
     if math.isnan(lowest) or not all(math.isfinite(t) for t in block_totals):
         _raise_nonfinite(x, name)
     if lowest < 0.0:
@@ -221,146 +185,48 @@ def intensity_sum(
     )
 
 
-def _native_rows(
+def _dense_sums(x: torch.Tensor, square: bool) -> tuple[list[float], float] | None:
+    """Partial totals and the minimum of unmasked ``x`` from the first fused path that reads it.
+
+    None when only the eager path can (it then also names a bad value).
+    """
+    found = native.reduce_dense(x, square=square)
+    if found is not None:
+        return found
+    fused = device.fused_sum(x, square)
+    # Finite totals from the fused pass mean no element is NaN, infinite or
+    # negative (it turns negatives into NaN), so 0.0 is a valid lower bound;
+    # otherwise the eager pass finds the minimum and the culprits.
+    if fused is not None and all(math.isfinite(t) for t in fused):
+        return fused, 0.0
+    if fused is not None:
+        return None
+    return blas.reduce_dense(x, square=square)
+
+
+def _pattern_rows(
     x: torch.Tensor, axes: tuple[int, ...], square: bool
 ) -> tuple[list[float], float, torch.Tensor] | None:
-    """Per-pattern totals from the native kernel, when each pattern is one run of memory.
+    """Per-pattern totals from the native or BLAS path, when each pattern is one run of memory.
 
     That is a C-contiguous ``x`` whose spatial axes are its last ones (NCHW
     stacks, the files ``physscale derive`` reads): pattern ``i`` is then row
     ``i`` of ``x.reshape(-1, H * W)``, in the pattern order of
-    :func:`_eager_pattern_sums`. None otherwise (the eager kernel runs).
+    :func:`eager.pattern_block_sums`. None otherwise (the eager path runs).
     """
     if axes != tuple(range(x.ndim - len(axes), x.ndim)):
         return None
-    return _native.reduce_rows(x, math.prod(x.shape[a] for a in axes), square=square)
-
-
-def _eager_sum(
-    x: torch.Tensor, square: bool, mask: torch.Tensor | None
-) -> tuple[list[float], float, list[float], int]:
-    """Per-block float64 totals and the minimum, in eager PyTorch ops.
-
-    Each block of at most ``BLOCK_NUMEL`` elements is converted into one reused
-    float64 buffer, then reduced with a dot product (or a sum) and an ``amin``.
-    With a mask, also the per-block intensity of the excluded pixels (finite
-    values >= 0 only) and the number of excluded pixels.
-    Large unmasked inputs on accelerators take one compiled pass instead
-    (:mod:`physscale.core.kernels.device`) unless it reports a bad value.
-    """
-    if mask is None:
-        fused = _device_sum.fused_sum(x, square)
-        # Finite totals from the fused pass mean no element is NaN, infinite or
-        # negative (it turns negatives into NaN), so 0.0 is a valid lower bound;
-        # otherwise the blockwise pass below finds the minimum and the culprits.
-        if fused is not None and all(math.isfinite(t) for t in fused):
-            return fused, 0.0, [], 0
-    device = _accumulation_device(x.device)
-    limit = BLOCK_NUMEL * (1 if device.type == "cpu" else ACCELERATOR_BLOCK_FACTOR)
-    buffer = torch.empty(min(limit, x.numel()), dtype=torch.float64, device=device)
-    # Per-block float64 totals and minima stay on the device until the end.
-    totals: list[torch.Tensor] = []
-    minima: list[torch.Tensor] = []
-    dropped_totals: list[torch.Tensor] = []
-    dropped_counts: list[torch.Tensor] = []
-    for index in _blocks(tuple(x.shape), limit):
-        block = x[index]
-        if mask is None and block.dtype == torch.float64 and block.is_contiguous() \
-                and block.device == device:  # fmt: skip
-            flat = block.view(-1)  # already float64: no copy needed
-        else:
-            view = buffer[: block.numel()].view(block.shape)
-            view.copy_(block)
-            if mask is not None:
-                removed, count = _apply_mask(view, mask[index], square)
-                dropped_totals.append(removed)
-                dropped_counts.append(count)
-            flat = view.view(-1)
-        totals.append(torch.dot(flat, flat) if square else flat.sum())
-        # Checked on the cached float64 block: measured faster than on the source.
-        minima.append(flat.amin())
-    # One device-to-host transfer for the whole pass.
-    n = len(totals)
-    stats = torch.stack(
-        [torch.stack(minima).amin(), *totals, *dropped_totals, *dropped_counts]
-    ).tolist()
-    return stats[1 : 1 + n], stats[0], stats[1 + n : 1 + 2 * n], int(sum(stats[1 + 2 * n :]))
-
-
-def _apply_mask(
-    view: torch.Tensor, keep: torch.Tensor, square: bool
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Zero the excluded pixels of a float64 buffer in place.
-
-    Returns (on the buffer's device) the intensity the mask took away, over
-    finite values >= 0 only (dead pixels often hold NaN or negative flags),
-    and the number of excluded pixels.
-    """
-    dropped = keep.to(view.device).logical_not()
-    kept_out = torch.where(dropped & (view >= 0) & view.isfinite(), view, 0.0).view(-1)
-    removed = torch.dot(kept_out, kept_out) if square else kept_out.sum()
-    # masked_fill, not a multiply: a NaN in a dead pixel must not leak.
-    view.masked_fill_(dropped, 0.0)
-    return removed, dropped.sum(dtype=torch.float64)
-
-
-def _eager_pattern_sums(
-    x: torch.Tensor, axes: tuple[int, ...], square: bool, mask: torch.Tensor | None
-) -> tuple[list[float], float, list[float], int, torch.Tensor]:
-    """:func:`_eager_sum`, plus the float64 intensity of every pattern.
-
-    Returns the same four values and a ``(n_patterns,)`` float64 tensor on the
-    accumulation device, in pattern order (the non-spatial axes raveled in C
-    order, e.g. ``(b, c)`` for ``(B, H, W, C)`` with spatial axes 1, 2). Each
-    block is reduced over the spatial axes it holds; a pattern split across
-    blocks (one pattern larger than a block) gets each part added, so memory
-    stays bounded by the block whatever the pattern size.
-    """
-    device = _accumulation_device(x.device)
-    limit = BLOCK_NUMEL * (1 if device.type == "cpu" else ACCELERATOR_BLOCK_FACTOR)
-    buffer = torch.empty(min(limit, x.numel()), dtype=torch.float64, device=device)
-    # Pattern ids laid out like x, with size 1 on the spatial axes (a broadcast view).
-    id_shape = [1 if d in axes else n for d, n in enumerate(x.shape)]
-    ids = torch.arange(math.prod(id_shape), device=device).view(id_shape)
-    sums = torch.zeros(ids.numel(), dtype=torch.float64, device=device)
-    totals: list[torch.Tensor] = []
-    minima: list[torch.Tensor] = []
-    dropped_totals: list[torch.Tensor] = []
-    dropped_counts: list[torch.Tensor] = []
-    for index in _blocks(tuple(x.shape), limit):
-        block = x[index]
-        view = buffer[: block.numel()].view(block.shape)
-        view.copy_(block)
-        if mask is not None:
-            removed, count = _apply_mask(view, mask[index], square)
-            dropped_totals.append(removed)
-            dropped_counts.append(count)
-        minima.append(view.amin())
-        if square:
-            view.mul_(view)  # our own buffer: squaring in place is safe
-        # The block's dimensions: x's, less those an integer index dropped.
-        kept = [d for d in range(x.ndim) if d >= len(index) or not isinstance(index[d], int)]
-        spatial = [i for i, d in enumerate(kept) if d in axes]
-        per_pattern = view.sum(dim=spatial, keepdim=True) if spatial else view
-        id_index = tuple(
-            (0 if isinstance(i, int) else slice(None)) if d in axes else i
-            for d, i in enumerate(index)
-        )
-        block_ids = ids[id_index].expand(per_pattern.shape)
-        sums.index_add_(0, block_ids.reshape(-1), per_pattern.reshape(-1))
-        totals.append(per_pattern.sum())
-    n = len(totals)
-    stats = torch.stack(
-        [torch.stack(minima).amin(), *totals, *dropped_totals, *dropped_counts]
-    ).tolist()
-    dropped = int(sum(stats[1 + 2 * n :]))
-    return stats[1 : 1 + n], stats[0], stats[1 + n : 1 + 2 * n], dropped, sums
+    row_len = math.prod(x.shape[a] for a in axes)
+    found = native.reduce_rows(x, row_len, square=square)
+    if found is not None:
+        return found
+    return blas.reduce_rows(x, row_len, square=square)
 
 
 def _units_sample(x: torch.Tensor, mask: torch.Tensor | None) -> np.ndarray:
     """The first (at most) ``_UNITS_SAMPLE`` values of ``x`` in float64 on the host,
     masked pixels as 0 (one small device-to-host copy)."""
-    index = next(_blocks(tuple(x.shape), _UNITS_SAMPLE))
+    index = next(eager.blocks(tuple(x.shape), _UNITS_SAMPLE))
     sample = x[index].to(device="cpu", dtype=torch.float64).reshape(-1).numpy()
     if mask is not None:
         keep = mask[index].to(device="cpu").reshape(-1).numpy()
