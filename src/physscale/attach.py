@@ -36,6 +36,7 @@ from physscale.core.checks import (
     scalar_scale,
 )
 from physscale.core.kernels.sums import Domain
+from physscale.core.preview import preview
 from physscale.core.validation import is_validation_enabled
 from physscale.derive import derive_scale_record
 from physscale.errors import (
@@ -69,6 +70,10 @@ DATA_KEYS = ("X", "diffraction")
 
 #: Tells an absent field from one that holds None.
 _MISSING = object()
+
+
+#: The highest rank ``collate_with_scale`` shapes a scale for (torch allows 64 axes).
+_MAX_RANK = 64
 
 
 def _lookup(container: Any, name: str, default: Any = None) -> Any:
@@ -105,7 +110,7 @@ def _training_data(container: Any, key: str | None) -> Any:
         data = _lookup(container, key, _MISSING)
         if data is _MISSING:
             raise StateError(
-                f"the container ({type(container).__name__}) has no {key!r} "
+                f"the container ({type(container).__name__}) has no {preview(key, 80)} "
                 f"{'key' if isinstance(container, Mapping) else 'attribute'}"
             )
         return data
@@ -322,11 +327,13 @@ def _one_scale(value: Any, i: int, key: str) -> torch.Tensor:
     if isinstance(value, torch.Tensor):
         if value.numel() != 1:
             raise BroadcastError(
-                f"sample {i} has a {key!r} of shape {tuple(value.shape)}; each sample must "
-                f"carry one number"
+                f"sample {i} has a {preview(key, 80)} of shape {tuple(value.shape)}; each sample "
+                f"must carry one number"
             )
         return value.reshape(())
-    return torch.tensor(scalar_scale(value, f"sample {i}'s {key!r}"), dtype=torch.float64)
+    return torch.tensor(
+        scalar_scale(value, f"sample {i}'s {preview(key, 80)}"), dtype=torch.float64
+    )
 
 
 def collate_with_scale(
@@ -356,12 +363,16 @@ def collate_with_scale(
     Returns:
         The collated dict, ``batch[scale_key]`` of shape ``(B, 1, ..., 1)``.
     """
+    if not isinstance(samples, Sequence) or isinstance(samples, str | bytes):
+        raise BroadcastError(
+            f"samples must be a list of dict samples, got {type(samples).__name__}"
+        )
     if not samples:
         raise BroadcastError("collate_with_scale needs at least one sample")
     for i, sample in enumerate(samples):
         if not isinstance(sample, Mapping) or scale_key not in sample:
             raise BroadcastError(
-                f"sample {i} is not a dict with a {scale_key!r} entry "
+                f"sample {i} is not a dict with a {preview(scale_key, 80)} entry "
                 f"(got {type(sample).__name__}); collate_with_scale is for dict samples"
             )
     # One 0-d tensor per sample, so that a float beside a tensor, or a 0-d tensor
@@ -369,14 +380,21 @@ def collate_with_scale(
     scales = torch.stack([_one_scale(s[scale_key], i, scale_key) for i, s in enumerate(samples)])
     rest = [{k: v for k, v in s.items() if k != scale_key} for s in samples]
     batch: dict[str, Any] = default_collate(rest)
+    if isinstance(ndim, bool) or not isinstance(ndim, int) or not 0 <= ndim <= _MAX_RANK:
+        raise BroadcastError(
+            f"ndim must be an int from 1 to {_MAX_RANK} (the batch's rank), got "
+            f"{type(ndim).__name__} {preview(ndim, 40)}"
+        )
     rank = ndim
     if like is not None:
         ref = batch.get(like)
         if not isinstance(ref, torch.Tensor):
-            raise BroadcastError(f"like={like!r} does not name a tensor field of the samples")
+            raise BroadcastError(
+                f"like={preview(like, 80)} does not name a tensor field of the samples"
+            )
         rank = ref.ndim
     if rank < 1:
         raise BroadcastError(f"the scale needs at least one axis, got ndim={rank}")
-    _check_values(scales, f"per-sample {scale_key!r}")
+    _check_values(scales, f"per-sample {preview(scale_key, 80)}")
     batch[scale_key] = scales.reshape((len(samples),) + (1,) * (rank - 1))
     return batch

@@ -2,18 +2,21 @@
 
 Two things live here:
 
-- :func:`normalize_counts`: data that arrive as detector counts (pty-chi, most
+- [`normalize_counts`][physscale.counts.normalize_counts]: data that arrive as detector counts
+(pty-chi, most
   beamline files) become PtychoPINN-normalized amplitudes
   ``x = sqrt(counts) * factor`` (mean per-pattern ``sum(x**2) == (N/2)**2``),
-  with a :class:`~physscale.ScaleRecord` whose scale maps them back to the
+  with a [`ScaleRecord`][physscale.ScaleRecord] whose scale maps them back to the
   counts exactly: ``(s * x)**2 == counts`` to rounding. Its ``nphotons`` is
   the measured mean counts per pattern, ``nphotons_source == "measured"``.
-- :func:`scale_from_gain` / :func:`gain_from_scale`: a detector gain in the
+- [`scale_from_gain`][physscale.counts.scale_from_gain] /
+[`gain_from_scale`][physscale.counts.gain_from_scale]: a detector gain in the
   model ``y = gain * Poisson(x / gain)`` (deepinv's ``PoissonNoise(gain)``
   and any code written that way) is the physscale scale ``s = gain ** -0.5``.
 
 The count-native way to use the likelihood needs nothing from here: with
-``scale=1`` the rate and the observations of :func:`physscale.scaled_poisson_nll`
+``scale=1`` the rate and the observations of
+[`physscale.scaled_poisson_nll`][physscale.scaled_poisson_nll]
 are already photon counts (``domain="intensity"``: ``lam = pred``,
 ``k = obs``); see ``docs/poisson-nll.md``.
 """
@@ -32,6 +35,7 @@ from physscale.accumulator import IntensityAccumulator
 from physscale.core.checks import (
     DEFAULT_SPATIAL_DIMS,
     as_mask,
+    check_materializable,
     positive_real,
     real_number,
     scalar_scale,
@@ -82,6 +86,7 @@ def _counts_tensor(counts: object) -> torch.Tensor:
                 f"counts must be a dense tensor, got layout {counts.layout}; convert it "
                 f"with counts.to_dense()"
             )
+        check_materializable(counts, "counts")
         t = counts.detach()
         if t.device.type == "mps":  # no float64 there; counts need it to stay exact
             t = t.cpu()
@@ -137,7 +142,7 @@ def invalid_pixels(
     Args:
         counts: integer or float counts (numpy array or tensor).
         invalid_values: values that mark invalid pixels; None means
-            :func:`default_invalid_values` (the integer dtype's maximum),
+            `default_invalid_values` (the integer dtype's maximum),
             ``()`` means none.
         max_valid: counts above this are not photons (NeXus
             ``saturation_value`` / ``countrate_correction_count_cutoff``).
@@ -182,18 +187,19 @@ def normalize_counts(
     ``x = sqrt(counts) * factor`` at valid pixels and ``0`` at excluded ones,
     with ``factor`` chosen so that the mean per-pattern ``sum(x**2)`` is
     ``(N/2)**2`` (``H * W / 4`` for ``H x W`` patterns; see
-    :func:`physscale.normalization_target`). The record's ``intensity_scale``
+    `physscale.normalization_target`). The record's ``intensity_scale``
     ``s`` maps ``x`` back: ``(s * x)**2 == counts`` at every valid pixel to the
     rounding of the output dtype. Its ``nphotons`` is the measured mean valid
     counts per pattern (``nphotons_source == "measured"``), so ``s`` is also
-    exactly the scale :func:`physscale.derive_intensity_scale` derives from
+    exactly the scale [`physscale.derive_intensity_scale`][physscale.derive_intensity_scale]
+    derives from
     ``x`` with the same mask for that ``nphotons`` (``method="derived"``).
 
     Invalid pixels are never photons (SPEC section 6): for integer counts the
     dtype's maximum is a detector marker (Eiger: ``2**32-1`` at gaps and bad
     pixels, ``65535`` in uint16 at gaps and saturation) and is excluded exactly
     like a masked pixel; markers in pixels the mask calls valid are counted
-    and warned about (:class:`physscale.MaskWarning`, naming how many).
+    and warned about ([`physscale.MaskWarning`][physscale.MaskWarning], naming how many).
 
     Args:
         counts: photon counts, ``torch.Tensor`` (any device) or
@@ -207,7 +213,7 @@ def normalize_counts(
             (True = valid pixel; False = excluded, e.g. a beamstop, a gap or
             a dead pixel), per pattern or per frame. A NeXus/Eiger
             ``pixel_mask`` is nonzero = bad: pass ``mask=(pixel_mask == 0)``
-            (:func:`physscale.core.checks.valid_from_pixel_mask`). Excluded
+            (`physscale.core.checks.valid_from_pixel_mask`). Excluded
             pixels add nothing to the statistics and may hold any sentinel
             (negative, NaN, inf). A ``numpy.ma.MaskedArray`` brings its own
             mask (then pass no ``mask``). A mask that excludes most pixels is
@@ -223,7 +229,7 @@ def normalize_counts(
         numpy out; torch in, torch out on the same device), dtype float64 for
         integer and float64 counts (exact round trip), float32 for float32,
         float16 and bfloat16 counts; 0 at every excluded pixel. ``record`` is a
-        :class:`~physscale.ScaleRecord` with ``method="derived"``,
+        [`ScaleRecord`][physscale.ScaleRecord] with ``method="derived"``,
         ``nphotons_source="measured"``, ``mean_intensity`` the mean
         per-pattern ``sum(x**2)`` of the returned ``x`` (``(N/2)**2`` to
         rounding), ``intensity_scale == sqrt(nphotons / mean_intensity)`` and,
@@ -263,6 +269,11 @@ def normalize_counts(
     c = _counts_tensor(counts)
     axes = spatial_axes(c.ndim, spatial_dims, layout)
     valid = None if mask is None else as_mask(mask, c.shape, c.device, axes)
+    if invalid_values is not None and not isinstance(invalid_values, Sequence | np.ndarray):
+        raise MaskError(
+            f"invalid_values must be a sequence of marker values such as (65535,), got "
+            f"{type(invalid_values).__name__}"
+        )
     markers = tuple(
         default_invalid_values(counts.dtype) if invalid_values is None else invalid_values
     )
@@ -355,7 +366,7 @@ def _refuse_non_whole(
     1, so a value in ``(0, 0.5)`` is not one. Where the dtype cannot tell
     integers apart (float32 above ~1e6) every value passes: the data give no
     evidence against counts. When the values are a gain times whole counts,
-    the message gives the gain (:func:`infer_gain`).
+    the message gives the gain ([`infer_gain`][physscale.counts.infer_gain]).
 
     Raises:
         NotCountsError: a kept value is not a whole count.
@@ -466,7 +477,8 @@ def infer_gain(y: ArrayT) -> float:
 
 
 def _gain_of(values: np.ndarray, rel: float) -> float:
-    """:func:`infer_gain` of flat float64 ``values`` with the relative rounding ``rel``."""
+    """[`infer_gain`][physscale.counts.infer_gain] of flat float64 ``values`` with the relative
+    rounding ``rel``."""
     if values.size == 0:
         raise EmptyInputError("y is empty; there are no values to find a gain in")
     if not np.isfinite(values).all():
@@ -533,6 +545,11 @@ def scale_from_gain(gain: Any) -> float:
     Raises:
         DtypeError, NonFiniteError, NegativeValueError: ``gain`` is not a
             positive finite real number.
+
+    Examples:
+        >>> import physscale as ps
+        >>> ps.scale_from_gain(0.25)   # y = 0.25 * Poisson(x / 0.25)  <=>  s = 0.25 ** -0.5
+        2.0
     """
     g = positive_real(gain, "gain", "a positive real number (y = gain * Poisson(x / gain))")
     return float(g**-0.5)  # finite and > 0 for every positive finite float
@@ -541,17 +558,22 @@ def scale_from_gain(gain: Any) -> float:
 def gain_from_scale(scale: Any) -> float:
     """The detector gain of a physscale scale: ``gain = scale ** -2``.
 
-    The inverse of :func:`scale_from_gain`.
+    The inverse of [`scale_from_gain`][physscale.counts.scale_from_gain].
 
     Args:
         scale: the intensity scale ``s`` (amplitude factor): a positive finite
-            float, a 0-d tensor or a :class:`~physscale.ScaleRecord`.
+            float, a 0-d tensor or a [`ScaleRecord`][physscale.ScaleRecord].
 
     Returns:
         The gain as a float, for ``y = gain * Poisson(x / gain)``.
 
     Raises:
         DtypeError, NonFiniteError, NegativeValueError: not a positive finite scale.
+
+    Examples:
+        >>> import physscale as ps
+        >>> ps.gain_from_scale(2.0)
+        0.25
     """
     s = scalar_scale(scale, "scale")
     try:

@@ -7,10 +7,10 @@ maps normalized amplitudes to photon-count amplitudes (counts are
 with the target ``(N/2)**2`` in place of ``nphotons``; after it,
 ``s == sqrt(nphotons) / (N/2)`` (the closed form TF training uses).
 
-The formulas live in :mod:`physscale.core.scale` (``scale_from_totals``,
+The formulas live in `physscale.core.scale` (``scale_from_totals``,
 ``normalization_target``, ``closed_form_intensity_scale``); the totals come
-from an :class:`~physscale.IntensityAccumulator`. This module puts them
-together and builds the :class:`~physscale.ScaleRecord` of a scale.
+from an [`IntensityAccumulator`][physscale.IntensityAccumulator]. This module puts them
+together and builds the [`ScaleRecord`][physscale.ScaleRecord] of a scale.
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ _INTENSITY_SAMPLE = 4096
 def _warn_if_intensities(x: Any, acc: IntensityAccumulator) -> None:
     """UnitsWarning when amplitudes look like intensities (docs/concepts.md, Units).
 
-    The rule of the loss (:func:`physscale.core.loss_inputs.looks_like_intensities`)
+    The rule of the loss (`physscale.core.loss_inputs.looks_like_intensities`)
     on the leading values; never on raw counts (the units warning says that)
     nor on PtychoPINN-normalized amplitudes (mean per-pattern ``sum(x**2) ==
     (N/2)**2``).
@@ -135,7 +135,7 @@ def derive_intensity_scale(
             (``spatial_dims=(-3, -2)``, the TensorFlow layout). Never guessed:
             with neither ``spatial_dims`` nor ``layout`` given, data that look
             channels-last (rank >= 3, a last axis of 1 to 4 entries after two
-            axes of at least 8) raise :class:`~physscale.AmbiguousLayoutError`
+            axes of at least 8) raise [`AmbiguousLayoutError`][physscale.AmbiguousLayoutError]
             naming what to pass, instead of a scale over the wrong axes.
             Explicit axes are always trusted.
         domain: ``"amplitude"`` sums ``x**2``; ``"intensity"`` sums ``x``.
@@ -144,16 +144,17 @@ def derive_intensity_scale(
             in either layout, or any shape that broadcasts to ``x``. Excluded
             pixels add nothing to a pattern's sum, so nphotons is assigned to
             the unmasked pixels only: masking a bright region (a beamstop)
-            raises the scale. A :class:`~physscale.MaskWarning` says so when
+            raises the scale. A [`MaskWarning`][physscale.MaskWarning] says so when
             the mask removes more than half of the intensity;
-            :func:`physscale.derive_scale_record` records the masked fractions
+            [`physscale.derive_scale_record`][physscale.derive_scale_record] records the masked
+            fractions
             of pixels and intensity.
 
     Returns:
         0-d float64 tensor on ``x``'s device (CPU for numpy input or devices
         without float64): the amplitude factor ``s``; counts are ``(s * x)**2``.
-        It is :func:`physscale.core.scale.scale_from_totals` of the exact
-        float64 total the :class:`~physscale.IntensityAccumulator` sums.
+        It is `physscale.core.scale.scale_from_totals` of the exact
+        float64 total the [`IntensityAccumulator`][physscale.IntensityAccumulator] sums.
 
     Raises:
         PhysscaleError: a subclass that says what was wrong: DtypeError,
@@ -183,13 +184,19 @@ def amplitude_normalization_factor(
 
     Multiplying raw amplitudes (square roots of counts) by it gives the
     normalized amplitudes a network trains on: their mean per-pattern
-    ``sum(x**2)`` is ``(N/2)**2`` (see :func:`normalization_target`).
+    ``sum(x**2)`` is ``(N/2)**2`` (see `normalization_target`).
 
     Args:
-        x_raw: raw amplitudes, same conventions as :func:`derive_intensity_scale`.
+        x_raw: raw amplitudes, same conventions as
+            [`derive_intensity_scale`][physscale.derive.derive_intensity_scale].
 
     Returns:
         0-d float64 tensor on ``x_raw``'s device (CPU for numpy input).
+
+    Examples:
+        >>> import numpy as np, physscale as ps
+        >>> ps.amplitude_normalization_factor(np.full((3, 8, 8), 2.0))
+        tensor(0.2500, dtype=torch.float64)
     """
     acc = accumulate(x_raw, spatial_dims, layout, "amplitude", mask)
     assert acc.pattern_shape is not None  # update() saw at least one pattern
@@ -208,9 +215,17 @@ def normalize_amplitudes(
     """Normalize raw amplitudes the PtychoPINN way; return ``(x, factor)``.
 
     ``x = x_raw * factor`` with ``factor`` from
-    :func:`amplitude_normalization_factor`, in ``x_raw``'s dtype and array
+    [`amplitude_normalization_factor`][physscale.derive.amplitude_normalization_factor], in
+    ``x_raw``'s dtype and array
     type (numpy in, numpy out). Returns the factor as a float too, so the raw
     scale can be recovered (``x_raw = x / factor``).
+
+    Examples:
+        >>> import numpy as np, physscale as ps
+        >>> x_raw = np.full((3, 8, 8), 2.0)
+        >>> x, f = ps.normalize_amplitudes(x_raw)   # mean per-pattern sum(x**2) becomes (8/2)**2
+        >>> f, float((x**2).sum(axis=(-2, -1)).mean())
+        (0.25, 16.0)
     """
     factor = float(
         amplitude_normalization_factor(x_raw, spatial_dims=spatial_dims, layout=layout, mask=mask)
@@ -240,23 +255,26 @@ def derive_scale_record(
     exclude: Literal["outliers"] | Sequence[int] | None = None,
     outlier_rule: OutlierRule | None = None,
 ) -> ScaleRecord:
-    """Resolve nphotons, derive the scale, and return its :class:`ScaleRecord`.
+    """Resolve nphotons, derive the scale, and return its
+    [`ScaleRecord`][physscale.derive.ScaleRecord].
 
     Args:
         x_or_accumulator: normalized data (as for
-            :func:`physscale.derive_intensity_scale`) or an
-            :class:`IntensityAccumulator` that has seen the data.
-        nphotons: the explicit value, as for :func:`physscale.resolve_nphotons`.
-        metadata: as for :func:`physscale.resolve_nphotons`.
-        config: as for :func:`physscale.resolve_nphotons`.
-        default: as for :func:`physscale.resolve_nphotons`.
+            [`physscale.derive_intensity_scale`][physscale.derive_intensity_scale]) or an
+            [`IntensityAccumulator`][physscale.derive.IntensityAccumulator] that has seen the data.
+        nphotons: the explicit value, as for
+            [`physscale.resolve_nphotons`][physscale.resolve_nphotons].
+        metadata: as for [`physscale.resolve_nphotons`][physscale.resolve_nphotons].
+        config: as for [`physscale.resolve_nphotons`][physscale.resolve_nphotons].
+        default: as for [`physscale.resolve_nphotons`][physscale.resolve_nphotons].
         data_source: free text recorded with the scale (a path, a name).
-        spatial_dims: as for :func:`physscale.derive_intensity_scale`; this
+        spatial_dims: as for
+            [`physscale.derive_intensity_scale`][physscale.derive_intensity_scale]; this
             and the next three are not allowed with an accumulator, which
             fixed them already.
-        layout: as for :func:`physscale.derive_intensity_scale`.
-        domain: as for :func:`physscale.derive_intensity_scale`.
-        mask: as for :func:`physscale.derive_intensity_scale`.
+        layout: as for [`physscale.derive_intensity_scale`][physscale.derive_intensity_scale].
+        domain: as for [`physscale.derive_intensity_scale`][physscale.derive_intensity_scale].
+        mask: as for [`physscale.derive_intensity_scale`][physscale.derive_intensity_scale].
         diagnostics: for array input, keep every pattern's total and put
             their spread and the flagged frames in ``record.pattern_stats``.
             An accumulator made with ``keep_pattern_totals=True`` always gives them.
@@ -265,8 +283,15 @@ def derive_scale_record(
             ``outlier_rule`` flags; nothing is excluded if none is) or a
             sequence of pattern indices. Needs per-pattern totals (implied
             for array input). None (default): every pattern counts.
-        outlier_rule: the :class:`~physscale.diagnostics.OutlierRule` for the
+        outlier_rule: the `OutlierRule` for the
             statistics and for ``exclude="outliers"`` (default: its defaults).
+
+    Examples:
+        >>> import torch, physscale as ps
+        >>> x = torch.full((4, 1, 8, 8), 0.5)   # 4 patterns, sum(x**2) = 16 each
+        >>> record = ps.derive_scale_record(x, nphotons=1600.0, layout='NCHW')
+        >>> record.intensity_scale, record.nphotons_source
+        (10.0, 'explicit')
     """
     resolution = resolve_nphotons(metadata, config, explicit=nphotons, default=default)
     if isinstance(x_or_accumulator, IntensityAccumulator):
@@ -300,20 +325,23 @@ def record_from_accumulator(
 ) -> ScaleRecord:
     """The derived record of an accumulator's data, for an nphotons already resolved.
 
-    What :func:`derive_scale_record` does after resolving nphotons (and
-    :func:`physscale.io.derive_files` after resolving it per file).
+    What [`derive_scale_record`][physscale.derive.derive_scale_record] does after resolving
+    nphotons (and
+    [`physscale.io.derive_files`][physscale.io.derive_files] after resolving it per file).
 
     Args:
         acc: the accumulator that has seen the data.
         resolution: nphotons, its source and the candidates on offer.
         data_source: free text recorded with the scale (a path, a name).
-        exclude: as for :func:`derive_scale_record`.
-        outlier_rule: as for :func:`derive_scale_record`.
+        exclude: as for [`derive_scale_record`][physscale.derive.derive_scale_record].
+        outlier_rule: as for [`derive_scale_record`][physscale.derive.derive_scale_record].
         sources: the data files, for the record's ``sources``.
 
     Raises:
         PhysscaleError: no patterns, zero intensity, bad frame indices.
     """
+    if data_source is not None and not isinstance(data_source, str):
+        raise RecordError(f"data_source must be text or None, got {type(data_source).__name__}")
     stats = acc.pattern_stats(outlier_rule) if acc.keep_pattern_totals else None
     excluded = None
     if exclude is not None:
@@ -380,7 +408,14 @@ def closed_form_scale_record(
     nphotons_source: NphotonsSource = "explicit",
     data_source: str | None = None,
 ) -> ScaleRecord:
-    """The record of the closed-form scale ``sqrt(nphotons) / (N/2)`` (TF training)."""
+    """The record of the closed-form scale ``sqrt(nphotons) / (N/2)`` (TF training).
+
+    Examples:
+        >>> import physscale as ps
+        >>> record = ps.closed_form_scale_record(1e6, (64, 64))
+        >>> record.intensity_scale, record.method
+        (31.25, 'closed_form')
+    """
     shape = pattern_sizes(pattern_shape)
     n = positive_finite(nphotons, "nphotons")
     return ScaleRecord(

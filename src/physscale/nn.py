@@ -1,11 +1,13 @@
 """The ``torch.nn`` side of physscale: the scale as a module parameter.
 
-:class:`IntensityScaler` holds the physics scale as a registered log-scale
+[`IntensityScaler`][physscale.nn.IntensityScaler] holds the physics scale as a registered log-scale
 parameter, with TF PtychoPINN's convention (SPEC §2): ``normalize`` divides by
 ``exp(log_scale)`` and ``denormalize`` multiplies by it.
 
-:class:`ScaledPoissonNLLLoss` is :func:`physscale.scaled_poisson_nll` as a
-module: a fixed scale held as a buffer, or an :class:`IntensityScaler` whose
+[`ScaledPoissonNLLLoss`][physscale.nn.ScaledPoissonNLLLoss] is
+[`physscale.scaled_poisson_nll`][physscale.scaled_poisson_nll] as a
+module: a fixed scale held as a buffer, or an [`IntensityScaler`][physscale.nn.IntensityScaler]
+    whose
 log-scale then learns through the loss.
 
 Named ``nn`` after ``torch.nn``; a submodule named ``torch`` would shadow
@@ -80,29 +82,39 @@ class IntensityScaler(nn.Module):
     """The physics intensity scale as a (optionally trainable) log-scale parameter.
 
     TF convention (SPEC §2): the model input is divided by ``exp(log_scale)``
-    (:meth:`normalize`) and the output amplitude multiplied by it
-    (:meth:`denormalize`). ``log_scale`` is a registered ``nn.Parameter``, so
+    ([`normalize`][physscale.nn.IntensityScaler.normalize]) and the output amplitude multiplied by
+    it
+    ([`denormalize`][physscale.nn.IntensityScaler.denormalize]). ``log_scale`` is a registered
+    ``nn.Parameter``, so
     it is in ``parameters()`` and ``state_dict()``, reaches an optimizer, and
     moves with ``.to(device)``; it has ``requires_grad=False`` when frozen.
 
-    The :class:`~physscale.ScaleRecord` the scaler was built from (or its
+    The [`ScaleRecord`][physscale.ScaleRecord] the scaler was built from (or its
     initial value and nphotons) is saved with the weights as a JSON string
     (``get_extra_state``), so ``torch.load(..., weights_only=True)`` can read a
-    saved ``state_dict`` and :meth:`to_record` still knows the provenance.
+    saved ``state_dict`` and [`to_record`][physscale.nn.IntensityScaler.to_record] still knows the
+    provenance.
 
     Casting the module (``.half()``, ``.bfloat16()``, ``model.to(torch.float16)``,
     Lightning ``precision="bf16-true"``) never rounds the physics scale:
     ``log_scale`` stays float32 (float64 after ``.double()``), the same
-    ``Parameter`` object, so ``scale`` and :meth:`to_record` stay exact and
-    agree. ``normalize``/``denormalize`` of a half-precision ``x`` still return
+    ``Parameter`` object. ``scale`` is ``exp(log_scale)`` computed in
+    ``log_scale``'s dtype (float32 by default), while
+    [`to_record`][physscale.nn.IntensityScaler.to_record] gives the value the
+    scaler was built from while a frozen ``log_scale`` has not moved, else
+    ``exp(log_scale)`` computed in float64. With a float32 ``log_scale`` the
+    two differ by float32 rounding (a few 1e-8 relative; see the example):
+    the record holds the float64 value, ``scale`` the float32 one.
+    ``normalize``/``denormalize`` of a half-precision ``x`` still return
     ``x``'s dtype (a 0-d parameter does not promote a batch).
 
     Built from a *trained* record (``method="trained"``, e.g. to resume
     training): ``log_scale`` starts at the trained ``record.intensity_scale``,
-    while :attr:`initial_scale` (the data's scale, which
-    :class:`ScaledPoissonNLLLoss` uses for the observed counts, TF's
+    while [`initial_scale`][physscale.nn.IntensityScaler.initial_scale] (the data's scale, which
+    [`ScaledPoissonNLLLoss`][physscale.nn.ScaledPoissonNLLLoss] uses for the observed counts, TF's
     ``(s_data * X)**2``) is ``record.initial_intensity_scale``, the scale
-    derived from the data before any training. :meth:`to_record` keeps that
+    derived from the data before any training.
+    [`to_record`][physscale.nn.IntensityScaler.to_record] keeps that
     first value as ``initial_intensity_scale``.
 
     Args:
@@ -112,7 +124,8 @@ class IntensityScaler(nn.Module):
         trainable: whether ``log_scale`` learns (TF
             ``intensity_scale.trainable``).
         nphotons: photons per pattern the scale stands for. Only for a bare
-            scale, and only needed by :meth:`to_record` (a record requires
+            scale, and only needed by [`to_record`][physscale.nn.IntensityScaler.to_record] (a
+            record requires
             nphotons); a ``ScaleRecord`` carries its own.
         dtype: dtype of ``log_scale``, ``torch.float32`` (the default, like
             TF's variable) or ``torch.float64``; it follows ``module.double()``
@@ -120,6 +133,17 @@ class IntensityScaler(nn.Module):
             scale float32 cannot hold as a normal number (beyond about 1e-38 to
             3e38) gets a float64 ``log_scale`` by default, kept through
             ``.float()``; asking for float32 then is a ``DtypeError``.
+
+    Examples:
+        >>> import torch
+        >>> from physscale.nn import IntensityScaler
+        >>> scaler = IntensityScaler(31.25, nphotons=1e6)   # frozen; trainable=True to learn it
+        >>> scaler.normalize(torch.full((2, 1, 4, 4), 62.5)).shape
+        torch.Size([2, 1, 4, 4])
+        >>> float(scaler.scale)   # exp(log_scale) in float32
+        31.250001907348633
+        >>> scaler.to_record().intensity_scale   # the record keeps float64
+        31.25
     """
 
     log_scale: nn.Parameter
@@ -207,8 +231,10 @@ class IntensityScaler(nn.Module):
     def from_record(cls, record: ScaleRecord, trainable: bool = False) -> IntensityScaler:
         """A scaler starting at ``record.intensity_scale`` that remembers the record.
 
-        For a trained record the data's scale (:attr:`initial_scale`, the count
-        scale of :class:`ScaledPoissonNLLLoss`) is ``record.initial_intensity_scale``.
+        For a trained record the data's scale
+        ([`initial_scale`][physscale.nn.IntensityScaler.initial_scale], the count
+        scale of [`ScaledPoissonNLLLoss`][physscale.nn.ScaledPoissonNLLLoss]) is
+        ``record.initial_intensity_scale``.
         """
         if not isinstance(record, ScaleRecord):
             raise RecordError(
@@ -231,7 +257,8 @@ class IntensityScaler(nn.Module):
         """The data's scale: the first value of this scale's history.
 
         The bare value, a record's ``intensity_scale``, or a trained record's
-        ``initial_intensity_scale``; :class:`ScaledPoissonNLLLoss` computes the
+        ``initial_intensity_scale``; [`ScaledPoissonNLLLoss`][physscale.nn.ScaledPoissonNLLLoss]
+        computes the
         observed counts with it.
         """
         return self._initial_scale
@@ -249,7 +276,7 @@ class IntensityScaler(nn.Module):
         return y * torch.exp(self.log_scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Same as :meth:`normalize` (the TF layer's call)."""
+        """Same as [`normalize`][physscale.nn.IntensityScaler.normalize] (the TF layer's call)."""
         return self.normalize(x)
 
     def _moved(self, current: float) -> bool:
@@ -260,7 +287,7 @@ class IntensityScaler(nn.Module):
         return abs(math.log(current) - initial_log) > 4.0 * eps * max(1.0, abs(initial_log))
 
     def to_record(self, nphotons: float | None = None) -> ScaleRecord:
-        """The :class:`~physscale.ScaleRecord` of the *current* scale.
+        """The [`ScaleRecord`][physscale.ScaleRecord] of the *current* scale.
 
         - Built from a record: ``record.trained(current)`` (``method="trained"``,
           ``initial_intensity_scale`` kept) when trainable or when the value
@@ -269,7 +296,7 @@ class IntensityScaler(nn.Module):
         - Built from a bare scale: a ``method="explicit"`` record of the
           initial value, then ``.trained(current)`` as above. This needs
           ``nphotons`` (a record requires it): given here or to the
-          constructor, else :class:`~physscale.errors.RecordError`.
+          constructor, else [`RecordError`][physscale.errors.RecordError].
 
         Raises:
             RecordError: no nphotons for a bare scale, an ``nphotons`` that
@@ -340,7 +367,8 @@ class IntensityScaler(nn.Module):
         )
 
     def set_extra_state(self, state: Any) -> None:
-        """Restore the provenance saved by :meth:`get_extra_state`."""
+        """Restore the provenance saved by
+        [`get_extra_state`][physscale.nn.IntensityScaler.get_extra_state]."""
         try:
             if not isinstance(state, str):
                 raise TypeError(f"expected a JSON string, got {type(state).__name__}")
@@ -374,23 +402,25 @@ class IntensityScaler(nn.Module):
 
 
 class ScaledPoissonNLLLoss(nn.Module):
-    """:func:`physscale.scaled_poisson_nll` as an ``nn.Module``.
+    """[`physscale.scaled_poisson_nll`][physscale.scaled_poisson_nll] as an ``nn.Module``.
 
     Args:
         scale: either a fixed intensity scale (positive float, 0-d tensor or
-            :class:`~physscale.ScaleRecord`), kept as the float64 buffer
+            [`ScaleRecord`][physscale.ScaleRecord]), kept as the float64 buffer
             ``scale`` (moves with ``.to(device)``, saved in ``state_dict``); or
-            an :class:`IntensityScaler`, registered as the submodule ``scaler``.
+            an [`IntensityScaler`][physscale.nn.IntensityScaler], registered as the submodule
+            ``scaler``.
             With a scaler the *rate* uses its current ``exp(log_scale)``, so a
             trainable log-scale learns through the loss, while the *counts*
-            use its :attr:`~IntensityScaler.initial_scale`, the data's fixed
+            use its [`initial_scale`][physscale.nn.IntensityScaler.initial_scale], the data's fixed
             scale (TF: the targets are ``(s * X)**2`` with the data's ``s``
             whatever the layer learns; for a scaler built from a trained
             record, that record's ``initial_intensity_scale``).
-        domain: as for :func:`physscale.scaled_poisson_nll`.
-        form: as for :func:`physscale.scaled_poisson_nll`.
-        reduction: as for :func:`physscale.scaled_poisson_nll`.
-        eps: as for :func:`physscale.scaled_poisson_nll`: a finite number of
+        domain: as for [`physscale.scaled_poisson_nll`][physscale.scaled_poisson_nll].
+        form: as for [`physscale.scaled_poisson_nll`][physscale.scaled_poisson_nll].
+        reduction: as for [`physscale.scaled_poisson_nll`][physscale.scaled_poisson_nll].
+        eps: as for [`physscale.scaled_poisson_nll`][physscale.scaled_poisson_nll]: a finite number
+            of
             photon counts >= 0 (0 means no floor: the unfloored likelihood).
         mask: optional valid-pixel mask, a tensor or numpy array of booleans
             (True = valid) or 0/1 floats, broadcastable to every batch, e.g.
@@ -409,15 +439,26 @@ class ScaledPoissonNLLLoss(nn.Module):
             value must be saved (register the scaler on the model).
 
     Every argument is checked here, with the same checks (and errors) as
-    :func:`physscale.scaled_poisson_nll`; value checks (the mask's weights, the
+    [`physscale.scaled_poisson_nll`][physscale.scaled_poisson_nll]; value checks (the mask's
+    weights, the
     background's values) run when validation is on
-    (:func:`physscale.set_validation`), and the shapes against the data are
+    ([`physscale.set_validation`][physscale.set_validation]), and the shapes against the data are
     checked at each forward. Casting the module (``.half()``, ``.bfloat16()``)
     keeps the fixed scale in float64 and a background map in float32 or better.
 
     ``forward(pred, obs)`` takes normalized amplitudes (or intensities), shape
     ``(B, ...)``, and returns the reduced loss (float32, or float64 for
     float64 inputs).
+
+    Examples:
+        >>> import torch
+        >>> from physscale.nn import ScaledPoissonNLLLoss
+        >>> loss_fn = ScaledPoissonNLLLoss(4.0)   # the data's intensity scale
+        >>> pred = torch.full((2, 1, 4, 4), 0.5, requires_grad=True)
+        >>> loss = loss_fn(pred, torch.full((2, 1, 4, 4), 0.5))
+        >>> loss.backward()
+        >>> round(loss.item(), 4), pred.grad.shape
+        (-1.5452, torch.Size([2, 1, 4, 4]))
     """
 
     scale: torch.Tensor | None
@@ -487,7 +528,8 @@ class ScaledPoissonNLLLoss(nn.Module):
         """The loss of ``pred`` against ``obs`` (normalized units, same shape).
 
         With a scaler: the rate at its current scale, the counts at the data's
-        (:attr:`IntensityScaler.initial_scale`); else both at the fixed ``scale``.
+        ([`IntensityScaler.initial_scale`][physscale.nn.IntensityScaler.initial_scale]); else both
+        at the fixed ``scale``.
         """
         scaler, bg_map = self.scaler, self.background_map
         return scaled_poisson_nll(

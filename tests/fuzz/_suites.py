@@ -1230,3 +1230,8 @@ SUITES: dict[str, Callable[[str, Path, Emit], None]] = {
     "writes": suite_writes,
     "detector": suite_detector,
 }
+
+# Issue 22's generators (adapters, output paths, globs, costs, the numeric API, state).
+from fuzz._issue22 import suite_issue22  # noqa: E402
+
+SUITES["issue22"] = suite_issue22

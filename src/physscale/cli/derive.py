@@ -9,6 +9,8 @@ summary. Nothing is written unless every file was read and the record made.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import warnings
 from collections.abc import Sequence
 from typing import Literal, TextIO
@@ -22,10 +24,12 @@ from physscale.errors import (
     FileListError,
     NphotonsError,
     OptionError,
+    PhysscaleError,
     StateError,
 )
 from physscale.io import derive_files, example_dataset_path
-from physscale.io._atomic import atomic_write
+from physscale.io._atomic import atomic_write, check_output
+from physscale.io.dataset import expand_paths
 
 __all__ = ["run"]
 
@@ -36,6 +40,7 @@ _NAMED_REFUSED = 5
 def run(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
     """Run ``physscale derive`` with parsed ``args``; the exit status (errors raise)."""
     _check_options(args)
+    inputs = _check_outputs(args)
     exclude: Literal["outliers"] | list[int] | None = (
         "outliers" if args.exclude_outliers else args.exclude_frames
     )
@@ -78,13 +83,14 @@ def run(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
         from physscale import report
 
         figure = report.render_report(derived, report.plot_format(args.plot))
-    # Atomically, as bundles are written: a failed write leaves the old files.
-    if args.out is not None:
-        with atomic_write(args.out) as fh:
+    # Atomically, as bundles are written, and together: the figure's file is
+    # written inside the record's, so if either write fails neither file changes.
+    with contextlib.ExitStack() as stack:
+        if args.out is not None:
+            fh = stack.enter_context(atomic_write(args.out, inputs=inputs))
             fh.write((text + "\n").encode("utf-8"))
-    if figure is not None:
-        with atomic_write(args.plot) as fh:
-            fh.write(figure)
+        if figure is not None:
+            stack.enter_context(atomic_write(args.plot, inputs=inputs)).write(figure)
     if args.json:
         stdout.write(text + "\n")
     else:
@@ -123,6 +129,27 @@ def _check_options(args: argparse.Namespace) -> None:
             report.plot_format(args.plot)
         except OptionError as exc:
             raise UsageError(f"--plot {args.plot}: {exc}") from None
+
+
+def _check_outputs(args: argparse.Namespace) -> list[str | os.PathLike[str]]:
+    """The files read, after refusing outputs that are inputs, read-only or the same file.
+
+    Checked before anything is read, so a mistaken ``--out`` costs nothing;
+    the writes check again (the files may change meanwhile).
+    """
+    outputs = [(flag, p) for flag, p in (("--out", args.out), ("--plot", args.plot)) if p]
+    if not outputs:
+        return []
+    inputs: list[str | os.PathLike[str]] = [args.mask] if args.mask is not None else []
+    with contextlib.suppress(PhysscaleError):  # derive_files reports it, in its words
+        inputs += expand_paths(
+            list(args.paths) or [example_dataset_path()], recursive=args.recursive
+        )
+    for _, path in outputs:
+        check_output(path, inputs)  # DataFileError: exit 1, as the write itself would
+    if len(outputs) == 2 and os.path.realpath(args.out) == os.path.realpath(args.plot):
+        raise UsageError(f"--out and --plot name the same file ({args.plot}); give two files")
+    return inputs
 
 
 def _outlier_rule(args: argparse.Namespace) -> OutlierRule | None:

@@ -1,7 +1,7 @@
 """Input coercion shared by every entry point.
 
 Each helper either returns a clean value or raises a specific
-:mod:`physscale.errors` exception whose message says what was wrong, where it
+`physscale.errors` exception whose message says what was wrong, where it
 came from and what would be right.
 """
 
@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import math
 import numbers
+import os
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar
@@ -21,6 +22,7 @@ from physscale.core.preview import preview
 from physscale.errors import (
     AmbiguousLayoutError,
     AxisError,
+    BroadcastError,
     DtypeError,
     MaskError,
     NegativeValueError,
@@ -68,7 +70,7 @@ def as_float_tensor(x: object, name: str = "x") -> torch.Tensor:
     numpy input is shared, not copied (``torch.from_numpy``), except for
     non-native byte order or negative strides, which torch cannot view.
     A ``numpy.ma.MaskedArray`` is refused here: callers that honour its mask
-    unwrap it first with :func:`split_masked`.
+    unwrap it first with `split_masked`.
     """
     if isinstance(x, np.ma.MaskedArray):
         raise DtypeError(
@@ -127,14 +129,14 @@ def check_concrete(t: torch.Tensor, name: str) -> None:
 #: The one next step for raw detector counts, whoever meets them (derive's dtype
 #: error and units warning, the loss's, the command line's): one sentence, one place.
 #: Its option ``normalize_counts`` is the Python call; the command line spells it
-#: ``physscale normalize`` (:data:`COUNTS_NEXT_STEP_CLI`).
+#: ``physscale normalize`` (`COUNTS_NEXT_STEP_CLI`).
 COUNTS_NEXT_STEP = Wording(
     "Normalize the counts first: {normalize_counts} returns the normalized amplitudes "
     "and the record whose scale maps them back to the counts exactly",
     {"normalize_counts": "physscale.normalize_counts(counts)"},
 )
 
-#: :data:`COUNTS_NEXT_STEP`'s option in the command line's words.
+#: `COUNTS_NEXT_STEP`'s option in the command line's words.
 COUNTS_NEXT_STEP_CLI = {"normalize_counts": "`physscale normalize`"}
 
 
@@ -143,7 +145,7 @@ def counts_next_step(spellings: Mapping[str, str] | None = None) -> str:
 
     Every message that meets counts gives this same step (issue 21: one voice).
     ``spellings`` names the option in another front end's words, e.g.
-    :data:`COUNTS_NEXT_STEP_CLI` for the command line.
+    `COUNTS_NEXT_STEP_CLI` for the command line.
 
     Example:
         >>> from physscale.core.checks import COUNTS_NEXT_STEP_CLI, counts_next_step
@@ -257,10 +259,10 @@ def real_number(value: Any, where: str, what: str) -> float:
 
 
 def positive_real(value: Any, where: str, what: str) -> float:
-    """``value`` as a positive finite float: :func:`real_number`, and > 0.
+    """``value`` as a positive finite float: `real_number`, and > 0.
 
     Raises:
-        DtypeError, NonFiniteError: as :func:`real_number`.
+        DtypeError, NonFiniteError: as `real_number`.
         NegativeValueError: zero or negative.
     """
     out = real_number(value, where, what)
@@ -269,7 +271,7 @@ def positive_real(value: Any, where: str, what: str) -> float:
     return out
 
 
-#: Numbers and arrays: :func:`scalar_scale` never asks these for their ``__float__``
+#: Numbers and arrays: `scalar_scale` never asks these for their ``__float__``
 #: (numpy's complex and bool scalars have one; they are refused, not converted).
 _NUMERIC = (numbers.Number, np.generic, np.ndarray, torch.Tensor)
 
@@ -279,7 +281,7 @@ def scalar_scale(value: Any, where: str = "scale") -> float:
 
     Accepts a real number, a 0-d (or one-element) tensor or array, or any other
     object that converts itself with ``float()``, such as a
-    :class:`~physscale.ScaleRecord` (its ``intensity_scale``).
+    [`ScaleRecord`][physscale.ScaleRecord] (its ``intensity_scale``).
 
     Raises:
         DtypeError: not a real number (bool, complex, string, a larger array...).
@@ -344,7 +346,7 @@ def spatial_axes(
 
 
 #: How the layout guard's message names its remedies, in Python terms (the
-#: command line names its flags instead: see :class:`~physscale.errors.Wording`).
+#: command line names its flags instead: see [`Wording`][physscale.errors.Wording]).
 LAYOUT_OPTIONS = {
     "layout_NHWC": "layout='NHWC'",
     "layout_NCHW": "layout='NCHW' (or spatial_dims=(-2, -1))",
@@ -360,7 +362,7 @@ def check_layout(shape: Sequence[int], axes_explicit: bool, name: str = "x") -> 
     axes before it have at least ``SPATIAL_MIN`` each (``(B, N, N, C)``, the
     TensorFlow/PtychoPINN layout) would be read as ``N x C`` patterns; no
     diffraction pattern is a few pixels wide, so this raises
-    :class:`~physscale.AmbiguousLayoutError` naming what to pass (its
+    [`AmbiguousLayoutError`][physscale.AmbiguousLayoutError] naming what to pass (its
     ``wording`` names the options ``layout_NHWC`` and ``layout_NCHW``, so the
     command line can name its flags). Explicit axes (any ``spatial_dims`` or
     ``layout``, ``"NCHW"`` included) are trusted.
@@ -532,16 +534,16 @@ def check_mask_coverage(
         masked_pixels: pixels the mask excluded (over every pattern seen).
         pixels: pixels seen in all.
         where: what messages call the mask (``"mask"``, ``"--mask FILE"``).
-        refuse: raise instead of warning above :data:`INVERTED_MASK_REFUSED`
+        refuse: raise instead of warning above `INVERTED_MASK_REFUSED`
             (the counts front doors, where a mask is a detector's; derive and
             the loss warn, since a region-of-interest mask is legitimate there).
 
     Raises:
         MaskError: the mask excludes every pixel (there is nothing to
-            measure), or, with ``refuse``, more than :data:`INVERTED_MASK_REFUSED`.
+            measure), or, with ``refuse``, more than `INVERTED_MASK_REFUSED`.
 
     Warns:
-        MaskWarning: it excludes more than :data:`INVERTED_MASK_FRACTION` of
+        MaskWarning: it excludes more than `INVERTED_MASK_FRACTION` of
             the pixels. The warning states the polarity; it is a question about
             the mask, answered by fixing the mask, never by silencing it.
     """
@@ -570,4 +572,41 @@ def check_mask_coverage(
             f"mask's polarity before using this scale",
             MaskWarning,
             stacklevel=3,
+        )
+
+
+def check_materializable(x: torch.Tensor, name: str) -> None:
+    """Refuse a broadcast view whose elements would not fit in its device's memory.
+
+    ``torch.ones(1).expand(10**6, 10**3, 10**3)`` stores one value but stands
+    for 10**12: any computation that makes its elements (a sum of squares, the
+    loss) would ask the allocator for terabytes and fail with a raw error.
+
+    Raises:
+        BroadcastError: ``x`` holds fewer values than it has elements, and its
+            elements (at its dtype) exceed the device's total memory.
+    """
+    # Under torch.compile the storage is not inspectable (and the graph must not
+    # break): a traced loss was checked when it ran eagerly.
+    if x.device.type == "meta" or x.numel() == 0 or torch.compiler.is_compiling():
+        return
+    try:
+        stored = x.untyped_storage().nbytes()
+    except (NotImplementedError, RuntimeError):  # functorch wrappers, fake tensors: no storage
+        return
+    needed = x.numel() * x.element_size()
+    if needed <= stored:
+        return
+    if x.device.type == "cuda":
+        total = torch.cuda.get_device_properties(x.device).total_memory
+    else:
+        try:
+            total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        except (AttributeError, ValueError, OSError):  # not POSIX: 1 TiB
+            total = 1 << 40
+    if needed > total:
+        raise BroadcastError(
+            f"{name} is a broadcast view of {x.numel()} elements ({needed} bytes) over "
+            f"{stored} bytes of storage; the computation makes every element, which would "
+            f"take more than this device's {total} bytes of memory"
         )

@@ -1,21 +1,22 @@
 """The inputs of the scaled Poisson NLL: coerced, checked, and cast for its math.
 
-The constraints of :func:`physscale.scaled_poisson_nll` in one place, in two
+The constraints of [`physscale.scaled_poisson_nll`][physscale.scaled_poisson_nll] in one place, in
+two
 stages (the ``torch.distributions`` way):
 
-- :func:`loss_inputs` looks at types, shapes, dtypes, devices and options,
+- `loss_inputs` looks at types, shapes, dtypes, devices and options,
   never at a tensor value: no host sync, so it always runs, ``torch.compile``
   traces it without a graph break, and meta tensors pass through it.
-- :func:`check_loss_values` reads the values (NaN, infinities, negatives, mask
+- `check_loss_values` reads the values (NaN, infinities, negatives, mask
   weights, overflow) in one device-to-host transfer, and warns when ``obs``
-  look like raw photon counts (:class:`~physscale.UnitsWarning`). It runs only
-  while :func:`~physscale.is_validation_enabled`, and never inside
+  look like raw photon counts ([`UnitsWarning`][physscale.UnitsWarning]). It runs only
+  while [`is_validation_enabled`][physscale.is_validation_enabled], and never inside
   ``torch.func`` transforms or under ``torch.compile``.
 
-:func:`loss_mask` and :func:`loss_background` are the same checks for the mask
-and background a :class:`~physscale.ScaledPoissonNLLLoss` holds. The option
-sets (:data:`DOMAINS`, :data:`FORMS`, :data:`REDUCTIONS`) are declared here and
-re-exported by :mod:`physscale.core.likelihood`, whose math they name.
+`loss_mask` and `loss_background` are the same checks for the mask
+and background a [`ScaledPoissonNLLLoss`][physscale.ScaledPoissonNLLLoss] holds. The option
+sets (`DOMAINS`, `FORMS`, `REDUCTIONS`) are declared here and
+re-exported by `physscale.core.likelihood`, whose math they name.
 """
 
 from __future__ import annotations
@@ -29,7 +30,13 @@ from typing import Any, Literal, NamedTuple
 import numpy as np
 import torch
 
-from physscale.core.checks import check_option, counts_next_step, real_number, scalar_scale
+from physscale.core.checks import (
+    check_materializable,
+    check_option,
+    counts_next_step,
+    real_number,
+    scalar_scale,
+)
 from physscale.core.kernels.sums import WHOLE_CHANCE, whole_tolerance
 from physscale.core.validation import is_compiling, is_validation_enabled, under_functorch
 from physscale.errors import (
@@ -205,9 +212,10 @@ def loss_inputs(
     """Check everything about the loss's inputs that needs no tensor value.
 
     Types, shapes, dtypes, devices and options, in the order the arguments
-    are documented in :func:`physscale.scaled_poisson_nll`. A ``count_scale``
+    are documented in [`physscale.scaled_poisson_nll`][physscale.scaled_poisson_nll]. A
+    ``count_scale``
     object that names the data's scale as ``data_scale`` (a
-    :class:`~physscale.ScaleRecord`; a trained one gives its initial value)
+    [`ScaleRecord`][physscale.ScaleRecord]; a trained one gives its initial value)
     gives that; any other scale gives its ``float()``.
 
     Raises:
@@ -301,6 +309,7 @@ def _input_tensor(x: Any, name: str, domain: str) -> torch.Tensor:
             f"use torch.as_tensor(...) for numpy data"
         )
     _dense(x, name)
+    check_materializable(x, name)
     if x.is_complex():
         if domain == "amplitude":
             modulus = f"its modulus: pass {name}.abs()"
@@ -513,7 +522,7 @@ def check_loss_values(x: LossInputs, cast: Cast) -> tuple[Cast, Seen]:
     NaN/Inf (in unmasked pixels), negative observations (and predictions in
     the intensity domain), scales that are not > 0, a negative background,
     mask weights other than 0 or 1, an all-excluding mask, rates or counts
-    beyond float64; then warns (:class:`~physscale.UnitsWarning`) when ``obs``
+    beyond float64; then warns ([`UnitsWarning`][physscale.UnitsWarning]) when ``obs``
     look like raw photon counts. Returns the cast (again with ``select`` when
     a masked pixel held a NaN) and what was measured.
     """
@@ -570,7 +579,7 @@ def check_loss_values(x: LossInputs, cast: Cast) -> tuple[Cast, Seen]:
 
 
 class _Checked(NamedTuple):
-    """What the one host sync of :func:`_check_values` learned."""
+    """What the one host sync of `_check_values` learned."""
 
     unmasked: float | None  # how many elements the mask keeps (None without a mask)
     abs_max: dict[str, float]  # largest magnitude of each checked tensor
@@ -601,7 +610,7 @@ def quantum_parts(a: torch.Tensor, dtype: torch.dtype) -> list[torch.Tensor]:
     values are whole multiples of the smallest positive one. Returns
     ``[how many q = a / a_min are >= 1, max(q), whether every q is within
     1e-4 + whole_tolerance(dtype) * q of a whole number]`` (the units guard's
-    tolerance); :func:`looks_like_intensities` reads them.
+    tolerance); `looks_like_intensities` reads them.
     """
     low = torch.where(a > 0, a, math.inf).amin()
     q = a / low  # 0 everywhere when nothing is positive (a / inf)
@@ -611,7 +620,7 @@ def quantum_parts(a: torch.Tensor, dtype: torch.dtype) -> list[torch.Tensor]:
 
 
 def looks_like_intensities(stats: Sequence[float], dtype: torch.dtype) -> bool:
-    """The intensity rule on :func:`quantum_parts`' three values (read on the host).
+    """The intensity rule on `quantum_parts`' three values (read on the host).
 
     The units guard's "too little signal" bar (16 values, a largest of at
     least 2 quanta) and every value a whole multiple of the smallest positive

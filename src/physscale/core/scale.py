@@ -2,15 +2,16 @@
 
 Pure functions of numbers: every other module that gives a scale (the
 accumulator, ``derive_intensity_scale``, the records, ``normalize_counts``)
-calls :func:`scale_from_totals`; none owns the formula.
+calls `scale_from_totals`; none owns the formula.
 
 - the physics scale: ``s = sqrt(nphotons / mean per-pattern sum(x**2))``
-  (``sum(x)`` for intensities), :func:`scale_from_totals` with
+  (``sum(x)`` for intensities), `scale_from_totals` with
   ``target = nphotons``;
 - the amplitude normalization factor: the same with
-  ``target = (N/2)**2`` (:func:`normalization_target`);
+  ``target = (N/2)**2`` (`normalization_target`);
 - the closed form TF training uses on normalized data:
-  ``s = sqrt(nphotons) / (N/2)`` (:func:`closed_form_intensity_scale`).
+  ``s = sqrt(nphotons) / (N/2)``
+  ([`closed_form_intensity_scale`][physscale.core.scale.closed_form_intensity_scale]).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from physscale.core.checks import positive_finite
+from physscale.core.preview import preview
 from physscale.errors import AxisError, EmptyInputError, ZeroIntensityError
 
 __all__ = [
@@ -92,8 +94,13 @@ def normalization_target(pattern_shape: Sequence[int]) -> float:
     is the factor-of-2 trap of SPEC failure mode 6.)
     """
     if len(pattern_shape) == 0 or any(int(n) < 1 for n in pattern_shape):
-        raise AxisError(f"pattern_shape must be positive sizes, got {tuple(pattern_shape)}")
-    return math.prod(int(n) for n in pattern_shape) / 4.0
+        raise AxisError(
+            f"pattern_shape must be positive sizes, got {preview(tuple(pattern_shape))}"
+        )
+    size = math.prod(int(n) for n in pattern_shape)
+    if size > 2**1000:  # no pattern is that large; the division would overflow
+        raise AxisError(f"pattern_shape {preview(tuple(pattern_shape))} is not a pattern's size")
+    return size / 4.0
 
 
 def closed_form_intensity_scale(nphotons: Any, pattern_shape: int | Sequence[int]) -> float:
@@ -103,8 +110,14 @@ def closed_form_intensity_scale(nphotons: Any, pattern_shape: int | Sequence[int
         nphotons: expected photons per pattern, positive finite.
         pattern_shape: ``N`` (square patterns) or the spatial sizes ``(H, W)``.
 
-    Equals :func:`physscale.derive_intensity_scale` on data normalized by
-    :func:`physscale.normalize_amplitudes` (a property the tests check).
+    Equals [`physscale.derive_intensity_scale`][physscale.derive_intensity_scale] on data
+    normalized by
+    [`physscale.normalize_amplitudes`][physscale.normalize_amplitudes] (a property the tests check).
+
+    Examples:
+        >>> import physscale as ps
+        >>> ps.closed_form_intensity_scale(1e6, 64)   # sqrt(1e6) / (64/2)
+        31.25
     """
     n = positive_finite(nphotons, "nphotons")
     return math.sqrt(n / normalization_target(pattern_sizes(pattern_shape)))

@@ -7,15 +7,16 @@ context manager that restores the previous state, and a query.
 With validation on (the default), every entry point checks the *values* of
 its inputs (NaN, infinities, negative amplitudes, mask weights...), which on
 an accelerator costs one device-to-host synchronization per call. With it
-off, the training hot path (:func:`physscale.scaled_poisson_nll`,
-:class:`physscale.ScaledPoissonNLLLoss`, :class:`physscale.nn.IntensityScaler`)
+off, the training hot path ([`physscale.scaled_poisson_nll`][physscale.scaled_poisson_nll],
+[`physscale.ScaledPoissonNLLLoss`][physscale.ScaledPoissonNLLLoss],
+[`physscale.nn.IntensityScaler`][physscale.nn.IntensityScaler])
 makes no host sync and no Python branch on tensor values, so it can be
 captured by ``torch.compile(fullgraph=True)`` and CUDA graphs. Checks that
 need no sync (types, shapes, dtypes, devices, options) always run.
 See ``docs/validation.md`` for what each mode checks.
 
-This flag is the only global state in physscale's core. :func:`is_compiling`
-and :func:`under_functorch` say where a value check cannot run whatever the
+This flag is the only global state in physscale's core. `is_compiling`
+and `under_functorch` say where a value check cannot run whatever the
 flag says: under ``torch.compile`` it would break the graph, inside a
 ``torch.func`` transform it cannot read a value at all.
 """
@@ -26,6 +27,8 @@ import contextlib
 from types import TracebackType
 
 import torch
+
+from physscale.core.preview import preview
 
 __all__ = [
     "is_compiling",
@@ -55,7 +58,7 @@ def _check_flag(enabled: object, where: str) -> bool:
     if not isinstance(enabled, bool):
         from physscale.errors import OptionError
 
-        raise OptionError(f"{where} takes True or False, got {enabled!r}")
+        raise OptionError(f"{where} takes True or False, got {preview(enabled)}")
     return enabled
 
 
@@ -66,14 +69,30 @@ def set_validation(enabled: bool) -> None:
         enabled: ``True`` to check input values (NaN, infinities, negative
             values, mask weights; one host sync per call on an accelerator),
             ``False`` for the sync-free hot path. Prefer the scoped
-            :class:`validation` context manager where you can.
+            [`validation`][physscale.core.validation.validation] context manager where you can.
+
+    Examples:
+        >>> import physscale as ps
+        >>> ps.set_validation(False)   # the hot path: no value checks, no host sync
+        >>> ps.is_validation_enabled()
+        False
+        >>> ps.set_validation(True)
     """
     global _enabled
     _enabled = _check_flag(enabled, "set_validation")
 
 
 def is_validation_enabled() -> bool:
-    """Whether physscale's value checks are on (they are by default)."""
+    """Whether physscale's value checks are on (they are by default).
+
+    Examples:
+        >>> import physscale as ps
+        >>> ps.is_validation_enabled()
+        True
+        >>> with ps.validation(False):
+        ...     print(ps.is_validation_enabled())
+        False
+    """
     return _enabled
 
 

@@ -6,19 +6,20 @@ A bundle holds three members, and a fourth when it is signed:
     ``torch.save`` of the model's state dict, read back only with
     ``torch.load(..., weights_only=True)`` (no code from the file ever runs).
 ``record.json``
-    the :class:`~physscale.ScaleRecord` as JSON.
+    the [`ScaleRecord`][physscale.ScaleRecord] as JSON.
 ``manifest.json``
     the format name and version, the physscale version, the sha256 and size
     of every other member, and the caller's ``extra`` data (JSON).
 ``signature.json`` (only with ``save_bundle(..., key=...)``)
     an HMAC-SHA256 of ``manifest.json`` under a key the user holds.
 
-:func:`load_bundle` refuses a bundle whose members do not match their
+[`load_bundle`][physscale.io.bundle.load_bundle] refuses a bundle whose members do not match their
 checksums, whose record is missing or invalid, whose format version it does
 not know, or whose member names are unexpected or try to escape a folder.
 Every member's declared size is checked before it is inflated: the JSON
 members are capped, and the weights must be stored uncompressed (as
-:func:`save_bundle` writes them), so they can take no more memory than the
+[`save_bundle`][physscale.io.bundle.save_bundle] writes them), so they can take no more memory than
+the
 file's own size.
 
 **Integrity, not authenticity.** The manifest's sha256 sums detect
@@ -108,11 +109,13 @@ class Bundle:
 
     Attributes:
         state_dict: the model state dict, loaded with ``weights_only=True``
-            onto the ``map_location`` given to :func:`load_bundle`.
-        record: the validated :class:`~physscale.ScaleRecord` saved with it.
+            onto the ``map_location`` given to [`load_bundle`][physscale.io.bundle.load_bundle].
+        record: the validated [`ScaleRecord`][physscale.ScaleRecord] saved with it.
         manifest: the parsed ``manifest.json`` (format, versions, checksums).
-        extra: the ``**extra`` data given to :func:`save_bundle` (JSON values).
-        authenticated: True when :func:`load_bundle` was given a key and
+        extra: the ``**extra`` data given to [`save_bundle`][physscale.io.bundle.save_bundle] (JSON
+            values).
+        authenticated: True when [`load_bundle`][physscale.io.bundle.load_bundle] was given a key
+            and
             verified the bundle's signature with it; False otherwise (the
             checksums then prove integrity only, not who wrote it).
     """
@@ -214,7 +217,7 @@ def save_bundle(
             pass ``scaler.to_record()`` (the *trained* value), not the record
             training started from.
         key: optional secret signing key (bytes, at least
-            :data:`MIN_KEY_BYTES`; e.g. ``secrets.token_bytes(32)``). The
+            `MIN_KEY_BYTES`; e.g. ``secrets.token_bytes(32)``). The
             bundle then carries an HMAC-SHA256 of its manifest, which
             ``load_bundle(path, key=key)`` verifies: proof that someone
             holding the key wrote it. Without a key the checksums prove
@@ -231,6 +234,15 @@ def save_bundle(
         RecordError: ``record`` is not a ScaleRecord.
         DtypeError: ``state_dict`` or ``extra`` holds values that could not
             be loaded back safely and unchanged; ``key`` is not a bytes key.
+
+    Examples:
+        >>> import torch, physscale as ps
+        >>> from physscale.io import load_bundle, save_bundle
+        >>> model = torch.nn.Linear(2, 2)
+        >>> record = ps.closed_form_scale_record(1e6, 64)
+        >>> path = save_bundle(tmp / 'model.bundle', model.state_dict(), record)
+        >>> load_bundle(path).record == record
+        True
     """
     require_record(record)
     secret = None if key is None else _check_key(key)
@@ -332,7 +344,7 @@ def _parse_manifest(data: bytes, where: str) -> dict[str, Any]:
 
 
 def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, where: str) -> bytes:
-    """Read a member whose declared sizes were checked (see :func:`_check_members`)."""
+    """Read a member whose declared sizes were checked (see `_check_members`)."""
     try:
         data = zf.read(info)
     except ZIP_OPEN_ERRORS as exc:
@@ -509,7 +521,7 @@ def _open_bundle(path: str | os.PathLike[str], where: str) -> Iterator[zipfile.Z
 def load_bundle(
     path: str | os.PathLike[str], *, map_location: Any = "cpu", key: bytes | None = None
 ) -> Bundle:
-    """Read and verify a bundle written by :func:`save_bundle`.
+    """Read and verify a bundle written by [`save_bundle`][physscale.io.bundle.save_bundle].
 
     Args:
         path: the bundle file (a regular file; FIFOs and devices are refused).
@@ -522,7 +534,8 @@ def load_bundle(
             integrity only (anyone can recompute them).
 
     Returns:
-        A :class:`Bundle` with the state dict, the record, the manifest and ``extra``.
+        A [`Bundle`][physscale.io.bundle.Bundle] with the state dict, the record, the manifest and
+        ``extra``.
 
     Raises:
         DataFileError: the file is missing, not a zip, truncated, not a
@@ -535,6 +548,18 @@ def load_bundle(
             manifest; with ``key``, a missing or wrong signature.
         RecordError: a missing or invalid record, or an unknown record schema version.
         DtypeError: ``key`` is not a bytes key.
+
+    Examples:
+        >>> import torch, physscale as ps
+        >>> from physscale.io import load_bundle, save_bundle
+        >>> model = torch.nn.Linear(2, 2)
+        >>> record = ps.closed_form_scale_record(1e6, 64)
+        >>> path = save_bundle(tmp / 'model.bundle', model.state_dict(), record)
+        >>> bundle = load_bundle(path)
+        >>> model.load_state_dict(bundle.state_dict)
+        <All keys matched successfully>
+        >>> bundle.record.intensity_scale
+        31.25
     """
     secret = None if key is None else _check_key(key)
     where = f"bundle {os.fspath(path)!r}"
