@@ -30,12 +30,43 @@ def _module(filename: str) -> str | None:
     return ".".join(rel.parts).removesuffix(".__init__")
 
 
-def walk(call: object) -> list[str]:
+#: Floors of the derive and loss walks (0.2.0's modules by what they became in 0.3):
+#: a call from a lower floor into a higher one *climbs back up*.
+FLOORS = {
+    "physscale.core": 1,
+    "physscale._checks": 1,
+    "physscale._intensity_sum": 1,
+    "physscale._native": 1,
+    "physscale._device_sum": 1,
+    "physscale._validation": 1,
+    "physscale.likelihood": 1,
+    "physscale.nphotons": 1,
+    "physscale.diagnostics": 2,
+    "physscale.accumulator": 3,
+    "physscale.record": 4,
+    "physscale.derive": 5,
+    "physscale.scale": 1,  # 0.2.0: the core's scale module, which called the accumulator
+}
+
+
+def _floor(module: str) -> int:
+    while module and module not in FLOORS:
+        module = module.rsplit(".", 1)[0] if "." in module else ""
+    return FLOORS.get(module, 6)
+
+
+def walk(call: object) -> tuple[list[str], int]:
+    """The modules entered, in order, and how many calls climbed to a higher floor."""
     seq: list[str] = []
+    climbs = 0
 
     def tracer(frame, event, arg):  # type: ignore[no-untyped-def]
+        nonlocal climbs
         if event == "call":
             m = _module(frame.f_code.co_filename)
+            caller = frame.f_back and _module(frame.f_back.f_code.co_filename)
+            if m is not None and caller is not None and _floor(m) > _floor(caller):
+                climbs += 1
             if m is not None and (not seq or seq[-1] != m):
                 seq.append(m)
         return None
@@ -45,7 +76,7 @@ def walk(call: object) -> list[str]:
         call()  # type: ignore[operator]
     finally:
         sys.setprofile(None)
-    return seq
+    return seq, climbs
 
 
 def main() -> None:
@@ -55,7 +86,10 @@ def main() -> None:
     }
     print(f"physscale {ps.__version__} at {SRC}")
     print(f"modules: {len(lines)}, lines: {sum(lines.values())}")
-    print("longest:", ", ".join(f"{k} {v}" for k, v in sorted(lines.items(), key=lambda kv: -kv[1])[:8]))
+    print(
+        "longest:",
+        ", ".join(f"{k} {v}" for k, v in sorted(lines.items(), key=lambda kv: -kv[1])[:8]),
+    )
     print(f"top-level names (__all__): {len(ps.__all__)}")
     x = torch.rand(16, 1, 32, 32)
     pred = torch.rand(4, 1, 8, 8, requires_grad=True)
@@ -66,8 +100,11 @@ def main() -> None:
         ("derive", lambda: ps.derive_intensity_scale(x, 1e6)),
         ("loss", lambda: ps.scaled_poisson_nll(pred, obs, 3.0).backward()),
     ):
-        seq = walk(call)
-        print(f"walk {name}: {len(set(seq))} modules, {len(seq)} transitions: {' > '.join(seq)}")
+        seq, climbs = walk(call)
+        print(
+            f"walk {name}: {len(set(seq))} modules ({', '.join(sorted(set(seq)))}), "
+            f"{climbs} calls climbing back up"
+        )
 
 
 if __name__ == "__main__":
