@@ -1,7 +1,8 @@
 """physscale: the dataset intensity scale and scaled Poisson likelihood for ptychography.
 
 The public API, re-exported; see the README and docs/ for the physics.
-The submodules ``physscale.io``, ``physscale.nn``, ``physscale.lightning`` and
+``import physscale`` imports ``physscale.nn`` (``ScaledPoissonNLLLoss`` is a
+top-level name); ``physscale.io``, ``physscale.lightning`` and
 ``physscale.adapters`` are reachable as attributes, each imported on first use
 (so ``import physscale`` never imports Lightning or h5py).
 """

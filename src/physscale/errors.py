@@ -1,6 +1,6 @@
 """The exceptions and warnings physscale raises.
 
-Every error is a :class:`PhysscaleError`; each concrete class is also a
+Every error is a [`PhysscaleError`][physscale.errors.PhysscaleError]; each concrete class is also a
 ``ValueError`` or ``TypeError`` so code written against the built-ins keeps
 working. One class per kind of mistake, so callers can catch precisely.
 """
@@ -40,9 +40,10 @@ __all__ = [
 class Wording:
     """A message that names the caller's options, so that a front end can name its own.
 
-    ``template`` is a :meth:`str.format` template whose fields are the keys of
+    ``template`` is a `str.format` template whose fields are the keys of
     ``options`` (how the Python API spells each option, e.g. ``"nphotons="``)
-    and of ``data`` (the facts: paths, values, shapes). :meth:`render` with
+    and of ``data`` (the facts: paths, values, shapes). [`render`][physscale.errors.Wording.render]
+    with
     other spellings says the same in another front end's words: the command
     line names its flags (``--nphotons N``) without editing the text.
     """
@@ -63,7 +64,7 @@ class PhysscaleError(Exception):
     """Base class of every error physscale raises on purpose.
 
     Attributes:
-        wording: the :class:`Wording` of a message that names options (it is
+        wording: the [`Wording`][physscale.errors.Wording] of a message that names options (it is
             passed instead of the message; the message is its Python
             rendering), or None.
         parameter: the parameter of the call the error is about, when the

@@ -1,4 +1,5 @@
-"""PyTorch Lightning integration: :class:`PhysicsScaleCallback` (extra ``lightning``).
+"""PyTorch Lightning integration:
+[`PhysicsScaleCallback`][physscale.lightning.PhysicsScaleCallback] (extra ``lightning``).
 
 At fit start the callback derives the physics scale from the training
 dataloader on every rank, reduces it over ranks, and hands it to the
@@ -7,12 +8,12 @@ load, so resuming never re-derives.
 
 What the module receives (the contract):
 
-- ``pl_module.physscale_record``: the :class:`~physscale.ScaleRecord` the run
+- ``pl_module.physscale_record``: the [`ScaleRecord`][physscale.ScaleRecord] the run
   uses (derived at the first fit, or restored from the checkpoint). If the
   attribute is already set (not None) when fit starts, nothing is derived.
 - ``pl_module.on_physscale_record(record)``: called, if the module defines
   it, each time a record is attached (derived or restored).
-- an :class:`~physscale.nn.IntensityScaler` on the module (the one named by
+- an [`IntensityScaler`][physscale.nn.IntensityScaler] on the module (the one named by
   ``scaler_attribute``, or the only one among ``pl_module.modules()``) is
   set to the derived scale in place, keeping its ``trainable`` flag and its
   place in the optimizer. Checkpoints then store ``scaler.to_record()``: the
@@ -20,9 +21,10 @@ What the module receives (the contract):
   module's state dict.
 
 Loading for inference without a Trainer (``Module.load_from_checkpoint``)
-does not run callbacks; call :func:`restore_record` from the module's own
+does not run callbacks; call [`restore_record`][physscale.lightning.restore_record] from the
+module's own
 ``on_load_checkpoint(checkpoint)``, or read it with
-:func:`physscale.io.record_from_checkpoint`.
+[`physscale.io.record_from_checkpoint`][physscale.io.record_from_checkpoint].
 """
 
 from __future__ import annotations
@@ -49,14 +51,14 @@ from physscale.record import ScaleRecord
 
 __all__ = ["RECORD_ATTRIBUTE", "PhysicsScaleCallback", "find_scaler", "restore_record"]
 
-#: The LightningModule attribute that holds the record.
 RECORD_ATTRIBUTE = "physscale_record"
+"""The LightningModule attribute that holds the record."""
 #: The optional LightningModule hook called with each attached record.
 RECORD_HOOK = "on_physscale_record"
 
 
 def find_scaler(module: Any, attribute: str | None = None) -> IntensityScaler | None:
-    """The module's :class:`~physscale.nn.IntensityScaler`, or None if it has none.
+    """The module's [`IntensityScaler`][physscale.nn.IntensityScaler], or None if it has none.
 
     Args:
         module: an ``nn.Module`` (a LightningModule).
@@ -66,6 +68,16 @@ def find_scaler(module: Any, attribute: str | None = None) -> IntensityScaler | 
     Raises:
         StateError: ``attribute`` is not an IntensityScaler, or there are
             several scalers and no ``attribute`` says which.
+
+    Examples:
+        >>> import torch
+        >>> from physscale.lightning import find_scaler
+        >>> from physscale.nn import IntensityScaler
+        >>> model = torch.nn.Sequential(torch.nn.Conv2d(1, 1, 3), IntensityScaler(31.25))
+        >>> find_scaler(model) is model[1]
+        True
+        >>> find_scaler(torch.nn.Linear(2, 2)) is None
+        True
     """
     if attribute is not None:
         found: Any = module
@@ -102,6 +114,15 @@ def restore_record(module: Any, checkpoint: Mapping[str, Any]) -> ScaleRecord:
 
     Raises:
         RecordError: the checkpoint holds no (valid) physscale record.
+
+    Examples:
+        >>> import torch, physscale as ps
+        >>> from physscale.io import record_to_checkpoint
+        >>> from physscale.lightning import restore_record
+        >>> checkpoint = record_to_checkpoint({}, ps.closed_form_scale_record(1e6, 64))
+        >>> module = torch.nn.Linear(2, 2)
+        >>> restore_record(module, checkpoint).intensity_scale
+        31.25
     """
     record = record_from_checkpoint(checkpoint)
     _attach(module, record)
@@ -140,25 +161,26 @@ class PhysicsScaleCallback(pl.Callback):
         nphotons: explicit photons per pattern (overrides everything).
         metadata: PtychoPINN-style metadata, or the training data container
             holding it (an object with ``.metadata`` or a dict with a
-            ``"metadata"`` entry, read as :func:`physscale.attach_intensity_scale`
+            ``"metadata"`` entry, read as
+            [`physscale.attach_intensity_scale`][physscale.attach_intensity_scale]
             reads it); wins over ``config``.
         config: a mapping or object with ``nphotons``.
         default: the value of last resort.
         dataloader: the loader to derive from; default the trainer's training
             dataloader (with Lightning's DistributedSampler under DDP).
         key: where a batch keeps its normalized amplitudes (dict key or
-            tuple index; see :func:`physscale.distributed.batch_data`).
+            tuple index; see `physscale.distributed.batch_data`).
         spatial_dims: the batch's spatial axes, as for
-            :func:`physscale.derive_intensity_scale`.
-        layout: as for :func:`physscale.derive_intensity_scale`.
-        domain: as for :func:`physscale.derive_intensity_scale`.
-        mask: as for :func:`physscale.derive_intensity_scale`.
+            [`physscale.derive_intensity_scale`][physscale.derive_intensity_scale].
+        layout: as for [`physscale.derive_intensity_scale`][physscale.derive_intensity_scale].
+        domain: as for [`physscale.derive_intensity_scale`][physscale.derive_intensity_scale].
+        mask: as for [`physscale.derive_intensity_scale`][physscale.derive_intensity_scale].
         scaler_attribute: dotted path of the module's IntensityScaler, if
             it holds several.
         data_source: free text stored in the record.
 
     Under DDP every rank derives from its own shard and the statistics are
-    all-reduced (:meth:`~physscale.IntensityAccumulator.all_reduce`), so
+    all-reduced ([`all_reduce`][physscale.IntensityAccumulator.all_reduce]), so
     every rank gets the same record. Lightning's DistributedSampler pads
     shards by repeating up to ``world_size - 1`` samples; those repeats are
     counted. For the exact dataset scale pass a ``dataloader`` whose sampler
@@ -220,7 +242,7 @@ class PhysicsScaleCallback(pl.Callback):
         """Derive, reduce and attach the record, unless one is attached or coming.
 
         First checks that a trainable scaler's ``log_scale`` is in an optimizer's
-        param groups (else :class:`~physscale.errors.FrozenScaleWarning`: the
+        param groups (else [`FrozenScaleWarning`][physscale.errors.FrozenScaleWarning]: the
         scale would silently never learn).
         """
         _check_scaler_optimized(trainer, pl_module, self.scaler_attribute)

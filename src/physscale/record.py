@@ -5,7 +5,7 @@ scale is, which nphotons it was derived for and where that came from, how it
 was obtained, and the data statistics behind it, including the dose the scale
 actually implies for that data (``intensity_scale**2 * mean_intensity``), so a
 record never claims a dose the data does not have. Records are made in
-:mod:`physscale.derive` (``derive_scale_record``, ``record_from_accumulator``,
+`physscale.derive` (``derive_scale_record``, ``record_from_accumulator``,
 ``closed_form_scale_record``).
 """
 
@@ -36,10 +36,10 @@ __all__ = [
     "SourceFile",
 ]
 
-#: The record schema this physscale writes.
 SCHEMA_VERSION: Literal[2] = 2
-#: The record schemas this physscale reads (version 1 is a subset of version 2).
+"""The record schema this physscale writes (``ScaleRecord.schema_version``)."""
 READABLE_SCHEMA_VERSIONS: tuple[int, ...] = (1, 2)
+"""The record schemas this physscale reads (version 1 is a subset of version 2)."""
 
 #: Relative tolerance of the record's internal consistency checks.
 CONSISTENCY_RTOL = 1e-9
@@ -55,10 +55,10 @@ MAX_PATTERNS = 2**63 - 1
 
 UTC = timezone.utc  # datetime.UTC is Python 3.11+; physscale supports 3.10
 
-#: At most this many files (and distinct metadata nphotons values) are listed in
-#: :class:`DataSources`; the counts and the hash always cover every file, so a
-#: record stays small (a few tens of kB) whatever the number of files.
 MAX_LISTED_FILES = 100
+"""At most this many files (and distinct metadata nphotons values) are listed in
+[`DataSources`][physscale.record.DataSources]; the counts and the hash always cover
+every file, so a record stays small (a few tens of kB) whatever the number of files."""
 
 
 class SourceFile(BaseModel):
@@ -100,11 +100,12 @@ class DataSources(BaseModel):
         paths_sha256: SHA-256 of the sorted paths, one per line, UTF-8:
             ``hashlib.sha256("\\n".join(sorted(paths)).encode()).hexdigest()``;
             it identifies the set of files even when they are not all listed.
-        files: the first :data:`MAX_LISTED_FILES` files, in the order given.
+        files: the first [`MAX_LISTED_FILES`][physscale.record.MAX_LISTED_FILES] files, in the
+            order given.
         files_truncated: whether ``files`` lists fewer than ``n_files``.
         metadata_nphotons: the distinct nphotons values the files' metadata
             gave, with how many files gave each (at most
-            :data:`MAX_LISTED_FILES` values, the most common first).
+            [`MAX_LISTED_FILES`][physscale.record.MAX_LISTED_FILES] values, the most common first).
         metadata_nphotons_truncated: whether that list was cut.
         files_without_nphotons: files whose metadata gave no nphotons.
     """
@@ -187,13 +188,22 @@ class ScaleRecord(BaseModel):
         data_source: free text naming the data (a path, a dataset name).
         pattern_stats: the spread of the per-pattern intensity over every
             pattern seen, and the frames the outlier rule flags (see
-            :mod:`physscale.diagnostics`); present when per-pattern totals
+            `physscale.diagnostics`); present when per-pattern totals
             were kept.
         excluded_frames: the frames the scale was derived *without*, and why;
             None when every pattern counts (the TF-parity case).
         sources: the data files the scale was derived from, with what each
             file's metadata said about nphotons (bounded; see
-            :class:`DataSources`); set by :func:`physscale.io.derive_files`.
+            [`DataSources`][physscale.record.DataSources]); set by
+            [`physscale.io.derive_files`][physscale.io.derive_files].
+
+    Examples:
+        >>> import physscale as ps
+        >>> record = ps.closed_form_scale_record(1e6, 64)
+        >>> record.intensity_scale, record.nphotons, record.nphotons_source
+        (31.25, 1000000.0, 'explicit')
+        >>> ps.ScaleRecord.model_validate_json(record.model_dump_json()) == record
+        True
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")

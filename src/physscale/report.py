@@ -21,7 +21,7 @@ and tests. matplotlib is an optional extra (``pip install "physscale[plot]"``),
 imported only here and only when a figure is drawn, with the Agg backend (no
 display needed).
 
-This module draws what :mod:`physscale.io` derived; ``io`` never imports it.
+This module draws what `physscale.io` derived; ``io`` never imports it.
 """
 
 from __future__ import annotations
@@ -45,8 +45,8 @@ if TYPE_CHECKING:
 
 __all__ = ["PLOT_HINT", "plot_format", "plot_report", "render_report", "require_matplotlib"]
 
-#: What to install for the figure.
 PLOT_HINT = 'pip install "physscale[plot]"'
+"""What to install for the figure."""
 
 #: Above this many frames the series is drawn as a per-bin min/max band and
 #: median (every flagged frame is still drawn), so any dataset draws quickly.
@@ -63,7 +63,12 @@ _BLUE, _LIGHT, _RED, _GREY = "#1f5fa8", "#7fa7d6", "#c62828", "#555555"
 
 
 def require_matplotlib() -> None:
-    """Raise ImportError, naming the extra to install, when matplotlib is missing."""
+    """Raise ImportError, naming the extra to install, when matplotlib is missing.
+
+    Examples:
+        >>> from physscale.report import require_matplotlib
+        >>> require_matplotlib()   # returns None with matplotlib installed, else says how to get it
+    """
     try:
         import matplotlib  # noqa: F401
     except ImportError:
@@ -78,6 +83,11 @@ def plot_format(path: str | os.PathLike[str]) -> str:
 
     Raises:
         OptionError: another suffix.
+
+    Examples:
+        >>> from physscale.report import plot_format
+        >>> plot_format('scale_report.PNG'), plot_format(tmp / 'report.svg')
+        ('png', 'svg')
     """
     suffix = os.path.splitext(os.fspath(path))[1].lower()
     if suffix not in _FORMATS:
@@ -193,6 +203,15 @@ def render_report(derived: DerivedFiles, fmt: str = "png", dpi: int = 110) -> by
     Raises:
         ImportError: matplotlib is not installed.
         StateError: no per-pattern totals (derived without diagnostics).
+
+    Examples:
+        >>> import numpy as np
+        >>> from physscale.io import derive_files
+        >>> from physscale.report import render_report
+        >>> np.save(tmp / 'a.npy', np.full((4, 8, 8), 0.5, dtype=np.float32))
+        >>> derived = derive_files([tmp / 'a.npy'], nphotons=1e6, details=True)
+        >>> render_report(derived, 'png')[1:4]
+        b'PNG'
     """
     require_matplotlib()
     import matplotlib
@@ -348,6 +367,16 @@ def plot_report(derived: DerivedFiles, path: str | os.PathLike[str]) -> None:
         ImportError: matplotlib is not installed (``pip install "physscale[plot]"``).
         OptionError: a suffix other than .png, .pdf or .svg.
         StateError: derived without diagnostics (no per-pattern totals).
+
+    Examples:
+        >>> import numpy as np
+        >>> from physscale.io import derive_files
+        >>> from physscale.report import plot_report
+        >>> np.save(tmp / 'a.npy', np.full((4, 8, 8), 0.5, dtype=np.float32))
+        >>> derived = derive_files([tmp / 'a.npy'], nphotons=1e6, details=True)
+        >>> plot_report(derived, tmp / 'report.png')
+        >>> (tmp / 'report.png').stat().st_size > 0
+        True
     """
     from physscale.io._atomic import atomic_write
 
@@ -357,7 +386,8 @@ def plot_report(derived: DerivedFiles, path: str | os.PathLike[str]) -> None:
 
 
 def write_report(path: str | os.PathLike[str], derived: DerivedFiles) -> None:
-    """Deprecated since 0.3: :func:`plot_report` (the same, arguments the other way round)."""
+    """Deprecated since 0.3: [`plot_report`][physscale.report.plot_report] (the same, arguments the
+    other way round)."""
     warnings.warn(
         "physscale.report.write_report(path, derived) is deprecated since physscale 0.3: "
         "use physscale.report.plot_report(derived, path)",

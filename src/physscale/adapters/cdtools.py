@@ -5,14 +5,16 @@ call ``model.loss(patterns, sim_patterns, mask=model.mask)``: the *measured*
 intensities first. Its ``tools.losses.poisson_nll`` is
 ``sum(sim + eps - xlogy(I, sim + eps))`` over the unmasked pixels
 (``eps=1e-6``), ``subtract_min=True`` subtracting ``sum(I - xlogy(I, I))``:
-:func:`physscale.scaled_poisson_nll` with ``domain="intensity"``,
+[`physscale.scaled_poisson_nll`][physscale.scaled_poisson_nll] with ``domain="intensity"``,
 ``reduction="sum"``, ``background=s**2 * eps`` and ``form="tf"`` (or
-``"deviance"``), the arguments swapped (:data:`CONVENTION`).
+``"deviance"``), the arguments swapped (`CONVENTION`).
 
-- :func:`poisson_nll` / :class:`PoissonNLL`: that loss with cdtools'
+- [`poisson_nll`][physscale.adapters.cdtools.poisson_nll] /
+[`PoissonNLL`][physscale.adapters.cdtools.PoissonNLL]: that loss with cdtools'
   signature; at scale 1 (counts) the value and gradient are cdtools' own, to
   the bit with a mask (float32).
-- :func:`install_loss`: puts it on a cdtools model, with a photon-count
+- [`install_loss`][physscale.adapters.cdtools.install_loss]: puts it on a cdtools model, with a
+photon-count
   normalizer for the reported epoch loss and the background's learning-rate
   factor for normalized data::
 
@@ -21,8 +23,8 @@ intensities first. Its ``tools.losses.poisson_nll`` is
       for epoch_loss in model.Adam_optimize(50, dataset, lr_factors=loss.lr_factors): ...
 
 Units: the patterns are ``counts / s**2`` (``s`` the intensity scale of a
-:class:`~physscale.ScaleRecord`, 1 for raw counts); the loss is in photons.
-cdtools is imported only by :func:`install_loss`.
+[`ScaleRecord`][physscale.ScaleRecord], 1 for raw counts); the loss is in photons.
+cdtools is imported only by [`install_loss`][physscale.adapters.cdtools.install_loss].
 """
 
 from __future__ import annotations
@@ -40,8 +42,6 @@ __all__ = ["CONVENTION", "PhotonNormalizer", "PoissonNLL", "install_loss", "pois
 
 _INSTALL = "pip install cdtools-py==0.3.2"
 
-#: cdtools' Poisson loss: ``loss(measured, simulated, mask=...)``, intensities,
-#: summed, eps added to the simulated rate, patterns in ``counts / s**2``.
 CONVENTION = Convention(
     "cdtools",
     order="obs, pred",
@@ -51,6 +51,8 @@ CONVENTION = Convention(
     eps="rate",
     scale="record",
 )
+"""cdtools' Poisson loss: ``loss(measured, simulated, mask=...)``, intensities, summed, eps added
+to the simulated rate, patterns in ``counts / s**2``."""
 
 
 class PoissonNLL(HostLoss):
@@ -59,7 +61,7 @@ class PoissonNLL(HostLoss):
     Args:
         scale: the intensity scale ``s`` of the patterns (counts ``= s**2 *
             pattern``): a positive number, 0-d tensor or
-            :class:`~physscale.ScaleRecord`; 1 for raw counts.
+            [`ScaleRecord`][physscale.ScaleRecord]; 1 for raw counts.
         eps: cdtools' ``eps``, added to the simulated intensities (pattern units).
         subtract_min: cdtools' option; True is the ``deviance`` form (0 at a
             perfect fit, computed in float64: no cancellation at high counts).
@@ -97,13 +99,23 @@ def poisson_nll(
     """``cdtools.tools.losses.poisson_nll`` through physscale, same signature (plus ``scale``).
 
     At ``scale=1`` the value is cdtools' (the same float32 operations with a
-    mask; ``subtract_min=True`` more exact, in float64). See :class:`PoissonNLL`.
+    mask; ``subtract_min=True`` more exact, in float64). See
+    [`PoissonNLL`][physscale.adapters.cdtools.PoissonNLL].
+
+    Examples:
+        >>> import torch
+        >>> from physscale.adapters.cdtools import poisson_nll
+        >>> measured = torch.full((2, 4, 4), 4.0)       # intensities, counts
+        >>> simulated = torch.full((2, 4, 4), 4.0)
+        >>> poisson_nll(measured, simulated).shape
+        torch.Size([])
     """
     return PoissonNLL(scale, eps=eps, subtract_min=subtract_min)(intensities, sim_intensities, mask)
 
 
 class PhotonNormalizer:
-    """cdtools' ``loss_normalizer`` interface for :class:`PoissonNLL` with ``subtract_min``.
+    """cdtools' ``loss_normalizer`` interface for
+    [`PoissonNLL`][physscale.adapters.cdtools.PoissonNLL] with ``subtract_min``.
 
     Divides the epoch's summed deviance by half the number of pixels that
     counted at least one photon (``s**2 * pattern >= 1`` in the model's mask),
@@ -136,11 +148,13 @@ class PhotonNormalizer:
 def install_loss(
     model: torch.nn.Module, scale: Any = 1.0, *, subtract_min: bool = True, eps: float = 1e-6
 ) -> PoissonNLL:
-    """Make a cdtools model minimize :class:`PoissonNLL` and return the loss.
+    """Make a cdtools model minimize [`PoissonNLL`][physscale.adapters.cdtools.PoissonNLL] and
+    return the loss.
 
     Sets ``model.loss`` (what cdtools' reconstructors call, with
     ``mask=model.mask``) and ``model.loss_normalizer`` (a
-    :class:`PhotonNormalizer` with ``subtract_min``; None without, since the
+    [`PhotonNormalizer`][physscale.adapters.cdtools.PhotonNormalizer] with ``subtract_min``; None
+    without, since the
     ``tf`` value carries an offset a float32 epoch sum cannot subtract). The
     model's ``state_dict`` keys do not change. Pass ``loss.lr_factors`` to
     ``Adam_optimize`` (merged with your own): the background's ``1/s``, empty
@@ -148,7 +162,8 @@ def install_loss(
 
     Args:
         model: a cdtools ``CDIModel`` (``FancyPtycho``...).
-        scale: the patterns' intensity scale (1 for raw counts), as :class:`PoissonNLL`.
+        scale: the patterns' intensity scale (1 for raw counts), as
+            [`PoissonNLL`][physscale.adapters.cdtools.PoissonNLL].
         subtract_min: the ``deviance`` form (default): the reported epoch loss
             is exact, about 1 at a Poisson-limited fit.
         eps: cdtools' eps, in pattern units.

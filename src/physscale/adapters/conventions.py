@@ -1,7 +1,8 @@
 """How a host code calls a Poisson loss, declared once per host.
 
-A host's loss call differs from :func:`physscale.scaled_poisson_nll` in five
-ways, and each is one field of a :class:`Convention`:
+A host's loss call differs from [`physscale.scaled_poisson_nll`][physscale.scaled_poisson_nll] in
+five
+ways, and each is one field of a [`Convention`][physscale.adapters.conventions.Convention]:
 
 - **order**: which argument is the prediction. physscale takes
   ``(pred, obs)``; cdtools calls ``loss(measured, simulated)``.
@@ -16,11 +17,11 @@ ways, and each is one field of a :class:`Convention`:
 - **scale**: what turns the host's numbers into photons. ``"one"``: they
   already are counts (or the host's own units, for a parity value);
   ``"record"``: the dataset's intensity scale ``s`` (a number, 0-d tensor or
-  :class:`~physscale.ScaleRecord`), counts ``= s**2 * intensity``; ``"gain"``:
+  [`ScaleRecord`][physscale.ScaleRecord]), counts ``= s**2 * intensity``; ``"gain"``:
   ``y = gain * Poisson(x / gain)``, ``s = gain ** -0.5``.
 
 Two more fields say what the host's value is beyond the likelihood: ``form``
-(the constant terms, :data:`physscale.core.likelihood.FORMS`) and
+(the constant terms, `physscale.core.likelihood.FORMS`) and
 ``divide_by`` (``"obs_mean"``: each batch divided by its own mean measured
 counts, PtyRAD's normalization).
 
@@ -31,7 +32,8 @@ physscale does not know needs only its own declaration (docs/interop/your-host.m
     mine = Convention("myhost", order="obs, pred", reduction="sum", eps="rate", scale="record")
     host_model.loss = mine.bind(scale=record, eps=1e-6)   # called as loss(obs, pred)
 
-No math lives here: :meth:`Convention.loss` maps the arguments and calls the core.
+No math lives here: [`Convention.loss`][physscale.adapters.conventions.Convention.loss] maps the
+arguments and calls the core.
 """
 
 from __future__ import annotations
@@ -80,8 +82,9 @@ class Convention:
         host: the host's name, for messages.
         order: ``"pred, obs"`` or ``"obs, pred"``: the host's argument order.
         domain: ``"amplitude"`` or ``"intensity"``: what the host's tensors hold.
-        reduction: as :func:`physscale.scaled_poisson_nll`.
-        form: as :func:`physscale.scaled_poisson_nll` (the host value's constants).
+        reduction: as [`physscale.scaled_poisson_nll`][physscale.scaled_poisson_nll].
+        form: as [`physscale.scaled_poisson_nll`][physscale.scaled_poisson_nll] (the host value's
+            constants).
         eps: ``"floor"``, ``"rate"`` or ``"log"``: where the host's eps goes.
         scale: ``"one"``, ``"record"`` or ``"gain"``: what the host's scale means.
         divide_by: ``"nothing"`` or ``"obs_mean"`` (each batch over its mean counts).
@@ -149,11 +152,12 @@ class Convention:
             second: the host's second tensor.
             scale: the host's scale (see ``scale``): None or 1 for ``"one"``.
             eps: the host's constant, placed as ``eps`` says: for ``"floor"`` the
-                floor in counts (default :data:`FLOOR`; 0 means none), for
+                floor in counts (default `FLOOR`; 0 means none), for
                 ``"rate"`` and ``"log"`` in the host's units (default 0).
-            mask: as :func:`physscale.scaled_poisson_nll`.
-            background: as :func:`physscale.scaled_poisson_nll`, in counts.
-            count_scale: as :func:`physscale.scaled_poisson_nll`.
+            mask: as [`physscale.scaled_poisson_nll`][physscale.scaled_poisson_nll].
+            background: as [`physscale.scaled_poisson_nll`][physscale.scaled_poisson_nll], in
+                counts.
+            count_scale: as [`physscale.scaled_poisson_nll`][physscale.scaled_poisson_nll].
             form: overrides the declared one for this call.
             reduction: overrides the declared one for this call.
         """
@@ -207,7 +211,8 @@ class Convention:
 
 
 class HostLoss:
-    """:meth:`Convention.loss` with its scale and options fixed, called in the host's order.
+    """[`Convention.loss`][physscale.adapters.conventions.Convention.loss] with its scale and
+    options fixed, called in the host's order.
 
     Not an ``nn.Module``: a host that stores it on its model (``model.loss =
     ...``) gets no submodule, so no ``state_dict`` key and no class method

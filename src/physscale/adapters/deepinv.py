@@ -4,7 +4,7 @@ deepinv models photon noise as ``y = gain * Poisson(z / gain)`` (its
 ``PoissonNoise(gain)``; ``z = physics.A(x)``, for ``Ptychography`` the
 far-field intensities). It has no nphotons: its scale is the detector gain,
 and the physscale scale of that model is ``s = gain ** -0.5``
-(:func:`physscale.scale_from_gain`): the counts are ``s**2 * y = y / gain``
+([`physscale.scale_from_gain`][physscale.scale_from_gain]): the counts are ``s**2 * y = y / gain``
 and the rate ``s**2 * z + bkg``.
 
 Its own ``PoissonLikelihood`` / ``PoissonLikelihoodDistance`` (0.5.0) compute
@@ -19,7 +19,7 @@ the ``tf`` form minus ``sum(k)`` with the same background meaning, but
 The classes here have the same names and arguments (``gain``, ``bkg``,
 ``denormalize``) and plug in wherever deepinv's do (``DataFidelity``,
 ``deepinv.optim.optim_builder``, unfolded models): the value is
-:func:`physscale.scaled_poisson_nll` with ``reduction="per_sample"`` (one
+[`physscale.scaled_poisson_nll`][physscale.scaled_poisson_nll] with ``reduction="per_sample"`` (one
 number per sample, shape ``(B,)``), and the gradient is its exact autograd
 gradient. deepinv is imported when one of them is first used::
 
@@ -53,8 +53,6 @@ __all__ = [  # noqa: F822
 
 _INSTALL = "pip install deepinv==0.5.0"
 
-#: deepinv's data fidelity: ``fn(x, y)``, intensities ``gain`` times the
-#: expected counts, one value per sample, eps a floor on the rate in counts.
 CONVENTION = Convention(
     "deepinv",
     order="pred, obs",
@@ -64,6 +62,8 @@ CONVENTION = Convention(
     eps="floor",
     scale="gain",
 )
+"""deepinv's data fidelity: ``fn(x, y)``, intensities ``gain`` times the expected counts, one value
+per sample, eps a floor on the rate in counts."""
 
 
 def poisson_nll_per_sample(
@@ -95,6 +95,14 @@ def poisson_nll_per_sample(
 
     Returns:
         ``(B,)`` tensor, float32 (float64 for float64 inputs), in nats.
+
+    Examples:
+        >>> import torch
+        >>> from physscale.adapters.deepinv import poisson_nll_per_sample
+        >>> z = torch.full((3, 1, 4, 4), 2.0)   # the model's prediction
+        >>> y = torch.full((3, 1, 4, 4), 2.0)   # the measurement
+        >>> poisson_nll_per_sample(z, y).shape
+        torch.Size([3])
     """
     return CONVENTION.loss(
         z,
@@ -115,9 +123,11 @@ def _classes() -> dict[str, type]:
     Distance = require_host("deepinv.optim.distance", _INSTALL, where).Distance  # noqa: N806
 
     class PoissonLikelihoodDistance(Distance):  # type: ignore[misc,valid-type]
-        """deepinv ``Distance``: :func:`poisson_nll_per_sample` of ``(x, y)``.
+        """deepinv ``Distance``:
+        [`poisson_nll_per_sample`][physscale.adapters.deepinv.poisson_nll_per_sample] of ``(x, y)``.
 
-        Args: as :func:`poisson_nll_per_sample` (``gain``, ``bkg``,
+        Args: as [`poisson_nll_per_sample`][physscale.adapters.deepinv.poisson_nll_per_sample]
+            (``gain``, ``bkg``,
         ``denormalize``, ``form``, ``eps``), checked here. ``grad`` is
         deepinv's autograd default: the exact gradient of ``fn``.
         """
@@ -156,7 +166,8 @@ def _classes() -> dict[str, type]:
         (``physics.A_vjp`` of the distance's autograd gradient).
 
         Args: ``gain``, ``bkg``, ``denormalize`` as deepinv's
-        ``PoissonLikelihood``; ``form``, ``eps`` as :func:`poisson_nll_per_sample`.
+        ``PoissonLikelihood``; ``form``, ``eps`` as
+        [`poisson_nll_per_sample`][physscale.adapters.deepinv.poisson_nll_per_sample].
         """
 
         def __init__(

@@ -8,15 +8,19 @@ Its built-in ``LossFunctions.POISSON`` is ``torch.nn.PoissonNLLLoss()`` with
 the default ``log_input=True``, which reads the intensities as *log*-rates
 (``exp(y_pred) - y_true * y_pred``): inf or NaN on count data.
 
-:class:`PoissonLoss` is the correct likelihood on counts, the count-native
-use of :func:`physscale.scaled_poisson_nll` (``scale=1``,
+[`PoissonLoss`][physscale.adapters.ptychi.PoissonLoss] is the correct likelihood on counts, the
+count-native
+use of [`physscale.scaled_poisson_nll`][physscale.scaled_poisson_nll] (``scale=1``,
 ``domain="intensity"``: the rate is ``y_pred``, the counts ``y_true``), with
-pty-chi's call signature. :func:`use_poisson_loss` puts it into a built task
-or reconstructor. pty-chi itself is imported only by :func:`use_poisson_loss`.
+pty-chi's call signature. [`use_poisson_loss`][physscale.adapters.ptychi.use_poisson_loss] puts it
+into a built task
+or reconstructor. pty-chi itself is imported only by
+[`use_poisson_loss`][physscale.adapters.ptychi.use_poisson_loss].
 
 Feed pty-chi the counts, not normalized amplitudes: its step sizes are tuned
 for counts (on normalized data its ePIE-style steps grow by ``s**2``). Use
-:func:`physscale.normalize_counts` for the network side of a hybrid code, and
+[`physscale.normalize_counts`][physscale.normalize_counts] for the network side of a hybrid code,
+and
 keep the counts for pty-chi.
 """
 
@@ -36,8 +40,6 @@ __all__ = ["CONVENTION", "PoissonLoss", "use_poisson_loss"]
 
 _INSTALL = "pip install ptychi==2.2.0"
 
-#: pty-chi's ``loss_fn(y_pred, y_true)``: photon counts (scale 1), a mean over
-#: every element, eps a floor on the rate in counts.
 CONVENTION = Convention(
     "pty-chi",
     order="pred, obs",
@@ -47,6 +49,8 @@ CONVENTION = Convention(
     eps="floor",
     scale="one",
 )
+"""pty-chi's ``loss_fn(y_pred, y_true)``: photon counts (scale 1), a mean over every element, eps a
+floor on the rate in counts."""
 
 
 class PoissonLoss(torch.nn.Module):
@@ -70,7 +74,7 @@ class PoissonLoss(torch.nn.Module):
         background: expected background counts per pixel added to the rate, a
             number >= 0 (or a tensor broadcastable to ``y_pred``).
         eps: floor on the rate inside the logarithm, in counts (see
-            :func:`physscale.scaled_poisson_nll`).
+            [`physscale.scaled_poisson_nll`][physscale.scaled_poisson_nll]).
 
     Shapes: ``y_pred`` and ``y_true`` the same shape, any rank >= 1 (1-D for
     pty-chi's masked call); real floating, >= 0. Returns a 0-d float32 tensor
@@ -112,7 +116,8 @@ class PoissonLoss(torch.nn.Module):
 
 
 def use_poisson_loss(task_or_reconstructor: Any, **loss_options: Any) -> PoissonLoss:
-    """Make a pty-chi autodiff reconstruction minimize :class:`PoissonLoss`.
+    """Make a pty-chi autodiff reconstruction minimize
+    [`PoissonLoss`][physscale.adapters.ptychi.PoissonLoss].
 
     Sets the reconstructor's ``loss_function`` (what its ``run_minibatch``
     and optimizer steps call) and returns the loss. pty-chi's displayed loss
@@ -122,7 +127,7 @@ def use_poisson_loss(task_or_reconstructor: Any, **loss_options: Any) -> Poisson
     Args:
         task_or_reconstructor: a built ``ptychi.api.task.PtychographyTask``
             (its ``.reconstructor`` is used) or an autodiff reconstructor.
-        **loss_options: passed to :class:`PoissonLoss`.
+        **loss_options: passed to [`PoissonLoss`][physscale.adapters.ptychi.PoissonLoss].
 
     Raises:
         ModuleNotFoundError: pty-chi is not installed (says what to install).

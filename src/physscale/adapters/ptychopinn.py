@@ -7,14 +7,16 @@ full map); the math, the unpickler and the archive writer are physscale's own:
   last ``(n, N, N, C)``, ``C = gridsize**2``; the scale in its field
   ``physics_scaling_constant``, a ``(1, 1, 1)`` float32 tensor.
 - **Loss.** ``compute_loss`` hands its ``Loss`` slot photon-count amplitudes
-  and wants one value per sample: :func:`physscale.scaled_poisson_nll` with
+  and wants one value per sample: [`physscale.scaled_poisson_nll`][physscale.scaled_poisson_nll]
+  with
   scale 1, ``form="exact"``, ``reduction="per_sample"``.
 - **Bundles.** ``wts.h5.zip``, with a per-model ``params.dill`` (a pickle)
   whose ``intensity_scale`` its inference multiplies by (1.0 when unknown).
 - **Scaler.** ``IntensityScalerModule.scale(x, f) = x * f``, the inverse of
   physscale's ``normalize``: ``s = 1 / f``.
 
-The port is imported only by :func:`save_bundle` (and its model only by the
+The port is imported only by [`save_bundle`][physscale.adapters.ptychopinn.save_bundle] (and its
+model only by the
 objects you pass in); everything else works on duck-typed objects.
 """
 
@@ -60,8 +62,6 @@ __all__ = [
     "scaler_from_port",
 ]
 
-#: The port's ``Loss`` slot: ``Loss(pred, obs)`` on photon-count amplitudes (it
-#: multiplies by ``physics_scaling_constant`` first), one exact NLL per sample.
 CONVENTION = Convention(
     "PtychoPINN's port",
     order="pred, obs",
@@ -71,18 +71,23 @@ CONVENTION = Convention(
     eps="floor",
     scale="one",
 )
-#: The layout of the port's ``X``: ``(n, N, N, C)``, channels last.
+"""The port's ``Loss`` slot: ``Loss(pred, obs)`` on photon-count amplitudes (it multiplies by
+``physics_scaling_constant`` first), one exact NLL per sample."""
 LAYOUT = "NHWC"
-#: The port's own container field for the physics scale (its loaders read it).
+"""The layout of the port's ``X``: ``(n, N, N, C)``, channels last."""
 SCALE_FIELD = "physics_scaling_constant"
-#: Where :func:`attach` puts the :class:`~physscale.ScaleRecord` (not a port field;
-#: the same field as :func:`physscale.attach_intensity_scale`).
+"""The port's own container field for the physics scale (its loaders read it)."""
 RECORD_FIELD = _ATTACH_RECORD_FIELD
-#: The archive member :func:`save_bundle` adds to a port bundle.
+"""Where [`attach`][physscale.adapters.ptychopinn.attach] puts the
+[`ScaleRecord`][physscale.ScaleRecord] (not a port field; the same field as
+[`physscale.attach_intensity_scale`][physscale.attach_intensity_scale])."""
 RECORD_MEMBER = "physscale_record.json"
+"""The archive member [`save_bundle`][physscale.adapters.ptychopinn.save_bundle] adds to a port
+bundle."""
 #: The port's params key for the physics scale (``params.dill``, ``params.cfg``).
 PARAMS_SCALE_KEY = "intensity_scale"
-#: The params key :func:`scale_into_params` adds for the record (a JSON string).
+#: The params key [`scale_into_params`][physscale.adapters.ptychopinn.scale_into_params] adds for
+#: the record (a JSON string).
 PARAMS_RECORD_KEY = "physscale_record"
 
 _INSTALL = (
@@ -135,7 +140,14 @@ def container_layout(container: Any) -> str:
     Raises:
         StateError: not a port container, or its ``X`` is not ``(n, N, N, C)``
             with square patterns (then pass the data to
-            :func:`physscale.derive_scale_record` with an explicit ``layout``).
+            [`physscale.derive_scale_record`][physscale.derive_scale_record] with an explicit
+            ``layout``).
+
+    Examples:
+        >>> import numpy as np
+        >>> from physscale.adapters.ptychopinn import container_layout
+        >>> container_layout({'X': np.zeros((8, 32, 32, 1), dtype=np.float32)})
+        'NHWC'
     """
     kind = type(container)
     is_port = kind.__name__ == "PtychoDataContainerTorch" and kind.__module__.startswith(
@@ -169,7 +181,8 @@ def attach(
 
     nphotons: ``nphotons`` > ``container.metadata`` > ``config`` (the port's
     ``TrainingConfig``) > ``default`` (SPEC §4); the layout comes from the
-    container (:func:`container_layout`), never from a default. Afterwards
+    container ([`container_layout`][physscale.adapters.ptychopinn.container_layout]), never from a
+    default. Afterwards
     the container holds ``physics_scaling_constant`` (a ``(1, 1, 1)``
     float32 tensor, where the port's ``_ensure_container`` looks before
     deriving its own) and ``physscale_record``; the port's own
@@ -178,9 +191,10 @@ def attach(
     Args:
         container: the port's ``PtychoDataContainerTorch`` (or a dict with
             ``"X"``), ``X`` normalized amplitudes ``(n, N, N, C)``.
-        nphotons: as for :func:`physscale.resolve_nphotons`.
-        config: as for :func:`physscale.resolve_nphotons` (the port's ``TrainingConfig``).
-        default: as for :func:`physscale.resolve_nphotons`.
+        nphotons: as for [`physscale.resolve_nphotons`][physscale.resolve_nphotons].
+        config: as for [`physscale.resolve_nphotons`][physscale.resolve_nphotons] (the port's
+            ``TrainingConfig``).
+        default: as for [`physscale.resolve_nphotons`][physscale.resolve_nphotons].
         record: attach this record instead of deriving one (validation, test
             and inference containers carry the *training* scale).
         overwrite: replace a ``physscale_record`` already attached.
@@ -188,7 +202,16 @@ def attach(
     Raises:
         StateError: not a port container, a record already attached, or
             ``record`` given together with derivation arguments.
-        And every error of :func:`physscale.derive_scale_record`.
+        PhysscaleError: and every error of
+            [`physscale.derive_scale_record`][physscale.derive_scale_record].
+
+    Examples:
+        >>> import numpy as np
+        >>> from physscale.adapters.ptychopinn import attach
+        >>> container = {'X': np.full((8, 32, 32, 1), 0.25, dtype=np.float32)}   # (n, N, N, C)
+        >>> record = attach(container, nphotons=1e6)
+        >>> record.intensity_scale, container['physscale_record'] is record
+        (125.0, True)
     """
     check_attach_arguments(
         container,
@@ -233,6 +256,14 @@ def poisson_loss(*, eps: float = 1e-12, persistent: bool = False) -> ScaledPoiss
         persistent: keep the module's fixed scale (1) out of ``state_dict``
             (the default), so a model with this loss in a slot has the same
             ``state_dict`` keys as with the port's own loss.
+
+    Examples:
+        >>> import torch
+        >>> from physscale.adapters.ptychopinn import poisson_loss
+        >>> loss = poisson_loss()
+        >>> pred = torch.full((2, 8, 8, 1), 1.5)   # amplitudes, the port's (n, N, N, C)
+        >>> loss(pred, pred).shape   # one value per sample
+        torch.Size([2])
     """
     return ScaledPoissonNLLLoss(  # type: ignore[call-arg,unused-ignore]
         CONVENTION.physscale_scale(None),
@@ -247,14 +278,15 @@ def poisson_loss(*, eps: float = 1e-12, persistent: bool = False) -> ScaledPoiss
 def install_loss(
     model: torch.nn.Module, *, eps: float = 1e-12, persistent: bool = False
 ) -> ScaledPoissonNLLLoss:
-    """Put :func:`poisson_loss` in a ``PtychoPINN_Lightning``'s ``Loss`` slot and return it.
+    """Put [`poisson_loss`][physscale.adapters.ptychopinn.poisson_loss] in a
+    ``PtychoPINN_Lightning``'s ``Loss`` slot and return it.
 
     Args:
         model: the port's ``PtychoPINN_Lightning`` (unsupervised, amplitude
             forward, Poisson loss: the path that multiplies by
             ``physics_scaling_constant`` before calling ``self.Loss``).
-        eps: as for :func:`poisson_loss`.
-        persistent: as for :func:`poisson_loss`.
+        eps: as for [`poisson_loss`][physscale.adapters.ptychopinn.poisson_loss].
+        persistent: as for [`poisson_loss`][physscale.adapters.ptychopinn.poisson_loss].
 
     Raises:
         StateError: the model has no Poisson ``Loss`` slot on that path
@@ -296,7 +328,8 @@ def install_loss(
 def scaler_from_port(
     port_scaler: Any = None, *, scale_factor: Any = None, trainable: bool = False
 ) -> IntensityScaler:
-    """An :class:`~physscale.nn.IntensityScaler` that computes what the port's scaler does.
+    """An [`IntensityScaler`][physscale.nn.IntensityScaler] that computes what the port's scaler
+    does.
 
     The port's ``scale(x, f) = x * f`` and ``inv_scale(x, f) = x / f``, with
     ``f = exp(log_scale)`` when it has a (trainable) ``log_scale``, else the
@@ -315,6 +348,12 @@ def scaler_from_port(
 
     Raises:
         StateError: neither a ``log_scale`` nor a ``scale_factor`` to read.
+
+    Examples:
+        >>> from physscale.adapters.ptychopinn import scaler_from_port
+        >>> scaler = scaler_from_port(scale_factor=0.032)   # the factor the port multiplies by
+        >>> round(float(scaler.scale), 3)   # 1 / 0.032
+        31.25
     """
     log_scale = getattr(port_scaler, "log_scale", None)
     if log_scale is not None:
@@ -335,6 +374,12 @@ def port_factor(scaler: IntensityScaler) -> float:
 
     To load it into a port scaler with a trainable ``log_scale``, set
     ``port_scaler.log_scale.data.fill_(math.log(port_factor(scaler)))``.
+
+    Examples:
+        >>> from physscale.adapters.ptychopinn import port_factor
+        >>> from physscale.nn import IntensityScaler
+        >>> port_factor(IntensityScaler(32.0))
+        0.03125
     """
     return 1.0 / float(scaler.scale.detach())
 
@@ -347,6 +392,14 @@ def scale_into_params(params: Mapping[str, Any], record: ScaleRecord) -> dict[st
 
     Sets ``"intensity_scale"`` (what the port's inference multiplies by) and
     ``"physscale_record"`` (the record as a JSON string).
+
+    Examples:
+        >>> import physscale as ps
+        >>> from physscale.adapters.ptychopinn import record_from_params, scale_into_params
+        >>> record = ps.closed_form_scale_record(1e6, 64)
+        >>> params = scale_into_params({'N': 64, 'nphotons': 1e6}, record)
+        >>> params['intensity_scale'], record_from_params(params) == record
+        (31.25, True)
     """
     require_record(record)
     out = dict(params)
@@ -356,9 +409,10 @@ def scale_into_params(params: Mapping[str, Any], record: ScaleRecord) -> dict[st
 
 
 def record_from_params(params: Mapping[str, Any], *, where: str = "params") -> ScaleRecord:
-    """The scale a port params dict carries, as a :class:`~physscale.ScaleRecord`.
+    """The scale a port params dict carries, as a [`ScaleRecord`][physscale.ScaleRecord].
 
-    A ``"physscale_record"`` entry (written by :func:`scale_into_params`) is
+    A ``"physscale_record"`` entry (written by
+    [`scale_into_params`][physscale.adapters.ptychopinn.scale_into_params]) is
     validated and returned, after checking it agrees with
     ``params["intensity_scale"]``. Otherwise the port's ``intensity_scale``
     becomes an ``"explicit"`` record with the params' ``nphotons`` (source
@@ -368,6 +422,12 @@ def record_from_params(params: Mapping[str, Any], *, where: str = "params") -> S
     Raises:
         RecordError: no usable ``intensity_scale``, or a record that
             disagrees with it.
+
+    Examples:
+        >>> from physscale.adapters.ptychopinn import record_from_params
+        >>> record = record_from_params({'intensity_scale': 31.25, 'nphotons': 1e6})
+        >>> record.intensity_scale, record.method, record.nphotons_source
+        (31.25, 'explicit', 'config')
     """
     raw = params.get(PARAMS_SCALE_KEY)
     if raw is None:
@@ -432,10 +492,12 @@ def _params_member(names: list[str], zpath: Path, model: str | None) -> str:
 def record_from_bundle(path: str | os.PathLike[str], *, model: str | None = None) -> ScaleRecord:
     """The physics scale of a port bundle (``wts.h5.zip``), as a record. Runs no code.
 
-    Reads ``physscale_record.json`` when :func:`save_bundle` wrote one (and
+    Reads ``physscale_record.json`` when [`save_bundle`][physscale.adapters.ptychopinn.save_bundle]
+    wrote one (and
     checks it against the bundle's params); otherwise the port's own
     ``<model>/params.dill`` ``intensity_scale``, unpickled as plain data only
-    and in bounded memory (see :func:`record_from_params`).
+    and in bounded memory (see
+    [`record_from_params`][physscale.adapters.ptychopinn.record_from_params]).
 
     Args:
         path: the archive, or the port's base path (``.../wts.h5``; ``.zip``
@@ -449,7 +511,8 @@ def record_from_bundle(path: str | os.PathLike[str], *, model: str | None = None
             none for ``model``).
         UnsafeFileError: ``params.dill`` holds anything but plain data, or
             more than a params pickle needs.
-        RecordError: as for :func:`record_from_params`.
+        RecordError: as for
+            [`record_from_params`][physscale.adapters.ptychopinn.record_from_params].
     """
     zpath = _bundle_zip(path)
     with open_archive(zpath, _WHAT) as zf:

@@ -10,14 +10,16 @@ intensities (``meas_normalization``, ``max_at_one`` by default), so photons
 are ``s**2 * I`` for the data's intensity scale ``s``; PtyRAD logs its
 normalization constant but stores none.
 
-- :class:`PoissonTerm`: ``parity=True`` is ``loss_poissn`` exactly
-  (:data:`PARITY`); otherwise the photon likelihood (:data:`CONVENTION`):
+- [`PoissonTerm`][physscale.adapters.ptyrad.PoissonTerm]: ``parity=True`` is ``loss_poissn`` exactly
+  (`PARITY`); otherwise the photon likelihood (`CONVENTION`):
   the mean per-pixel deviance of the counts ``s**2 * I`` under the rate
   ``s**2 * (m + eps)``, float64 inside, about 0.5 at a Poisson-limited fit,
   finite on an all-zero batch.
-- :func:`install_loss`: puts it into the solver's ``CombinedLoss`` (every
+- [`install_loss`][physscale.adapters.ptyrad.install_loss]: puts it into the solver's
+``CombinedLoss`` (every
   other term unchanged).
-- :func:`record_from_solver`: the :class:`~physscale.ScaleRecord` of the
+- [`record_from_solver`][physscale.adapters.ptyrad.record_from_solver]: the
+[`ScaleRecord`][physscale.ScaleRecord] of the
   solver's measurements (intensity domain).
 
 Three lines::
@@ -26,7 +28,8 @@ Three lines::
     ps_ptyrad.install_loss(solver, ps_ptyrad.record_from_solver(solver, nphotons=n))
     solver.run()
 
-PtyRAD is imported only by :func:`install_loss` and :func:`combined_loss_class`.
+PtyRAD is imported only by [`install_loss`][physscale.adapters.ptyrad.install_loss] and
+[`combined_loss_class`][physscale.adapters.ptyrad.combined_loss_class].
 """
 
 from __future__ import annotations
@@ -56,7 +59,6 @@ __all__ = [
 
 _INSTALL = "pip install ptyrad==1.0.0 (Python 3.12; see scripts/make_interop_env.sh)"
 
-#: PtyRAD's own ``loss_poissn`` value (``dp_pow=1``), in its units.
 PARITY = Convention(
     "ptyrad",
     order="pred, obs",
@@ -67,8 +69,7 @@ PARITY = Convention(
     scale="one",
     divide_by="obs_mean",
 )
-#: The photon likelihood on PtyRAD's normalized intensities: the per-pixel mean
-#: deviance of ``s**2 * I`` under ``s**2 * (m + eps)``.
+"""PtyRAD's own ``loss_poissn`` value (``dp_pow=1``), in its units."""
 CONVENTION = Convention(
     "ptyrad",
     order="pred, obs",
@@ -78,6 +79,8 @@ CONVENTION = Convention(
     eps="rate",
     scale="record",
 )
+"""The photon likelihood on PtyRAD's normalized intensities: the per-pixel mean deviance of ``s**2
+* I`` under ``s**2 * (m + eps)``."""
 
 
 class PoissonTerm:
@@ -85,8 +88,9 @@ class PoissonTerm:
 
     Args:
         scale: the intensity scale ``s`` of the measurements (photons ``= s**2
-            * I``): a number, 0-d tensor or :class:`~physscale.ScaleRecord`
-            (:func:`record_from_solver`). Not used with ``parity``.
+            * I``): a number, 0-d tensor or [`ScaleRecord`][physscale.ScaleRecord]
+            ([`record_from_solver`][physscale.adapters.ptyrad.record_from_solver]). Not used with
+            ``parity``.
         parity: reproduce PtyRAD's ``loss_poissn`` (unweighted) instead.
         eps: PtyRAD's ``eps`` (its ``loss_params["loss_poissn"]["eps"]``), in
             its intensity units.
@@ -141,7 +145,8 @@ def _poissn_params(loss_params: Any) -> Mapping[str, Any]:
 
 @functools.cache
 def combined_loss_class() -> type:
-    """PtyRAD's ``CombinedLoss`` with ``get_loss_poissn`` from a :class:`PoissonTerm`.
+    """PtyRAD's ``CombinedLoss`` with ``get_loss_poissn`` from a
+    [`PoissonTerm`][physscale.adapters.ptyrad.PoissonTerm].
 
     Made (importing PtyRAD) on first call. ``cls(loss_params, device, term=...)``;
     ``forward`` and every other term are PtyRAD's.
@@ -171,18 +176,20 @@ def combined_loss_class() -> type:
 def install_loss(
     solver: Any, scale: Any = None, *, parity: bool = False, form: Form = "deviance"
 ) -> PoissonTerm:
-    """Make a ``PtyRADSolver`` minimize :class:`PoissonTerm` as its ``loss_poissn``.
+    """Make a ``PtyRADSolver`` minimize [`PoissonTerm`][physscale.adapters.ptyrad.PoissonTerm] as
+    its ``loss_poissn``.
 
-    Replaces ``solver.loss_fn`` by :func:`combined_loss_class`'s loss on the
+    Replaces ``solver.loss_fn`` by
+    [`combined_loss_class`][physscale.adapters.ptyrad.combined_loss_class]'s loss on the
     same ``loss_params`` and device, and switches ``loss_poissn`` on (its
     ``weight`` and ``eps`` are kept; the other terms stay as configured:
     ``loss_single`` is on in PtyRAD's defaults). Call before ``solver.run()``.
 
     Args:
         solver: a ``ptyrad.solver.PtyRADSolver``.
-        scale: as :class:`PoissonTerm`.
-        parity: as :class:`PoissonTerm`.
-        form: as :class:`PoissonTerm`.
+        scale: as [`PoissonTerm`][physscale.adapters.ptyrad.PoissonTerm].
+        parity: as [`PoissonTerm`][physscale.adapters.ptyrad.PoissonTerm].
+        form: as [`PoissonTerm`][physscale.adapters.ptyrad.PoissonTerm].
 
     Raises:
         ModuleNotFoundError: PtyRAD is not installed (says what to install).
@@ -211,6 +218,15 @@ def dose_config(params: Mapping[str, Any]) -> dict[str, float] | None:
     ``init_params["meas_add_poisson_noise"]``: ``total_e_per_pattern`` is the
     expected counts per pattern; ``e_per_Ang2`` times ``pos_scan_step_size**2``
     (PtyRAD's conversion). None when PtyRAD adds no noise.
+
+    Examples:
+        >>> from physscale.adapters.ptyrad import dose_config
+        >>> noise = {'unit': 'total_e_per_pattern', 'value': 1e6}
+        >>> params = {'init_params': {'meas_add_poisson_noise': noise}}
+        >>> dose_config(params)
+        {'nphotons': 1000000.0}
+        >>> dose_config({'init_params': {}}) is None
+        True
     """
     init = params.get("init_params") or {}
     noise = init.get("meas_add_poisson_noise")
@@ -239,12 +255,23 @@ def record_from_solver(
     mean counts per pattern (e.g. ``physscale.normalize_counts(raw)[1].nphotons``).
 
     nphotons: ``nphotons`` > ``metadata`` > ``config`` (default: PtyRAD's own
-    Poisson-noise dose, :func:`dose_config`) > ``default``, as
-    :func:`physscale.resolve_nphotons`; none of them is an error.
+    Poisson-noise dose, [`dose_config`][physscale.adapters.ptyrad.dose_config]) > ``default``, as
+    [`physscale.resolve_nphotons`][physscale.resolve_nphotons]; none of them is an error.
 
     Raises:
         StateError: the solver holds no measurements.
-        And every error of :func:`physscale.derive_scale_record`.
+        PhysscaleError: and every error of
+            [`physscale.derive_scale_record`][physscale.derive_scale_record].
+
+    Examples:
+        >>> import torch
+        >>> from types import SimpleNamespace
+        >>> from physscale.adapters.ptyrad import record_from_solver
+        >>> measurements = torch.full((4, 8, 8), 0.25)   # PtyRAD's normalized intensities
+        >>> init = SimpleNamespace(init_variables={'measurements': measurements})
+        >>> solver = SimpleNamespace(init=init)
+        >>> record_from_solver(solver, nphotons=1600.0).intensity_scale   # sqrt(1600 / 16)
+        10.0
     """
     init = getattr(solver, "init", None)
     variables = getattr(init, "init_variables", None)

@@ -28,14 +28,16 @@ data, so a pixel predicted dark where photons were seen can recover.
 counts both 0 contributes 0 with a finite gradient (the distribution's
 autograd gives NaN there).
 
-Where to read what: :func:`_value` is the value (the forms:
-:func:`_poisson`, :func:`_deviance`; then :func:`_reduce`), :func:`_gradient`
+Where to read what: `_value` is the value (the forms:
+`_poisson`, `_deviance`; then `_reduce`), `_gradient`
 the analytic gradient (``d value / d lam = 1 - k / max(lam, eps)`` for every
-form, :func:`_d_value_d_counts` per form), both joined in one
-:class:`torch.autograd.Function`: no chain of autograd temporaries, two saved
-tensors (the floored rate and the counts). :func:`scaled_poisson_nll` checks
-its inputs in :mod:`physscale.core.loss_inputs` (value checks only while
-:func:`physscale.is_validation_enabled`; with them off no host sync and no
+form, `_d_value_d_counts` per form), both joined in one
+`torch.autograd.Function`: no chain of autograd temporaries, two saved
+tensors (the floored rate and the counts).
+[`scaled_poisson_nll`][physscale.core.likelihood.scaled_poisson_nll] checks
+its inputs in `physscale.core.loss_inputs` (value checks only while
+[`physscale.is_validation_enabled`][physscale.is_validation_enabled]; with them off no host sync
+and no
 branch on tensor values, so it compiles with ``torch.compile(fullgraph=True)``
 and can be captured in a CUDA graph; see ``docs/validation.md``), picks the
 precision and calls the math. ``tf``, ``stirling`` and ``exact`` compute in
@@ -236,7 +238,7 @@ def _tf_total(
     lam: torch.Tensor, k: torch.Tensor, reduction: str, eps: float, count: float | torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The common case, eagerly: ``sum(lam) - k . log(max(lam, eps))``, no elementwise
-    temporary. (A compiler fuses the elementwise formula of :func:`_poisson` into one
+    temporary. (A compiler fuses the elementwise formula of `_poisson` into one
     loop instead.)"""
     lam_sum = lam.sum()
     lam_c = lam.clamp_min_(eps)
@@ -338,7 +340,7 @@ def _save(ctx: Any, args: tuple[Any, ...], lam_c: torch.Tensor, k: torch.Tensor)
 
 
 def _gradient(ctx: Any, grad: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
-    """Analytic gradients of :func:`_value` for the inputs that need one."""
+    """Analytic gradients of `_value` for the inputs that need one."""
     p, o, s_t, t_t, b, m, lam_c, k, count_t = ctx.saved_tensors  # b: a tensor or None
     domain, form, reduction, eps, count_f, s_f, t_f, shape = ctx.config
     s = s_f if s_t is None else s_t
@@ -400,7 +402,7 @@ class _ScaledPoissonNLL(torch.autograd.Function):
     Inputs are already validated, cast to the compute dtype and masked
     (``p``, ``o`` zero where the mask is 0). Old-style (``forward(ctx, ...)``)
     because its ``apply`` skips the per-call signature binding that
-    ``setup_context`` Functions pay; :class:`_ScaledPoissonNLLTransformable`
+    ``setup_context`` Functions pay; `_ScaledPoissonNLLTransformable`
     is the same computation for ``torch.func`` transforms and ``torch.compile``.
     """
 
@@ -416,7 +418,7 @@ class _ScaledPoissonNLL(torch.autograd.Function):
 
 
 class _ScaledPoissonNLLTransformable(torch.autograd.Function):
-    """:class:`_ScaledPoissonNLL` in the ``setup_context`` style ``torch.func`` needs.
+    """`_ScaledPoissonNLL` in the ``setup_context`` style ``torch.func`` needs.
 
     Returns ``(loss, lam_c, k)``; the last two are non-differentiable
     intermediates kept for the backward pass.
@@ -511,7 +513,7 @@ def scaled_poisson_nll(
             units as ``pred``, >= 0.
         scale: the intensity scale ``s`` (amplitude factor, counts are
             ``(s*x)**2``): a positive float, a 0-d tensor (may require grad), a
-            :class:`~physscale.ScaleRecord` (or any object whose ``float()`` is
+            [`ScaleRecord`][physscale.ScaleRecord] (or any object whose ``float()`` is
             the scale), or a tensor with the data's rank
             and each size 1 or the data's, e.g. ``(B, 1, 1, 1)`` per sample. A
             ``(B,)`` tensor is refused (it would broadcast along the last axis).
@@ -555,7 +557,7 @@ def scaled_poisson_nll(
         PhysscaleError: a subclass that says what was wrong. Always checked
             (types, shapes, devices, options): DtypeError, BroadcastError,
             MaskError, OptionError or EmptyInputError. Only with validation on
-            (:func:`physscale.set_validation`, the default): NonFiniteError,
+            ([`physscale.set_validation`][physscale.set_validation], the default): NonFiniteError,
             NegativeValueError, or MaskError for mask weights.
 
     Warns:
@@ -563,6 +565,14 @@ def scaled_poisson_nll(
             counts rather than normalized values (as derive warns), unless the
             count scale keeps them counts (exactly 1, the count-native use, or
             a scale that maps them to whole counts).
+
+    Examples:
+        >>> import torch, physscale as ps
+        >>> pred = torch.full((2, 1, 4, 4), 0.5)   # predicted amplitudes
+        >>> obs = torch.full((2, 1, 4, 4), 0.5)    # observed amplitudes
+        >>> loss = ps.scaled_poisson_nll(pred, obs, scale=4.0)   # counts (4 * 0.5)**2 = 4
+        >>> round(loss.item(), 4)   # form='tf': mean of lam - k*log(lam) = 4 - 4*log(4)
+        -1.5452
     """
     x = loss_inputs(pred, obs, scale, domain, form, reduction, mask, background, eps, count_scale)
     device, numel = x.pred.device, x.pred.numel()

@@ -1,12 +1,13 @@
 """Resolving nphotons from its possible sources (SPEC §4).
 
-Order (:func:`nphotons_precedence`): an explicit argument, then the dataset's
+Order (`nphotons_precedence`): an explicit argument, then the dataset's
 metadata (``metadata["physics_parameters"]["nphotons"]``, PtychoPINN's
 schema), then the configuration, then a caller-supplied default; with none of
 them, an error. The source label always names where the value actually came
 from: a metadata dict without ``nphotons`` does not make a default "metadata".
-:func:`resolve_nphotons` reads and checks each source, then asks
-:func:`nphotons_precedence` which one wins.
+[`resolve_nphotons`][physscale.core.nphotons.resolve_nphotons] reads and checks each source, then
+asks
+`nphotons_precedence` which one wins.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ __all__ = ["NphotonsResolution", "NphotonsSource", "nphotons_precedence", "resol
 
 #: Where an nphotons value came from. ``"measured"`` is never a resolution's
 #: source: it marks a record whose nphotons is the mean counts per pattern
-#: measured in raw-count data (:func:`physscale.normalize_counts`).
+#: measured in raw-count data ([`physscale.normalize_counts`][physscale.normalize_counts]).
 NphotonsSource = Literal["explicit", "metadata", "config", "default", "measured"]
 
 _METADATA_PATH = 'metadata["physics_parameters"]["nphotons"]'
@@ -65,7 +66,7 @@ def _metadata_mapping(metadata: Any) -> Mapping[str, Any] | None:
     """Unwrap the accepted metadata forms to a mapping (or None).
 
     A data container is accepted where metadata is expected, the same way
-    :func:`physscale.attach_intensity_scale` reads one: an object's
+    [`physscale.attach_intensity_scale`][physscale.attach_intensity_scale] reads one: an object's
     ``.metadata`` attribute, or a mapping's ``"metadata"`` entry when the
     mapping is not itself metadata (has no ``"physics_parameters"``).
     """
@@ -179,6 +180,14 @@ def resolve_nphotons(
 
     Raises:
         NphotonsError: an invalid value anywhere, or no value at all.
+
+    Examples:
+        >>> import physscale as ps
+        >>> r = ps.resolve_nphotons({'physics_parameters': {'nphotons': 1e9}}, {'nphotons': 1e6})
+        >>> r.value, r.source
+        (1000000000.0, 'metadata')
+        >>> ps.resolve_nphotons(explicit=5e8).source
+        'explicit'
     """
     from_metadata, misplaced = _from_metadata(metadata)
     if misplaced and explicit is None:

@@ -71,10 +71,10 @@ __all__ = [
     "save_bundle",
 ]
 
-#: The ``format`` field of every bundle manifest.
 BUNDLE_FORMAT = "physscale-bundle"
-#: The bundle layout version this physscale writes and reads.
+"""The ``format`` field of every bundle manifest."""
 BUNDLE_FORMAT_VERSION = 1
+"""The bundle layout version this physscale writes and reads."""
 
 STATE_DICT_MEMBER = "state_dict.pt"
 RECORD_MEMBER = "record.json"
@@ -83,8 +83,8 @@ SIGNATURE_MEMBER = "signature.json"
 _CHECKSUMMED = (STATE_DICT_MEMBER, RECORD_MEMBER)
 _MEMBERS = frozenset((*_CHECKSUMMED, MANIFEST_MEMBER, SIGNATURE_MEMBER))
 
-#: The shortest signing key accepted (bytes); use ``secrets.token_bytes(32)``.
 MIN_KEY_BYTES = 16
+"""The shortest signing key accepted (bytes); use ``secrets.token_bytes(32)``."""
 _SIGNATURE_FORMAT = "physscale-bundle-signature"
 _SIGNATURE_ALGORITHM = "HMAC-SHA256"
 # Domain separation: this key's HMACs of anything else never verify as a bundle's.

@@ -24,8 +24,8 @@ __all__ = [
     "require_record",
 ]
 
-#: The checkpoint key that holds the record's JSON text.
 CHECKPOINT_KEY = "physscale_record"
+"""The checkpoint key that holds the record's JSON text."""
 
 _Checkpoint = TypeVar("_Checkpoint", bound=MutableMapping[str, Any])
 
@@ -34,7 +34,7 @@ def parse_record_json(text: str | bytes, where: str) -> ScaleRecord:
     """Validate a record's JSON text; ``where`` names its origin in the error.
 
     Raises:
-        RecordError: the text is not a valid :class:`~physscale.ScaleRecord`
+        RecordError: the text is not a valid [`ScaleRecord`][physscale.ScaleRecord]
             of a schema version this physscale reads.
     """
     try:
@@ -63,11 +63,21 @@ def record_to_checkpoint(checkpoint: _Checkpoint, record: ScaleRecord) -> _Check
     Args:
         checkpoint: the dict about to be given to ``torch.save`` (or Lightning's
             checkpoint dict); modified in place.
-        record: the :class:`~physscale.ScaleRecord` to store; for a trained
+        record: the [`ScaleRecord`][physscale.ScaleRecord] to store; for a trained
             scale, pass ``scaler.to_record()`` so the *trained* value is kept.
 
     Returns:
         ``checkpoint`` itself, with ``checkpoint["physscale_record"]`` a ``str``.
+
+    Examples:
+        >>> import physscale as ps
+        >>> from physscale.io import record_from_checkpoint, record_to_checkpoint
+        >>> record = ps.closed_form_scale_record(1e6, 64)
+        >>> checkpoint = record_to_checkpoint({'state_dict': {}}, record)
+        >>> type(checkpoint['physscale_record']).__name__
+        'str'
+        >>> record_from_checkpoint(checkpoint) == record
+        True
     """
     if not isinstance(checkpoint, MutableMapping):
         raise RecordError(
@@ -79,7 +89,8 @@ def record_to_checkpoint(checkpoint: _Checkpoint, record: ScaleRecord) -> _Check
 
 
 def record_from_checkpoint(checkpoint: Mapping[str, Any]) -> ScaleRecord:
-    """Read back and validate the record stored by :func:`record_to_checkpoint`.
+    """Read back and validate the record stored by
+    [`record_to_checkpoint`][physscale.io.checkpoint.record_to_checkpoint].
 
     Args:
         checkpoint: a dict as returned by ``torch.load(path, weights_only=True)``.
@@ -87,6 +98,15 @@ def record_from_checkpoint(checkpoint: Mapping[str, Any]) -> ScaleRecord:
     Raises:
         RecordError: no ``"physscale_record"`` key, a value that is not JSON
             text, or text that is not a valid record.
+
+    Examples:
+        >>> import torch, physscale as ps
+        >>> from physscale.io import record_from_checkpoint, record_to_checkpoint
+        >>> record = ps.closed_form_scale_record(1e6, 64)
+        >>> torch.save(record_to_checkpoint({}, record), tmp / 'model.ckpt')
+        >>> checkpoint = torch.load(tmp / 'model.ckpt', weights_only=True)
+        >>> record_from_checkpoint(checkpoint).intensity_scale
+        31.25
     """
     if not isinstance(checkpoint, Mapping):
         raise RecordError(

@@ -1,16 +1,16 @@
 """Detector files as instruments and pipelines lay them out: NeXus masters, known keys, masks.
 
-- :func:`list_links`: the external links and virtual datasets of an HDF5
+- [`list_links`][physscale.io.nexus.list_links]: the external links and virtual datasets of an HDF5
   file, and where each points (a Dectris Eiger master holds its data only
   behind links ``/entry/data/data_000001``, ...).
-- :func:`data_stacks`: the stacks a key names, in order. The Eiger
+- `data_stacks`: the stacks a key names, in order. The Eiger
   ``/entry/data`` group of ``data_NNNNNN`` links is one stack read link by
   link in link-name order; links are followed only when asked
   (``follow_links``) and only to files in the master's own folder.
-- :func:`find_counts_key`: the known layouts (``/entry/data/data``, ``/dp``,
+- `find_counts_key`: the known layouts (``/entry/data/data``, ``/dp``,
   ``patterns``, ``diff3d``, ``diffraction``) found without a key; a file with
   several candidates is refused with the list.
-- :func:`detector_info`: the pixel mask (NeXus ``pixel_mask``: nonzero = bad
+- `detector_info`: the pixel mask (NeXus ``pixel_mask``: nonzero = bad
   pixel; ptychodus ``bad_pixels``: True = bad) and the count limits
   (``saturation_value``, ``countrate_correction_count_cutoff``) of a master.
 """
@@ -50,17 +50,17 @@ __all__ = [
 #: An Eiger master's data links: ``data_000001``, ``data_000002``, ...
 EIGER_LINK = re.compile(r"^data_\d{6}$")
 
-#: The keys detector and training files keep patterns under, most specific first:
-#: an Eiger master's link group, an Eiger data file, fold_slice/PtychoShelves,
-#: ptychodus' training file, PtychoPINN's ``diff3d`` and ``diffraction``.
 COUNTS_KEYS = ("/entry/data", "/entry/data/data", "/dp", "/patterns", "/diff3d", "/diffraction")
+"""The keys detector and training files keep patterns under, most specific first: an Eiger master's
+link group, an Eiger data file, fold_slice/PtychoShelves, ptychodus' training file, PtychoPINN's
+``diff3d`` and ``diffraction``."""
 
-#: Where masks live, and their polarity: every one of these is nonzero = bad pixel.
 MASK_KEYS = (
     "/entry/instrument/detector/detectorSpecific/pixel_mask",
     "/entry/instrument/detector/pixel_mask",
     "/bad_pixels",
 )
+"""Where masks live, and their polarity: every one of these is nonzero = bad pixel."""
 
 _DETECTOR_SPECIFIC = "/entry/instrument/detector/detectorSpecific"
 
@@ -87,7 +87,17 @@ class LinkInfo:
 
 
 def list_links(path: str | Path) -> list[LinkInfo]:
-    """The external links and virtual-dataset sources of an HDF5 file, by name."""
+    """The external links and virtual-dataset sources of an HDF5 file, by name.
+
+    Examples:
+        >>> import h5py
+        >>> from physscale.io import list_links
+        >>> with h5py.File(tmp / 'master.h5', 'w') as f:
+        ...     link = h5py.ExternalLink('data_000001.h5', '/entry/data/data')
+        ...     f['entry/data/data_000001'] = link
+        >>> [(link.kind, link.file, link.target) for link in list_links(tmp / 'master.h5')]
+        [('external', 'data_000001.h5', '/entry/data/data')]
+    """
     p = Path(path)
     if file_kind(p) != "hdf5":
         return []
@@ -158,7 +168,7 @@ def data_stacks(path: Path, key: str, follow_links: bool) -> list[tuple[Path, st
 
 
 def find_counts_key(path: Path) -> str:
-    """The key of the patterns in a file of a known layout (see :data:`COUNTS_KEYS`).
+    """The key of the patterns in a file of a known layout (see `COUNTS_KEYS`).
 
     Raises:
         DataFileError: no known key (the file's arrays are listed), or

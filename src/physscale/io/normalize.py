@@ -1,4 +1,5 @@
-"""Detector counts in files to normalized training data out: :func:`normalize_files`.
+"""Detector counts in files to normalized training data out:
+[`normalize_files`][physscale.io.normalize.normalize_files].
 
 The counts front door (SPEC section 6). Integer or float counts in ``.npy``,
 ``.npz``, HDF5 or a NeXus master (its ``data_NNNNNN`` links followed on
@@ -55,10 +56,10 @@ from physscale.record import MAX_LISTED_FILES, DataSources, ScaleRecord, SourceF
 
 __all__ = ["DATA_KEY", "MASK_KEY", "NormalizeProgress", "NormalizedFiles", "normalize_files"]
 
-#: The key of the normalized amplitudes (PtychoPINN's).
 DATA_KEY = "diff3d"
-#: The key of the valid-pixel mask written beside them (True = valid pixel).
+"""The key of the normalized amplitudes (PtychoPINN's)."""
 MASK_KEY = "mask"
+"""The key of the valid-pixel mask written beside them (True = valid pixel)."""
 #: Arrays carried along are read whole: at most this many bytes each (256 MiB).
 MAX_CARRY_BYTES = 256 * 1024 * 1024
 
@@ -67,7 +68,8 @@ MaskPolarity = Literal["bad", "valid"]
 
 @dataclass(frozen=True)
 class NormalizeProgress:
-    """How far :func:`normalize_files` is: ``pass_`` 1 (counting) or 2 (writing)."""
+    """How far [`normalize_files`][physscale.io.normalize.normalize_files] is: ``pass_`` 1
+    (counting) or 2 (writing)."""
 
     pass_: int
     frames_done: int
@@ -76,11 +78,11 @@ class NormalizeProgress:
 
 @dataclass(frozen=True)
 class NormalizedFiles:
-    """What :func:`normalize_files` wrote.
+    """What [`normalize_files`][physscale.io.normalize.normalize_files] wrote.
 
     Attributes:
         out: the file written.
-        record: the :class:`~physscale.ScaleRecord` of the normalized data
+        record: the [`ScaleRecord`][physscale.ScaleRecord] of the normalized data
             (``nphotons_source == "measured"``; masked fractions count the
             invalid pixels as masked, and marker values are never intensity).
         stacks: the ``(file, key)`` stacks read, in order.
@@ -246,20 +248,31 @@ def normalize_files(
         carry: names of other arrays (positions, a probe) to copy from the
             first file that has them, unchanged.
         dtype: of ``diff3d``: ``"float32"`` (PtychoPINN's) or ``"float64"``.
-        progress: called with a :class:`NormalizeProgress` after each chunk.
+        progress: called with a [`NormalizeProgress`][physscale.io.normalize.NormalizeProgress]
+            after each chunk.
         chunk_bytes: input bytes per chunk (whole frames; memory is a small
             multiple of it).
 
     Returns:
-        A :class:`NormalizedFiles` with the record and what was excluded.
+        A [`NormalizedFiles`][physscale.io.normalize.NormalizedFiles] with the record and what was
+        excluded.
 
     Raises:
-        DataFileError, UnsafeFileError: as :func:`physscale.io.readers.pattern_source`
+        DataFileError, UnsafeFileError: as `physscale.io.readers.pattern_source`
             (every file checked before any data is read, HDF5 filters included).
         MaskError: a mask of unstated polarity or the wrong shape, or one
             that excludes every pixel (one that excludes most is warned about).
         NegativeValueError, NonFiniteError: negative or non-finite counts in a valid pixel.
         ZeroIntensityError: every valid pixel counted zero photons.
+
+    Examples:
+        >>> import numpy as np
+        >>> from physscale.io import normalize_files
+        >>> counts = np.random.default_rng(0).poisson(40.0, size=(8, 16, 16))   # integer counts
+        >>> np.save(tmp / 'scan.npy', counts)
+        >>> done = normalize_files(tmp / 'scan.npy', tmp / 'normalized.npz')
+        >>> done.out.name, done.record.nphotons_source
+        ('normalized.npz', 'measured')
     """
     files = _as_paths(paths)
     if dtype not in ("float32", "float64"):

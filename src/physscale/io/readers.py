@@ -1,32 +1,33 @@
 """Streaming pattern readers for ``.npy``, ``.npz`` and HDF5 files, in bounded memory.
 
 This module picks a file's format by its first bytes and hands it to that
-format's reader in :mod:`physscale.io.formats` (``npy``, ``npz``, ``hdf5``),
-each behind the one :class:`PatternSource` interface.
+format's reader in `physscale.io.formats` (``npy``, ``npz``, ``hdf5``),
+each behind the one `PatternSource` interface.
 
-:func:`pattern_source` opens nothing for long: it checks a file completely
+`pattern_source` opens nothing for long: it checks a file completely
 before any data is read (a regular file, a valid header, a float dtype, at
 least three axes, and every declared size backed by the container's real
-size) and returns a :class:`PatternSource`. That source streams the data in
+size) and returns a `PatternSource`. That source streams the data in
 two ways, each time re-checking that the file has not changed:
 
-- :meth:`PatternSource.chunks` (what :func:`iter_patterns` yields): whole
+- `PatternSource.chunks` (what [`iter_patterns`][physscale.io.readers.iter_patterns] yields): whole
   entries of the first axis, ``chunk_patterns`` at a time (default: as many
-  as fit in :data:`CHUNK_BYTES`, at least one);
-- :meth:`PatternSource.pieces`: pieces of at most ``max_bytes`` each, cut
+  as fit in `CHUNK_BYTES`, at least one);
+- `PatternSource.pieces`: pieces of at most ``max_bytes`` each, cut
   inside an entry when one entry is larger than that, each with its index
   into the stored array. Memory then stays bounded by the piece size
   whatever the pattern size; ``physscale derive`` reads this way (see
-  :func:`physscale.io.streaming.fold_patterns`).
+  `physscale.io.streaming.fold_patterns`).
 
 How each format is read is told in its module: ``.npy`` by ``readinto``
 after checking the header against the file size (no memory map);
 ``.npz`` members as checked streams from the zip, never loaded whole; HDF5
 datasets (optional extra ``hdf5``) by slices, refusing data that is not
 really in the file and compressed chunks larger than
-:data:`MAX_HDF5_CHUNK_BYTES`.
+`MAX_HDF5_CHUNK_BYTES`.
 
-Every problem raises :class:`physscale.errors.DataFileError` naming the file, the
+Every problem raises [`physscale.errors.DataFileError`][physscale.errors.DataFileError] naming the
+file, the
 key and what is wrong; no exception from numpy, zipfile or h5py escapes.
 """
 
@@ -70,8 +71,8 @@ __all__ = [
     "read_npy_header",
 ]
 
-#: File name of the example dataset shipped in ``physscale/data``.
 EXAMPLE_DATASET = "example_diffraction.npz"
+"""File name of the example dataset shipped in ``physscale/data``."""
 
 # Each format module has list_arrays(path), array_info(path, key), open_source(path, key).
 _FORMATS: dict[FileKind, ModuleType] = {"npy": npy, "npz": npz, "hdf5": hdf5}
@@ -83,6 +84,11 @@ def example_dataset_path() -> Path:
     ``physscale/data/example_diffraction.npz``: simulated, normalized
     diffraction amplitudes with nphotons in its ``_metadata`` (see
     ``scripts/make_example_data.py``).
+
+    Examples:
+        >>> from physscale.io import example_dataset_path
+        >>> example_dataset_path().name
+        'example_diffraction.npz'
     """
     ref = resources.files("physscale").joinpath("data").joinpath(EXAMPLE_DATASET)
     path = Path(str(ref))
@@ -100,6 +106,11 @@ def list_arrays(path: str | os.PathLike[str]) -> list[ArrayInfo]:
     ``.npz`` members are listed in archive order (``_metadata`` included);
     HDF5 datasets by their full path (datasets with a null dataspace, which
     hold no array, are left out).
+
+    Examples:
+        >>> from physscale.io import example_dataset_path, list_arrays
+        >>> [a.name for a in list_arrays(example_dataset_path())]
+        ['_metadata', 'diffraction']
     """
     p = Path(path)
     found: list[ArrayInfo] = _FORMATS[file_kind(p)].list_arrays(p)
@@ -107,7 +118,14 @@ def list_arrays(path: str | os.PathLike[str]) -> list[ArrayInfo]:
 
 
 def array_info(path: str | os.PathLike[str], key: str = "diffraction") -> ArrayInfo:
-    """Shape and dtype of the array ``key`` (ignored for ``.npy``), from its header."""
+    """Shape and dtype of the array ``key`` (ignored for ``.npy``), from its header.
+
+    Examples:
+        >>> from physscale.io import array_info, example_dataset_path
+        >>> info = array_info(example_dataset_path())   # the 'diffraction' array, header only
+        >>> info.shape, str(info.dtype)
+        ((64, 64, 64), 'float32')
+    """
     p = Path(path)
     info: ArrayInfo = _FORMATS[file_kind(p)].array_info(p, key)
     return info
@@ -132,7 +150,7 @@ def pattern_source(
             to files in the file's own folder (anything else is refused).
 
     Returns:
-        A :class:`PatternSource` to stream with ``.chunks()`` or ``.pieces()``.
+        A `PatternSource` to stream with ``.chunks()`` or ``.pieces()``.
 
     Raises:
         DataFileError: missing or special file, missing key, a damaged or
@@ -166,7 +184,7 @@ def iter_patterns(
         key: the ``.npz`` key (member ``<key>.npy``) or HDF5 dataset path;
             ignored for ``.npy``. Default ``"diffraction"`` (PtychoPINN).
         chunk_patterns: first-axis entries per chunk; default: as many as fit
-            in :data:`CHUNK_BYTES` (16 MiB), at least one.
+            in `CHUNK_BYTES` (16 MiB), at least one.
 
     Yields:
         numpy arrays of shape ``(k, *shape[1:])`` in the stored float dtype,
@@ -175,13 +193,18 @@ def iter_patterns(
         concatenation is the stored array.
 
     Raises:
-        DataFileError, UnsafeFileError: as :func:`pattern_source`, before any
+        DataFileError, UnsafeFileError: as `pattern_source`, before any
             data is read; DataFileError for data that turns out truncated or
             corrupt while streaming.
 
     The whole file is checked before the first chunk. Peak memory is a few
     chunks, whatever the file size; a chunk holds at least one first-axis
-    entry, so for entries larger than :data:`CHUNK_BYTES` use
+    entry, so for entries larger than `CHUNK_BYTES` use
     ``pattern_source(path, key).pieces()``, which cuts inside entries.
+
+    Examples:
+        >>> from physscale.io import example_dataset_path, iter_patterns
+        >>> [chunk.shape for chunk in iter_patterns(example_dataset_path(), chunk_patterns=24)]
+        [(24, 64, 64), (24, 64, 64), (16, 64, 64)]
     """
     yield from pattern_source(path, key).chunks(chunk_patterns)

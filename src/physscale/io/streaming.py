@@ -1,9 +1,9 @@
 """Fold a file's patterns into an accumulator in bounded memory, whatever the pattern size.
 
-:func:`fold_patterns` is what ``physscale derive`` runs: it reads a checked
-:class:`~physscale.io.readers.PatternSource` in pieces of at most
-:data:`~physscale.io.readers.CHUNK_BYTES` and hands them to an
-:class:`~physscale.IntensityAccumulator`:
+`fold_patterns` is what ``physscale derive`` runs: it reads a checked
+`PatternSource` in pieces of at most
+`CHUNK_BYTES` and hands them to an
+[`IntensityAccumulator`][physscale.IntensityAccumulator]:
 
 - pieces of whole first-axis entries go to ``update`` as they are (the
   ordinary case: many patterns per piece);
@@ -49,7 +49,7 @@ def fold_patterns(
 
     Args:
         acc: the accumulator (its domain and spatial axes apply).
-        source: a checked file array, from :func:`physscale.io.readers.pattern_source`.
+        source: a checked file array, from `physscale.io.readers.pattern_source`.
         mask: optional boolean valid-pixel mask, as for ``acc.update``
             (broadcastable to a chunk of whole entries, e.g. ``(H, W)``).
         chunk_patterns: most first-axis entries per piece (default: as many
@@ -63,7 +63,7 @@ def fold_patterns(
             ``where``, e.g. ``scan.npz:diffraction``).
         scratch: memory to read the pieces into (uint8, at least
             ``max_bytes``), kept by the caller across files; see
-            :meth:`~physscale.io.readers.PatternSource.pieces`.
+            `pieces`.
 
     Peak memory is about one piece (plus the accumulator's fixed buffers),
     whatever the size of the file or of one pattern.

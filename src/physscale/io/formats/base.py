@@ -1,15 +1,15 @@
 """What every format reader shares: the array description, the pattern-source interface, checks.
 
-A :class:`PatternSource` is a stack of patterns in a file, checked completely
+A `PatternSource` is a stack of patterns in a file, checked completely
 before any data is read (a regular file, a valid header, a float dtype, at
 least three axes, and every declared size backed by the container's real
 size). It streams the data in two ways, each time re-checking that the file
 has not changed:
 
-- :meth:`PatternSource.chunks`: whole entries of the first axis,
+- `PatternSource.chunks`: whole entries of the first axis,
   ``chunk_patterns`` at a time (default: as many as fit in
-  :data:`CHUNK_BYTES`, at least one);
-- :meth:`PatternSource.pieces`: pieces of at most ``max_bytes`` each, cut
+  `CHUNK_BYTES`, at least one);
+- `PatternSource.pieces`: pieces of at most ``max_bytes`` each, cut
   inside an entry when one entry is larger than that, each with its index
   into the stored array.
 
@@ -54,22 +54,20 @@ __all__ = [
 
 FileKind = Literal["npy", "npz", "hdf5"]
 
-#: An index into a stored array: integers for leading axes, then at most one slice.
 Index = tuple[int | slice, ...]
+"""An index into a stored array: integers for leading axes, then at most one slice."""
 
-#: Target size of one chunk when ``chunk_patterns`` is not given (16 MiB).
 CHUNK_BYTES = 16 * 1024 * 1024
+"""Target size of one chunk when ``chunk_patterns`` is not given (16 MiB)."""
 
-#: No array may describe more bytes than a signed 64-bit offset can address.
 MAX_ARRAY_BYTES = (1 << 63) - 1
+"""No array may describe more bytes than a signed 64-bit offset can address."""
 
 _MAGIC = {b"\x93NUMPY": "npy", b"PK\x03\x04": "npz", b"PK\x05\x06": "npz", b"\x89HDF": "hdf5"}
 
 # A zip member is read 1 MiB at a time (zipfile has no readinto).
 _ZIP_PIECE_BYTES = 1 << 20
 
-#: What reading a damaged zip member can raise (CRC, inflate, short reads,
-#: encryption, unsupported compression).
 READ_ERRORS = (
     zipfile.BadZipFile,
     zlib.error,
@@ -78,6 +76,8 @@ READ_ERRORS = (
     RuntimeError,
     NotImplementedError,
 )
+"""What reading a damaged zip member can raise (CRC, inflate, short reads, encryption, unsupported
+compression)."""
 
 
 @dataclass(frozen=True)
@@ -138,7 +138,7 @@ def check_patterns(
     """Refuse arrays that cannot be a stack of real-valued patterns.
 
     ``counts``: the stack holds detector counts, so integer dtypes are
-    admitted too (:func:`physscale.io.normalize_files` reads them).
+    admitted too ([`physscale.io.normalize_files`][physscale.io.normalize_files] reads them).
     """
     if info.dtype.hasobject:
         if kind == "hdf5":
@@ -166,8 +166,7 @@ def check_patterns(
                 )
             )
         raise DataFileError(
-            f"{where}: patterns must be real floating point (float16/32/64), got dtype "
-            f"{info.dtype}"
+            f"{where}: patterns must be real floating point (float16/32/64), got dtype {info.dtype}"
         )
     if info.dtype.kind == "f" and info.dtype.itemsize not in (2, 4, 8):
         # longdouble / float96 / float128: torch has no such dtype.
@@ -278,7 +277,7 @@ def read_exact(
 class PatternSource:
     """A stack of patterns in a file, checked completely and ready to stream.
 
-    Made by :func:`physscale.io.readers.pattern_source` (one subclass per
+    Made by `physscale.io.readers.pattern_source` (one subclass per
     format); holds no open file. Each stream it starts re-opens the file and
     checks that the array is still the one described.
 
@@ -295,7 +294,7 @@ class PatternSource:
     key: str
     info: ArrayInfo
     where: str
-    #: Integer detector counts admitted (see :func:`check_patterns`).
+    #: Integer detector counts admitted (see `check_patterns`).
     counts: bool = field(default=False, kw_only=True)
 
     kind: ClassVar[FileKind]
@@ -309,10 +308,10 @@ class PatternSource:
 
     def chunks(self, chunk_patterns: int | None = None) -> Iterator[np.ndarray]:
         """Whole first-axis entries, ``chunk_patterns`` at a time; see
-        :func:`physscale.io.readers.iter_patterns`.
+        [`physscale.io.readers.iter_patterns`][physscale.io.readers.iter_patterns].
 
         Memory is one chunk, which is at least one entry: for bounded memory
-        whatever the entry size, use :meth:`pieces`.
+        whatever the entry size, use `pieces`.
         """
         yield from self._chunks(chunk_len(self.info, chunk_patterns))
 
@@ -330,7 +329,7 @@ class PatternSource:
             chunk_patterns: most first-axis entries per piece (default: as
                 many as fit in ``max_bytes``).
             max_bytes: most bytes per piece; an entry larger than this is
-                cut along its next axes (default :data:`CHUNK_BYTES`).
+                cut along its next axes (default `CHUNK_BYTES`).
             reuse: read every ``.npy``/``.npz`` piece into one buffer, so a
                 piece is valid only until the next one is asked for (no
                 allocation per piece: for consumers that fold each piece

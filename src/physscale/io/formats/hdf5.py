@@ -3,8 +3,8 @@
 h5py is imported only when an HDF5 file is read. Datasets whose storage was
 never written (they would read as the fill value), whose data lives in
 external or virtual files or behind an external link, or whose compressed
-chunks are larger than :data:`MAX_HDF5_CHUNK_BYTES` are refused; whatever
-h5py raises on a damaged file becomes a :class:`~physscale.errors.DataFileError`.
+chunks are larger than `MAX_HDF5_CHUNK_BYTES` are refused; whatever
+h5py raises on a damaged file becomes a [`DataFileError`][physscale.errors.DataFileError].
 """
 
 from __future__ import annotations
@@ -48,9 +48,9 @@ __all__ = [
     "virtual_files",
 ]
 
-#: libhdf5 inflates a compressed chunk whole to read any part of it: larger
-#: compressed chunks than this (64 MiB) are refused.
 MAX_HDF5_CHUNK_BYTES = 64 * 1024 * 1024
+"""libhdf5 inflates a compressed chunk whole to read any part of it: larger compressed chunks than
+this (64 MiB) are refused."""
 
 _HDF5_HINT = "pip install physscale[hdf5]"
 
@@ -91,7 +91,6 @@ def import_h5py(path: Path) -> Any:
     return h5py
 
 
-#: HDF5 filters physscale can name (registered ids, https://github.com/HDFGroup/hdf5_plugins).
 FILTER_NAMES = {
     1: "deflate (gzip)",
     2: "shuffle",
@@ -107,6 +106,7 @@ FILTER_NAMES = {
     32017: "SZ",
     32026: "Blosc2",
 }
+"""HDF5 filters physscale can name (registered ids, https://github.com/HDFGroup/hdf5_plugins)."""
 
 
 def check_filters(dcpl: Any, where: str) -> None:

@@ -5,7 +5,7 @@ memory map: a file truncated while it is mapped kills the process with
 SIGBUS. Fortran-ordered files are gathered column by column for ``chunks``
 and read in file order for ``pieces``.
 
-:func:`read_npy_header` is also how ``.npz`` members and metadata are read.
+`read_npy_header` is also how ``.npz`` members and metadata are read.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ def read_npy_header(stream: IO[bytes], where: str, name: str) -> ArrayInfo:
     ``name`` is the returned ArrayInfo's name; ``where`` names the array in
     errors. Every failure of numpy's parser on a hostile header (a lying
     length, a header that does not tokenize, deep nesting, a bad dtype, huge
-    or negative dimensions) is a :class:`DataFileError`.
+    or negative dimensions) is a [`DataFileError`][physscale.errors.DataFileError].
     """
     fmt = np.lib.format
     try:
