@@ -291,8 +291,8 @@ def format_report(data: dict[str, Any]) -> str:
         lines.append(f"kernel      native  ({k['library']}{built})")
     else:
         lines += [
-            "kernel      eager  (same results as the native kernel, about 2x slower on "
-            "large CPU inputs)",
+            "kernel      eager  (same results as the native kernel, slower on large CPU "
+            "inputs: docs/performance.md has the figures)",
             f"  why       {k['reason']}",
         ]
         if k["remedy"]:

@@ -98,7 +98,9 @@ def _stats_lines(derived: DerivedFiles, rule_flags: str) -> list[str]:
         ratio = stats.scale_ratio_without_flagged
         lines.append(
             f"                   without them s would move by x{ratio:.6g} "
-            f"({_percent(ratio)}); nothing was excluded ({rule_flags})"
+            f"({_percent(ratio)}); nothing was excluded ({rule_flags}; if they are a whole "
+            f"file at another exposure or attenuation, derive that file separately: "
+            f"docs/preparing-data.md)"
         )
     elif stats.flagged_count:
         lines.append(
