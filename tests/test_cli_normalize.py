@@ -167,3 +167,34 @@ def test_integer_counts_given_to_derive_name_the_one_next_step(
     assert counts_next_step(COUNTS_NEXT_STEP_CLI) in err
     with pytest.raises(DataFileError, match=r"physscale\.io\.normalize_files\(paths, out\)"):
         derive_files([tmp_path / "c.npy"], nphotons=1e6)
+
+
+def test_a_per_frame_pixel_mask_file_on_the_command_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rng = np.random.default_rng(5)
+    counts = rng.poisson(30.0, size=(9, 12, 12)).astype(np.uint16)
+    bad = np.zeros(counts.shape, np.uint8)
+    for i in range(9):
+        bad[i, i % 3 : i % 3 + 2, 4:7] = 1  # nonzero = bad, one mask per frame
+    truth = float(np.where(bad == 0, counts.astype(np.float64), 0.0).sum(axis=(1, 2)).mean())
+    np.save(tmp_path / "scan.npy", counts)
+    np.save(tmp_path / "bad.npy", bad)
+    out = tmp_path / "train.npz"
+    argv = ["normalize", str(tmp_path / "scan.npy"), "--out", str(out), "--json"]
+    code, stdout, err = _run([*argv, "--pixel-mask", str(tmp_path / "bad.npy")], capsys)
+    assert code == 1 and "polarity" in err  # never guessed
+    code, stdout, err = _run(
+        [*argv, "--pixel-mask", str(tmp_path / "bad.npy"), "--mask-polarity", "bad"], capsys
+    )
+    assert code == 0, err
+    record = json.loads(stdout)["record"]
+    assert record["nphotons"] == pytest.approx(truth, rel=REL)
+    with np.load(out, allow_pickle=False) as z:
+        np.testing.assert_array_equal(z["mask"], bad == 0)
+    # The masked pixels are 0 in diff3d: derive agrees without the mask.
+    code, stdout, err = _run(["derive", str(out), "--key", "diff3d", "--json"], capsys)
+    assert code == 0, err
+    assert json.loads(stdout)["intensity_scale"] == pytest.approx(
+        record["intensity_scale"], rel=1e-12
+    )

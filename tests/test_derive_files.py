@@ -495,7 +495,7 @@ def test_the_record_stays_small_for_ten_thousand_files(tmp_path: Path) -> None:
     template = plan.files[0]
     names = [tmp_path / f"scan_{i:05d}.npz" for i in range(10_000)]
     plan.files = [
-        replace(template, source=replace(template.source, path=p),
+        replace(template, path=p, sources=(replace(template.source, path=p),),
                 metadata_nphotons=1e6 if i % 3 else 2e6)
         for i, p in enumerate(names)
     ]  # fmt: skip
@@ -641,3 +641,86 @@ def test_progress_is_a_callback_told_the_totals_first_then_each_step(
     with pytest.warns(DeprecationWarning, match="progress takes a callable"):
         again = derive_files(folder, progress=True)  # type: ignore[call-overload]
     assert again.intensity_scale == record.intensity_scale
+
+
+# ----------------------------------------------------------------- NeXus masters (links)
+def float_master(folder: Path, arrays: list[np.ndarray]) -> Path:
+    """An Eiger-style master whose /entry/data/data_NNNNNN link to float32 data files beside it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    master = folder / "scan_master.h5"
+    with h5py.File(master, "w") as f:
+        group = f.create_group("/entry/data")
+        # Written out of order: the links are read in link-name order, not creation order.
+        for i in reversed(range(len(arrays))):
+            name = f"scan_data_{i + 1:06d}.h5"
+            with h5py.File(folder / name, "w") as d:
+                d.create_dataset(
+                    "/entry/data/data", data=arrays[i], chunks=(1, *arrays[i].shape[1:])
+                )
+            group[f"data_{i + 1:06d}"] = h5py.ExternalLink(name, "/entry/data/data")
+    return master
+
+
+def test_a_masters_data_links_are_one_stack_with_follow_links(tmp_path: Path) -> None:
+    arrays = [stack(10, n=4), stack(11, n=3), stack(12, n=5)]
+    master = float_master(tmp_path / "scan", arrays)
+    derived = derive_files(master, key="/entry/data", nphotons=1e5, follow_links=True, details=True)
+    record = derived.record
+    assert record.n_patterns == 12
+    assert record.intensity_scale == pytest.approx(reference_scale(arrays, 1e5), rel=1e-12)
+    assert derived.files == [(str(master), 12)]  # one file given: the master
+    # The per-pattern totals follow the links in link-name order.
+    truth = np.concatenate([a.astype(np.float64) ** 2 for a in arrays]).sum(axis=(1, 2))
+    assert derived.pattern_totals is not None
+    np.testing.assert_allclose(derived.pattern_totals, truth, rtol=1e-12)
+
+
+def test_a_master_without_follow_links_is_refused_naming_the_option(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    master = float_master(tmp_path / "scan", [stack(10, n=2), stack(11, n=2)])
+    with pytest.raises(ps.errors.UnsafeFileError, match=r"follow_links=True"):
+        derive_files(master, key="/entry/data", nphotons=1e5)
+    code, out, err = call(capsys, "derive", master, "--key", "/entry/data", "--nphotons", 1e5)
+    assert code == 1 and out == ""
+    assert "--follow-links" in err and "follow_links=True" not in err
+    code, out, err = call(
+        capsys, "derive", master, "--key", "/entry/data", "--nphotons", 1e5, "--follow-links",
+        "--json",
+    )  # fmt: skip
+    assert code == 0, err
+    assert json.loads(out)["n_patterns"] == 4
+
+
+def test_an_external_link_to_float_data_beside_the_file_is_followed_only_when_asked(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    x = stack(20, n=5)
+    write(tmp_path / "data.h5", x, nphotons=None, key="patterns")
+    linked = tmp_path / "linked.h5"
+    with h5py.File(linked, "w") as f:
+        f["diffraction"] = h5py.ExternalLink("data.h5", "/patterns")
+    with pytest.raises(ps.errors.UnsafeFileError, match=r"external link.*follow_links=True"):
+        derive_files(linked, nphotons=1e4)
+    code, _, err = call(capsys, "derive", linked, "--nphotons", 1e4)
+    assert code == 1 and "--follow-links" in err
+    record = derive_files(linked, nphotons=1e4, follow_links=True)
+    assert record.intensity_scale == pytest.approx(reference_scale([x], 1e4), rel=1e-12)
+    assert record.sources is not None and record.sources.files[0].path == str(linked)
+
+
+def test_links_that_leave_the_masters_folder_are_refused_even_when_followed(
+    tmp_path: Path,
+) -> None:
+    outside = write(tmp_path / "outside.h5", stack(21, n=3), nphotons=None, key="patterns")
+    inside = tmp_path / "inside"
+    inside.mkdir()
+    (inside / "escape.h5").symlink_to(outside)
+    for target in (str(outside), "../outside.h5", "escape.h5"):
+        master = inside / "master.h5"
+        with h5py.File(master, "w") as f:
+            f["entry/data/data_000001"] = h5py.ExternalLink(target, "/patterns")
+            f["diffraction"] = h5py.ExternalLink(target, "/patterns")
+        for key in ("/entry/data", "diffraction"):
+            with pytest.raises(ps.errors.UnsafeFileError, match="outside the master's folder"):
+                derive_files(master, key=key, nphotons=1e4, follow_links=True)

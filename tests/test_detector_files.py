@@ -452,3 +452,135 @@ def test_streaming_matches_memory_for_npy_and_npz(tmp_path: Path) -> None:
         )  # fmt: skip
         assert r.record.nphotons == ref.nphotons
         assert r.record.intensity_scale == pytest.approx(ref.intensity_scale, rel=1e-6)
+
+
+# --------------------------------------------------------------- per-frame masks
+
+
+def _per_frame_case(n: int = 12, h: int = 16, w: int = 16) -> tuple[np.ndarray, np.ndarray, float]:
+    """uint32 counts with scattered markers, a per-frame valid mask (a beamstop that moves)."""
+    rng = np.random.default_rng(7)
+    real = speckle_counts(n, h, w, seed=3)
+    counts = real.astype(np.uint32)
+    counts[rng.random(counts.shape) < 0.01] = U32_MAX  # dropped pixels, frame by frame
+    counts[:, 0, 0] = U32_MAX  # dead in every frame: stored as invalid too
+    valid = np.ones((n, h, w), bool)
+    for i in range(n):
+        valid[i, 2 + i % 4 : 5 + i % 4, 3:6] = False  # the beamstop, moving
+    # The truth, independently: valid counts that are not the marker, per pattern, mean.
+    ok = valid & (counts != U32_MAX)
+    truth = float(np.where(ok, counts.astype(np.float64), 0.0).sum(axis=(1, 2)).mean())
+    return counts, valid, truth
+
+
+def test_a_per_frame_mask_array_gives_the_truth_and_is_stored_per_frame(tmp_path: Path) -> None:
+    counts, valid, truth = _per_frame_case()
+    np.save(tmp_path / "scan.npy", counts)
+    out = tmp_path / "o.npz"
+    with pytest.warns(MaskWarning, match="markers"):
+        result = normalize_files(
+            tmp_path / "scan.npy", out, pixel_mask=valid, mask_polarity="valid", chunk_bytes=3000
+        )
+    record = result.record
+    assert record.nphotons == pytest.approx(truth, rel=1e-12)
+    ok = valid & (counts != U32_MAX)
+    assert record.masked_pixel_fraction == pytest.approx(1.0 - ok.mean(), rel=1e-12)
+    with np.load(out, allow_pickle=False) as z:
+        x, mask = z["diff3d"], z["mask"]
+    stored = valid.copy()
+    stored[:, 0, 0] = False  # a marker in every frame
+    assert mask.shape == counts.shape and mask.dtype == np.bool_
+    np.testing.assert_array_equal(mask, stored)
+    assert np.all(x[~ok] == 0)
+    back = (record.intensity_scale * x.astype(np.float64)) ** 2
+    np.testing.assert_allclose(back[ok], counts[ok], rtol=2e-6)
+    assert result.masked_pixels == round(float((~stored).sum()) / counts.shape[0])
+    # The bad-pixel polarity of the same mask is the same result.
+    with pytest.warns(MaskWarning):
+        again = normalize_files(
+            tmp_path / "scan.npy", tmp_path / "b.npz", pixel_mask=(~valid).astype(np.uint8),
+            mask_polarity="bad",
+        )  # fmt: skip
+    assert again.record.nphotons == record.nphotons
+
+
+@pytest.mark.parametrize("layout", ["npy", "npz", "h5"])
+def test_a_per_frame_mask_file_is_streamed_with_the_frames(tmp_path: Path, layout: str) -> None:
+    counts, valid, truth = _per_frame_case(n=12)
+    # Two files of 5 and 7 frames: the mask's chunks never line up with the data's.
+    np.save(tmp_path / "a.npy", counts[:5])
+    np.save(tmp_path / "b.npy", counts[5:])
+    bad = (~valid).astype(np.uint8)  # nonzero = bad, as NeXus masks are
+    if layout == "npy":
+        np.save(tmp_path / "m.npy", bad)
+        spec, polarity = str(tmp_path / "m.npy"), "bad"
+    elif layout == "npz":
+        np.savez(tmp_path / "m.npz", flags=valid)
+        spec, polarity = f"{tmp_path / 'm.npz'}:flags", "valid"
+    else:
+        with h5py.File(tmp_path / "m.h5", "w") as f:
+            f.create_dataset("/entry/instrument/detector/pixel_mask", data=bad, chunks=(1, 16, 16))
+        spec, polarity = f"{tmp_path / 'm.h5'}:/entry/instrument/detector/pixel_mask", None
+    with pytest.warns(MaskWarning):
+        result = normalize_files(
+            [tmp_path / "a.npy", tmp_path / "b.npy"], tmp_path / "o.npz", pixel_mask=spec,
+            mask_polarity=polarity, chunk_bytes=4 * 16 * 16 * 3,
+        )  # fmt: skip
+    assert result.record.nphotons == pytest.approx(truth, rel=1e-12)
+    with np.load(tmp_path / "o.npz", allow_pickle=False) as z:
+        assert z["mask"].shape == counts.shape
+        np.testing.assert_array_equal(z["mask"][:, 1:, 1:], valid[:, 1:, 1:])
+
+
+def test_a_per_frame_mask_of_unstated_polarity_or_the_wrong_length_is_refused(
+    tmp_path: Path,
+) -> None:
+    counts, valid, _ = _per_frame_case(n=6)
+    np.save(tmp_path / "scan.npy", counts)
+    np.save(tmp_path / "m.npy", valid)
+    with pytest.raises(MaskError, match="polarity"):
+        normalize_files(tmp_path / "scan.npy", tmp_path / "o.npz", pixel_mask=tmp_path / "m.npy")
+    with pytest.raises(MaskError, match=r"\(6, 16, 16\)"):
+        normalize_files(
+            tmp_path / "scan.npy", tmp_path / "o.npz", pixel_mask=valid[:5], mask_polarity="valid"
+        )
+    assert not (tmp_path / "o.npz").exists()
+
+
+def test_float_counts_with_a_per_frame_mask(tmp_path: Path) -> None:
+    counts, valid, _ = _per_frame_case(n=8)
+    floats = counts.astype(np.float64)
+    floats[floats == U32_MAX] = 7.5  # no markers in floats: plain data
+    truth = float(np.where(valid, floats, 0.0).sum(axis=(1, 2)).mean())
+    np.save(tmp_path / "scan.npy", floats)
+    result = normalize_files(
+        tmp_path / "scan.npy", tmp_path / "o.npz", pixel_mask=valid, mask_polarity="valid"
+    )
+    assert result.record.nphotons == pytest.approx(truth, rel=1e-12)
+    with np.load(tmp_path / "o.npz", allow_pickle=False) as z:
+        np.testing.assert_array_equal(z["mask"], valid)
+        assert np.all(z["diff3d"][~valid] == 0)
+
+
+def test_boolean_data_are_not_counts(tmp_path: Path) -> None:
+    np.save(tmp_path / "m.npy", np.ones((3, 8, 8), bool))
+    with pytest.raises(DataFileError, match="booleans, not counts"):
+        normalize_files(tmp_path / "m.npy", tmp_path / "o.npz")
+
+
+def test_an_output_that_is_an_input_or_read_only_is_refused_before_reading(
+    tmp_path: Path,
+) -> None:
+    counts = speckle_counts(3, 8, 8).astype(np.uint16)
+    scan = tmp_path / "scan.npy"
+    np.save(scan, counts)
+    (tmp_path / "alias.npy").symlink_to(scan)
+    with pytest.raises(DataFileError, match="is also an input"):
+        normalize_files(scan, tmp_path / "alias.npy")
+    np.testing.assert_array_equal(np.load(scan), counts)
+    locked = tmp_path / "locked.npz"
+    locked.write_bytes(b"x")
+    locked.chmod(0o444)
+    with pytest.raises(DataFileError, match="read-only"):
+        normalize_files(scan, locked)
+    assert locked.read_bytes() == b"x"

@@ -63,6 +63,7 @@ def run(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
                     chunk_patterns=args.chunk_patterns,
                     workers=args.workers,
                     progress=bars,
+                    follow_links=args.follow_links,
                     details=True,
                 )
         except (FileListError, AmbiguousLayoutError, NphotonsError) as exc:

@@ -191,6 +191,13 @@ def build_parser() -> argparse.ArgumentParser:
         "unmasked pixels of a pattern: masking a bright beamstop region raises the "
         "scale (the record gives the masked fractions of pixels and intensity)",
     )
+    derive.add_argument(
+        "--follow-links",
+        action="store_true",
+        help="HDF5 (NeXus masters): follow external links and virtual datasets, only to "
+        "files in the master's own folder; --key /entry/data reads an Eiger master's "
+        "data_NNNNNN links as one stack, in link-name order",
+    )
     derive.add_argument("--out", type=Path, metavar="FILE", help="write the record JSON here")
     derive.add_argument(
         "--json", action="store_true", help="print the record as JSON instead of a summary"

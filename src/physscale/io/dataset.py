@@ -64,6 +64,7 @@ from physscale.errors import (
 )
 from physscale.io._files import describe, preview
 from physscale.io.metadata import read_metadata
+from physscale.io.nexus import data_stacks
 from physscale.io.readers import PatternSource, pattern_source, read_mask
 from physscale.io.streaming import fold_patterns
 from physscale.record import (
@@ -346,9 +347,14 @@ def expand_paths(
 # --------------------------------------------------------------------------- the plan
 @dataclass(frozen=True)
 class _File:
-    """One checked data file: its source, its patterns, what its metadata said."""
+    """One checked data file: its stacks, its patterns, what its metadata said.
 
-    source: PatternSource
+    ``sources`` is one stack for most files; a NeXus master read with
+    ``follow_links`` gives one per ``data_NNNNNN`` link, in link-name order.
+    """
+
+    path: Path
+    sources: tuple[PatternSource, ...]
     n_patterns: int
     metadata_nphotons: float | None
     has_metadata: bool
@@ -356,8 +362,13 @@ class _File:
     refused: str | None  # why its metadata was ignored (unsafe, with explicit nphotons)
 
     @property
+    def source(self) -> PatternSource:
+        """The first stack (the file itself, unless it is a master of links)."""
+        return self.sources[0]
+
+    @property
     def name(self) -> str:
-        return _display(self.source.path)
+        return _display(self.path)
 
 
 @dataclass
@@ -392,12 +403,17 @@ def plan_files(
     domain: Domain = "amplitude",
     nphotons: Any = None,
     nphotons_default: Any = None,
+    follow_links: bool = False,
 ) -> _Plan:
     """Check every file (header, dtype, rank, pattern shape, layout, metadata) in order.
 
     Reads headers and metadata only, one file open at a time. nphotons is
     resolved per file (``nphotons`` > its metadata > ``nphotons_default``)
     but not yet compared across files (:func:`resolve_files` does that).
+    With ``follow_links``, an HDF5 file's external links and virtual datasets
+    are followed to files in its own folder, and a NeXus master's
+    ``data_NNNNNN`` links under ``key`` are read as one stack
+    (:func:`physscale.io.nexus.data_stacks`).
 
     Raises:
         DataFileError, UnsafeFileError: a bad file (named), or patterns of
@@ -415,18 +431,29 @@ def plan_files(
     shape: tuple[int, ...] = ()
     max_entry = nbytes = 0
     for path in paths:
-        source = pattern_source(path, key)
-        info = source.info
-        check_layout(info.shape, template.axes_explicit, source.where)
-        axes = spatial_axes(len(info.shape), template.spatial_dims)
-        pattern = tuple(info.shape[a] for a in axes)
-        if first is not None and pattern != shape:
-            raise DataFileError(
-                f"{source.where}: patterns of {' x '.join(map(str, pattern))} pixels (shape "
-                f"{info.shape}), but {first.source.where} has patterns of "
-                f"{' x '.join(map(str, shape))}; one scale is derived from patterns of one "
-                f"shape (derive each shape on its own)"
-            )
+        sources = tuple(
+            pattern_source(spath, skey, follow_links=follow_links)
+            for spath, skey in data_stacks(path, key, follow_links)
+        )
+        n_patterns = 0
+        for source in sources:
+            info = source.info
+            check_layout(info.shape, template.axes_explicit, source.where)
+            axes = spatial_axes(len(info.shape), template.spatial_dims)
+            pattern = tuple(info.shape[a] for a in axes)
+            if first is None and source is sources[0]:
+                shape = pattern
+            if pattern != shape:
+                seen = sources[0] if first is None else first.source
+                raise DataFileError(
+                    f"{source.where}: patterns of {' x '.join(map(str, pattern))} pixels (shape "
+                    f"{info.shape}), but {seen.where} has patterns of "
+                    f"{' x '.join(map(str, shape))}; one scale is derived from patterns of one "
+                    f"shape (derive each shape on its own)"
+                )
+            n_patterns += info.count // math.prod(pattern)
+            max_entry = max(max_entry, info.count // info.shape[0])
+            nbytes += info.nbytes
         metadata, refused = None, None
         try:
             metadata = read_metadata(path)
@@ -434,20 +461,19 @@ def plan_files(
             if explicit is None:
                 raise
             refused = " ".join(str(exc).split())
-        meta_value, resolution = _file_nphotons(source, metadata, explicit, default)
+        meta_value, resolution = _file_nphotons(path, metadata, explicit, default)
         entry = _File(
-            source=source,
-            n_patterns=info.count // math.prod(pattern),
+            path=path,
+            sources=sources,
+            n_patterns=n_patterns,
             metadata_nphotons=meta_value,
             has_metadata=metadata is not None,
             resolution=resolution,
             refused=refused,
         )
         if first is None:
-            first, shape = entry, pattern
+            first = entry
         files.append(entry)
-        max_entry = max(max_entry, info.count // info.shape[0])
-        nbytes += info.nbytes
     return _Plan(
         files=files,
         spatial_dims=template.spatial_dims,
@@ -460,7 +486,7 @@ def plan_files(
 
 
 def _file_nphotons(
-    source: PatternSource,
+    path: Path,
     metadata: Any,
     explicit: float | None,
     default: float | None,
@@ -472,9 +498,7 @@ def _file_nphotons(
         if "was not given" in str(exc):
             return None, None  # nothing anywhere: resolve_files names every such file
         raise NphotonsError(
-            Wording(
-                "{path}: {problem}; or pass {nphotons}", OPTIONS, path=source.path, problem=str(exc)
-            ),
+            Wording("{path}: {problem}; or pass {nphotons}", OPTIONS, path=path, problem=str(exc)),
             parameter="nphotons",
         ) from None
     return resolution.candidates.get("metadata"), resolution
@@ -675,26 +699,27 @@ def fold_files(
 
     def fold_one(f: _File) -> IntensityAccumulator:
         acc = _accumulator(plan, domain, keep_pattern_totals)
-        per_entry = f.source.row_bytes
+        for source in f.sources:  # a master's stacks in link-name order, into one accumulator
+            per_entry = source.row_bytes
 
-        def on_progress(entries: int) -> None:
-            if stop.is_set():
-                raise _StoppedError
-            advance(n_bytes=entries * per_entry)
+            def on_progress(entries: int, per_entry: int = per_entry) -> None:
+                if stop.is_set():
+                    raise _StoppedError
+                advance(n_bytes=entries * per_entry)
 
-        try:
-            fold_patterns(
-                acc,
-                f.source,
-                mask=mask,
-                chunk_patterns=chunk_patterns,
-                max_bytes=PIECE_BYTES,
-                on_progress=on_progress,
-                scratch=scratch(),
-            )
-        except PhysscaleError as exc:
-            _name_the_file(exc, f)
-            raise
+            try:
+                fold_patterns(
+                    acc,
+                    source,
+                    mask=mask,
+                    chunk_patterns=chunk_patterns,
+                    max_bytes=PIECE_BYTES,
+                    on_progress=on_progress,
+                    scratch=scratch(),
+                )
+            except PhysscaleError as exc:
+                _name_the_file(exc, source)
+                raise
         return acc
 
     def merge(acc: IntensityAccumulator) -> None:
@@ -736,15 +761,15 @@ def _accumulator(plan: _Plan, domain: Domain, keep: bool) -> IntensityAccumulato
     return acc
 
 
-def _name_the_file(exc: PhysscaleError, f: _File) -> None:
+def _name_the_file(exc: PhysscaleError, source: PatternSource) -> None:
     """Make sure an error from inside the data names the file it came from."""
     text = str(exc)
-    if str(f.source.path) not in text:
-        exc.args = (f"{f.source.where}: {text}", *exc.args[1:])
+    if str(source.path) not in text:
+        exc.args = (f"{source.where}: {text}", *exc.args[1:])
         if exc.wording is not None:
             w = exc.wording
             exc.wording = Wording("{where_}: " + w.template, w.options, **w.data,
-                                  where_=f.source.where)  # fmt: skip
+                                  where_=source.where)  # fmt: skip
 
 
 # --------------------------------------------------------------------------- the whole
@@ -909,6 +934,7 @@ def derive_files(
     chunk_patterns: int | None = ...,
     workers: int = ...,
     progress: ProgressCallback | None = ...,
+    follow_links: bool = ...,
     details: Literal[False] = ...,
     **removed: NoReturn,
 ) -> ScaleRecord: ...
@@ -932,6 +958,7 @@ def derive_files(
     chunk_patterns: int | None = ...,
     workers: int = ...,
     progress: ProgressCallback | None = ...,
+    follow_links: bool = ...,
     details: Literal[True],
     **removed: NoReturn,
 ) -> DerivedFiles: ...
@@ -954,6 +981,7 @@ def derive_files(
     chunk_patterns: int | None = None,
     workers: int = DEFAULT_WORKERS,
     progress: ProgressCallback | None = None,
+    follow_links: bool = False,
     details: bool = False,
     # Removed keywords (plot=) get a message naming the new call; typed NoReturn so
     # that a type checker refuses any other keyword too.
@@ -1004,6 +1032,13 @@ def derive_files(
         progress: called with a :class:`FilesProgress` once every file is
             checked, then after every piece read and every file merged (one
             call at a time, from the reading threads): e.g. to draw a bar.
+        follow_links: HDF5 files (NeXus masters): follow external links and
+            virtual datasets, only to files in the master's own folder
+            (anything resolving outside it is refused, symlinks resolved
+            first); a ``key`` naming an Eiger ``/entry/data`` group of
+            ``data_NNNNNN`` links reads them as one stack, in link-name
+            order. Off by default: data behind links is refused, naming
+            this option.
         details: return a :class:`DerivedFiles` (the record, every
             pattern's total, the files in frame order, the refused
             metadata) instead of the record alone: what
@@ -1047,7 +1082,8 @@ def derive_files(
         )
     files = expand_paths(paths, recursive=recursive)
     plan = plan_files(files, key=key, spatial_dims=spatial_dims, layout=layout, domain=domain,
-                      nphotons=nphotons, nphotons_default=nphotons_default)  # fmt: skip
+                      nphotons=nphotons, nphotons_default=nphotons_default,
+                      follow_links=follow_links)  # fmt: skip
     resolution = resolve_files(plan)
     derived = derive_plan(plan, resolution, domain=domain, mask=mask, diagnostics=diagnostics,
                           exclude=exclude, outlier_rule=outlier_rule,

@@ -29,6 +29,7 @@ from physscale.errors import DataFileError, UnsafeFileError, Wording
 from physscale.io.formats.base import file_kind
 from physscale.io.formats.hdf5 import (
     FOLLOW_LINKS,
+    external_target,
     hdf5_errors,
     import_h5py,
     inside_folder,
@@ -132,6 +133,9 @@ def data_stacks(path: Path, key: str, follow_links: bool) -> list[tuple[Path, st
         return [(path, key)]
     h5py = import_h5py(path)
     with open_hdf5(path) as f, hdf5_errors(f"{path}:{key}"):
+        if external_target(f, path, key) is not None:
+            # Never opened here: pattern_source checks (or refuses) the link first.
+            return [(path, key)]
         group = f.get(key, getlink=False) if key.strip("/") else f
         if not isinstance(group, h5py.Group):
             return [(path, key)]

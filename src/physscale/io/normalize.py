@@ -46,6 +46,7 @@ from physscale.errors import (
     NonFiniteError,
     OptionError,
 )
+from physscale.io._atomic import check_output
 from physscale.io.archive import member_info, new_archive
 from physscale.io.formats.base import CHUNK_BYTES, PatternSource, file_kind
 from physscale.io.formats.hdf5 import hdf5_errors, import_h5py, open_hdf5
@@ -54,7 +55,13 @@ from physscale.io.nexus import MASK_KEYS, data_stacks, detector_info, find_count
 from physscale.io.readers import array_info, pattern_source
 from physscale.record import MAX_LISTED_FILES, DataSources, ScaleRecord, SourceFile
 
-__all__ = ["DATA_KEY", "MASK_KEY", "NormalizeProgress", "NormalizedFiles", "normalize_files"]
+__all__ = [
+    "DATA_KEY",
+    "MASK_KEY",
+    "NormalizeProgress",
+    "NormalizedFiles",
+    "normalize_files",
+]
 
 DATA_KEY = "diff3d"
 """The key of the normalized amplitudes (PtychoPINN's)."""
@@ -91,7 +98,8 @@ class NormalizedFiles:
         invalid_pixels: pixel values excluded as markers in pixels the mask
             calls valid (over every frame).
         mask_source: where the pixel mask came from, with its polarity (None: no mask).
-        masked_pixels: pixels per pattern the stored mask excludes.
+        masked_pixels: pixels per pattern the stored mask excludes (a per-frame
+            mask: the mean over the frames, rounded).
         carried: the arrays carried along by name.
         metadata: the ``_metadata`` written.
     """
@@ -117,10 +125,61 @@ def _as_paths(paths: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) 
     return out
 
 
+class _FrameMasks:
+    """A per-frame pixel mask ``(n, ..., H, W)``, read a chunk at a time with the frames.
+
+    Holds either the array itself or a checked source streaming it from a
+    file (never read whole), and the polarity that turns its entries into
+    valid pixels (True = valid).
+    """
+
+    def __init__(
+        self, polarity: MaskPolarity, array: np.ndarray | None, source: PatternSource | None
+    ) -> None:
+        self.polarity = polarity
+        self.array = array
+        self.source = source
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        if self.array is not None:
+            return tuple(self.array.shape)
+        assert self.source is not None  # one of the two is always given
+        return tuple(self.source.info.shape)
+
+    def reader(self, step: int, hw: tuple[int, int]) -> Callable[[int], np.ndarray]:
+        """For one pass: ``take(k)`` gives the next ``k`` frames' valid pixels, ``(k, H, W)``."""
+        chunks = (
+            iter([self.array.reshape(-1, *hw)])
+            if self.array is not None
+            else (c.reshape(-1, *hw) for c in self.source.chunks(step))  # type: ignore[union-attr]
+        )
+        held: list[np.ndarray] = []
+
+        def take(k: int) -> np.ndarray:
+            have = sum(len(c) for c in held)
+            while have < k:
+                nxt = next(chunks, None)
+                if nxt is None:
+                    raise DataFileError("the per-frame mask ended before the frames did")
+                held.append(nxt)
+                have += len(nxt)
+            joined = held[0] if len(held) == 1 else np.concatenate(held)
+            held[:] = [joined[k:]] if len(joined) > k else []
+            part = joined[:k]
+            return np.asarray(part == 0 if self.polarity == "bad" else part != 0)
+
+        return take
+
+
 def _load_mask(
     pixel_mask: Any, polarity: MaskPolarity | None, first: Path
-) -> tuple[np.ndarray | None, str | None]:
-    """The valid-pixel mask (True = valid) and where it came from, polarity stated."""
+) -> tuple[np.ndarray | _FrameMasks | None, str | None]:
+    """The valid-pixel mask (True = valid) and where it came from, polarity stated.
+
+    A mask of one frame ``(H, W)`` comes back as an array; a per-frame mask
+    (three axes or more) as a `_FrameMasks` to stream with the frames.
+    """
     if pixel_mask is False:
         return None, None
     if pixel_mask is None:
@@ -132,12 +191,16 @@ def _load_mask(
                 f"{first}:{info.mask_key} is a NeXus/ptychodus mask, nonzero = bad pixel; "
                 f"mask_polarity='valid' contradicts it"
             )
-        return info.pixel_mask == 0, f"{first}:{info.mask_key} (nonzero = bad pixel)"
+        where = f"{first}:{info.mask_key} (nonzero = bad pixel)"
+        if info.pixel_mask.ndim >= 3:
+            return _FrameMasks("bad", info.pixel_mask, None), where
+        return info.pixel_mask == 0, where
     if isinstance(pixel_mask, str | os.PathLike):
         text = os.fspath(pixel_mask)
         file, _, key = text.partition(":") if not Path(text).exists() else (text, "", "")
         mpath = Path(file)
         known = key or None
+        raw: np.ndarray | PatternSource
         if file_kind(mpath) == "hdf5" and not key:
             info = detector_info(mpath)
             if info.pixel_mask is None:
@@ -146,6 +209,14 @@ def _load_mask(
                     f"name it as FILE:DATASET"
                 )
             raw, known = info.pixel_mask, info.mask_key
+        elif len(array_info(mpath, key or "mask").shape) >= 3:
+            # One mask per frame: checked now, streamed with the frames (never read whole).
+            streamed = pattern_source(mpath, key or "mask", counts=True)
+            if streamed.info.dtype.kind not in "biu":
+                raise MaskError(
+                    f"{text}: a pixel mask must be integers or booleans, got {streamed.info.dtype}"
+                )
+            raw = streamed
         else:
             raw = _read_small(mpath, key or "mask")
         if polarity is None:
@@ -160,9 +231,14 @@ def _load_mask(
                     f"pixel: NeXus pixel_mask, ptychodus bad_pixels) or 'valid' (True = "
                     f"valid pixel, physscale's own); physscale never guesses it"
                 )
-        valid = raw == 0 if polarity == "bad" else raw != 0
         what = "nonzero = bad pixel" if polarity == "bad" else "nonzero = valid pixel"
-        return np.asarray(valid, dtype=bool), f"{mpath}:{known or key} ({what})"
+        where = f"{mpath}:{known or key} ({what})"
+        if isinstance(raw, PatternSource):
+            return _FrameMasks(polarity, None, raw), where
+        if raw.ndim >= 3:
+            return _FrameMasks(polarity, raw, None), where
+        valid = raw == 0 if polarity == "bad" else raw != 0
+        return np.asarray(valid, dtype=bool), where
     arr = np.asarray(pixel_mask)
     if polarity is None:
         raise MaskError(
@@ -171,8 +247,10 @@ def _load_mask(
         )
     if arr.dtype.kind not in "biu":
         raise MaskError(f"pixel_mask must be integers or booleans, got {arr.dtype}")
-    valid = arr == 0 if polarity == "bad" else arr != 0
     what = "nonzero = bad pixel" if polarity == "bad" else "nonzero = valid pixel"
+    if arr.ndim >= 3:
+        return _FrameMasks(polarity, arr, None), f"array per frame ({what})"
+    valid = arr == 0 if polarity == "bad" else arr != 0
     return np.asarray(valid, dtype=bool), f"array ({what})"
 
 
@@ -235,6 +313,8 @@ def normalize_files(
         pixel_mask: None: the master's NeXus ``pixel_mask`` or ptychodus'
             ``bad_pixels`` when the first file has one (nonzero = bad pixel);
             ``"FILE[:DATASET]"`` or an ``(H, W)`` array with ``mask_polarity``;
+            or one mask per frame, ``(n, H, W)`` (a file's is streamed with the
+            frames, never read whole; stored as the ``(n, H, W)`` mask);
             False: no mask.
         mask_polarity: ``"bad"`` (nonzero = bad pixel: NeXus, ptychodus) or
             ``"valid"`` (True = valid pixel: physscale's ``mask=``); required
@@ -300,12 +380,32 @@ def normalize_files(
             )
     h, w = int(shape[0]), int(shape[1])
     n_frames = sum(math.prod(s.info.shape[:-2]) for s in sources)
-    static_valid, mask_source = _load_mask(pixel_mask, mask_polarity, files[0])
+    # An output that is an input (through links or spellings) or read-only: refused
+    # before anything is read.
+    mask_file = [] if not isinstance(pixel_mask, str | os.PathLike) else [os.fspath(pixel_mask)]
+    check_output(out, [*files, *(p for p, _ in stacks), *mask_file])
+    loaded, mask_source = _load_mask(pixel_mask, mask_polarity, files[0])
+    frame_masks = loaded if isinstance(loaded, _FrameMasks) else None
+    static_valid = None if isinstance(loaded, _FrameMasks) else loaded
     if static_valid is not None and static_valid.shape != (h, w):
         raise MaskError(
             f"the pixel mask {mask_source} has shape {static_valid.shape}, the patterns "
-            f"{(h, w)}; give the mask of one frame"
+            f"{(h, w)}; give the mask of one frame, or one per frame {(n_frames, h, w)}"
         )
+    if frame_masks is not None and (
+        frame_masks.shape[-2:] != (h, w) or math.prod(frame_masks.shape[:-2]) != n_frames
+    ):
+        raise MaskError(
+            f"the per-frame pixel mask {mask_source} has shape {frame_masks.shape}, but the "
+            f"files hold {n_frames} patterns of {(h, w)}; give one mask per frame "
+            f"{(n_frames, h, w)}, or the mask of one frame {(h, w)}"
+        )
+    for src in sources:
+        if src.info.dtype.kind == "b":
+            raise DataFileError(
+                f"{src.where}: holds booleans, not counts; a mask is given as pixel_mask "
+                f"(--pixel-mask FILE[:DATASET])"
+            )
     info = detector_info(files[0])
     limit = info.max_valid if max_valid is None else real_number(max_valid, "max_valid", "counts")
     markers_by_source = [
@@ -326,17 +426,21 @@ def normalize_files(
     always_bad = np.ones((h, w), bool)
     done = 0
     any_float = any(s.info.dtype.kind == "f" for s in sources)
+    take = None if frame_masks is None else frame_masks.reader(step, (h, w))
     for src, markers in zip(sources, markers_by_source, strict=True):
         for chunk in src.chunks(step):
             frames = _frames(chunk, (h, w))
-            if frames.dtype.kind in "iu":
+            per_frame = None if take is None else take(frames.shape[0])
+            valid = static_valid if per_frame is None else per_frame
+            if frames.dtype.kind in "iu" and per_frame is not None:
+                part = _count_integers_per_frame(frames, markers, limit, per_frame, src.where)
+            elif frames.dtype.kind in "iu":
                 part = _count_integers(frames, markers, limit, midx, src.where)
+            else:
+                part = _count_floats(frames, limit, valid, total_f, masked_total_f, src.where)
+            if frames.dtype.kind in "iu":
                 total += part.valid_total
                 masked_total += part.masked_total
-            else:
-                part = _count_floats(
-                    frames, limit, static_valid, total_f, masked_total_f, src.where
-                )
             n_invalid += part.invalid
             n_excluded += part.excluded
             if part.always_bad is None:
@@ -373,7 +477,7 @@ def normalize_files(
     measured = mean_from_totals(total_value, n_frames)
     factor = scale_from_totals(total_value, n_frames, normalization_target((h, w)))
     stored_valid = None
-    if static_valid is not None or always_bad.any():
+    if frame_masks is None and (static_valid is not None or always_bad.any()):
         stored_valid = (
             static_valid if static_valid is not None else np.ones((h, w), bool)
         ) & ~always_bad
@@ -399,10 +503,13 @@ def normalize_files(
         with zf.open(member_info(DATA_KEY + ".npy", compress=False), "w", force_zip64=True) as m:
             np.lib.format.write_array_header_2_0(m, header)
             with _Writer(m) as writer:
+                take = None if frame_masks is None else frame_masks.reader(step, (h, w))
                 for src, markers in zip(sources, markers_by_source, strict=True):
                     for chunk in src.chunks(step):
                         frames = _frames(chunk, (h, w))
                         xo = _amplitudes(frames, factor, out_dtype, markers, limit, midx)
+                        if take is not None:
+                            np.copyto(xo, out_dtype.type(0), where=~take(frames.shape[0]))
                         acc_x.update(xo, None)
                         writer.put(np.ascontiguousarray(xo))
                         done += frames.shape[0]
@@ -411,7 +518,7 @@ def normalize_files(
         if acc_x.n_patterns != n_frames:
             raise DataFileError("the files changed between the two passes; nothing written")
         scale = acc_x.scale_for(measured)
-        masked = stored_valid is not None or n_excluded > 0
+        masked = stored_valid is not None or frame_masks is not None or n_excluded > 0
         record = ScaleRecord(
             intensity_scale=scale,
             nphotons=measured,
@@ -437,7 +544,9 @@ def normalize_files(
             "physscale": {
                 "record": record.model_dump(mode="json"),
                 "data_key": DATA_KEY,
-                "mask_key": MASK_KEY if stored_valid is not None else None,
+                "mask_key": (
+                    MASK_KEY if stored_valid is not None or frame_masks is not None else None
+                ),
                 "mask_polarity": "True = valid pixel",
                 "pixel_mask_source": mask_source,
                 "invalid_values": markers_list,
@@ -450,6 +559,21 @@ def normalize_files(
         if stored_valid is not None:
             with zf.open(member_info(MASK_KEY + ".npy"), "w", force_zip64=True) as m:
                 np.lib.format.write_array(m, stored_valid, allow_pickle=False)
+        masked_pixels = 0 if stored_valid is None else int((~stored_valid).sum())
+        if frame_masks is not None:
+            # One mask per frame, (n, H, W), streamed once more: True = valid pixel, and
+            # False too where a pixel held a marker in every frame.
+            take = frame_masks.reader(step, (h, w))
+            excluded = 0
+            with zf.open(member_info(MASK_KEY + ".npy"), "w", force_zip64=True) as m:
+                np.lib.format.write_array_header_2_0(
+                    m, {"descr": "|b1", "fortran_order": False, "shape": (n_frames, h, w)}
+                )
+                for start in range(0, n_frames, step):
+                    kept = take(min(step, n_frames - start)) & ~always_bad
+                    excluded += kept.size - int(np.count_nonzero(kept))
+                    m.write(np.ascontiguousarray(kept).data)
+            masked_pixels = round(excluded / n_frames)
         for name, arr in carried.items():
             with zf.open(member_info(name + ".npy"), "w", force_zip64=True) as m:
                 np.lib.format.write_array(m, arr, allow_pickle=False)
@@ -464,7 +588,7 @@ def normalize_files(
         max_valid=limit,
         invalid_pixels=n_invalid,
         mask_source=mask_source,
-        masked_pixels=0 if stored_valid is None else int((~stored_valid).sum()),
+        masked_pixels=masked_pixels,
         carried=list(carried),
         metadata=meta,
     )
@@ -553,6 +677,34 @@ def _count_integers(
     )
 
 
+def _count_integers_per_frame(
+    frames: np.ndarray,
+    markers: tuple[float, ...],
+    limit: float | None,
+    valid: np.ndarray,
+    where: str,
+) -> _Part:
+    """Exact integer sums of ``(k, H, W)`` frames under a per-frame valid mask ``(k, H, W)``."""
+    acc = np.uint64 if frames.dtype.kind == "u" else np.int64
+    bad = invalid_pixels(frames, markers, limit)
+    ok = valid if bad is None else valid & ~bad
+    rest = ~valid if bad is None else ~valid & ~bad  # masked, not markers: their photons
+    if frames.dtype.kind == "i" and np.min(frames, where=ok, initial=0) < 0:
+        raise NegativeValueError(
+            f"{where}: negative counts in valid pixels; name them with "
+            f"invalid_values= (--invalid-value) or mask them"
+        )
+    n_bad = 0 if bad is None else int(np.count_nonzero(bad & valid))
+    always = None if bad is None or not bad.any() else np.logical_and.reduce(bad, axis=0)
+    return _Part(
+        valid_total=int(np.sum(frames, dtype=acc, where=ok)),
+        masked_total=int(np.sum(frames, dtype=acc, where=rest)),
+        invalid=n_bad,
+        excluded=ok.size - int(np.count_nonzero(ok)),
+        always_bad=always,
+    )
+
+
 def _ok(
     frames: np.ndarray, markers: tuple[float, ...], limit: float | None, midx: np.ndarray | None
 ) -> np.ndarray:
@@ -567,7 +719,7 @@ def _ok(
 def _count_floats(
     frames: np.ndarray,
     limit: float | None,
-    static_valid: np.ndarray | None,
+    static_valid: np.ndarray | None,  # (H, W), or (k, H, W) for a per-frame mask
     total_f: IntensityAccumulator,
     masked_total_f: IntensityAccumulator,
     where: str,

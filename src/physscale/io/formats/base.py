@@ -138,7 +138,8 @@ def check_patterns(
     """Refuse arrays that cannot be a stack of real-valued patterns.
 
     ``counts``: the stack holds detector counts, so integer dtypes are
-    admitted too ([`physscale.io.normalize_files`][physscale.io.normalize_files] reads them).
+    admitted too ([`physscale.io.normalize_files`][physscale.io.normalize_files] reads them),
+    and booleans (its per-frame pixel masks; it refuses boolean counts itself).
     """
     if info.dtype.hasobject:
         if kind == "hdf5":
@@ -150,7 +151,7 @@ def check_patterns(
             f"{where}: dtype object arrays are pickles and are never loaded; store the "
             f"patterns as float32 or float64"
         )
-    if counts and info.dtype.kind in "iu":
+    if counts and info.dtype.kind in "biu":
         pass
     elif info.dtype.kind != "f":
         if info.dtype.kind in "iu":
