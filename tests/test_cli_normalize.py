@@ -198,3 +198,16 @@ def test_a_per_frame_pixel_mask_file_on_the_command_line(
     assert json.loads(stdout)["intensity_scale"] == pytest.approx(
         record["intensity_scale"], rel=1e-12
     )
+
+
+def test_inspect_follow_links_shows_the_stacks_the_links_hold(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    require_hdf5plugin()
+    master = eiger_master(tmp_path, eiger_scan(n=8, h=32, w=32), frames_per_file=4)
+    code, stdout, err = _run(["inspect", str(master), "--follow-links"], capsys)
+    assert code == 0, err
+    assert "stacks (through the links):" in stdout
+    assert stdout.count("shape (4, 32, 32)  dtype uint32") == 2
+    code, stdout, _ = _run(["inspect", str(master), "--follow-links", "--json"], capsys)
+    assert [s["shape"] for s in json.loads(stdout)["stacks"]] == [[4, 32, 32], [4, 32, 32]]

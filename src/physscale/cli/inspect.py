@@ -18,8 +18,8 @@ from physscale.cli.messages import one_line
 from physscale.errors import DataFileError, UnsafeFileError
 from physscale.io._files import ZIP_OPEN_ERRORS, describe, open_regular
 from physscale.io.metadata import read_metadata
-from physscale.io.nexus import list_links
-from physscale.io.readers import file_kind, list_arrays
+from physscale.io.nexus import data_stacks, find_counts_key, list_links
+from physscale.io.readers import file_kind, list_arrays, pattern_source
 from physscale.record import ScaleRecord
 
 __all__ = ["run"]
@@ -43,7 +43,7 @@ def run(args: argparse.Namespace, stdout: TextIO) -> int:
         return 0
     if _is_bundle(path):
         return _inspect_bundle(path, args.json, stdout)
-    return _inspect_dataset(path, args.json, stdout)
+    return _inspect_dataset(path, args.json, stdout, getattr(args, "follow_links", False))
 
 
 def _read_record(path: Path) -> ScaleRecord:
@@ -110,7 +110,7 @@ def _json_lines(value: Any) -> list[str]:
     return json.dumps(value, indent=2, default=str).splitlines()
 
 
-def _inspect_dataset(path: Path, as_json: bool, stdout: TextIO) -> int:
+def _inspect_dataset(path: Path, as_json: bool, stdout: TextIO, follow: bool = False) -> int:
     kind = file_kind(path)
     arrays = list_arrays(path)
     refused: UnsafeFileError | None = None
@@ -126,6 +126,9 @@ def _inspect_dataset(path: Path, as_json: bool, stdout: TextIO) -> int:
             nphotons = physics.get("nphotons")
     # Links that leave the file (a NeXus master's data): where the data are.
     links = list_links(path) if kind == "hdf5" else []
+    # With --follow-links: the stacks the links hold (read through them only inside
+    # the file's folder, as derive and normalize do).
+    stacks = _linked_stacks(path) if follow and links else []
     if as_json:
         payload = {
             "kind": kind,
@@ -143,6 +146,9 @@ def _inspect_dataset(path: Path, as_json: bool, stdout: TextIO) -> int:
                 {"name": ln.name, "kind": ln.kind, "file": ln.file, "target": ln.target}
                 for ln in links
             ],
+            "stacks": [
+                {"file": str(f), "key": k, "shape": list(s), "dtype": d} for f, k, s, d in stacks
+            ],
             "metadata": metadata,
             "nphotons": nphotons,
         }
@@ -159,6 +165,9 @@ def _inspect_dataset(path: Path, as_json: bool, stdout: TextIO) -> int:
     if links:
         lines.append("links (data in other files; read with --follow-links):")
         lines += [f"  {ln.name} -> {ln.file}:{ln.target} ({ln.kind})" for ln in links]
+    if stacks:
+        lines.append("stacks (through the links):")
+        lines += [f"  {f}:{k}  shape {tuple(s)}  dtype {d}" for f, k, s, d in stacks]
     if refused is not None:
         lines.append("metadata: REFUSED (its pickle would run code; see the error below)")
     elif metadata is None:
@@ -175,3 +184,13 @@ def _inspect_dataset(path: Path, as_json: bool, stdout: TextIO) -> int:
     if refused is not None:
         raise refused
     return 0
+
+
+def _linked_stacks(path: Path) -> list[tuple[Path, str, tuple[int, ...], str]]:
+    """The data stacks of a master's known layout, read through its links."""
+    key = find_counts_key(path)
+    out = []
+    for spath, skey in data_stacks(path, key, True):
+        info = pattern_source(spath, skey, counts=True, follow_links=True).info
+        out.append((spath, skey, tuple(info.shape), str(info.dtype)))
+    return out

@@ -266,6 +266,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     inspect.add_argument("path", metavar="PATH", type=Path, help="the file to inspect")
     inspect.add_argument("--json", action="store_true", help="print JSON instead of text")
+    inspect.add_argument(
+        "--follow-links",
+        action="store_true",
+        help="also show the stacks a NeXus master's links hold (only files in its own folder)",
+    )
     _add_common(inspect, top=False)
 
     normalize.add_parser(sub, _add_common)
