@@ -381,3 +381,316 @@ class TestMoreRawExceptions:
                 zf.writestr(n, data)
         with pytest.raises(IntegrityError):
             load_bundle(path, key=b"k" * 32)
+
+
+# ------------------------------------------------------------------ item 8: the last corners
+_DEEP_ARRAY = "[" * 100_000 + "]" * 100_000
+_DEEP_OBJECT = '{"a": ' * 100_000 + "1" + "}" * 100_000
+
+
+def _npz_with_metadata(path: Path, metadata: np.ndarray) -> Path:
+    """An .npz with a diffraction array and ``metadata`` stored as ``_metadata`` as it is."""
+    import zipfile
+
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, arr in (("diffraction", np.ones((2, 4, 4), np.float32)), ("_metadata", metadata)):
+            buf = io.BytesIO()
+            np.lib.format.write_array(buf, arr, allow_pickle=True)
+            zf.writestr(name + ".npy", buf.getvalue())
+    return path
+
+
+class TestDeepJson:
+    @pytest.mark.parametrize("text", [_DEEP_ARRAY, _DEEP_OBJECT], ids=["array", "object"])
+    def test_set_extra_state_refuses_deep_json(self, text: str) -> None:
+        from physscale.errors import RecordError
+        from physscale.nn import IntensityScaler
+
+        scaler = IntensityScaler(2.0)
+        before = scaler.get_extra_state()
+        with pytest.raises(RecordError, match=r"malformed.*nested too deeply"):
+            scaler.set_extra_state(text)  # 0.2.0: RecursionError
+        assert scaler.get_extra_state() == before
+
+    def test_set_extra_state_refuses_json_nested_past_the_limit(self) -> None:
+        from physscale.errors import RecordError
+        from physscale.nn import IntensityScaler
+
+        with pytest.raises(RecordError, match="nested more than 64 levels"):
+            IntensityScaler(2.0).set_extra_state("[" * 100 + "]" * 100)
+
+    def test_a_deep_record_inside_the_extra_state_is_a_record_error(self) -> None:
+        import json
+
+        from physscale.errors import RecordError
+        from physscale.nn import IntensityScaler
+
+        scaler = IntensityScaler(physscale.closed_form_scale_record(1e6, 64))
+        state = json.loads(scaler.get_extra_state())
+        state["record"] = _DEEP_OBJECT
+        with pytest.raises(RecordError, match="malformed"):
+            scaler.set_extra_state(json.dumps(state))
+
+    def test_a_state_dict_with_deep_extra_state_is_refused(self) -> None:
+        from physscale.errors import RecordError
+        from physscale.nn import IntensityScaler
+
+        state = IntensityScaler(2.0).state_dict()
+        state["_extra_state"] = _DEEP_ARRAY
+        with pytest.raises(RecordError):
+            IntensityScaler(3.0).load_state_dict(state)
+
+    @pytest.mark.parametrize("text", [_DEEP_ARRAY, _DEEP_OBJECT, '{"a": ' * 150 + "1" + "}" * 150])
+    @pytest.mark.parametrize("as_bytes", [False, True], ids=["str", "bytes"])
+    def test_record_parsing_refuses_deep_json(self, text: str, as_bytes: bool) -> None:
+        from physscale.errors import RecordError
+        from physscale.io.checkpoint import parse_record_json, record_from_checkpoint
+
+        data = text.encode() if as_bytes else text
+        with pytest.raises(RecordError):
+            record_from_checkpoint({"physscale_record": data})
+        with pytest.raises(RecordError):
+            parse_record_json(data, "record")
+
+    @pytest.mark.parametrize("text", [_DEEP_ARRAY, _DEEP_OBJECT, "[" * 100 + "]" * 100])
+    def test_resolve_nphotons_refuses_deep_json_metadata(self, text: str) -> None:
+        from physscale.errors import NphotonsError
+
+        for metadata in (text, text.encode(), {"metadata": text}):
+            with pytest.raises(NphotonsError, match="nested"):
+                physscale.resolve_nphotons(metadata)  # 0.2.0: RecursionError
+
+    def test_json_metadata_strings_still_resolve(self) -> None:
+        text = '{"physics_parameters": {"nphotons": 1e6}}'
+        for metadata in (text, text.encode(), {"metadata": text}):
+            resolved = physscale.resolve_nphotons(metadata)
+            assert (resolved.value, resolved.source) == (1e6, "metadata")
+
+    def test_io_keeps_the_one_json_guard(self) -> None:
+        from physscale.core import jsontext
+        from physscale.io import _files
+
+        assert _files.load_json is jsontext.load_json
+        assert _files.check_depth is jsontext.check_depth
+        assert _files.MAX_JSON_DEPTH == jsontext.MAX_JSON_DEPTH
+
+
+class TestNonUtf8Metadata:
+    @pytest.mark.parametrize(
+        "raw", [b"\xff\xfe\x00", b"\xc3(", b'{"a": "\xff"}'], ids=["utf16-ish", "bad", "inner"]
+    )
+    def test_resolve_nphotons_refuses_bytes_that_are_not_utf8(self, raw: bytes) -> None:
+        from physscale.errors import NphotonsError
+
+        with pytest.raises(NphotonsError, match="not UTF-8"):
+            physscale.resolve_nphotons(raw)  # 0.2.0: UnicodeDecodeError
+        with pytest.raises(NphotonsError):
+            physscale.derive_scale_record(torch.rand(2, 4, 4), metadata={"metadata": raw})
+
+    @pytest.mark.parametrize(
+        "metadata",
+        [
+            np.array(b"\xff\xfe{}", dtype="S"),
+            np.array(b"\xc3(", dtype="S")[()],
+            np.array(b"\xff", dtype=object),
+            np.array("\udcff{}", dtype=object),
+        ],
+        ids=["S-array", "0-d-bytes", "pickled-bytes", "pickled-surrogate"],
+    )
+    def test_npz_metadata_bytes_that_are_not_utf8(self, tmp_path: Path, metadata: Any) -> None:
+        from physscale.io import derive_files, read_metadata
+
+        path = _npz_with_metadata(tmp_path / "m.npz", np.asarray(metadata))
+        with pytest.raises(DataFileError):
+            read_metadata(path)
+        with pytest.raises(DataFileError):
+            derive_files([path], key="diffraction")
+        code, _, err = cli("derive", path, "--key", "diffraction")
+        refused(code, err)
+
+    def test_a_pickle_whose_string_is_not_utf8(self, tmp_path: Path) -> None:
+        import zipfile
+
+        from physscale.io import read_metadata
+
+        buf = io.BytesIO()
+        np.lib.format.write_array(buf, np.array("XX{}", dtype=object), allow_pickle=True)
+        raw = buf.getvalue().replace(b"XX{}", b"\xff\xfe{}")
+        with zipfile.ZipFile(tmp_path / "p.npz", "w") as zf:
+            zf.writestr("_metadata.npy", raw)
+        with pytest.raises(DataFileError):
+            read_metadata(tmp_path / "p.npz")
+
+    @pytest.mark.parametrize("kind", ["fixed", "vlen-ascii", "dataset"])
+    def test_hdf5_metadata_of_raw_bytes(self, tmp_path: Path, kind: str) -> None:
+        h5py = pytest.importorskip("h5py")
+        from physscale.io import derive_files, read_metadata
+
+        path = tmp_path / "m.h5"
+        with h5py.File(path, "w") as f:
+            f["diffraction"] = np.ones((2, 4, 4), np.float32)
+            if kind == "fixed":
+                f.attrs["_metadata"] = np.bytes_(b"\xff\xfe{}")
+            elif kind == "vlen-ascii":
+                f.attrs.create("_metadata", b"\xff\xfe{}", dtype=h5py.string_dtype("ascii"))
+            else:
+                f["_metadata"] = np.bytes_(b"\xc3({}")
+        with pytest.raises(DataFileError, match="not UTF-8"):
+            read_metadata(path)
+        with pytest.raises(DataFileError):
+            derive_files([path], key="diffraction")
+
+
+class _Holder:
+    metadata: Any
+
+
+class TestSelfReferentialMetadata:
+    @staticmethod
+    def _cases() -> dict[str, Any]:
+        obj = _Holder()
+        obj.metadata = obj
+        loop: dict[str, Any] = {}
+        loop["metadata"] = loop
+        a, b = _Holder(), _Holder()
+        a.metadata, b.metadata = {"metadata": b}, a
+        chain = _Holder()
+        node = chain
+        for _ in range(100_000):  # no cycle, only deep
+            node.metadata = _Holder()
+            node = node.metadata
+        node.metadata = {"physics_parameters": {"nphotons": 1e6}}
+        return {"object": obj, "dict": loop, "two objects": a, "deep chain": chain}
+
+    def test_resolve_nphotons(self) -> None:
+        from physscale.errors import NphotonsError
+
+        for name, metadata in self._cases().items():
+            with pytest.raises(NphotonsError):  # 0.2.0: RecursionError
+                physscale.resolve_nphotons(metadata=metadata)
+            with pytest.raises(NphotonsError, match="metadata"):
+                physscale.derive_scale_record(torch.rand(2, 4, 4), metadata=metadata), name
+
+    def test_attach_intensity_scale(self) -> None:
+        for metadata in self._cases().values():
+            container = {"X": torch.rand(2, 4, 4), "metadata": metadata}
+            with pytest.raises(PhysscaleError):
+                physscale.attach_intensity_scale(container)
+            assert "physscale_record" not in container
+        itself: dict[str, Any] = {"X": torch.rand(2, 4, 4)}
+        itself["metadata"] = itself
+        with pytest.raises(PhysscaleError, match="refers back to itself"):
+            physscale.attach_intensity_scale(itself)
+        holder = _Holder()
+        holder.X = torch.rand(2, 4, 4)  # type: ignore[attr-defined]
+        holder.metadata = holder
+        with pytest.raises(PhysscaleError, match="refers back to itself"):
+            physscale.attach_intensity_scale(holder)
+
+    def test_the_ptychopinn_adapter(self) -> None:
+        from physscale.adapters import ptychopinn
+
+        for metadata in self._cases().values():
+            with pytest.raises(PhysscaleError):
+                ptychopinn.attach({"X": np.ones((4, 8, 8, 1), np.float32), "metadata": metadata})
+        itself: dict[str, Any] = {"X": np.ones((4, 8, 8, 1), np.float32)}
+        itself["metadata"] = itself
+        with pytest.raises(PhysscaleError, match="refers back to itself"):
+            ptychopinn.attach(itself)
+
+    def test_a_self_referential_physics_parameters_is_named_briefly(self) -> None:
+        from physscale.errors import NphotonsError
+
+        loop: list[Any] = []
+        loop.append(loop)
+        with pytest.raises(NphotonsError, match="must be a mapping") as info:
+            physscale.resolve_nphotons({"physics_parameters": loop})
+        assert len(str(info.value)) < 300
+        with pytest.raises(NphotonsError) as info:
+            physscale.resolve_nphotons({"physics_parameters": list(range(10**6))})
+        assert len(str(info.value)) < 300
+
+    def test_wrapped_metadata_still_resolves(self) -> None:
+        inner = {"physics_parameters": {"nphotons": 2e6}}
+        holder = _Holder()
+        holder.metadata = {"metadata": inner}
+        outer = _Holder()
+        outer.metadata = holder
+        for metadata in (holder, outer, {"metadata": holder}):
+            assert physscale.resolve_nphotons(metadata).value == 2e6
+
+
+_HUGE = (10**6, 10**3, 10**3)  # 10**12 elements: terabytes on any machine
+
+
+class TestBroadcastViews:
+    @pytest.mark.parametrize("dtype", ["float64", "float32", ">f8", "uint16", "int32"])
+    def test_normalize_counts_refuses_a_numpy_broadcast_view(self, dtype: str) -> None:
+        from physscale.errors import BroadcastError
+
+        huge = np.broadcast_to(np.ones(1, dtype), _HUGE)
+        start = time.monotonic()
+        with pytest.raises(BroadcastError, match="broadcast view"):
+            physscale.normalize_counts(huge)  # 0.2.0: MemoryError, or minutes of work
+        assert time.monotonic() - start < 5
+
+    @pytest.mark.parametrize("dtype", ["float64", "float32", ">f8"])
+    def test_derive_refuses_a_numpy_broadcast_view(self, dtype: str) -> None:
+        from physscale.errors import BroadcastError
+
+        huge = np.broadcast_to(np.ones(1, dtype), _HUGE)
+        start = time.monotonic()
+        with pytest.raises(BroadcastError, match="broadcast view"):
+            physscale.derive_intensity_scale(huge, nphotons=1e6)
+        with pytest.raises(BroadcastError):
+            physscale.derive_scale_record(huge, nphotons=1e6)
+        with pytest.raises(BroadcastError):
+            physscale.IntensityAccumulator().update(huge)
+        assert time.monotonic() - start < 5
+
+    def test_derive_refuses_a_torch_expand_view(self) -> None:
+        from physscale.errors import BroadcastError
+
+        huge = torch.ones(1, dtype=torch.float64).expand(*_HUGE)
+        start = time.monotonic()
+        with pytest.raises(BroadcastError, match="broadcast view"):
+            physscale.derive_intensity_scale(huge, nphotons=1e6)  # 0.2.0: minutes
+        with pytest.raises(BroadcastError):
+            physscale.IntensityAccumulator().update(huge)
+        assert time.monotonic() - start < 5
+
+    @pytest.mark.filterwarnings("ignore:The given NumPy array is not writable")
+    def test_the_loss_refuses_numpy_and_huge_views(self) -> None:
+        huge = np.broadcast_to(np.ones(1, np.float32), _HUGE)
+        with pytest.raises(PhysscaleError):  # numpy is refused by type, before any copy
+            physscale.scaled_poisson_nll(huge, huge, scale=1.0)
+        view = torch.from_numpy(np.broadcast_to(np.ones(1, np.float32), _HUGE))
+        with pytest.raises(PhysscaleError, match="broadcast view"):
+            physscale.scaled_poisson_nll(view, view, scale=1.0)
+
+    def test_small_and_strided_views_still_work(self) -> None:
+        base = np.random.default_rng(0).random((1, 4, 4))
+        small = np.broadcast_to(base, (3, 4, 4))
+        expected = float(physscale.derive_intensity_scale(np.ascontiguousarray(small), 1e6))
+        assert float(physscale.derive_intensity_scale(small, 1e6)) == pytest.approx(expected)
+        strided = np.random.default_rng(1).random((8, 8, 8))[::2, ::-1, ::3]
+        got = float(physscale.derive_intensity_scale(strided, 1e6))
+        assert got == pytest.approx(float(physscale.derive_intensity_scale(strided.copy(), 1e6)))
+        counts = np.broadcast_to(np.arange(16, dtype=np.uint16).reshape(1, 4, 4) + 1, (3, 4, 4))
+        x, record = physscale.normalize_counts(counts)
+        assert record.n_patterns == 3 and x.shape == (3, 4, 4)
+
+    def test_the_check_itself(self) -> None:
+        from physscale.core.checks import check_materializable
+        from physscale.errors import BroadcastError
+
+        check_materializable(np.ones((3, 4)), "x")
+        check_materializable(np.ones((3, 4))[:, ::2].T, "x")
+        check_materializable(np.broadcast_to(np.ones(1), (0, 10**12)), "x")
+        check_materializable([1, 2], "x")  # type: ignore[arg-type]
+        check_materializable(torch.ones(3).to_sparse(), "x")
+        with pytest.raises(BroadcastError, match="10000000000000 elements"):
+            check_materializable(np.broadcast_to(np.ones((10, 1)), (10, 10**12)), "x")
+        overlapping = np.lib.stride_tricks.as_strided(np.ones(8), (10**7, 10**6), (8, 0))
+        with pytest.raises(BroadcastError):
+            check_materializable(overlapping, "x")

@@ -35,6 +35,7 @@ from physscale.core.checks import (
     as_mask,
     check_layout,
     check_mask_coverage,
+    check_materializable,
     check_option,
     counts_next_step,
     positive_finite,
@@ -279,6 +280,9 @@ def batch_state(
     ``name`` is what error messages call the data; ``per_pattern`` keeps each
     pattern's total; ``units_check`` samples the batch for whole counts.
     """
+    # Before any conversion copies it: a broadcast view larger than memory is refused
+    # now, not summed for minutes (torch) or copied into terabytes (numpy).
+    check_materializable(batch, name)
     batch, mask = split_masked(batch, mask, name)
     x = as_float_tensor(batch, name)
     check_layout(x.shape, axes_explicit, name)

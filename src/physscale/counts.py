@@ -77,6 +77,7 @@ def _counts_tensor(counts: object) -> torch.Tensor:
             counts.dtype.kind == "f" and counts.dtype.itemsize not in (2, 4, 8)
         ):
             raise DtypeError(_counts_dtype_message(str(counts.dtype)))
+        check_materializable(counts, "counts")  # before asarray copies a broadcast view
         return torch.from_numpy(np.asarray(counts, dtype=np.float64))
     if isinstance(counts, torch.Tensor):
         if counts.dtype == torch.bool or counts.is_complex():

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from physscale.core.checks import check_option, positive_finite, scalar_scale
+from physscale.core.jsontext import load_json
 from physscale.core.likelihood import (
     DOMAINS,
     FORMS,
@@ -372,7 +373,8 @@ class IntensityScaler(nn.Module):
         try:
             if not isinstance(state, str):
                 raise TypeError(f"expected a JSON string, got {type(state).__name__}")
-            data = json.loads(state)
+            # Bounded: deep nesting is a RecordError (caught below), never RecursionError.
+            data = load_json(state, "its JSON text", RecordError)
             if not isinstance(data, dict) or data.get("format") != _EXTRA_STATE_FORMAT:
                 raise ValueError(f"format tag is not {_EXTRA_STATE_FORMAT!r}")
             raw_record = data["record"]

@@ -224,6 +224,30 @@ def suite_costs(w: Path, emit: Emit) -> None:
     ):
         emit(Case(cat, f"{name} on a zero-stride view of 10**12 elements",
                   lambda f=fn: (f(), "ok")[1], seconds=20.0, expect="clean"))  # fmt: skip
+    for (kind, dtype), fname in itertools.product(
+        (("numpy", "float64"), ("numpy", "float32"), ("numpy", ">f8"), ("numpy", "uint16"),
+         ("torch", "float64"), ("torch", "float32")),
+        ("normalize_counts", "derive_intensity_scale", "IntensityAccumulator.update"),
+    ):  # fmt: skip
+        if fname != "normalize_counts" and dtype == "uint16":
+            continue
+
+        def run_view(kind: str = kind, dtype: str = dtype, fname: str = fname) -> str:
+            shape = (10**6, 10**3, 10**3)
+            if kind == "numpy":
+                view: Any = np.broadcast_to(np.ones(1, dtype), shape)
+            else:
+                view = torch.ones(1, dtype=getattr(torch, dtype)).expand(*shape)
+            if fname == "normalize_counts":
+                physscale.normalize_counts(view)
+            elif fname == "derive_intensity_scale":
+                physscale.derive_intensity_scale(view, nphotons=1e6)
+            else:
+                physscale.IntensityAccumulator().update(view)
+            return "ok"
+
+        emit(Case(cat, f"{fname} on a {kind} {dtype} broadcast view of 10**12 elements",
+                  run_view, seconds=20.0, expect="clean"))  # fmt: skip
 
 
 # ----------------------------------------------------------------- numeric API (item 8)
@@ -298,11 +322,126 @@ def suite_numeric(w: Path, emit: Emit) -> None:
         emit(Case(cat, f"write_metadata with {label} metadata",
                   lambda m=meta: (write_metadata(w / "m.npz", m), "ok")[1],
                   expect="clean"))  # fmt: skip
+    _metadata_cases(w, emit)
     for label, ndim in (("'4'", "4"), ("4.0", 4.0), ("-1", -1), ("10**5000", big), ("None", None)):
         emit(Case(cat, f"collate_with_scale(ndim={label})",
                   lambda d=ndim: (physscale.collate_with_scale(
                       [{"x": x[0], "intensity_scale": 1.0}], ndim=d), "ok")[1],
                   expect="clean"))  # fmt: skip
+
+
+class _Holder:
+    metadata: Any = None
+
+
+def _npz_metadata(path: Path, metadata: np.ndarray) -> Path:
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, arr in (("diffraction", np.ones((2, 4, 4), np.float32)), ("_metadata", metadata)):
+            buf = io.BytesIO()
+            np.lib.format.write_array(buf, arr, allow_pickle=True)
+            zf.writestr(name + ".npy", buf.getvalue())
+    return path
+
+
+def _metadata_cases(w: Path, emit: Emit) -> None:
+    """Deep JSON, bytes that are not UTF-8 and metadata that holds itself (item 8)."""
+    import physscale
+    from physscale.nn import IntensityScaler
+
+    cat = "numeric API"
+    deep = {"array": "[" * 100_000 + "]" * 100_000,
+            "object": '{"a": ' * 100_000 + "1" + "}" * 100_000,
+            "100 levels": "[" * 100 + "]" * 100}  # fmt: skip
+    for (label, text), as_bytes in itertools.product(deep.items(), (False, True)):
+        data: Any = text.encode() if as_bytes else text
+        kind = "bytes" if as_bytes else "str"
+        calls: list[tuple[str, Callable[[], Any]]] = [
+            ("resolve_nphotons(metadata=...)", lambda d=data: physscale.resolve_nphotons(d)),
+            ("derive_scale_record(metadata={'metadata': ...})",
+             lambda d=data: physscale.derive_scale_record(
+                 torch.rand(2, 4, 4), metadata={"metadata": d})),
+        ]  # fmt: skip
+        if not as_bytes:
+            calls.append(("IntensityScaler.set_extra_state",
+                          lambda d=data: IntensityScaler(2.0).set_extra_state(d)))  # fmt: skip
+        from physscale.io import record_from_checkpoint
+
+        calls.append(("record_from_checkpoint",
+                      lambda d=data: record_from_checkpoint({"physscale_record": d})))  # fmt: skip
+        for fname, fn in calls:
+            emit(Case(cat, f"{fname} with {label} of nested JSON ({kind})",
+                      lambda f=fn: (f(), "ok")[1], expect="clean"))  # fmt: skip
+    for raw in (b"\xff\xfe\x00", b"\xc3(", b'{"a": "\xff"}'):
+        emit(Case(cat, f"resolve_nphotons(metadata={raw!r})",
+                  lambda r=raw: (physscale.resolve_nphotons(r), "ok")[1],
+                  expect="clean"))  # fmt: skip
+    from physscale.io import derive_files, read_metadata
+
+    members = {"an S array": np.array(b"\xff\xfe{}", dtype="S"),
+               "a 0-d bytes": np.asarray(np.bytes_(b"\xc3(")),
+               "a pickled bytes": np.array(b"\xff", dtype=object),
+               "a pickled lone surrogate": np.array("\udcff{}", dtype=object)}  # fmt: skip
+    for i, (label, member) in enumerate(members.items()):
+        path = _npz_metadata(w / f"meta{i}.npz", member)
+        for fname, fn in (
+            ("read_metadata", lambda p=path: read_metadata(p)),
+            ("derive_files", lambda p=path: derive_files([p], key="diffraction")),
+        ):
+            emit(Case(cat, f"{fname}: _metadata is {label} that is not UTF-8",
+                      lambda f=fn: (f(), "ok")[1], expect="clean"))  # fmt: skip
+        emit(Case(cat, f"physscale derive: _metadata is {label} that is not UTF-8",
+                  lambda p=path: _refused(["derive", p, "--key", "diffraction", "-q"]),
+                  expect="clean"))  # fmt: skip
+    try:
+        import h5py
+    except ImportError:  # the hdf5 extra is optional
+        h5py = None
+    if h5py is not None:
+        for kind in ("fixed", "vlen-ascii"):
+            path = w / f"meta-{kind}.h5"
+            with h5py.File(path, "w") as f:
+                f["diffraction"] = np.ones((2, 4, 4), np.float32)
+                if kind == "fixed":
+                    f.attrs["_metadata"] = np.bytes_(b"\xff\xfe{}")
+                else:
+                    f.attrs.create("_metadata", b"\xff\xfe{}", dtype=h5py.string_dtype("ascii"))
+            for fname, fn in (
+                ("read_metadata", lambda p=path: read_metadata(p)),
+                ("derive_files", lambda p=path: derive_files([p], key="diffraction")),
+            ):
+                emit(Case(cat, f"{fname}: an HDF5 {kind} attribute of raw bytes",
+                          lambda f=fn: (f(), "ok")[1], expect="clean"))  # fmt: skip
+
+    def loops() -> dict[str, Any]:
+        obj = _Holder()
+        obj.metadata = obj
+        d: dict[str, Any] = {}
+        d["metadata"] = d
+        chain = node = _Holder()
+        for _ in range(100_000):
+            node.metadata = _Holder()
+            node = node.metadata
+        return {"an object whose .metadata is itself": obj, "a dict holding itself": d,
+                "a chain of 100,000 containers": chain}  # fmt: skip
+
+    from physscale.adapters import ptychopinn
+
+    for label in loops():
+        for fname in ("resolve_nphotons", "attach_intensity_scale", "ptychopinn.attach"):
+
+            def run_loop(label: str = label, fname: str = fname) -> str:
+                metadata = loops()[label]
+                if fname == "resolve_nphotons":
+                    physscale.resolve_nphotons(metadata=metadata)
+                elif fname == "attach_intensity_scale":
+                    physscale.attach_intensity_scale({"X": torch.rand(2, 4, 4),
+                                                      "metadata": metadata})  # fmt: skip
+                else:
+                    ptychopinn.attach({"X": np.ones((4, 8, 8, 1), np.float32),
+                                       "metadata": metadata})  # fmt: skip
+                return "ok"
+
+            emit(Case(cat, f"{fname} with metadata {label}", run_loop, expect="clean"))
 
 
 def _nest(depth: int) -> Any:

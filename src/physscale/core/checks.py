@@ -575,7 +575,7 @@ def check_mask_coverage(
         )
 
 
-def check_materializable(x: torch.Tensor, name: str) -> None:
+def check_materializable(x: torch.Tensor | np.ndarray[Any, Any], name: str) -> None:
     """Refuse a broadcast view whose elements would not fit in its device's memory.
 
     ``torch.ones(1).expand(10**6, 10**3, 10**3)`` stores one value but stands
@@ -586,18 +586,36 @@ def check_materializable(x: torch.Tensor, name: str) -> None:
         BroadcastError: ``x`` holds fewer values than it has elements, and its
             elements (at its dtype) exceed the device's total memory.
     """
-    # Under torch.compile the storage is not inspectable (and the graph must not
-    # break): a traced loss was checked when it ran eagerly.
-    if x.device.type == "meta" or x.numel() == 0 or torch.compiler.is_compiling():
+    if isinstance(x, np.ndarray):
+        # Checked before anything converts it (np.asarray, astype): numpy's copy of a
+        # broadcast view is where the terabytes would be asked for. The bytes it really
+        # spans follow from its strides (a zero stride repeats one value).
+        if x.size == 0:
+            return
+        needed = x.size * x.itemsize
+        stored = x.itemsize + sum((n - 1) * abs(s) for n, s in zip(x.shape, x.strides, strict=True))
+        numel = x.size
+    elif isinstance(x, torch.Tensor):
+        # Under torch.compile the storage is not inspectable (and the graph must not
+        # break): a traced loss was checked when it ran eagerly.
+        if (
+            x.device.type == "meta"
+            or x.layout != torch.strided
+            or x.numel() == 0
+            or torch.compiler.is_compiling()
+        ):
+            return
+        try:
+            stored = x.untyped_storage().nbytes()
+        except (NotImplementedError, RuntimeError):  # functorch wrappers, fake tensors: no storage
+            return
+        needed = x.numel() * x.element_size()
+        numel = x.numel()
+    else:  # anything else is refused by the caller's own type check
         return
-    try:
-        stored = x.untyped_storage().nbytes()
-    except (NotImplementedError, RuntimeError):  # functorch wrappers, fake tensors: no storage
-        return
-    needed = x.numel() * x.element_size()
     if needed <= stored:
         return
-    if x.device.type == "cuda":
+    if isinstance(x, torch.Tensor) and x.device.type == "cuda":
         total = torch.cuda.get_device_properties(x.device).total_memory
     else:
         try:
@@ -606,7 +624,7 @@ def check_materializable(x: torch.Tensor, name: str) -> None:
             total = 1 << 40
     if needed > total:
         raise BroadcastError(
-            f"{name} is a broadcast view of {x.numel()} elements ({needed} bytes) over "
+            f"{name} is a broadcast view of {numel} elements ({needed} bytes) over "
             f"{stored} bytes of storage; the computation makes every element, which would "
             f"take more than this device's {total} bytes of memory"
         )

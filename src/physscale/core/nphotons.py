@@ -12,7 +12,6 @@ asks
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping
 from typing import Any, Literal
@@ -20,6 +19,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from physscale.core.checks import positive_finite
+from physscale.core.jsontext import load_json
+from physscale.core.preview import preview
 from physscale.errors import NphotonsError
 
 __all__ = ["NphotonsResolution", "NphotonsSource", "nphotons_precedence", "resolve_nphotons"]
@@ -30,6 +31,10 @@ __all__ = ["NphotonsResolution", "NphotonsSource", "nphotons_precedence", "resol
 NphotonsSource = Literal["explicit", "metadata", "config", "default", "measured"]
 
 _METADATA_PATH = 'metadata["physics_parameters"]["nphotons"]'
+
+#: Containers unwrapped at most to reach the metadata mapping (a dataset holding
+#: metadata holding ...): real code nests two; more is a cycle or a mistake.
+_MAX_WRAPPERS = 16
 
 #: The sources a resolution may pick, highest priority first.
 PRECEDENCE: tuple[NphotonsSource, ...] = ("explicit", "metadata", "config", "default")
@@ -70,21 +75,36 @@ def _metadata_mapping(metadata: Any) -> Mapping[str, Any] | None:
     ``.metadata`` attribute, or a mapping's ``"metadata"`` entry when the
     mapping is not itself metadata (has no ``"physics_parameters"``).
     """
+    # Unwrapped in a loop, a bounded number of times: an object whose .metadata is
+    # itself (or a dict holding itself) would otherwise recurse until RecursionError.
+    seen: set[int] = set()
+    while metadata is not None:
+        if id(metadata) in seen:
+            raise NphotonsError(
+                'metadata refers back to itself (a .metadata or ["metadata"] that holds its '
+                "own container); pass the metadata mapping itself"
+            )
+        if len(seen) >= _MAX_WRAPPERS:
+            raise NphotonsError(
+                f"metadata is wrapped in more than {_MAX_WRAPPERS} containers (.metadata or "
+                f'["metadata"]); pass the metadata mapping itself'
+            )
+        seen.add(id(metadata))
+        if (
+            isinstance(metadata, Mapping)
+            and "metadata" in metadata
+            and "physics_parameters" not in metadata
+        ):
+            metadata = metadata["metadata"]
+        elif not isinstance(metadata, Mapping | str | bytes) and hasattr(metadata, "metadata"):
+            metadata = metadata.metadata
+        else:
+            break
     if metadata is None:
         return None
-    if (
-        isinstance(metadata, Mapping)
-        and "metadata" in metadata
-        and "physics_parameters" not in metadata
-    ):
-        return _metadata_mapping(metadata["metadata"])
     if isinstance(metadata, str | bytes):
-        try:
-            metadata = json.loads(metadata)
-        except json.JSONDecodeError as exc:
-            raise NphotonsError(f"metadata is a string but not valid JSON: {exc}") from None
-    elif not isinstance(metadata, Mapping) and hasattr(metadata, "metadata"):
-        return _metadata_mapping(metadata.metadata)
+        # The one JSON guard: deep nesting or bytes that are not UTF-8 are an NphotonsError.
+        metadata = load_json(metadata, "metadata", NphotonsError, what="the JSON string")
     if not isinstance(metadata, Mapping):
         raise NphotonsError(
             f"metadata must be a mapping like {{'physics_parameters': {{'nphotons': 1e9}}}}, "
@@ -116,7 +136,7 @@ def _from_metadata(metadata: Any) -> tuple[float | None, list[str]]:
     if not isinstance(physics, Mapping):
         raise NphotonsError(
             f'metadata["physics_parameters"] must be a mapping, got {type(physics).__name__} '
-            f"{physics!r}"
+            f"{preview(physics)}"
         )
     misplaced += _near_misses(physics, 'metadata["physics_parameters"]', exact_ok=True)
     value = physics.get("nphotons")

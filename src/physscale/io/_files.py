@@ -22,22 +22,24 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import json
 import os
 import stat
 import zipfile
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
+# The one JSON guard lives in core (physscale.nn and resolve_nphotons use it too).
+from physscale.core.jsontext import MAX_JSON_DEPTH, check_depth, load_json
 from physscale.core.preview import preview
-from physscale.errors import DataFileError, PhysscaleError
+from physscale.errors import DataFileError
 
 __all__ = [
     "MAX_DEFLATE_RATIO",
     "MAX_JSON_DEPTH",
     "ZIP_OPEN_ERRORS",
+    "check_depth",
     "check_zip_member",
     "describe",
     "load_json",
@@ -48,9 +50,6 @@ __all__ = [
 
 #: Deflate cannot expand data more than 1032-fold; a member that claims more is lying.
 MAX_DEFLATE_RATIO = 1100
-
-#: JSON nested deeper than this is refused (metadata, manifests and records are shallow).
-MAX_JSON_DEPTH = 64
 
 #: What zipfile raises opening (or reading) a damaged archive or member: besides
 #: BadZipFile and zlib.error,
@@ -256,54 +255,6 @@ def zip_archive_size(zf: zipfile.ZipFile) -> int:
     if fp is None:  # pragma: no cover - only a closed ZipFile
         raise DataFileError("internal: the zip archive is closed")
     return os.fstat(fp.fileno()).st_size
-
-
-def check_depth(
-    value: Any,
-    where: str,
-    limit: int = MAX_JSON_DEPTH,
-    error: type[PhysscaleError] = DataFileError,
-) -> None:
-    """Refuse JSON data nested deeper than ``limit`` (checked without recursion)."""
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, dict):
-            children: Any = item.values()
-        elif isinstance(item, list):
-            children = item
-        else:
-            continue
-        if depth > limit:
-            raise error(f"{where}: JSON nested more than {limit} levels deep; refused")
-        stack.extend((child, depth + 1) for child in children)
-
-
-def load_json(
-    data: str | bytes,
-    where: str,
-    error: type[PhysscaleError] = DataFileError,
-    *,
-    what: str = "JSON",
-) -> Any:
-    """``json.loads`` whose failures are all ``error`` with a bounded message.
-
-    Catches what the standard library raises on hostile text besides
-    ``JSONDecodeError``: ``RecursionError`` (deep nesting),
-    ``UnicodeDecodeError`` (bytes that are not UTF-8) and ``ValueError``
-    (integers over 4300 digits); refuses nesting deeper than
-    :data:`MAX_JSON_DEPTH`.
-    """
-    try:
-        value = json.loads(data)
-    except RecursionError:
-        raise error(f"{where}: {what} is nested too deeply to parse; refused") from None
-    except UnicodeDecodeError as exc:
-        raise error(f"{where}: {what} is not UTF-8 text ({describe(exc)})") from None
-    except ValueError as exc:  # JSONDecodeError, and int digit limits
-        raise error(f"{where}: {what} is not valid JSON ({describe(exc)})") from None
-    check_depth(value, where, error=error)
-    return value
 
 
 def file_size(path: Path) -> int:
