@@ -578,9 +578,11 @@ def check_mask_coverage(
 def check_materializable(x: torch.Tensor | np.ndarray[Any, Any], name: str) -> None:
     """Refuse a broadcast view whose elements would not fit in its device's memory.
 
-    ``torch.ones(1).expand(10**6, 10**3, 10**3)`` stores one value but stands
-    for 10**12: any computation that makes its elements (a sum of squares, the
-    loss) would ask the allocator for terabytes and fail with a raw error.
+    ``torch.ones(1).expand(10**6, 10**3, 10**3)`` (or ``numpy.broadcast_to``)
+    stores one value but stands for 10**12: any computation that makes its
+    elements (a sum of squares, the loss, numpy's float64 copy) would ask the
+    allocator for terabytes and fail with a raw error. A contiguous array holds
+    every element already and is passed at once (the hot path's case).
 
     Raises:
         BroadcastError: ``x`` holds fewer values than it has elements, and its
@@ -590,7 +592,7 @@ def check_materializable(x: torch.Tensor | np.ndarray[Any, Any], name: str) -> N
         # Checked before anything converts it (np.asarray, astype): numpy's copy of a
         # broadcast view is where the terabytes would be asked for. The bytes it really
         # spans follow from its strides (a zero stride repeats one value).
-        if x.size == 0:
+        if x.size == 0 or x.flags.c_contiguous or x.flags.f_contiguous:
             return
         needed = x.size * x.itemsize
         stored = x.itemsize + sum((n - 1) * abs(s) for n, s in zip(x.shape, x.strides, strict=True))
@@ -599,8 +601,9 @@ def check_materializable(x: torch.Tensor | np.ndarray[Any, Any], name: str) -> N
         # Under torch.compile the storage is not inspectable (and the graph must not
         # break): a traced loss was checked when it ran eagerly.
         if (
-            x.device.type == "meta"
-            or x.layout != torch.strided
+            x.layout != torch.strided
+            or x.is_contiguous()
+            or x.device.type == "meta"
             or x.numel() == 0
             or torch.compiler.is_compiling()
         ):
