@@ -188,7 +188,7 @@ def test_files_that_disagree_on_nphotons_are_an_error_naming_them(tmp_path: Path
     a = write(tmp_path / "a.npz", stack(0), nphotons=1e6)
     b = write(tmp_path / "b.npz", stack(1), nphotons=2e6)
     c = write(tmp_path / "c.h5", stack(2), nphotons=1e6)
-    with pytest.raises(ps.NphotonsError) as info:
+    with pytest.raises(ps.errors.NphotonsError) as info:
         derive_files([a, b, c])
     message = str(info.value)
     assert "disagree" in message and "nphotons=" in message
@@ -221,14 +221,16 @@ def test_the_cli_names_the_disagreeing_files_with_exit_2(
 def test_a_file_without_nphotons_among_many_is_named(tmp_path: Path) -> None:
     a = write(tmp_path / "a.npz", stack(0), nphotons=1e6)
     b = write(tmp_path / "b.npy", stack(1))  # .npy holds no metadata
-    with pytest.raises(ps.NphotonsError, match=r"not known for 1 of the 2 files \(.*b\.npy\)"):
+    with pytest.raises(
+        ps.errors.NphotonsError, match=r"not known for 1 of the 2 files \(.*b\.npy\)"
+    ):
         derive_files([a, b])
     record = derive_files([a, b], nphotons_default=1e6)
     # A default filled in for one file: the record says so.
     assert record.nphotons_source == "default"
     assert record.nphotons_candidates == {"metadata": 1e6, "default": 1e6}
     assert record.sources is not None and record.sources.files_without_nphotons == 1
-    with pytest.raises(ps.NphotonsError, match="disagree"):
+    with pytest.raises(ps.errors.NphotonsError, match="disagree"):
         derive_files([a, b], nphotons_default=2e6)
 
 
@@ -331,7 +333,7 @@ def test_a_file_that_goes_bad_while_streaming_is_named_and_nothing_is_kept(
     with open(late, "r+b") as f:  # truncated after it was checked
         f.truncate(late.stat().st_size - 20)
     for workers in (1, 2):
-        with pytest.raises(ps.DataFileError, match=r"late\.npy: truncated"):
+        with pytest.raises(ps.errors.DataFileError, match=r"late\.npy: truncated"):
             derive_plan(plan, resolve_files(plan), workers=workers)
 
 
@@ -339,7 +341,7 @@ def test_bad_data_inside_a_file_names_the_file(tmp_path: Path) -> None:
     x = stack(4)
     x[2, 3, 3] = np.nan
     paths = [*_good_files(tmp_path), write(tmp_path / "nan.npz", x)]
-    with pytest.raises(ps.NonFiniteError, match=r"nan\.npz:diffraction holds 1 NaN"):
+    with pytest.raises(ps.errors.NonFiniteError, match=r"nan\.npz:diffraction holds 1 NaN"):
         derive_files(paths, workers=2)
 
 
@@ -406,14 +408,14 @@ def test_directories_globs_and_files_expand_by_the_documented_rule(tmp_path: Pat
     ]
     # A missing file passes through: reading it says "no such file", naming it.
     assert expand_paths([tmp_path / "missing.npz"]) == [tmp_path / "missing.npz"]
-    with pytest.raises(ps.FileListError, match="no data files were given"):
+    with pytest.raises(ps.errors.FileListError, match="no data files were given"):
         expand_paths([])
 
 
 def test_a_file_named_twice_through_a_link_is_refused(tmp_path: Path) -> None:
     real = write(tmp_path / "real.npz", stack(0))
     (tmp_path / "alias.npz").symlink_to(real)
-    with pytest.raises(ps.FileListError, match="given twice"):
+    with pytest.raises(ps.errors.FileListError, match="given twice"):
         expand_paths(tmp_path)
 
 

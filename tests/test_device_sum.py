@@ -105,10 +105,10 @@ def test_derive_through_the_fused_pass_matches_fsum() -> None:
 @pytest.mark.parametrize(
     ("value", "error", "match"),
     [
-        (float("nan"), ps.NonFiniteError, "1 NaN"),
-        (float("inf"), ps.NonFiniteError, "1 infinite"),
-        (float("-inf"), ps.NonFiniteError, "1 infinite"),
-        (-0.25, ps.NegativeValueError, r"minimum -0\.25"),
+        (float("nan"), ps.errors.NonFiniteError, "1 NaN"),
+        (float("inf"), ps.errors.NonFiniteError, "1 infinite"),
+        (float("-inf"), ps.errors.NonFiniteError, "1 infinite"),
+        (-0.25, ps.errors.NegativeValueError, r"minimum -0\.25"),
     ],
 )
 def test_a_bad_value_anywhere_is_reported_exactly(
@@ -135,7 +135,7 @@ def test_negative_zero_passes_the_fused_check() -> None:
 @pytest.mark.usefixtures("on_cpu")
 def test_float64_overflow_is_reported_not_mistaken_for_a_bad_value() -> None:
     x = torch.full((3, 4096), 1e200, dtype=torch.float64)
-    with pytest.raises(ps.NonFiniteError, match="overflows float64"):
+    with pytest.raises(ps.errors.NonFiniteError, match="overflows float64"):
         ps.derive_intensity_scale(x, 1.0)
 
 
@@ -277,7 +277,7 @@ def test_cuda_derive_takes_the_fused_pass_within_64_mib() -> None:  # pragma: no
 @needs_cuda
 @pytest.mark.parametrize(
     ("value", "error"),
-    [(float("nan"), ps.NonFiniteError), (-1.0, ps.NegativeValueError)],
+    [(float("nan"), ps.errors.NonFiniteError), (-1.0, ps.errors.NegativeValueError)],
 )
 def test_cuda_bad_values_are_reported(value: float, error: type) -> None:  # pragma: no cover
     x = torch.rand(40, 1, 512, 512, device="cuda")

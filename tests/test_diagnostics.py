@@ -98,12 +98,12 @@ def test_totals_follow_batches_merges_and_state_dicts_in_order() -> None:
 def test_an_accumulator_keeping_totals_refuses_a_state_without_them() -> None:
     keeping = ps.IntensityAccumulator(keep_pattern_totals=True).update(torch.ones(2, 4, 4))
     plain = ps.IntensityAccumulator().update(torch.ones(2, 4, 4))
-    with pytest.raises(ps.StateError, match="keep_pattern_totals"):
+    with pytest.raises(ps.errors.StateError, match="keep_pattern_totals"):
         keeping.merge(plain)
     assert keeping.n_patterns == 2
     # The other way round loses nothing that was promised.
     assert plain.merge(keeping).n_patterns == 4 and plain.pattern_totals is None
-    with pytest.raises(ps.StateError, match="keep_pattern_totals=True"):
+    with pytest.raises(ps.errors.StateError, match="keep_pattern_totals=True"):
         plain.pattern_stats()
 
 
@@ -115,7 +115,7 @@ def test_bad_pattern_totals_in_a_state_are_refused(bad: object) -> None:
     state = ps.IntensityAccumulator(keep_pattern_totals=True).update(torch.ones(2, 4, 4))
     data = state.state_dict()
     data["pattern_totals"] = bad
-    with pytest.raises(ps.StateError, match="pattern_totals"):
+    with pytest.raises(ps.errors.StateError, match="pattern_totals"):
         ps.IntensityAccumulator(keep_pattern_totals=True).load_state_dict(data)
 
 
@@ -190,7 +190,7 @@ def test_one_huge_frame_gives_a_finite_spread_and_is_flagged() -> None:
 @pytest.mark.parametrize("totals", [[1e308, 1e308], [1.7e308, 1.7e308, 0.0]])
 def test_totals_whose_sum_is_beyond_float64_are_refused_clearly(totals: list[float]) -> None:
     # Were a raw OverflowError from math.fsum (and a numpy overflow warning).
-    with pytest.raises(ps.StateError, match="beyond float64"):
+    with pytest.raises(ps.errors.StateError, match="beyond float64"):
         pattern_stats(totals)
 
 
@@ -282,7 +282,7 @@ def test_excluding_nothing_is_the_plain_scale() -> None:
 )  # fmt: skip
 def test_bad_frame_lists_are_refused(frames: object, match: str) -> None:
     acc = ps.IntensityAccumulator(keep_pattern_totals=True).update(torch.rand(10, 4, 4) + 0.1)
-    with pytest.raises(ps.StateError, match=match):
+    with pytest.raises(ps.errors.StateError, match=match):
         acc.excluding(frames)  # type: ignore[arg-type]
 
 

@@ -207,7 +207,7 @@ def test_ranks_keeping_totals_refuse_a_rank_without_them(
 def test_all_reduce_without_process_group_raises_state_error() -> None:
     assert not dist.is_initialized()
     acc = ps.IntensityAccumulator().update(torch.ones(2, 4, 4))
-    with pytest.raises(ps.StateError, match=r"initialized torch\.distributed process group"):
+    with pytest.raises(ps.errors.StateError, match=r"initialized torch\.distributed process group"):
         acc.all_reduce()
 
 
@@ -227,7 +227,7 @@ def test_derive_from_dataloader_resolves_nphotons_from_metadata_before_reading()
         def __iter__(self) -> Any:
             raise AssertionError("the loader must not be read when nphotons is missing")
 
-    with pytest.raises(ps.NphotonsError, match="nphotons was not given"):
+    with pytest.raises(ps.errors.NphotonsError, match="nphotons was not given"):
         derive_from_dataloader(Exploding())
     record = derive_from_dataloader([{"X": _dataset()}], metadata=metadata)
     assert (record.nphotons, record.nphotons_source) == (5e5, "metadata")
@@ -254,5 +254,5 @@ def test_batch_data_finds_amplitudes_in_tensors_dicts_and_tuples() -> None:
     ],
 )
 def test_batch_data_rejects_unfindable_data(batch: Any, key: Any, match: str) -> None:
-    with pytest.raises(ps.StateError, match=match):
+    with pytest.raises(ps.errors.StateError, match=match):
         batch_data(batch, key)

@@ -224,9 +224,9 @@ def test_native_and_fallback_kernels_agree(x: torch.Tensor, square: bool, fallba
 @pytest.mark.parametrize(
     ("value", "error", "match"),
     [
-        (float("nan"), ps.NonFiniteError, "1 NaN"),
-        (float("inf"), ps.NonFiniteError, "infinite"),
-        (-1e-30, ps.NegativeValueError, "negative amplitudes"),
+        (float("nan"), ps.errors.NonFiniteError, "1 NaN"),
+        (float("inf"), ps.errors.NonFiniteError, "infinite"),
+        (-1e-30, ps.errors.NegativeValueError, "negative amplitudes"),
     ],
 )
 def test_a_bad_value_in_any_thread_slice_is_caught(
@@ -266,7 +266,7 @@ def test_negative_zero_is_a_valid_amplitude() -> None:
 
 @needs_native
 def test_float64_overflow_is_reported() -> None:
-    with pytest.raises(ps.NonFiniteError, match="overflows float64"):
+    with pytest.raises(ps.errors.NonFiniteError, match="overflows float64"):
         ps.derive_intensity_scale(torch.full((4, 8, 8), 1e200, dtype=torch.float64), 1.0)
 
 
