@@ -28,18 +28,6 @@ import pytest
 #: Public functions that do not have an example yet (by qualified public name).
 NO_EXAMPLE_YET = frozenset(
     {
-        # physscale/attach.py
-        "physscale.attach_intensity_scale",
-        "physscale.collate_with_scale",
-        "physscale.scale_for_batch",
-        # physscale/distributed.py
-        "physscale.derive_from_dataloader",
-        # physscale/io/dataset.py
-        "physscale.io.derive_files",
-        "physscale.io.expand_paths",
-        # physscale/io/metadata.py
-        "physscale.io.read_metadata",
-        "physscale.io.write_metadata",
         # These need their host code (a cdtools model, a pty-chi task, the port's
         # PtychoPINN_Lightning or bundle, a PtyRAD solver class): an example could
         # not run here. docs/interop/ has a runnable recipe for each.

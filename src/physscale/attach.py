@@ -182,6 +182,14 @@ def attach_intensity_scale(
         StateError: a record is already attached (and not ``overwrite``), the
             data field is missing or ambiguous, or ``record`` was given with
             derivation arguments.
+
+    Example:
+        >>> import torch, physscale as ps
+        >>> train = {"X": torch.full((4, 1, 8, 8), 0.5),
+        ...          "metadata": {"physics_parameters": {"nphotons": 1e4}}}
+        >>> record = ps.attach_intensity_scale(train, layout="NCHW")
+        >>> record.nphotons_source, round(float(train["intensity_scale"]), 6)
+        ('metadata', 25.0)
     """
     check_attach_arguments(
         container,
@@ -287,6 +295,12 @@ def scale_for_batch(scale: Any, batch: torch.Tensor, layout: str | None = "NCHW"
         BroadcastError: a scale shape that is not one of the above, or a
             per-sample scale whose length is not the batch size.
         AxisError / OptionError: a batch that does not fit ``layout``.
+
+    Example:
+        >>> import torch, physscale as ps
+        >>> batch = torch.ones(3, 1, 8, 8)
+        >>> ps.scale_for_batch(torch.tensor([1.0, 2.0, 3.0]), batch).shape  # never (3,)
+        torch.Size([3, 1, 1, 1])
     """
     if not isinstance(batch, torch.Tensor):
         raise BroadcastError(f"batch must be a torch.Tensor, got {type(batch).__name__}")
@@ -362,6 +376,13 @@ def collate_with_scale(
 
     Returns:
         The collated dict, ``batch[scale_key]`` of shape ``(B, 1, ..., 1)``.
+
+    Example:
+        >>> import torch, physscale as ps
+        >>> samples = [{"X": torch.ones(1, 8, 8), "intensity_scale": 10.0 + i} for i in range(3)]
+        >>> batch = ps.collate_with_scale(samples, like="X")
+        >>> batch["X"].shape, batch["intensity_scale"].shape
+        (torch.Size([3, 1, 8, 8]), torch.Size([3, 1, 1, 1]))
     """
     if not isinstance(samples, Sequence) or isinstance(samples, str | bytes):
         raise BroadcastError(

@@ -122,6 +122,14 @@ def derive_from_dataloader(
 
     Returns:
         The :class:`~physscale.ScaleRecord`, the same on every rank when reduced.
+
+    Example:
+        >>> import torch, physscale as ps
+        >>> from torch.utils.data import DataLoader, TensorDataset
+        >>> loader = DataLoader(TensorDataset(torch.full((8, 1, 8, 8), 0.5)), batch_size=3)
+        >>> record = ps.derive_from_dataloader(loader, nphotons=1e4, key=0, layout="NCHW")
+        >>> record.n_patterns, round(record.intensity_scale, 6)
+        (8, 25.0)
     """
     # Resolve first: a missing nphotons should fail before a pass over the data.
     resolve_nphotons(metadata, config, explicit=nphotons, default=default)

@@ -269,6 +269,15 @@ def expand_paths(
             data file, no paths at all, or a file named twice (by two
             entries, or through a link).
         DataFileError: a directory that cannot be listed.
+
+    Example:
+        >>> import numpy as np
+        >>> from physscale.io import expand_paths
+        >>> for name in ("b.npy", "a.npy"):
+        ...     np.save(tmp / name, np.zeros((1, 8, 8), np.float32))
+        >>> _ = (tmp / "notes.txt").write_text("not data")
+        >>> [p.name for p in expand_paths([tmp])]  # data files only, sorted
+        ['a.npy', 'b.npy']
     """
     if isinstance(paths, str | os.PathLike):
         entries: list[Any] = [paths]
@@ -1060,6 +1069,16 @@ def derive_files(
             an option carry a :class:`~physscale.errors.Wording`.
         TypeError: ``plot=`` (removed in 0.3; the message gives the new
             call), or another unknown keyword.
+
+    Example:
+        >>> import numpy as np
+        >>> from physscale.io import derive_files, write_metadata
+        >>> for i in range(2):  # two files; nphotons from each file's metadata
+        ...     write_metadata(tmp / f"scan{i}.npz", {"physics_parameters": {"nphotons": 1e4}},
+        ...                    diffraction=np.full((4, 1, 8, 8), 0.5, np.float32))
+        >>> record = derive_files([tmp / "scan0.npz", tmp / "scan1.npz"])
+        >>> record.n_patterns, round(record.intensity_scale, 6), record.nphotons_source
+        (8, 25.0, 'metadata')
     """
     if removed:
         name = next(iter(removed))

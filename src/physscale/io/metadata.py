@@ -286,6 +286,14 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any] | None:
         UnsafeFileError: the metadata pickle references anything beyond what a
             0-d string array needs (it would run code).
         DataFileError: a missing, corrupt or malformed file or metadata.
+
+    Example:
+        >>> import numpy as np
+        >>> from physscale.io import read_metadata, write_metadata
+        >>> write_metadata(tmp / "d.npz", {"physics_parameters": {"nphotons": 1e9}},
+        ...                diffraction=np.zeros((2, 8, 8), np.float32))
+        >>> read_metadata(tmp / "d.npz")
+        {'physics_parameters': {'nphotons': 1000000000.0}}
     """
     p = Path(path)
     kind = file_kind(p)
@@ -397,6 +405,15 @@ def write_metadata(
 
     PtychoPINN reads the result unchanged: ``np.load(f)["_metadata"].item()``
     is the JSON string.
+
+    Example:
+        >>> import json, numpy as np
+        >>> from physscale.io import write_metadata
+        >>> write_metadata(tmp / "d.npz", {"physics_parameters": {"nphotons": 1e9}},
+        ...                diffraction=np.zeros((2, 8, 8), np.float32))
+        >>> with np.load(tmp / "d.npz", allow_pickle=False) as z:  # no pickle needed
+        ...     json.loads(z["_metadata"].item())["physics_parameters"]
+        {'nphotons': 1000000000.0}
     """
     check_output(path)  # a valid name, not read-only: refused before any work
     if not isinstance(metadata, Mapping):
