@@ -1,4 +1,4 @@
-"""``python -m physscale``: the command line (see :mod:`physscale.cli`)."""
+"""``python -m physscale``: the command line (see [`physscale.cli`][physscale.cli])."""
 
 import sys
 

@@ -1,14 +1,15 @@
 """IntensityAccumulator: the streaming form of the scale derivation.
 
 Modelled on torchmetrics: the work is done by pure functions of an
-:class:`AccumulatorState` (state in, state out), and the class holds one state
+`AccumulatorState` (state in, state out), and the class holds one state
 and its configuration and calls them.
 
-- update: :func:`batch_state` (one batch's sums) and :func:`fragments_state`
-  (one batch that arrives in pieces), folded in with :func:`fold`;
-- merge / all_reduce / load: :func:`fold` of another state, exactly;
-- compute: the scale is :func:`physscale.core.scale.scale_from_totals` of the
-  state's total and pattern count (:meth:`AccumulatorState.scale_for`).
+- update: `batch_state` (one batch's sums) and `fragments_state`
+  (one batch that arrives in pieces), folded in with `fold`;
+- merge / all_reduce / load: `fold` of another state, exactly;
+- compute: the scale is
+`physscale.core.scale.scale_from_totals` of the
+  state's total and pattern count (`AccumulatorState.scale_for`).
 
 The running total is kept as exact floating-point partials (Shewchuk's
 algorithm, as in ``math.fsum``), so merging is exactly associative and
@@ -160,7 +161,8 @@ class AccumulatorState(NamedTuple):
         return mean_from_totals(self.total_intensity, self.n_patterns)
 
     def scale_for(self, target: float) -> float:
-        """``sqrt(target / mean_intensity)``: :func:`~physscale.core.scale.scale_from_totals`."""
+        """``sqrt(target / mean_intensity)``:
+        `scale_from_totals`."""
         if self.n_patterns == 0:
             raise EmptyInputError(_NO_PATTERNS)
         return scale_from_totals(self.total_intensity, self.n_patterns, target)
@@ -200,7 +202,7 @@ def joined_totals(state: AccumulatorState) -> torch.Tensor | None:
 def _appended(
     pieces: tuple[torch.Tensor, ...], more: Sequence[torch.Tensor]
 ) -> tuple[torch.Tensor, ...]:
-    """``pieces`` then ``more``; past :data:`_MAX_PIECES`, the newest are joined in one copy.
+    """``pieces`` then ``more``; past `_MAX_PIECES`, the newest are joined in one copy.
 
     The join takes the newest half of the pieces, and older ones while they are
     at most twice as large as what is being joined: a fold costs O(1) amortized
@@ -275,7 +277,7 @@ def batch_state(
     per_pattern: bool,
     units_check: bool,
 ) -> AccumulatorState:
-    """One batch's state: its float64 sums (see :meth:`IntensityAccumulator.update`).
+    """One batch's state: its float64 sums (see `IntensityAccumulator.update`).
 
     ``name`` is what error messages call the data; ``per_pattern`` keeps each
     pattern's total; ``units_check`` samples the batch for whole counts.
@@ -338,7 +340,7 @@ def fragments_state(
 ) -> AccumulatorState:
     """The state of one batch of ``shape`` that arrives in pieces.
 
-    See :meth:`IntensityAccumulator.update_fragments`; ``per_pattern`` adds
+    See `IntensityAccumulator.update_fragments`; ``per_pattern`` adds
     each piece's sums to the patterns it belongs to.
     """
     batch = torch.Size(int(s) for s in shape)
@@ -418,7 +420,7 @@ def required_totals(state: AccumulatorState, what: str) -> torch.Tensor:
 def exclude_frames(
     state: AccumulatorState, frames: Iterable[int] | torch.Tensor
 ) -> AccumulatorState:
-    """The state of every pattern but ``frames`` (see :meth:`IntensityAccumulator.excluding`)."""
+    """The state of every pattern but ``frames`` (see `IntensityAccumulator.excluding`)."""
     totals = required_totals(state, "excluding()")
     n = totals.numel()
     index = torch.as_tensor(list(frames) if not isinstance(frames, torch.Tensor) else frames)
@@ -495,7 +497,7 @@ def pack(
 
 
 def unpack(packed: torch.Tensor) -> Packed:
-    """Inverse of :func:`pack` (the state comes without per-pattern totals)."""
+    """Inverse of `pack` (the state comes without per-pattern totals)."""
     v = packed.tolist()
     dims_at = 7
     shape_at = dims_at + 1 + _MAX_PATTERN_DIMS
@@ -650,7 +652,7 @@ def state_from_dict(
     spatial_dims: Sequence[int],
     keep_pattern_totals: bool,
 ) -> AccumulatorState:
-    """Validate a :func:`state_to_dict` mapping (version 1 or 2) for an accumulator.
+    """Validate a `state_to_dict` mapping (version 1 or 2) for an accumulator.
 
     Every field is checked (types, ranges, consistency, and that its domain
     and spatial axes are ``domain`` and ``spatial_dims``).
@@ -781,13 +783,13 @@ class IntensityAccumulator:
             as ``x**2``) or ``"intensity"`` (batches hold intensities).
         layout: optional shortcut, ``"NCHW"`` or ``"NHWC"``.
         keep_pattern_totals: also keep every pattern's own total (8 bytes a
-            pattern), for the diagnostics of :meth:`pattern_stats` and for
-            :meth:`excluding` frames. It uses the eager kernel, which reduces
+            pattern), for the diagnostics of `pattern_stats` and for
+            `excluding` frames. It uses the eager kernel, which reduces
             each pattern separately.
 
     Streaming over any iterable of batches gives the same scale as one call
-    of :func:`physscale.derive_intensity_scale` on their concatenation, to
-    float64 rounding. The state is an :class:`AccumulatorState`; every method
+    of [`physscale.derive_intensity_scale`][physscale.derive_intensity_scale] on their
+    concatenation, to float64 rounding. The state is an `AccumulatorState`; every method
     is a call of this module's pure functions on it.
     """
 
@@ -835,7 +837,8 @@ class IntensityAccumulator:
 
         Raises:
             AmbiguousLayoutError: the axes were defaulted and ``batch`` looks
-                channels-last (see :func:`physscale.derive_intensity_scale`).
+                channels-last (see
+                [`physscale.derive_intensity_scale`][physscale.derive_intensity_scale]).
         """
         return self.update_named(batch, mask, "batch")
 
@@ -970,10 +973,10 @@ class IntensityAccumulator:
         return state_to_dict(self._state, self.domain, self.spatial_dims)
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore a state produced by :meth:`state_dict` (version 1 or 2), validating it.
+        """Restore a state produced by `state_dict` (version 1 or 2), validating it.
 
         Every field is checked (types, ranges, consistency) before anything
-        changes; a refused state raises :class:`~physscale.errors.StateError` and
+        changes; a refused state raises [`StateError`][physscale.errors.StateError] and
         leaves the accumulator as it was.
         """
         self._state = state_from_dict(
@@ -1011,7 +1014,7 @@ class IntensityAccumulator:
         """Each pattern's total intensity, in the order seen (float64 CPU tensor).
 
         None unless the accumulator was made with ``keep_pattern_totals=True``.
-        Same units as :attr:`mean_intensity` (normalized ``sum(x**2)`` or ``sum(x)``).
+        Same units as `mean_intensity` (normalized ``sum(x**2)`` or ``sum(x)``).
         """
         totals = joined_totals(self._state)
         if totals is not None and len(self._state.pattern_totals or ()) > 1:
@@ -1041,8 +1044,8 @@ class IntensityAccumulator:
     def pattern_stats(self, rule: OutlierRule | None = None) -> PatternStats:
         """The spread of the per-pattern totals and the frames ``rule`` flags.
 
-        See :mod:`physscale.diagnostics`. Nothing is excluded; for that, use
-        :meth:`excluding`. Needs ``keep_pattern_totals=True``.
+        See `physscale.diagnostics`. Nothing is excluded; for that, use
+        `excluding`. Needs ``keep_pattern_totals=True``.
         """
         return pattern_stats(required_totals(self._state, "pattern_stats()"), rule)
 
@@ -1056,7 +1059,7 @@ class IntensityAccumulator:
 
         Args:
             frames: indices of patterns in the order they were accumulated
-                (as :attr:`pattern_totals` and :meth:`pattern_stats` count them).
+                (as `pattern_totals` and `pattern_stats` count them).
 
         The total is the exact sum of the kept patterns' totals (each rounded
         once to float64), so however bright an excluded frame was, the result
@@ -1081,16 +1084,16 @@ class IntensityAccumulator:
         The factor that brings the mean per-pattern intensity to ``target``:
         the physics scale for ``target = nphotons``, the amplitude
         normalization factor for ``target = (N/2)**2``
-        (:func:`physscale.core.scale.scale_from_totals`).
+        (`physscale.core.scale.scale_from_totals`).
         """
         return self._state.scale_for(target)
 
     def intensity_scale(self, nphotons: Any) -> torch.Tensor:
         """The physics scale ``sqrt(nphotons / mean_intensity)``, a 0-d float64 CPU tensor.
 
-        Emits :class:`physscale.UnitsWarning` when the data looks like raw
+        Emits [`physscale.UnitsWarning`][physscale.UnitsWarning] when the data looks like raw
         counts rather than normalized values (SPEC failure mode 4), and
-        :class:`physscale.MaskWarning` when a mask removed most of the intensity.
+        [`physscale.MaskWarning`][physscale.MaskWarning] when a mask removed most of the intensity.
         """
         n = positive_finite(nphotons, "nphotons")
         self.check_mask_coverage()
@@ -1102,11 +1105,11 @@ class IntensityAccumulator:
     def check_mask_coverage(self, where: str = "the mask", *, refuse: bool = False) -> None:
         """Name an inverted mask before it gives a plausible wrong scale.
 
-        Raises :class:`~physscale.errors.MaskError` when the masks excluded every
+        Raises [`MaskError`][physscale.errors.MaskError] when the masks excluded every
         pixel, or the valid pixels are all zero (the data's intensity lies
-        only in excluded pixels); warns :class:`~physscale.MaskWarning` when
+        only in excluded pixels); warns [`MaskWarning`][physscale.MaskWarning] when
         they excluded most pixels, or raises with ``refuse`` above 90 % (see
-        :func:`physscale.core.checks.check_mask_coverage`).
+        `physscale.core.checks.check_mask_coverage`).
         """
         state = self._state
         if not state.masked or state.masked_pixels is None:

@@ -2,12 +2,12 @@
 
 Every frame moves the mean per-pattern intensity, and so the scale. A beam
 dump gives near-zero frames, a saturated or hot frame is far above the rest,
-a drift slowly moves the totals. :func:`pattern_stats` summarizes the
-per-pattern totals an :class:`~physscale.IntensityAccumulator` keeps
+a drift slowly moves the totals. `pattern_stats` summarizes the
+per-pattern totals an [`IntensityAccumulator`][physscale.IntensityAccumulator] keeps
 (``keep_pattern_totals=True``) and flags outlier frames by a robust rule
-(:class:`OutlierRule`), saying how far the scale would move without them.
+(`OutlierRule`), saying how far the scale would move without them.
 It never excludes anything: excluding frames is an explicit choice
-(:meth:`physscale.IntensityAccumulator.excluding`).
+([`physscale.IntensityAccumulator.excluding`][physscale.IntensityAccumulator.excluding]).
 
 The rule, with ``m`` the median of the totals and
 ``MAD = 1.4826 * median(|t - m|)`` (the normal-consistent median absolute
@@ -96,7 +96,7 @@ class PatternStats(BaseModel):
         rule: the rule that flagged frames.
         near_zero_count, far_count: how many frames each part of the rule flagged.
         flagged_count: frames flagged by either part.
-        flagged_frames: their indices (at most :data:`MAX_LISTED_FRAMES`, the smallest).
+        flagged_frames: their indices (at most `MAX_LISTED_FRAMES`, the smallest).
         flagged_frames_truncated: whether the list was cut.
         scale_ratio_without_flagged: the factor by which the scale would move
             if the flagged frames were excluded, ``sqrt(mean / mean of the
@@ -148,7 +148,7 @@ def flag_outliers(
 
     Args:
         totals: per-pattern totals, ``(n_patterns,)``, finite and >= 0.
-        rule: the :class:`OutlierRule` (default: its defaults).
+        rule: the `OutlierRule` (default: its defaults).
     """
     rule = rule or OutlierRule()
     t = _as_totals(totals)
@@ -181,8 +181,8 @@ def pattern_stats(
 
     Args:
         totals: per-pattern totals, ``(n_patterns,)``, finite and >= 0, e.g.
-            :attr:`physscale.IntensityAccumulator.pattern_totals`.
-        rule: the :class:`OutlierRule` (default: its defaults).
+            [`physscale.IntensityAccumulator.pattern_totals`][physscale.IntensityAccumulator.pattern_totals].
+        rule: the `OutlierRule` (default: its defaults).
 
     Raises:
         EmptyInputError: no totals. StateError: a negative or non-finite total.
@@ -245,12 +245,12 @@ class ExcludedFrames(BaseModel):
     """Which frames a scale was derived without, and why (an explicit choice, recorded).
 
     Attributes:
-        reason: ``"outliers"`` (the frames the :class:`OutlierRule` flagged)
+        reason: ``"outliers"`` (the frames the `OutlierRule` flagged)
             or ``"explicit"`` (a list of frame indices the user gave).
         rule: the rule, for ``"outliers"``.
         count: how many frames were excluded.
         frames: their indices in accumulation order (at most
-            :data:`MAX_LISTED_FRAMES`, the smallest).
+            `MAX_LISTED_FRAMES`, the smallest).
         frames_truncated: whether the list was cut.
         n_patterns_before: the number of patterns before exclusion.
         scale_ratio: the scale with the frames excluded over the scale with

@@ -1,9 +1,9 @@
 """Deriving the scale from a rank's ``DataLoader`` and reducing over ranks.
 
 Under DDP each rank sees one shard (a ``DistributedSampler``); the scale must
-still be the dataset's. :func:`derive_from_dataloader` streams the rank's
-batches into an :class:`~physscale.IntensityAccumulator`, combines every
-rank's state with :meth:`~physscale.IntensityAccumulator.all_reduce` (exact:
+still be the dataset's. `derive_from_dataloader` streams the rank's
+batches into an [`IntensityAccumulator`][physscale.IntensityAccumulator], combines every
+rank's state with [`all_reduce`][physscale.IntensityAccumulator.all_reduce] (exact:
 the same bits as one process over the same batches), and returns the record,
 identical on every rank. ``torch.distributed`` does the communication.
 """
@@ -104,15 +104,16 @@ def derive_from_dataloader(
     Args:
         loader: any iterable of batches; under DDP, this rank's loader (its
             ``DistributedSampler`` shard; an empty shard is fine).
-        nphotons: the explicit value, as for :func:`physscale.resolve_nphotons`.
-        metadata: as for :func:`physscale.resolve_nphotons`.
-        config: as for :func:`physscale.resolve_nphotons`.
-        default: as for :func:`physscale.resolve_nphotons`.
-        key: where the normalized amplitudes are in a batch (see :func:`batch_data`).
+        nphotons: the explicit value, as for
+            [`physscale.resolve_nphotons`][physscale.resolve_nphotons].
+        metadata: as for [`physscale.resolve_nphotons`][physscale.resolve_nphotons].
+        config: as for [`physscale.resolve_nphotons`][physscale.resolve_nphotons].
+        default: as for [`physscale.resolve_nphotons`][physscale.resolve_nphotons].
+        key: where the normalized amplitudes are in a batch (see `batch_data`).
         spatial_dims: the batch's spatial axes, as for
-            :func:`physscale.derive_intensity_scale`.
-        layout: as for :func:`physscale.derive_intensity_scale`.
-        domain: as for :func:`physscale.derive_intensity_scale`.
+            [`physscale.derive_intensity_scale`][physscale.derive_intensity_scale].
+        layout: as for [`physscale.derive_intensity_scale`][physscale.derive_intensity_scale].
+        domain: as for [`physscale.derive_intensity_scale`][physscale.derive_intensity_scale].
         mask: optional boolean valid-pixel mask applied to every batch.
         reduce: combine all ranks' statistics when a process group is
             initialized (every rank must then call this). ``False``: this
@@ -121,7 +122,7 @@ def derive_from_dataloader(
         data_source: free text stored in the record.
 
     Returns:
-        The :class:`~physscale.ScaleRecord`, the same on every rank when reduced.
+        The [`ScaleRecord`][physscale.ScaleRecord], the same on every rank when reduced.
 
     Example:
         >>> import torch, physscale as ps

@@ -1,16 +1,16 @@
 """The ``physscale`` command line: derive a dataset's intensity scale, inspect files.
 
 ``physscale derive [PATH...]`` streams ``.npy``/``.npz``/HDF5 files (paths,
-glob patterns, directories) through :func:`physscale.io.derive_files`
+glob patterns, directories) through [`physscale.io.derive_files`][physscale.io.derive_files]
 (bounded memory whatever the number and size of the files), resolves
 nphotons per file (``--nphotons`` > each file's metadata >
 ``--nphotons-default``; files that disagree are an error), and prints the
-:class:`~physscale.ScaleRecord` with the spread of the per-pattern intensity
+[`ScaleRecord`][physscale.ScaleRecord] with the spread of the per-pattern intensity
 and the frames the outlier rule flags; ``--plot`` draws them. Without PATH it
 runs on the example dataset shipped with physscale.
 
 ``physscale normalize SCAN... --out FILE`` turns detector counts into normalized
-training data through :func:`physscale.io.normalize_files`.
+training data through [`physscale.io.normalize_files`][physscale.io.normalize_files].
 
 ``physscale inspect PATH`` shows a record file, a bundle's record and manifest,
 or a dataset's arrays and metadata.
@@ -22,10 +22,10 @@ Exit status: 0 success, 1 bad data or files, 2 usage errors (a bad flag, or a
 missing ``--nphotons`` / ``--layout`` that the data need). Errors are one
 line on stderr; ``--debug`` adds the traceback.
 
-The modules: :mod:`~physscale.cli.parser` (flags), :mod:`~physscale.cli.derive`,
-:mod:`~physscale.cli.inspect` and :mod:`~physscale.cli.doctor` (the commands),
-:mod:`~physscale.cli.summary` (what derive prints), :mod:`~physscale.cli.progress`
-(the bars) and :mod:`~physscale.cli.messages` (the library's errors in the
+The modules: [`parser`][physscale.cli.parser] (flags), [`derive`][physscale.cli.derive],
+[`inspect`][physscale.cli.inspect] and [`doctor`][physscale.cli.doctor] (the commands),
+[`summary`][physscale.cli.summary] (what derive prints), [`progress`][physscale.cli.progress]
+(the bars) and [`messages`][physscale.cli.messages] (the library's errors in the
 command's words). This module maps what they raise to exit statuses.
 """
 

@@ -1,4 +1,5 @@
-"""``physscale derive``: the scale of a dataset, by :func:`physscale.io.derive_files`.
+"""``physscale derive``: the scale of a dataset, by
+[`physscale.io.derive_files`][physscale.io.derive_files].
 
 The command turns flags into the call, draws the progress bars, words the
 library's errors with its flags (a missing ``--nphotons`` or ``--layout`` is

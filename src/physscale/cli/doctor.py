@@ -180,7 +180,7 @@ def version_line() -> str:
 
 
 class VersionAction(argparse.Action):
-    """``--version`` for the ``physscale`` command: :func:`version_line`, on one line.
+    """``--version`` for the ``physscale`` command: `version_line`, on one line.
 
     (argparse's own version action wraps its text to the terminal's width.)
     """

@@ -1,7 +1,7 @@
 """How the command line words what it says: one line per error or warning, its own flags.
 
 The library names its options in Python terms and carries them apart in a
-:class:`~physscale.errors.Wording`; :func:`in_our_words` renders that with
+[`Wording`][physscale.errors.Wording]; `in_our_words` renders that with
 this command's flags (``nphotons=`` becomes ``--nphotons N``), so no message
 is edited as text and the library never learns a flag's spelling.
 """

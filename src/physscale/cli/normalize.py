@@ -1,4 +1,5 @@
-"""``physscale normalize``: detector counts to training data (:func:`physscale.io.normalize_files`).
+"""``physscale normalize``: detector counts to training data
+([`physscale.io.normalize_files`][physscale.io.normalize_files]).
 
 The command turns flags into the call, draws a bar per pass, and prints the
 record (or, with ``--json``, the record and what was excluded). The library

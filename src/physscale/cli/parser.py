@@ -51,7 +51,7 @@ def _workers(text: str) -> int:
 def frame_list(text: str) -> list[int]:
     """``3,17,200-210`` (ranges inclusive) as a sorted list of distinct frame indices.
 
-    At most :data:`MAX_EXCLUDED_FRAMES` frames in all, checked before any list is built.
+    At most `MAX_EXCLUDED_FRAMES` frames in all, checked before any list is built.
     """
     spans: list[tuple[int, int]] = []
     for part in text.split(","):

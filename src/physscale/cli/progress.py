@@ -1,10 +1,10 @@
 """Progress of ``physscale derive`` over a dataset's bytes and files: tqdm, on a terminal only.
 
 Nothing is drawn unless the stream is a terminal and progress is enabled,
-and nothing before :data:`PROGRESS_DELAY_S` seconds, so pipes, logs and
+and nothing before `PROGRESS_DELAY_S` seconds, so pipes, logs and
 quick runs stay clean. The bars erase themselves when closed.
-:class:`ProgressBars` is the ``progress`` callback the command passes to
-:func:`physscale.io.derive_files`, which only reports counts.
+`ProgressBars` is the ``progress`` callback the command passes to
+[`physscale.io.derive_files`][physscale.io.derive_files], which only reports counts.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ class DatasetProgress:
         stream: where to draw (default ``sys.stderr``); nothing is drawn
             unless it is a terminal.
         enabled: False draws nothing (``--quiet``).
-        delay: seconds before the bars appear (default :data:`PROGRESS_DELAY_S`).
+        delay: seconds before the bars appear (default `PROGRESS_DELAY_S`).
         min_interval: least seconds between two redraws.
     """
 
@@ -110,7 +110,8 @@ class DatasetProgress:
 
 
 class ProgressBars:
-    """The ``progress`` callback of :func:`physscale.io.derive_files`, drawing tqdm bars.
+    """The ``progress`` callback of [`physscale.io.derive_files`][physscale.io.derive_files],
+    drawing tqdm bars.
 
     The bars open at the first call (every file checked: the totals are
     known) and advance by what each later call adds. A context manager: the

@@ -3,10 +3,10 @@
 The one JSON guard of physscale: files' metadata and manifests
 (`physscale.io`), a module's extra state (`physscale.nn`) and metadata
 passed as a JSON string (`physscale.resolve_nphotons`) all parse through
-:func:`load_json`. ``json.loads`` raises ``RecursionError`` on deep nesting,
+`load_json`. ``json.loads`` raises ``RecursionError`` on deep nesting,
 ``UnicodeDecodeError`` on bytes that are not UTF-8 and ``ValueError`` on
 integers over 4300 digits; here each is the caller's error class with a
-short message, and data nested deeper than :data:`MAX_JSON_DEPTH` is refused.
+short message, and data nested deeper than `MAX_JSON_DEPTH` is refused.
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ def load_json(
     ``JSONDecodeError``: ``RecursionError`` (deep nesting),
     ``UnicodeDecodeError`` (bytes that are not UTF-8) and ``ValueError``
     (integers over 4300 digits); refuses nesting deeper than
-    :data:`MAX_JSON_DEPTH`.
+    `MAX_JSON_DEPTH`.
     """
     try:
         value = json.loads(data)

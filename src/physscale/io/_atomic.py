@@ -1,7 +1,7 @@
 """Writes that a crash or a kill cannot turn into lost data.
 
 Every file physscale writes (bundles, ``write_metadata``, ``derive --out``)
-goes through :func:`atomic_write`: the content is written to a temporary
+goes through `atomic_write`: the content is written to a temporary
 file next to the target, flushed to disk, given the right mode, and renamed
 over the target in one step. A reader sees the old file or the new one,
 never half of one.
@@ -15,7 +15,7 @@ leaves alone those of writers still running.
 Modes: a new file gets the mode the process's umask gives (``0666 & ~umask``),
 as ``open`` would; replacing a file keeps that file's permission bits.
 
-:func:`locked` serializes read-modify-write updates of one file
+`locked` serializes read-modify-write updates of one file
 (``write_metadata``): it takes an exclusive ``flock`` on the current file and
 checks, once it holds it, that the path still names that file.
 """
@@ -103,7 +103,7 @@ def check_output(
 ) -> Path:
     """The file an output at ``path`` replaces, refused if it is an input or read-only.
 
-    Every write goes through here (:func:`atomic_write`): an output must never
+    Every write goes through here (`atomic_write`): an output must never
     destroy what it was computed from, nor a file its owner protected. A file
     is read-only when this process may not write it or when its mode gives no
     one write permission (0444: a shell's ``>`` refuses it; root's too, here).
@@ -267,11 +267,11 @@ def atomic_write(
     Args:
         path: the file to create or replace (a symlink is followed: its
             target is replaced).
-        create_only: fail with :class:`TargetAppearedError` instead of replacing
+        create_only: fail with `TargetAppearedError` instead of replacing
             a file that appeared at ``path`` while writing (used when the
             caller saw no file there and must not overwrite one).
         inputs: files the content was made from; the target may be none of
-            them (see :func:`check_output`, which also refuses read-only files).
+            them (see `check_output`, which also refuses read-only files).
 
     On any exception (or a kill) the target is left as it was; the temporary
     file is removed (or, after a kill, removed by the next write).
@@ -348,7 +348,7 @@ def locked(path: str | os.PathLike[str]) -> Iterator[IO[bytes] | None]:
 
     Raises:
         DataFileError: the file stays locked by another writer for
-            :data:`LOCK_TIMEOUT_S` seconds, or is not a regular file.
+            `LOCK_TIMEOUT_S` seconds, or is not a regular file.
     """
     target = resolve_target(path)
     deadline = time.monotonic() + LOCK_TIMEOUT_S

@@ -5,16 +5,16 @@ make the readers check each declaration against what is really there before
 any memory is committed, and keep every error message short whatever the
 file holds:
 
-- :func:`open_regular` opens a path without ever blocking (a FIFO would
+- `open_regular` opens a path without ever blocking (a FIFO would
   block ``open`` forever) and refuses anything but a regular file (a FIFO,
   ``/dev/zero``, a socket, a directory).
-- :func:`preview` (from :mod:`physscale.core.preview`) is a ``repr`` of bounded
+- `preview` (from [`physscale.core.preview`][physscale.core.preview]) is a ``repr`` of bounded
   size and cost: a pickle can build a structure whose full ``repr`` is
   exponentially large.
-- :func:`check_zip_member` refuses encrypted members, compression methods
+- `check_zip_member` refuses encrypted members, compression methods
   other than stored and deflated, members larger than a cap, and members
   whose declared size is more than deflate can ever expand to.
-- :func:`load_json` parses JSON with bounded size, nesting depth and error
+- `load_json` parses JSON with bounded size, nesting depth and error
   messages.
 """
 
@@ -130,7 +130,7 @@ def require_regular(path: str | os.PathLike[str]) -> os.stat_result:
     """``os.stat`` of ``path`` (following links), refusing anything but a regular file.
 
     ``stat`` never blocks, unlike ``open`` on a FIFO. For libraries that open
-    the path themselves (h5py); :func:`open_regular` checks the very file it opens.
+    the path themselves (h5py); `open_regular` checks the very file it opens.
     """
     try:
         st = os.stat(path)

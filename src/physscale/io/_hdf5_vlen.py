@@ -13,7 +13,8 @@ the file itself and refuses anything over the cap:
   held in dense storage (a fractal heap: more than 8 attributes on a group
   written with ``libver="latest"`` or ``track_order=True``) or in a shared
   message table cannot be checked this way and is refused with
-  :class:`physscale.errors.UnsafeFileError`; store such metadata as a dataset.
+  [`physscale.errors.UnsafeFileError`][physscale.errors.UnsafeFileError]; store such metadata as a
+  dataset.
 
 On disk a variable-length element is its length (4 bytes, little-endian)
 followed by a global heap ID (HDF5 file format specification, "Variable-length

@@ -2,16 +2,16 @@
 
 Everything physscale writes as a zip (bundles, ``.npz`` metadata updates, a
 host code's bundle with the record added) is a new archive written by
-:func:`new_archive` through :func:`~physscale.io._atomic.atomic_write`: the
+`new_archive` through [`atomic_write`][physscale.io._atomic.atomic_write]: the
 target is replaced in one step when the archive is complete, so a failure
 or a kill leaves the previous file as it was. Members get a fixed timestamp,
 so an archive's bytes depend on its contents only. No archive is ever
 appended to or edited in place.
 
-Reading: :func:`open_archive` opens a regular file as a zip and
-:func:`read_member` reads one member after checking what it declares (no
+Reading: `open_archive` opens a regular file as a zip and
+`read_member` reads one member after checking what it declares (no
 encryption, stored or deflated, within a size cap and what deflate can
-produce); every failure of ``zipfile`` is a :class:`~physscale.errors.DataFileError`.
+produce); every failure of ``zipfile`` is a [`DataFileError`][physscale.errors.DataFileError].
 """
 
 from __future__ import annotations
@@ -100,7 +100,7 @@ def member_info(name: str, *, compress: bool = True, mode: int | None = None) ->
 def write_member(
     zf: zipfile.ZipFile, name: str, data: bytes, *, compress: bool, mode: int | None = None
 ) -> None:
-    """Write a whole member (see :func:`member_info`)."""
+    """Write a whole member (see `member_info`)."""
     zf.writestr(member_info(name, compress=compress, mode=mode), data)
 
 
@@ -110,7 +110,7 @@ def new_archive(
 ) -> Iterator[zipfile.ZipFile]:
     """A new zip archive at ``path``, in place only once the block ends without error.
 
-    See :func:`~physscale.io._atomic.atomic_write` (``create_only`` included).
+    See [`atomic_write`][physscale.io._atomic.atomic_write] (``create_only`` included).
     """
     with atomic_write(path, create_only=create_only) as fh, zipfile.ZipFile(fh, "w") as zf:
         yield zf
@@ -135,7 +135,7 @@ def copy_members(
 ) -> None:
     """Copy the members of the open archive ``src`` into ``out``, 4 MiB at a time.
 
-    Each member is checked before it is inflated (as :func:`read_member`),
+    Each member is checked before it is inflated (as `read_member`),
     and written deflated with the fixed timestamp.
 
     Args:

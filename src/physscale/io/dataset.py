@@ -1,10 +1,10 @@
-"""Many files, one scale: :func:`derive_files` over a whole beamline dataset.
+"""Many files, one scale: `derive_files` over a whole beamline dataset.
 
-A dataset is seldom one file. :func:`derive_files` takes paths, glob
-patterns and directories (see :func:`expand_paths` for which files count),
+A dataset is seldom one file. `derive_files` takes paths, glob
+patterns and directories (see `expand_paths` for which files count),
 checks every file before reading any data (header, dtype, rank, pattern
 shape, the layout guard, nphotons from its metadata), then streams each file
-through its own :class:`~physscale.IntensityAccumulator` and merges them
+through its own [`IntensityAccumulator`][physscale.IntensityAccumulator] and merges them
 with the accumulator's exact merge. The scale is the scale of all the
 patterns together, to the last bit whatever the order of the files; the
 frame numbering (per-pattern totals, flagged and excluded frames) follows
@@ -17,9 +17,9 @@ file for its name and counts. At most ``workers`` data files are open at
 once.
 
 The library speaks Python: errors name parameters (``nphotons=``,
-``layout='NHWC'``) through a :class:`~physscale.errors.Wording`, which the
+``layout='NHWC'``) through a [`Wording`][physscale.errors.Wording], which the
 command line renders with its flags; nothing here draws (``progress`` is a
-callback, and :mod:`physscale.report` draws the figure from what
+callback, and [`physscale.report`][physscale.report] draws the figure from what
 ``derive_files(..., details=True)`` returns).
 """
 
@@ -109,7 +109,7 @@ _GLOB_CHARS = frozenset("*?[")
 _NAMED_IN_ERRORS = 5
 
 #: How errors name derive_files' options, in Python terms (the command line
-#: renders each :class:`~physscale.errors.Wording` with its own flags).
+#: renders each [`Wording`][physscale.errors.Wording] with its own flags).
 OPTIONS = {
     "nphotons": "nphotons=",
     "nphotons_default": "nphotons_default=",
@@ -137,7 +137,7 @@ def _check_path(entry: Any) -> None:
 
 
 def _directory_files(directory: Path, recursive: bool) -> list[Path]:
-    """The data files of ``directory`` (see :func:`expand_paths`), sorted.
+    """The data files of ``directory`` (see `expand_paths`), sorted.
 
     Walked with a stack, not recursion: a tree thousands of levels deep is
     read like any other (links to directories are never followed, so the
@@ -418,11 +418,11 @@ def plan_files(
 
     Reads headers and metadata only, one file open at a time. nphotons is
     resolved per file (``nphotons`` > its metadata > ``nphotons_default``)
-    but not yet compared across files (:func:`resolve_files` does that).
+    but not yet compared across files (`resolve_files` does that).
     With ``follow_links``, an HDF5 file's external links and virtual datasets
     are followed to files in its own folder, and a NeXus master's
     ``data_NNNNNN`` links under ``key`` are read as one stack
-    (:func:`physscale.io.nexus.data_stacks`).
+    ([`physscale.io.nexus.data_stacks`][physscale.io.nexus.data_stacks]).
 
     Raises:
         DataFileError, UnsafeFileError: a bad file (named), or patterns of
@@ -629,7 +629,7 @@ def data_sources(plan: _Plan) -> DataSources:
 # --------------------------------------------------------------------------- reading
 @dataclass(frozen=True)
 class FilesProgress:
-    """How far :func:`derive_files` has read: what its ``progress`` callback is given.
+    """How far `derive_files` has read: what its ``progress`` callback is given.
 
     Attributes:
         n_files: the files to read (every one checked).
@@ -670,7 +670,7 @@ def fold_files(
     per-pattern totals follow the files in order. ``workers`` files are read
     at a time (threads: the readers and kernels release the GIL). The first
     failing file in the order given raises, naming itself; no other state is
-    returned. ``progress`` is called as :data:`ProgressCallback` says.
+    returned. ``progress`` is called as `ProgressCallback` says.
     """
     total = _accumulator(plan, domain, keep_pattern_totals)
     stop = threading.Event()
@@ -786,10 +786,10 @@ def _name_the_file(exc: PhysscaleError, source: PatternSource) -> None:
 class DerivedFiles:
     """What ``derive_files(..., details=True)`` gives: the record, and what the report needs.
 
-    :func:`physscale.report.plot_report` draws its figure from it.
+    [`physscale.report.plot_report`][physscale.report.plot_report] draws its figure from it.
 
     Attributes:
-        record: the :class:`~physscale.ScaleRecord`.
+        record: the [`ScaleRecord`][physscale.ScaleRecord].
         pattern_totals: every pattern's total (float64, frame order,
             normalized units), or None without diagnostics.
         files: each file's name and number of patterns, in frame order.
@@ -868,7 +868,7 @@ def derive_plan(
     workers: int = DEFAULT_WORKERS,
     progress: ProgressCallback | None = None,
 ) -> DerivedFiles:
-    """Read the planned files and build the record (the second half of :func:`derive_files`)."""
+    """Read the planned files and build the record (the second half of `derive_files`)."""
     keep = diagnostics or exclude is not None
     if exclude is not None and not isinstance(exclude, str):
         exclude = check_frames(exclude, sum(f.n_patterns for f in plan.files))
@@ -903,7 +903,7 @@ def derive_plan(
 
 
 def _read_mask(path: str | os.PathLike[str], named: Wording, max_count: int) -> np.ndarray:
-    """:func:`~physscale.io.readers.read_mask`, its errors worded as ``named`` says."""
+    """[`read_mask`][physscale.io.readers.read_mask], its errors worded as ``named`` says."""
     where = named.render()
     try:
         return read_mask(path, where, max_count)
@@ -1010,7 +1010,7 @@ def derive_files(
 
     Args:
         paths: files, glob patterns and directories (see
-            :func:`expand_paths` for which files a directory holds); one
+            `expand_paths` for which files a directory holds); one
             string or path, or several.
         nphotons: expected photons per pattern for every file; overrides
             the files' metadata. Without it, each file's metadata
@@ -1019,9 +1019,9 @@ def derive_files(
         key: the ``.npz`` key or HDF5 dataset path of the patterns in every
             file (ignored for ``.npy``).
         layout: ``"NCHW"`` or ``"NHWC"``, as for
-            :func:`physscale.derive_intensity_scale`.
+            [`physscale.derive_intensity_scale`][physscale.derive_intensity_scale].
         spatial_dims: the axes of one pattern, as for
-            :func:`physscale.derive_intensity_scale`.
+            [`physscale.derive_intensity_scale`][physscale.derive_intensity_scale].
         domain: ``"amplitude"`` (normalized amplitudes, summed as ``x**2``)
             or ``"intensity"``.
         mask: optional boolean valid-pixel mask for every file, e.g. ``(H,
@@ -1033,12 +1033,12 @@ def derive_files(
             states): ``"outliers"`` (those ``outlier_rule`` flags) or frame
             indices (files in order, patterns in storage order; see
             ``record.sources``). None (default): every pattern counts.
-        outlier_rule: the :class:`~physscale.diagnostics.OutlierRule`.
+        outlier_rule: the `OutlierRule`.
         recursive: also read the data files of subdirectories.
         chunk_patterns: first-axis entries per piece read (default: about
             4 MiB a piece).
         workers: files read at the same time (threads).
-        progress: called with a :class:`FilesProgress` once every file is
+        progress: called with a `FilesProgress` once every file is
             checked, then after every piece read and every file merged (one
             call at a time, from the reading threads): e.g. to draw a bar.
         follow_links: HDF5 files (NeXus masters): follow external links and
@@ -1048,16 +1048,16 @@ def derive_files(
             ``data_NNNNNN`` links reads them as one stack, in link-name
             order. Off by default: data behind links is refused, naming
             this option.
-        details: return a :class:`DerivedFiles` (the record, every
+        details: return a `DerivedFiles` (the record, every
             pattern's total, the files in frame order, the refused
             metadata) instead of the record alone: what
-            :func:`physscale.report.plot_report` draws.
+            [`physscale.report.plot_report`][physscale.report.plot_report] draws.
 
     Returns:
-        The :class:`~physscale.ScaleRecord`, whose ``sources`` names the
+        The [`ScaleRecord`][physscale.ScaleRecord], whose ``sources`` names the
         files (bounded: the first 100, the count, and a SHA-256 of the
         sorted paths) with what each file's metadata said about nphotons;
-        with ``details=True``, a :class:`DerivedFiles` holding it.
+        with ``details=True``, a `DerivedFiles` holding it.
 
     Raises:
         PhysscaleError: ``FileListError`` (a pattern matching nothing, a
@@ -1065,8 +1065,8 @@ def derive_files(
             ``DataFileError`` / ``UnsafeFileError`` (a bad file, named;
             mixed pattern shapes), ``NphotonsError`` (nphotons unknown for
             some files, or files that disagree), and what
-            :func:`physscale.derive_scale_record` raises. Errors that name
-            an option carry a :class:`~physscale.errors.Wording`.
+            [`physscale.derive_scale_record`][physscale.derive_scale_record] raises.
+            Errors that name an option carry a [`Wording`][physscale.errors.Wording].
         TypeError: ``plot=`` (removed in 0.3; the message gives the new
             call), or another unknown keyword.
 

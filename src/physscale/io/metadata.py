@@ -5,13 +5,15 @@ PtychoPINN stores a dataset's metadata as a JSON string under the NPZ key
 pickle, so ``np.load(..., allow_pickle=False)`` cannot read them and
 ``allow_pickle=True`` runs whatever code the pickle names. physscale reads the
 member itself (``zipfile`` and the ``.npy`` header) and unpickles it with
-physscale's one unpickler (:func:`physscale.io.pickles.load_pickle`) under
+physscale's one unpickler ([`physscale.io.pickles.load_pickle`][physscale.io.pickles.load_pickle])
+under
 rules that resolve no real global at all: the names a 0-d string array needs
 map to inert stand-ins (``_codecs.encode``, which pickle protocols 0-2 use
 for bytes, to one that only turns latin-1 text into bytes), everything else
-is refused with :class:`physscale.errors.UnsafeFileError`. Nothing from the file runs.
+is refused with [`physscale.errors.UnsafeFileError`][physscale.errors.UnsafeFileError]. Nothing
+from the file runs.
 
-:func:`write_metadata` stores metadata as a plain unicode array instead, which
+`write_metadata` stores metadata as a plain unicode array instead, which
 numpy reads without pickle and PtychoPINN reads as before (``.item()`` gives
 the JSON string).
 """
@@ -162,7 +164,7 @@ def _str_standin(where: str) -> Any:
 
 
 def _reconstruct(where: str) -> Any:
-    """Stands in for ``numpy.core.multiarray._reconstruct``: an :class:`_ArrayStub`."""
+    """Stands in for ``numpy.core.multiarray._reconstruct``: an `_ArrayStub`."""
 
     def reconstruct(cls: Any, shape: Any, order: Any) -> _ArrayStub:
         if cls is not _NDARRAY_MARKER:

@@ -2,13 +2,13 @@
 
 A pickle is a small program: ``GLOBAL``, ``STACK_GLOBAL``, ``INST``, ``OBJ``
 and ``EXT`` name any callable in any module, ``REDUCE`` calls it. Every name
-goes through ``find_class``, so :class:`SafeUnpickler` resolves a name only
-through an allow-list (:class:`PickleRules`) that maps it to a stand-in
+goes through ``find_class``, so `SafeUnpickler` resolves a name only
+through an allow-list (`PickleRules`) that maps it to a stand-in
 written in physscale, never to the real callable; any other name is refused
-with :class:`~physscale.errors.UnsafeFileError`. Nothing from the file runs.
+with [`UnsafeFileError`][physscale.errors.UnsafeFileError]. Nothing from the file runs.
 
 Memory stays bounded by the pickle's size. Before the unpickler sees the
-bytes, :func:`check_opcodes` walks them and refuses:
+bytes, `check_opcodes` walks them and refuses:
 
 - more operations than that kind of pickle needs (each makes at most one
   object, and the nesting depth of what is built is at most their number);
@@ -21,8 +21,8 @@ one long string would otherwise be a multiplication).
 
 Two kinds of pickle are read, each with its own rules: a dataset's metadata
 (a 0-d object array holding a JSON string; the rules live in
-:mod:`physscale.io.metadata`) and the plain data of a host code's
-configuration, :data:`PLAIN_DATA` here: numbers, strings, containers, paths,
+[`physscale.io.metadata`][physscale.io.metadata]) and the plain data of a host code's
+configuration, `PLAIN_DATA` here: numbers, strings, containers, paths,
 ``OrderedDict`` and numpy numeric scalars. numpy's own
 ``numpy.dtype`` + ``numpy.core.multiarray.scalar`` are never called: together
 they turn arbitrary bytes into an object pointer (a 138-byte pickle
@@ -97,7 +97,7 @@ class SafeUnpickler(pickle.Unpickler):
 
     ``find_class`` is the only way a pickle reaches code (GLOBAL,
     STACK_GLOBAL, INST, OBJ and EXT all go through it), so refusing every
-    other name means nothing from the file can run. Use :func:`load_pickle`,
+    other name means nothing from the file can run. Use `load_pickle`,
     which also bounds the pickle's operations first.
     """
 

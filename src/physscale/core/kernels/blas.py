@@ -10,7 +10,7 @@ widens in its own buffers. The minimum of a block is taken while the block is
 in cache. Squares of float32 are exact in float64, and the row sums of a work
 item are added with ``math.fsum``, so the error does not grow with the input
 size. numpy releases the GIL in these calls: work items are shared by as many
-threads as the native kernel would use (:func:`native.thread_count`).
+threads as the native kernel would use (`native.thread_count`).
 
 Measured (``benchmarks/bench_derive.py``, ``docs/performance.md``) against
 ``numpy.einsum('ij,ij->i', x, x, dtype=float64)`` as the row sum, which
@@ -51,7 +51,7 @@ ITEM_NUMEL = 1 << 21
 #: The dtypes read here.
 DTYPES = (torch.float32, torch.float64)
 
-#: Shortest row a long pattern is cut into (see :func:`reduce_rows`).
+#: Shortest row a long pattern is cut into (see `reduce_rows`).
 MIN_SUB_ROW = ROW // 8
 
 #: A work item: given a thread's float64 buffer, a partial total and a minimum.
@@ -203,7 +203,7 @@ def _sub_row(row_len: int) -> int | None:
 def reduce_rows(
     x: torch.Tensor, row_len: int, *, square: bool
 ) -> tuple[list[float], float, torch.Tensor] | None:
-    """:func:`reduce_dense`, plus the float64 sum of every row of ``row_len`` elements.
+    """`reduce_dense`, plus the float64 sum of every row of ``row_len`` elements.
 
     The per-pattern totals of a stack whose patterns are its last axes: ``x``
     in C order holds ``x.numel() // row_len`` patterns one after the other. A
@@ -212,7 +212,7 @@ def reduce_rows(
 
     Returns ``(partials, minimum, rows)``: ``math.fsum(partials)`` is the
     total, ``rows`` a float64 CPU tensor of one sum per row, in memory order.
-    None when this path does not apply (as for :func:`reduce_dense`, or ``x``
+    None when this path does not apply (as for `reduce_dense`, or ``x``
     not C-contiguous, ``row_len`` not dividing its size, or a long row
     length with no divisor in range).
     """

@@ -1,6 +1,6 @@
 """One fused pass for float64 sums on accelerators, compiled with ``torch.compile``.
 
-On a GPU the blockwise eager path (:func:`eager.block_sums`) converts
+On a GPU the blockwise eager path (`eager.block_sums`) converts
 each 64 MiB block into a float64 buffer and reads it twice more (dot, amin):
 about 28 bytes of memory traffic per float32 element, where reading the input
 once costs 4, plus four kernel launches per block. PyTorch has no eager
@@ -103,7 +103,7 @@ def _no_silent_fallback() -> AbstractContextManager[Any]:
 
 
 def applies(x: torch.Tensor) -> bool:
-    """Whether :func:`fused_sum` would read ``x`` (device, dtype, size, dense layout)."""
+    """Whether `fused_sum` would read ``x`` (device, dtype, size, dense layout)."""
     return (
         x.device.type in DEVICE_TYPES
         and x.device.type not in _failed

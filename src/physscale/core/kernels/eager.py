@@ -125,7 +125,7 @@ def _apply_mask(
 def pattern_block_sums(
     x: torch.Tensor, axes: tuple[int, ...], square: bool, mask: torch.Tensor | None
 ) -> tuple[list[float], float, list[float], int, torch.Tensor]:
-    """:func:`block_sums`, plus the float64 intensity of every pattern.
+    """`block_sums`, plus the float64 intensity of every pattern.
 
     Returns the same four values and a ``(n_patterns,)`` float64 tensor on the
     accumulation device, in pattern order (the non-spatial axes raveled in C

@@ -2,8 +2,9 @@
 
 ``native.c`` beside this file is compiled at install time when a C compiler
 is available (the root ``hatch_build.py``) into ``_native_kernel.so``, also
-beside it, and loaded here with :mod:`ctypes`. It computes the same float64
-sum and minimum as the other paths (see :mod:`physscale.core.kernels.sums`)
+beside it, and loaded here with `ctypes`. It computes the same float64
+sum and minimum as the other paths (see
+[`physscale.core.kernels.sums`][physscale.core.kernels.sums])
 in one read of the data, so deriving a scale costs about as much as reading
 the tensor once. Without the library (no compiler at install time, Windows,
 or ``PHYSSCALE_NATIVE=0``) callers fall back to the BLAS and eager paths,
@@ -31,7 +32,7 @@ ABI_VERSION = 3
 
 #: The kernels the library may hold, by id (bit k of physscale_native_kernels()):
 #: a portable loop the compiler vectorizes, and hand-written x86-64 AVX2+FMA and
-#: AVX-512F loops. Each CPU uses the last one it supports (see :func:`kernel`).
+#: AVX-512F loops. Each CPU uses the last one it supports (see `kernel`).
 KERNELS = ("portable", "avx2", "avx512")
 
 #: The library's file name inside the package.
@@ -127,7 +128,7 @@ def thread_limit(n: int) -> Iterator[None]:
 def thread_count(numel: int) -> int:
     """Threads for ``numel`` elements: torch's intra-op setting, >= MIN_NUMEL_PER_THREAD each.
 
-    At most the cap a surrounding :func:`thread_limit` sets in this thread.
+    At most the cap a surrounding `thread_limit` sets in this thread.
     """
     threads = torch.get_num_threads()
     cap = getattr(_limit, "n", None)
@@ -151,7 +152,7 @@ def kernels() -> tuple[str, ...]:
 
 
 def kernel() -> str | None:
-    """The kernel :func:`reduce_dense` uses by default here: the widest one this CPU runs."""
+    """The kernel `reduce_dense` uses by default here: the widest one this CPU runs."""
     usable = kernels()
     return usable[-1] if usable else None
 
@@ -179,7 +180,7 @@ def reduce_dense(
     Args:
         x: any tensor; only dense CPU float32/float64 ones are read.
         square: sum ``x**2`` (amplitudes) rather than ``x`` (intensities).
-        kernel: one of :func:`kernels` to force (tests, benchmarks); default
+        kernel: one of `kernels` to force (tests, benchmarks); default
             the widest this CPU runs.
 
     Returns ``(partials, minimum)``, with ``math.fsum(partials)`` the total, or
@@ -289,7 +290,7 @@ class _RowsTask(ctypes.Structure):
 def reduce_rows(
     x: torch.Tensor, row_len: int, *, square: bool, kernel: str | None = None
 ) -> tuple[list[float], float, torch.Tensor] | None:
-    """:func:`reduce_dense`, plus the float64 sum of every row of ``row_len`` elements.
+    """`reduce_dense`, plus the float64 sum of every row of ``row_len`` elements.
 
     The per-pattern totals of a stack whose patterns are its last axes: ``x``
     in C order holds ``x.numel() // row_len`` patterns one after the other.
@@ -298,13 +299,13 @@ def reduce_rows(
         x: any tensor; only C-contiguous CPU float32/float64 ones are read.
         row_len: elements per row (one pattern's pixels); must divide ``x.numel()``.
         square: sum ``x**2`` (amplitudes) rather than ``x`` (intensities).
-        kernel: one of :func:`kernels` to force (tests, benchmarks).
+        kernel: one of `kernels` to force (tests, benchmarks).
 
     Returns ``(partials, minimum, rows)``: ``math.fsum(partials)`` is the total,
     ``rows`` a float64 CPU tensor of one sum per row, in memory order. None
-    when the kernel does not apply (as for :func:`reduce_dense`, or ``x`` not
+    when the kernel does not apply (as for `reduce_dense`, or ``x`` not
     C-contiguous, or ``row_len`` not dividing its size). Each row is reduced by
-    the same kernel as :func:`reduce_dense` (exact squares, compensated chunk
+    the same kernel as `reduce_dense` (exact squares, compensated chunk
     sums); the caller validates the result.
 
     Raises:

@@ -2,17 +2,17 @@
 
 Everything that derives a scale (``derive_intensity_scale``, the streaming
 ``IntensityAccumulator``, amplitude normalization) goes through
-:func:`intensity_sum`, which runs the first path that can read ``x``; all do
+`intensity_sum`, which runs the first path that can read ``x``; all do
 the same float64 arithmetic and agree to float64 rounding:
 
-1. :mod:`~physscale.core.kernels.native`: one fused, threaded C pass over
+1. [`native`][physscale.core.kernels.native]: one fused, threaded C pass over
    dense CPU float32/float64 data at the memory-read floor (with
    ``per_pattern``, row by row when every pattern is one run of memory);
-2. :mod:`~physscale.core.kernels.device`: one compiled pass over large dense
+2. [`device`][physscale.core.kernels.device]: one compiled pass over large dense
    inputs on CUDA;
-3. :mod:`~physscale.core.kernels.blas`: numpy's BLAS, for dense CPU
+3. [`blas`][physscale.core.kernels.blas]: numpy's BLAS, for dense CPU
    float32/float64 data when the native kernel is absent;
-4. :mod:`~physscale.core.kernels.eager`: blocks of PyTorch ops, for
+4. [`eager`][physscale.core.kernels.eager]: blocks of PyTorch ops, for
    everything else (masks, float16, bfloat16, strided views, small or
    masked accelerator inputs).
 
@@ -212,7 +212,7 @@ def _pattern_rows(
     That is a C-contiguous ``x`` whose spatial axes are its last ones (NCHW
     stacks, the files ``physscale derive`` reads): pattern ``i`` is then row
     ``i`` of ``x.reshape(-1, H * W)``, in the pattern order of
-    :func:`eager.pattern_block_sums`. None otherwise (the eager path runs).
+    `eager.pattern_block_sums`. None otherwise (the eager path runs).
     """
     if axes != tuple(range(x.ndim - len(axes), x.ndim)):
         return None
